@@ -1,0 +1,340 @@
+//! Wire format v1: attribute names, the canonical bytes that are authenticated, and the
+//! layout of sealed payloads. `docs/FORMAT.md` is the normative description; this module
+//! is its implementation.
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+
+/// A message's attributes, as Pub/Sub carries them.
+pub type Attributes = HashMap<String, String>;
+
+/// Names the format version; its value is [`VERSION`].
+pub const VERSION_ATTR: &str = "envelope_version";
+/// The only format version this crate writes and reads.
+pub const VERSION: &str = "1";
+/// The KMS key that wrapped the data key, as a Cloud KMS resource name.
+pub const KMS_KEY_ATTR: &str = "kms_key";
+/// The wrapped AES-256-GCM data key (encrypt mode), standard base64.
+pub const DEK_WRAPPED_ATTR: &str = "dek_wrapped";
+/// The wrapped HMAC-SHA256 key (sign mode), standard base64.
+pub const SIGN_KEY_WRAPPED_ATTR: &str = "sign_key_wrapped";
+/// The HMAC-SHA256 tag (sign mode), standard base64.
+pub const SIGNATURE_ATTR: &str = "signature";
+
+/// Prefix reserved for future envelope attributes.
+const RESERVED_PREFIX: &str = "envelope_";
+/// Prefix Pub/Sub reserves for its own client libraries.
+const PUBSUB_RESERVED_PREFIX: &str = "googclient_";
+
+/// Pub/Sub's own limits on attributes, which sealed attributes obey too so that a message
+/// can move between modes unchanged.
+pub const MAX_ATTRIBUTES: usize = 100;
+/// Longest attribute key, in bytes.
+pub const MAX_ATTRIBUTE_KEY_LEN: usize = 256;
+/// Longest attribute value, in bytes.
+pub const MAX_ATTRIBUTE_VALUE_LEN: usize = 1024;
+
+/// Domain separation for everything authenticated under format v1.
+const CONTEXT: &[u8] = b"pubsub-envelope/v1\0";
+
+/// Bytes of the key commitment at the head of an encrypted payload.
+pub const COMMITMENT_LEN: usize = 32;
+/// Bytes of the AES-GCM nonce that follows the commitment.
+pub const NONCE_LEN: usize = 12;
+/// Bytes of the AES-GCM tag at the end of an encrypted payload.
+pub const TAG_LEN: usize = 16;
+/// Bytes an encrypted payload adds to the sealed plaintext.
+pub const ENCRYPT_OVERHEAD: usize = COMMITMENT_LEN + NONCE_LEN + TAG_LEN;
+/// Bytes of an HMAC-SHA256 signature.
+pub const SIGNATURE_LEN: usize = 32;
+
+/// How a message is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Confidentiality and integrity: AES-256-GCM, attributes sealed inside.
+    Encrypt,
+    /// Integrity only: HMAC-SHA256 over visible data and attributes.
+    Sign,
+}
+
+impl Mode {
+    /// The attribute that carries this mode's wrapped key.
+    pub fn wrapped_key_attr(self) -> &'static str {
+        match self {
+            Mode::Encrypt => DEK_WRAPPED_ATTR,
+            Mode::Sign => SIGN_KEY_WRAPPED_ATTR,
+        }
+    }
+
+    /// The mode's byte in the canonical header.
+    fn tag(self) -> u8 {
+        match self {
+            Mode::Encrypt => 1,
+            Mode::Sign => 2,
+        }
+    }
+
+    /// The mode's name as the command lines spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Encrypt => "encrypt",
+            Mode::Sign => "sign",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether a producer may use `name` for an attribute of its own.
+pub fn is_reserved(name: &str) -> bool {
+    matches!(
+        name,
+        KMS_KEY_ATTR | DEK_WRAPPED_ATTR | SIGN_KEY_WRAPPED_ATTR | SIGNATURE_ATTR
+    ) || name.starts_with(RESERVED_PREFIX)
+        || name.starts_with(PUBSUB_RESERVED_PREFIX)
+}
+
+/// Why a set of producer attributes cannot be sealed or was not sealed correctly.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttributeError {
+    /// More than [`MAX_ATTRIBUTES`].
+    #[error("{0} attributes, more than the {MAX_ATTRIBUTES} Pub/Sub allows")]
+    TooMany(usize),
+    /// An empty key, or one longer than [`MAX_ATTRIBUTE_KEY_LEN`].
+    #[error("attribute key of {0} bytes (must be 1 to {MAX_ATTRIBUTE_KEY_LEN})")]
+    BadKeyLength(usize),
+    /// A value longer than [`MAX_ATTRIBUTE_VALUE_LEN`].
+    #[error("attribute `{0}` has a value longer than {MAX_ATTRIBUTE_VALUE_LEN} bytes")]
+    ValueTooLong(String),
+    /// A name the envelope itself uses.
+    #[error("attribute `{0}` is reserved by the envelope format")]
+    Reserved(String),
+}
+
+/// Checks producer attributes against the format's rules before they are sealed.
+pub fn check_producer_attributes(attributes: &Attributes) -> Result<(), AttributeError> {
+    if attributes.len() > MAX_ATTRIBUTES {
+        return Err(AttributeError::TooMany(attributes.len()));
+    }
+    for (key, value) in attributes {
+        if key.is_empty() || key.len() > MAX_ATTRIBUTE_KEY_LEN {
+            return Err(AttributeError::BadKeyLength(key.len()));
+        }
+        if value.len() > MAX_ATTRIBUTE_VALUE_LEN {
+            return Err(AttributeError::ValueTooLong(key.clone()));
+        }
+        if is_reserved(key) {
+            return Err(AttributeError::Reserved(key.clone()));
+        }
+    }
+    Ok(())
+}
+
+fn put_len_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
+    let len = u32::try_from(bytes.len()).expect("attribute longer than 4 GiB");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Appends `u32 count` then each `(key, value)` pair, sorted by key bytes, as
+/// length-prefixed strings. Used for both the canonical header and sealed attributes.
+fn put_attribute_list<'a>(out: &mut Vec<u8>, pairs: impl Iterator<Item = (&'a str, &'a str)>) {
+    let mut pairs: Vec<_> = pairs.collect();
+    pairs.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let count = u32::try_from(pairs.len()).expect("more than 4 billion attributes");
+    out.extend_from_slice(&count.to_be_bytes());
+    for (key, value) in pairs {
+        put_len_prefixed(out, key.as_bytes());
+        put_len_prefixed(out, value.as_bytes());
+    }
+}
+
+/// The canonical header: the bytes that bind a message's envelope and visible attributes.
+///
+/// It covers every attribute except [`SIGNATURE_ATTR`], so that the version, the KMS key
+/// name, the wrapped key and (in sign mode) the producer's attributes cannot be changed,
+/// added or dropped without the message failing to open. In encrypt mode it is the AEAD
+/// associated data; in sign mode the HMAC input is this header followed by the data.
+pub fn canonical_header(mode: Mode, attributes: &Attributes) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + attributes.len() * 32);
+    out.extend_from_slice(CONTEXT);
+    out.push(mode.tag());
+    put_attribute_list(
+        &mut out,
+        attributes
+            .iter()
+            .filter(|(k, _)| k.as_str() != SIGNATURE_ATTR)
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    out
+}
+
+/// The length of the plaintext sealed in encrypt mode.
+pub fn sealed_plaintext_len(data: &[u8], attributes: &Attributes) -> usize {
+    let attr_bytes: usize = attributes.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
+    4 + attr_bytes + data.len()
+}
+
+/// Appends the plaintext sealed in encrypt mode: the producer's attribute list, then
+/// the data.
+pub fn put_sealed_plaintext(out: &mut Vec<u8>, data: &[u8], attributes: &Attributes) {
+    put_attribute_list(out, attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    out.extend_from_slice(data);
+}
+
+/// Why a sealed plaintext could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    /// The attribute list ran past the end of the plaintext.
+    #[error("sealed attribute list is truncated")]
+    Truncated,
+    /// A sealed attribute key or value is not UTF-8.
+    #[error("sealed attribute is not UTF-8")]
+    NotUtf8,
+    /// The same key appears twice.
+    #[error("sealed attribute `{0}` appears twice")]
+    Duplicate(String),
+    /// The attributes break the format's rules.
+    #[error(transparent)]
+    Attribute(#[from] AttributeError),
+}
+
+/// Splits a sealed plaintext into its attributes and the offset where the data starts.
+pub fn decode_sealed_plaintext(plaintext: &[u8]) -> Result<(Attributes, usize), PayloadError> {
+    let mut reader = Reader { bytes: plaintext, pos: 0 };
+    let count = reader.u32()? as usize;
+    if count > MAX_ATTRIBUTES {
+        return Err(AttributeError::TooMany(count).into());
+    }
+    let mut attributes = Attributes::with_capacity(count);
+    for _ in 0..count {
+        let key = reader.string(MAX_ATTRIBUTE_KEY_LEN)?;
+        let value = reader.string(MAX_ATTRIBUTE_VALUE_LEN)?;
+        if attributes.contains_key(&key) {
+            return Err(PayloadError::Duplicate(key));
+        }
+        attributes.insert(key, value);
+    }
+    check_producer_attributes(&attributes)?;
+    Ok((attributes, reader.pos))
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, len: usize) -> Result<&[u8], PayloadError> {
+        let end = self.pos.checked_add(len).ok_or(PayloadError::Truncated)?;
+        let slice = self.bytes.get(self.pos..end).ok_or(PayloadError::Truncated)?;
+        self.pos = end;
+        Ok(slice)
+    }
+
+    fn u32(&mut self) -> Result<u32, PayloadError> {
+        let bytes = self.take(4)?;
+        Ok(u32::from_be_bytes(bytes.try_into().expect("took 4 bytes")))
+    }
+
+    fn string(&mut self, max_len: usize) -> Result<String, PayloadError> {
+        let len = self.u32()? as usize;
+        if len > max_len {
+            return Err(PayloadError::Truncated);
+        }
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| PayloadError::NotUtf8)
+    }
+}
+
+/// Standard base64 with padding, as every binary attribute is written.
+pub fn encode_base64(bytes: &[u8]) -> String {
+    STANDARD.encode(bytes)
+}
+
+/// Strict standard base64: padding required, no whitespace, canonical trailing bits.
+pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    STANDARD.decode(text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(pairs: &[(&str, &str)]) -> Attributes {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn header_is_independent_of_insertion_order_and_ignores_signature() {
+        let a = attrs(&[("b", "2"), ("a", "1")]);
+        let b = attrs(&[("a", "1"), ("b", "2"), (SIGNATURE_ATTR, "x")]);
+        assert_eq!(canonical_header(Mode::Sign, &a), canonical_header(Mode::Sign, &b));
+    }
+
+    #[test]
+    fn header_separates_mode_and_boundaries() {
+        let a = attrs(&[("ab", "c")]);
+        let b = attrs(&[("a", "bc")]);
+        assert_ne!(canonical_header(Mode::Sign, &a), canonical_header(Mode::Sign, &b));
+        assert_ne!(canonical_header(Mode::Sign, &a), canonical_header(Mode::Encrypt, &a));
+    }
+
+    #[test]
+    fn header_bytes_are_as_documented() {
+        let header = canonical_header(Mode::Encrypt, &attrs(&[("k", "vv")]));
+        let mut want = b"pubsub-envelope/v1\0".to_vec();
+        want.push(1);
+        want.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, b'k', 0, 0, 0, 2, b'v', b'v']);
+        assert_eq!(header, want);
+    }
+
+    #[test]
+    fn sealed_plaintext_round_trips() {
+        let a = attrs(&[("x", "1"), ("yy", "")]);
+        let mut sealed = Vec::new();
+        put_sealed_plaintext(&mut sealed, b"hello", &a);
+        assert_eq!(sealed.len(), sealed_plaintext_len(b"hello", &a));
+        let (back, offset) = decode_sealed_plaintext(&sealed).unwrap();
+        assert_eq!(back, a);
+        assert_eq!(&sealed[offset..], b"hello");
+    }
+
+    #[test]
+    fn sealed_plaintext_rejects_truncation_everywhere() {
+        let mut sealed = Vec::new();
+        put_sealed_plaintext(&mut sealed, b"", &attrs(&[("key", "value")]));
+        for cut in 0..sealed.len() {
+            assert!(decode_sealed_plaintext(&sealed[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn producer_attributes_are_checked() {
+        assert_eq!(
+            check_producer_attributes(&attrs(&[(KMS_KEY_ATTR, "x")])),
+            Err(AttributeError::Reserved(KMS_KEY_ATTR.into()))
+        );
+        assert!(check_producer_attributes(&attrs(&[("envelope_x", "x")])).is_err());
+        assert!(check_producer_attributes(&attrs(&[("", "x")])).is_err());
+        let long = "v".repeat(MAX_ATTRIBUTE_VALUE_LEN + 1);
+        assert!(check_producer_attributes(&attrs(&[("k", &long)])).is_err());
+        let many: Attributes = (0..=MAX_ATTRIBUTES).map(|i| (format!("k{i}"), String::new())).collect();
+        assert_eq!(check_producer_attributes(&many), Err(AttributeError::TooMany(101)));
+    }
+
+    #[test]
+    fn base64_is_strict() {
+        assert_eq!(decode_base64("AAEC").unwrap(), vec![0, 1, 2]);
+        assert!(decode_base64("AAE").is_none(), "missing padding");
+        assert!(decode_base64("AA EC").is_none(), "whitespace");
+        assert!(decode_base64("AAF=").is_none(), "non-canonical trailing bits");
+        assert!(decode_base64("AA-_").is_none(), "url-safe alphabet");
+    }
+}

@@ -1,0 +1,154 @@
+//! Cloud KMS key names, and which of them a consumer trusts.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The prefix of Tink-style key URIs, accepted wherever a key name is.
+const TINK_PREFIX: &str = "gcp-kms://";
+
+/// A Cloud KMS crypto key: `projects/P/locations/L/keyRings/R/cryptoKeys/K`.
+///
+/// The local keyring backend uses the same names, so a deployment can move between the
+/// two without touching its configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyName(String);
+
+/// Why a string is not a [`KeyName`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a KMS key name of the form projects/P/locations/L/keyRings/R/cryptoKeys/K")]
+pub struct KeyNameError(String);
+
+const LITERALS: [&str; 4] = ["projects", "locations", "keyRings", "cryptoKeys"];
+
+fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 255
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+}
+
+impl KeyName {
+    /// Builds a key name from its four ids, as the article's `--kms_*` flags give them.
+    pub fn from_parts(project: &str, location: &str, key_ring: &str, key: &str) -> Result<Self, KeyNameError> {
+        format!("projects/{project}/locations/{location}/keyRings/{key_ring}/cryptoKeys/{key}").parse()
+    }
+
+    /// The resource name, without any URI prefix.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for KeyName {
+    type Err = KeyNameError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let name = text.strip_prefix(TINK_PREFIX).unwrap_or(text);
+        let segments: Vec<&str> = name.split('/').collect();
+        let well_formed = segments.len() == 8
+            && segments.chunks(2).zip(LITERALS).all(|(pair, literal)| pair[0] == literal && is_valid_id(pair[1]));
+        if well_formed {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(KeyNameError(text.to_owned()))
+        }
+    }
+}
+
+impl fmt::Display for KeyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The KMS keys a consumer accepts messages from.
+///
+/// Each entry is an exact key name or a prefix ending in `/*` (for example
+/// `projects/tenant-1/*`). An empty list trusts every key; callers should warn about it.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedKeys {
+    exact: Vec<KeyName>,
+    prefixes: Vec<String>,
+}
+
+impl TrustedKeys {
+    /// Trusts every key.
+    pub fn any() -> Self {
+        Self::default()
+    }
+
+    /// Parses entries as the `--trusted_kms_key` flag takes them.
+    pub fn from_patterns<I, S>(patterns: I) -> Result<Self, KeyNameError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut trusted = Self::default();
+        for pattern in patterns {
+            let pattern = pattern.as_ref();
+            let bare = pattern.strip_prefix(TINK_PREFIX).unwrap_or(pattern);
+            match bare.strip_suffix('*') {
+                Some(prefix) if prefix.ends_with('/') && prefix.starts_with("projects/") => {
+                    trusted.prefixes.push(prefix.to_owned())
+                }
+                Some(_) => return Err(KeyNameError(pattern.to_owned())),
+                None => trusted.exact.push(bare.parse()?),
+            }
+        }
+        Ok(trusted)
+    }
+
+    /// Whether no restriction is configured.
+    pub fn trusts_everything(&self) -> bool {
+        self.exact.is_empty() && self.prefixes.is_empty()
+    }
+
+    /// Whether messages wrapped under `key` may be opened.
+    pub fn allows(&self, key: &KeyName) -> bool {
+        self.trusts_everything()
+            || self.exact.contains(key)
+            || self.prefixes.iter().any(|prefix| key.as_str().starts_with(prefix))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "projects/tenant-1/locations/us-central1/keyRings/tenant1-keyring/cryptoKeys/key1";
+
+    #[test]
+    fn parses_resource_names_and_tink_uris() {
+        let plain: KeyName = KEY.parse().unwrap();
+        let tink: KeyName = format!("gcp-kms://{KEY}").parse().unwrap();
+        assert_eq!(plain, tink);
+        assert_eq!(tink.as_str(), KEY);
+        assert_eq!(KeyName::from_parts("tenant-1", "us-central1", "tenant1-keyring", "key1").unwrap(), plain);
+    }
+
+    #[test]
+    fn rejects_malformed_names() {
+        for bad in [
+            "",
+            "projects/p",
+            "projects/p/locations/l/keyRings/r/cryptoKeys/",
+            "projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1",
+            "projects/p/locations/l/keyrings/r/cryptoKeys/k",
+            "projects/p q/locations/l/keyRings/r/cryptoKeys/k",
+        ] {
+            assert!(bad.parse::<KeyName>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn trust_by_exact_name_and_prefix() {
+        let key: KeyName = KEY.parse().unwrap();
+        let other: KeyName = "projects/tenant-2/locations/l/keyRings/r/cryptoKeys/k".parse().unwrap();
+        assert!(TrustedKeys::any().allows(&other));
+        let exact = TrustedKeys::from_patterns([KEY]).unwrap();
+        assert!(exact.allows(&key) && !exact.allows(&other));
+        let prefix = TrustedKeys::from_patterns(["projects/tenant-1/*"]).unwrap();
+        assert!(prefix.allows(&key) && !prefix.allows(&other));
+        let no_slash = TrustedKeys::from_patterns(["projects/tenant-*"]);
+        assert!(no_slash.is_err(), "a prefix must end at a segment boundary");
+    }
+}

@@ -1,0 +1,414 @@
+//! An offline keyring file: the default backend for demos and tests.
+//!
+//! The file holds versioned 256-bit key encryption keys under Cloud KMS resource names.
+//! Like Cloud KMS, wrapping uses a key's primary version, and every older version can
+//! still unwrap, so rotating a key never strands data keys already in flight.
+//!
+//! File layout (JSON, written with mode 0600):
+//!
+//! ```json
+//! { "format": "pubsub-envelope-keyring/1",
+//!   "keys": [ { "name": "projects/P/locations/L/keyRings/R/cryptoKeys/K",
+//!               "primary": 2,
+//!               "versions": [ { "version": 1, "material": "<base64>" }, ... ] } ] }
+//! ```
+//!
+//! A wrapped key is `u32 version (big-endian) || 12-byte nonce || AES-256-GCM(KEK, DEK)`,
+//! with the tenant id as associated data: 64 bytes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::{Kms, KmsError};
+use crate::format::{decode_base64, encode_base64};
+use crate::key_name::KeyName;
+use crate::secret::{KEY_LEN, SecretKey};
+
+const FORMAT: &str = "pubsub-envelope-keyring/1";
+const VERSION_LEN: usize = 4;
+const NONCE_LEN: usize = 12;
+const WRAPPED_LEN: usize = VERSION_LEN + NONCE_LEN + KEY_LEN + 16;
+
+/// Why a keyring file could not be read, changed or written.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    /// Reading or writing the file failed.
+    #[error("keyring {path}: {source}")]
+    Io {
+        /// The keyring file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not a keyring of this format.
+    #[error("keyring {path} is malformed: {why}")]
+    Malformed {
+        /// The keyring file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// `create` named a key that exists already.
+    #[error("key {0} already exists in the keyring")]
+    KeyExists(KeyName),
+    /// The keyring does not hold this key.
+    #[error("key {0} is not in the keyring")]
+    KeyNotFound(KeyName),
+}
+
+#[derive(Serialize, Deserialize)]
+struct FileRepr {
+    format: String,
+    keys: Vec<KeyRepr>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeyRepr {
+    name: String,
+    primary: u32,
+    versions: Vec<VersionRepr>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct VersionRepr {
+    version: u32,
+    material: Zeroizing<String>,
+}
+
+/// One key's versions, newest primary.
+struct KeyVersions {
+    primary: u32,
+    versions: BTreeMap<u32, SecretKey>,
+}
+
+/// What [`Keyring::list`] reports of a key: never its material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// The key's resource name.
+    pub name: KeyName,
+    /// The version new wraps use.
+    pub primary: u32,
+    /// Every version that can still unwrap.
+    pub versions: Vec<u32>,
+}
+
+/// A keyring file loaded for inspection or change: `create`, `rotate`, `list`.
+pub struct Keyring {
+    path: PathBuf,
+    keys: BTreeMap<KeyName, KeyVersions>,
+}
+
+impl Keyring {
+    /// Loads the keyring at `path`, or starts an empty one if the file does not exist.
+    pub fn load_or_new(path: impl Into<PathBuf>) -> Result<Self, KeyringError> {
+        let path = path.into();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(path, &Zeroizing::new(text)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Self { path, keys: BTreeMap::new() }),
+            Err(source) => Err(KeyringError::Io { path, source }),
+        }
+    }
+
+    /// Loads the keyring at `path`, which must exist.
+    pub fn load(path: impl Into<PathBuf>) -> Result<Self, KeyringError> {
+        let path = path.into();
+        let text = std::fs::read_to_string(&path).map_err(|source| KeyringError::Io { path: path.clone(), source })?;
+        Self::parse(path, &Zeroizing::new(text))
+    }
+
+    fn parse(path: PathBuf, text: &str) -> Result<Self, KeyringError> {
+        let malformed = |why: String| KeyringError::Malformed { path: path.clone(), why };
+        let repr: FileRepr = serde_json::from_str(text).map_err(|e| malformed(e.to_string()))?;
+        if repr.format != FORMAT {
+            return Err(malformed(format!("format {:?}, expected {FORMAT:?}", repr.format)));
+        }
+        let mut keys = BTreeMap::new();
+        for key in repr.keys {
+            let name: KeyName = key.name.parse().map_err(|e: crate::KeyNameError| malformed(e.to_string()))?;
+            let mut versions = BTreeMap::new();
+            for version in key.versions {
+                let material = decode_base64(&version.material)
+                    .map(Zeroizing::new)
+                    .and_then(|bytes| SecretKey::from_slice(&bytes))
+                    .ok_or_else(|| malformed(format!("{name} version {} is not a base64 256-bit key", version.version)))?;
+                versions.insert(version.version, material);
+            }
+            if !versions.contains_key(&key.primary) {
+                return Err(malformed(format!("{name} names primary version {} that it lacks", key.primary)));
+            }
+            keys.insert(name, KeyVersions { primary: key.primary, versions });
+        }
+        Ok(Self { path, keys })
+    }
+
+    /// The file this keyring reads from and saves to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Adds a new key with a fresh version 1.
+    pub fn create(&mut self, name: &KeyName) -> Result<(), KeyringError> {
+        if self.keys.contains_key(name) {
+            return Err(KeyringError::KeyExists(name.clone()));
+        }
+        let versions = BTreeMap::from([(1, SecretKey::generate())]);
+        self.keys.insert(name.clone(), KeyVersions { primary: 1, versions });
+        Ok(())
+    }
+
+    /// Adds a fresh version to `name` and makes it primary; returns its number.
+    pub fn rotate(&mut self, name: &KeyName) -> Result<u32, KeyringError> {
+        let key = self.keys.get_mut(name).ok_or_else(|| KeyringError::KeyNotFound(name.clone()))?;
+        let next = key.versions.keys().next_back().copied().unwrap_or(0) + 1;
+        key.versions.insert(next, SecretKey::generate());
+        key.primary = next;
+        Ok(next)
+    }
+
+    /// Every key with its versions.
+    pub fn list(&self) -> Vec<KeyInfo> {
+        self.keys
+            .iter()
+            .map(|(name, key)| KeyInfo {
+                name: name.clone(),
+                primary: key.primary,
+                versions: key.versions.keys().copied().collect(),
+            })
+            .collect()
+    }
+
+    /// Writes the keyring back atomically (a temporary file renamed over the old one),
+    /// readable and writable by its owner only.
+    pub fn save(&self) -> Result<(), KeyringError> {
+        let io = |source| KeyringError::Io { path: self.path.clone(), source };
+        let repr = FileRepr {
+            format: FORMAT.to_owned(),
+            keys: self
+                .keys
+                .iter()
+                .map(|(name, key)| KeyRepr {
+                    name: name.to_string(),
+                    primary: key.primary,
+                    versions: key
+                        .versions
+                        .iter()
+                        .map(|(&version, material)| VersionRepr {
+                            version,
+                            material: Zeroizing::new(encode_base64(material.expose())),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        };
+        let text = Zeroizing::new(serde_json::to_string_pretty(&repr).expect("keyring serializes"));
+        let dir = self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut temp = tempfile_in(dir).map_err(io)?;
+        temp.1.write_all(text.as_bytes()).and_then(|()| temp.1.sync_all()).map_err(io)?;
+        std::fs::rename(&temp.0, &self.path).map_err(io)
+    }
+}
+
+/// Creates a new, owner-only file beside the keyring for an atomic replace.
+fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = dir.join(format!(".keyring.{}.{}.tmp", std::process::id(), rand::rng().next_u64()));
+    let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+    Ok((path, file))
+}
+
+/// The keys a [`LocalKms`] holds, ready to use.
+struct Loaded {
+    keys: HashMap<KeyName, (u32, HashMap<u32, LessSafeKey>)>,
+}
+
+impl Loaded {
+    fn from_keyring(keyring: &Keyring) -> Self {
+        let keys = keyring
+            .keys
+            .iter()
+            .map(|(name, key)| {
+                let versions = key
+                    .versions
+                    .iter()
+                    .map(|(&version, material)| {
+                        let unbound = UnboundKey::new(&AES_256_GCM, material.expose()).expect("32-byte key");
+                        (version, LessSafeKey::new(unbound))
+                    })
+                    .collect();
+                (name.clone(), (key.primary, versions))
+            })
+            .collect();
+        Self { keys }
+    }
+}
+
+/// The local keyring as a [`Kms`] backend.
+///
+/// When asked to unwrap under a key or version it does not hold, it reads the file again
+/// once, so a consumer picks up a key created or rotated after it started.
+pub struct LocalKms {
+    path: PathBuf,
+    loaded: RwLock<Loaded>,
+    latency: Duration,
+}
+
+impl LocalKms {
+    /// Opens the keyring file at `path`.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self, KeyringError> {
+        let keyring = Keyring::load(path)?;
+        Ok(Self { loaded: RwLock::new(Loaded::from_keyring(&keyring)), path: keyring.path, latency: Duration::ZERO })
+    }
+
+    /// Adds `latency` to every call, to stand in for a remote KMS in benchmarks.
+    pub fn with_latency(mut self, latency: Duration) -> Self {
+        self.latency = latency;
+        self
+    }
+
+    fn reload(&self) {
+        match Keyring::load(&self.path) {
+            Ok(keyring) => *self.loaded.write().expect("keyring lock poisoned") = Loaded::from_keyring(&keyring),
+            Err(error) => tracing::warn!(%error, "could not reload the local keyring"),
+        }
+    }
+
+    fn try_unwrap(&self, name: &KeyName, wrapped: &[u8], aad: &[u8]) -> Option<Result<SecretKey, KmsError>> {
+        let rejected = || KmsError::UnwrapRejected(name.to_string());
+        if wrapped.len() != WRAPPED_LEN {
+            return Some(Err(rejected()));
+        }
+        let (version, rest) = wrapped.split_at(VERSION_LEN);
+        let version = u32::from_be_bytes(version.try_into().expect("4 bytes"));
+        let loaded = self.loaded.read().expect("keyring lock poisoned");
+        let kek = loaded.keys.get(name)?.1.get(&version)?;
+        let (nonce, sealed) = rest.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).expect("12 bytes");
+        let mut buffer = Zeroizing::new(sealed.to_vec());
+        Some(match kek.open_in_place(nonce, Aad::from(aad), &mut buffer) {
+            Ok(plaintext) => Ok(SecretKey::from_slice(plaintext).expect("wrapped keys are 32 bytes")),
+            Err(_) => Err(rejected()),
+        })
+    }
+}
+
+#[async_trait]
+impl Kms for LocalKms {
+    async fn wrap(&self, name: &KeyName, key: &SecretKey, aad: &[u8]) -> Result<Vec<u8>, KmsError> {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        let mut nonce = [0; NONCE_LEN];
+        rand::rng().fill_bytes(&mut nonce);
+        let loaded = self.loaded.read().expect("keyring lock poisoned");
+        let (primary, versions) = loaded.keys.get(name).ok_or_else(|| KmsError::KeyNotFound(name.to_string()))?;
+        let mut out = Vec::with_capacity(WRAPPED_LEN);
+        out.extend_from_slice(&primary.to_be_bytes());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(key.expose());
+        let tag = versions[primary]
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut out[VERSION_LEN + NONCE_LEN..])
+            .expect("AES-GCM seals 32 bytes");
+        out.extend_from_slice(tag.as_ref());
+        Ok(out)
+    }
+
+    async fn unwrap(&self, name: &KeyName, wrapped: &[u8], aad: &[u8]) -> Result<SecretKey, KmsError> {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        if let Some(result) = self.try_unwrap(name, wrapped, aad) {
+            return result;
+        }
+        self.reload();
+        self.try_unwrap(name, wrapped, aad).unwrap_or_else(|| {
+            let known = self.loaded.read().expect("keyring lock poisoned").keys.contains_key(name);
+            Err(if known { KmsError::UnwrapRejected(name.to_string()) } else { KmsError::KeyNotFound(name.to_string()) })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(key: &str) -> KeyName {
+        format!("projects/p/locations/l/keyRings/r/cryptoKeys/{key}").parse().unwrap()
+    }
+
+    fn keyring_with(dir: &Path, keys: &[&str]) -> PathBuf {
+        let path = dir.join("keyring.json");
+        let mut keyring = Keyring::load_or_new(&path).unwrap();
+        for key in keys {
+            keyring.create(&name(key)).unwrap();
+        }
+        keyring.save().unwrap();
+        path
+    }
+
+    #[tokio::test]
+    async fn wraps_and_unwraps_with_tenant_binding() {
+        let dir = tempfile::tempdir().unwrap();
+        let kms = LocalKms::open(keyring_with(dir.path(), &["a", "b"])).unwrap();
+        let dek = SecretKey::generate();
+        let wrapped = kms.wrap(&name("a"), &dek, b"tenant-1").await.unwrap();
+        assert_eq!(wrapped.len(), WRAPPED_LEN);
+        let back = kms.unwrap(&name("a"), &wrapped, b"tenant-1").await.unwrap();
+        assert_eq!(back.expose(), dek.expose());
+        let wrong_tenant = kms.unwrap(&name("a"), &wrapped, b"tenant-2").await.unwrap_err();
+        assert_eq!(wrong_tenant.reason(), "unwrap_rejected");
+        let wrong_key = kms.unwrap(&name("b"), &wrapped, b"tenant-1").await.unwrap_err();
+        assert_eq!(wrong_key.reason(), "unwrap_rejected");
+        let missing = kms.unwrap(&name("zzz"), &wrapped, b"tenant-1").await.unwrap_err();
+        assert_eq!(missing, KmsError::KeyNotFound(name("zzz").to_string()));
+    }
+
+    #[tokio::test]
+    async fn rotation_keeps_old_versions_and_running_backends_catch_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = keyring_with(dir.path(), &["a"]);
+        let consumer = LocalKms::open(&path).unwrap();
+        let old = consumer.wrap(&name("a"), &SecretKey::generate(), b"t").await.unwrap();
+
+        let mut keyring = Keyring::load(&path).unwrap();
+        assert_eq!(keyring.rotate(&name("a")).unwrap(), 2);
+        keyring.save().unwrap();
+        assert_eq!(Keyring::load(&path).unwrap().list()[0].versions, vec![1, 2]);
+
+        let producer = LocalKms::open(&path).unwrap();
+        let new = producer.wrap(&name("a"), &SecretKey::generate(), b"t").await.unwrap();
+        assert_eq!(&new[..4], &2u32.to_be_bytes());
+        assert!(producer.unwrap(&name("a"), &old, b"t").await.is_ok(), "old version still unwraps");
+        assert!(consumer.unwrap(&name("a"), &new, b"t").await.is_ok(), "consumer reloads for version 2");
+    }
+
+    #[test]
+    fn file_is_owner_only_and_create_refuses_duplicates() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = keyring_with(dir.path(), &["a"]);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let mut keyring = Keyring::load(&path).unwrap();
+        assert!(matches!(keyring.create(&name("a")), Err(KeyringError::KeyExists(_))));
+        assert!(matches!(keyring.rotate(&name("b")), Err(KeyringError::KeyNotFound(_))));
+    }
+
+    #[test]
+    fn malformed_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.json");
+        std::fs::write(&path, r#"{"format":"other","keys":[]}"#).unwrap();
+        let error = Keyring::load(&path).err().unwrap().to_string();
+        assert!(error.contains("bad.json") && error.contains("format"), "{error}");
+    }
+}

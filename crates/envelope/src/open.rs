@@ -1,0 +1,257 @@
+//! The consumer side: authenticate and open messages, unwrapping each data key once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use moka::future::Cache;
+use sha2::{Digest, Sha256};
+
+use crate::crypto::{EncryptionKey, OpenFailure, SigningKey};
+use crate::error::OpenError;
+use crate::format::{self, Attributes, Mode};
+use crate::key_name::{KeyName, TrustedKeys};
+use crate::kms::{Kms, KmsError};
+use crate::secret::SecretKey;
+use crate::DEFAULT_TENANT_ID;
+
+/// How long unwrapped data keys are kept, and how many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Time to live of an entry from when it was unwrapped; 200 s by default, as the
+    /// article's `ExpiringDict(max_len=100, max_age_seconds=200)`.
+    pub ttl: Duration,
+    /// Most data keys held per mode; 100 by default.
+    pub capacity: u64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self { ttl: Duration::from_secs(200), capacity: 100 }
+    }
+}
+
+/// A message that opened: authenticated and, in encrypt mode, decrypted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    /// How the message was protected.
+    pub mode: Mode,
+    /// The KMS key its data key was wrapped under.
+    pub kms_key: KeyName,
+    /// The producer's data.
+    pub data: Bytes,
+    /// The producer's own attributes, restored; no envelope attribute is left.
+    pub attributes: Attributes,
+}
+
+/// Configures an [`Opener`].
+pub struct OpenerBuilder {
+    kms: Arc<dyn Kms>,
+    tenant_id: String,
+    trusted: TrustedKeys,
+    modes: Vec<Mode>,
+    cache: CacheSettings,
+}
+
+impl OpenerBuilder {
+    /// The tenant id bound into every KMS unwrap; [`DEFAULT_TENANT_ID`] by default.
+    pub fn tenant_id(mut self, tenant_id: impl Into<String>) -> Self {
+        self.tenant_id = tenant_id.into();
+        self
+    }
+
+    /// Only messages under these KMS keys open; every key by default.
+    pub fn trusted_keys(mut self, trusted: TrustedKeys) -> Self {
+        self.trusted = trusted;
+        self
+    }
+
+    /// Only messages in these modes open; both by default.
+    pub fn accept(mut self, modes: &[Mode]) -> Self {
+        self.modes = modes.to_vec();
+        self
+    }
+
+    /// Replaces the default [`CacheSettings`].
+    pub fn cache(mut self, cache: CacheSettings) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Builds the opener.
+    pub fn build(self) -> Opener {
+        Opener {
+            kms: self.kms,
+            tenant_id: self.tenant_id,
+            trusted: self.trusted,
+            modes: self.modes,
+            encryption_keys: new_cache(self.cache),
+            signing_keys: new_cache(self.cache),
+        }
+    }
+}
+
+fn new_cache<V: Clone + Send + Sync + 'static>(settings: CacheSettings) -> Cache<[u8; 32], V> {
+    Cache::builder().max_capacity(settings.capacity).time_to_live(settings.ttl).build()
+}
+
+/// Opens messages sealed by any [`Sealer`](crate::Sealer) of the tenant.
+///
+/// Unwrapped data keys are cached by a SHA-256 of the KMS key name and the wrapped key.
+/// Concurrent opens that miss on the same wrapped key share one KMS call (moka's
+/// `try_get_with` coalesces them), so a burst of messages under a new data key costs
+/// one unwrap, not one per message as in the original.
+pub struct Opener {
+    kms: Arc<dyn Kms>,
+    tenant_id: String,
+    trusted: TrustedKeys,
+    modes: Vec<Mode>,
+    encryption_keys: Cache<[u8; 32], Arc<EncryptionKey>>,
+    signing_keys: Cache<[u8; 32], Arc<SigningKey>>,
+}
+
+impl Opener {
+    /// Starts configuring an opener that unwraps through `kms`.
+    pub fn builder(kms: Arc<dyn Kms>) -> OpenerBuilder {
+        OpenerBuilder {
+            kms,
+            tenant_id: DEFAULT_TENANT_ID.to_owned(),
+            trusted: TrustedKeys::any(),
+            modes: vec![Mode::Encrypt, Mode::Sign],
+            cache: CacheSettings::default(),
+        }
+    }
+
+    /// The keys this opener trusts.
+    pub fn trusted_keys(&self) -> &TrustedKeys {
+        &self.trusted
+    }
+
+    /// Authenticates and opens one message.
+    ///
+    /// Every check that needs no key runs before the KMS is asked for one, so malformed
+    /// messages cost no KMS call.
+    pub async fn open(&self, data: &Bytes, attributes: &Attributes) -> Result<Opened, OpenError> {
+        let envelope = Envelope::parse(attributes)?;
+        if !self.modes.contains(&envelope.mode) {
+            return Err(OpenError::ModeNotAccepted(envelope.mode));
+        }
+        if !self.trusted.allows(&envelope.kms_key) {
+            return Err(OpenError::UntrustedKey(envelope.kms_key.to_string()));
+        }
+        let header = format::canonical_header(envelope.mode, attributes);
+        match envelope.mode {
+            Mode::Encrypt => {
+                if data.len() < format::ENCRYPT_OVERHEAD + 4 {
+                    return Err(OpenError::Truncated(data.len()));
+                }
+                let key = self.data_key(&self.encryption_keys, &envelope, EncryptionKey::derive).await?;
+                let plaintext = key.open(&header, data).map_err(|failure| match failure {
+                    OpenFailure::Truncated => OpenError::Truncated(data.len()),
+                    OpenFailure::Forged => OpenError::Tampered,
+                })?;
+                let (restored, offset) = format::decode_sealed_plaintext(&plaintext)?;
+                Ok(Opened {
+                    mode: envelope.mode,
+                    kms_key: envelope.kms_key,
+                    data: Bytes::from(plaintext).slice(offset..),
+                    attributes: restored,
+                })
+            }
+            Mode::Sign => {
+                let key = self.data_key(&self.signing_keys, &envelope, SigningKey::new).await?;
+                key.verify(&header, data, &envelope.signature).map_err(|_| OpenError::Tampered)?;
+                let restored = attributes
+                    .iter()
+                    .filter(|(name, _)| !format::is_reserved(name) && name.as_str() != format::SIGNATURE_ATTR)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                Ok(Opened { mode: envelope.mode, kms_key: envelope.kms_key, data: data.clone(), attributes: restored })
+            }
+        }
+    }
+
+    /// The derived key for `envelope`'s wrapped key: from the cache, or unwrapped once.
+    async fn data_key<T>(
+        &self,
+        cache: &Cache<[u8; 32], Arc<T>>,
+        envelope: &Envelope,
+        derive: fn(&SecretKey) -> T,
+    ) -> Result<Arc<T>, OpenError>
+    where
+        T: Send + Sync + 'static,
+    {
+        let mut digest = Sha256::new();
+        digest.update(envelope.kms_key.as_str().as_bytes());
+        digest.update([0]);
+        digest.update(&envelope.wrapped);
+        let cache_key: [u8; 32] = digest.finalize().into();
+        cache
+            .try_get_with(cache_key, async {
+                let secret = self.kms.unwrap(&envelope.kms_key, &envelope.wrapped, self.tenant_id.as_bytes()).await?;
+                tracing::debug!(kms_key = %envelope.kms_key, mode = %envelope.mode, "unwrapped a data key");
+                Ok::<_, KmsError>(Arc::new(derive(&secret)))
+            })
+            .await
+            .map_err(|error: Arc<KmsError>| OpenError::Kms((*error).clone()))
+    }
+}
+
+/// The envelope attributes of one message, checked for shape.
+struct Envelope {
+    mode: Mode,
+    kms_key: KeyName,
+    wrapped: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+impl Envelope {
+    fn parse(attributes: &Attributes) -> Result<Self, OpenError> {
+        let get = |name: &'static str| attributes.get(name).map(String::as_str);
+        let required = |name: &'static str| get(name).ok_or(OpenError::MissingAttribute(name));
+        let version = required(format::VERSION_ATTR)?;
+        if version != format::VERSION {
+            return Err(OpenError::UnknownVersion(version.to_owned()));
+        }
+        let mode = match (get(format::DEK_WRAPPED_ATTR), get(format::SIGN_KEY_WRAPPED_ATTR)) {
+            (Some(_), None) => Mode::Encrypt,
+            (None, Some(_)) => Mode::Sign,
+            (Some(_), Some(_)) => {
+                return Err(OpenError::GarbledAttribute {
+                    name: format::DEK_WRAPPED_ATTR,
+                    why: "a message carries either dek_wrapped or sign_key_wrapped, not both".into(),
+                });
+            }
+            (None, None) => return Err(OpenError::MissingAttribute("dek_wrapped or sign_key_wrapped")),
+        };
+        let kms_key = required(format::KMS_KEY_ATTR)?
+            .parse()
+            .map_err(|error: crate::KeyNameError| OpenError::GarbledAttribute { name: format::KMS_KEY_ATTR, why: error.to_string() })?;
+        let wrapped_attr = mode.wrapped_key_attr();
+        let wrapped = format::decode_base64(required(wrapped_attr)?).ok_or(OpenError::BadBase64(wrapped_attr))?;
+        if wrapped.is_empty() {
+            return Err(OpenError::GarbledAttribute { name: wrapped_attr, why: "empty".into() });
+        }
+        let signature = match mode {
+            Mode::Encrypt => {
+                let envelope_attrs = [format::VERSION_ATTR, format::KMS_KEY_ATTR, format::DEK_WRAPPED_ATTR];
+                if let Some(extra) = attributes.keys().find(|name| !envelope_attrs.contains(&name.as_str())) {
+                    return Err(OpenError::UnexpectedAttribute(extra.clone()));
+                }
+                Vec::new()
+            }
+            Mode::Sign => {
+                let signature = format::decode_base64(required(format::SIGNATURE_ATTR)?)
+                    .ok_or(OpenError::BadBase64(format::SIGNATURE_ATTR))?;
+                if signature.len() != format::SIGNATURE_LEN {
+                    return Err(OpenError::GarbledAttribute {
+                        name: format::SIGNATURE_ATTR,
+                        why: format!("{} bytes, expected {}", signature.len(), format::SIGNATURE_LEN),
+                    });
+                }
+                signature
+            }
+        };
+        Ok(Self { mode, kms_key, wrapped, signature })
+    }
+}

@@ -1,0 +1,184 @@
+//! The producer side: data keys that rotate, wrapped once per rotation.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::clock::{Clock, SystemClock};
+use crate::crypto::{self, EncryptionKey, SigningKey};
+use crate::error::SealError;
+use crate::format::{self, Attributes, Mode};
+use crate::key_name::KeyName;
+use crate::kms::Kms;
+use crate::secret::SecretKey;
+
+/// When a producer replaces its data key.
+///
+/// A key is replaced once it is older than `max_age`, or has sealed `max_messages`
+/// messages or `max_bytes` bytes, whichever comes first. The defaults keep AES-GCM with
+/// random 96-bit nonces far inside its safety margin: at 2^20 messages per key the
+/// chance of a nonce collision is below 2^-57 (NIST SP 800-38D allows 2^32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RotationPolicy {
+    /// Oldest a data key may be; the article's 100 s by default.
+    pub max_age: Duration,
+    /// Most messages one data key may seal; 2^20 by default.
+    pub max_messages: u64,
+    /// Most plaintext bytes one data key may seal; 2^34 (16 GiB) by default.
+    pub max_bytes: u64,
+}
+
+impl Default for RotationPolicy {
+    fn default() -> Self {
+        Self { max_age: Duration::from_secs(100), max_messages: 1 << 20, max_bytes: 1 << 34 }
+    }
+}
+
+/// A sealed message, ready to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    /// The payload: ciphertext in encrypt mode, the original data in sign mode.
+    pub data: Vec<u8>,
+    /// The envelope attributes, plus the producer's own in sign mode.
+    pub attributes: Attributes,
+}
+
+enum DataKeyUse {
+    Encrypt(EncryptionKey),
+    Sign(SigningKey),
+}
+
+/// The current data key and how much it has been used.
+struct DataKey {
+    usage: DataKeyUse,
+    kms_key_attr: String,
+    wrapped_attr: String,
+    created: Instant,
+    messages: u64,
+    bytes: u64,
+}
+
+/// Seals messages for one tenant under one KMS key, in one mode.
+///
+/// Holds one data key at a time and calls KMS only to wrap a new one, when the
+/// [`RotationPolicy`] retires the current key.
+pub struct Sealer {
+    kms: Arc<dyn Kms>,
+    key_name: KeyName,
+    tenant_id: String,
+    mode: Mode,
+    policy: RotationPolicy,
+    clock: Arc<dyn Clock>,
+    current: Option<DataKey>,
+    rotations: u64,
+}
+
+impl Sealer {
+    /// A sealer that wraps its data keys under `key_name`, binding `tenant_id`.
+    pub fn new(kms: Arc<dyn Kms>, key_name: KeyName, tenant_id: impl Into<String>, mode: Mode) -> Self {
+        Self {
+            kms,
+            key_name,
+            tenant_id: tenant_id.into(),
+            mode,
+            policy: RotationPolicy::default(),
+            clock: Arc::new(SystemClock),
+            current: None,
+            rotations: 0,
+        }
+    }
+
+    /// Replaces the default [`RotationPolicy`].
+    pub fn with_policy(mut self, policy: RotationPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Replaces the system clock, for tests.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The mode this sealer seals in.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// How many data keys this sealer has made (and so how many KMS wrap calls succeeded).
+    pub fn data_keys_made(&self) -> u64 {
+        self.rotations
+    }
+
+    /// Seals `data` with the producer's `attributes`.
+    ///
+    /// Calls KMS only when the current data key must be replaced; a KMS failure leaves
+    /// the sealer unchanged, so the call can be retried.
+    pub async fn seal(&mut self, data: &[u8], attributes: &Attributes) -> Result<Sealed, SealError> {
+        format::check_producer_attributes(attributes)?;
+        let now = self.clock.now();
+        let size = data.len() as u64;
+        if self.current.as_ref().is_none_or(|key| self.is_spent(key, now, size)) {
+            self.current = Some(self.new_data_key(now).await?);
+            self.rotations += 1;
+        }
+        let key = self.current.as_mut().expect("a data key was just ensured");
+        key.messages += 1;
+        key.bytes += size;
+        Ok(seal_with(key, self.mode, data, attributes))
+    }
+
+    fn is_spent(&self, key: &DataKey, now: Instant, next_size: u64) -> bool {
+        now.duration_since(key.created) >= self.policy.max_age
+            || key.messages >= self.policy.max_messages
+            || (key.messages > 0 && key.bytes + next_size > self.policy.max_bytes)
+    }
+
+    async fn new_data_key(&self, now: Instant) -> Result<DataKey, SealError> {
+        let secret = SecretKey::generate();
+        let wrapped = self.kms.wrap(&self.key_name, &secret, self.tenant_id.as_bytes()).await?;
+        let usage = match self.mode {
+            Mode::Encrypt => DataKeyUse::Encrypt(EncryptionKey::derive(&secret)),
+            Mode::Sign => DataKeyUse::Sign(SigningKey::new(&secret)),
+        };
+        tracing::debug!(kms_key = %self.key_name, mode = %self.mode, "made a new data key");
+        Ok(DataKey {
+            usage,
+            kms_key_attr: self.key_name.to_string(),
+            wrapped_attr: format::encode_base64(&wrapped),
+            created: now,
+            messages: 0,
+            bytes: 0,
+        })
+    }
+}
+
+fn envelope_attributes(key: &DataKey, mode: Mode, capacity: usize) -> Attributes {
+    let mut attributes = Attributes::with_capacity(capacity + 4);
+    attributes.insert(format::VERSION_ATTR.to_owned(), format::VERSION.to_owned());
+    attributes.insert(format::KMS_KEY_ATTR.to_owned(), key.kms_key_attr.clone());
+    attributes.insert(mode.wrapped_key_attr().to_owned(), key.wrapped_attr.clone());
+    attributes
+}
+
+fn seal_with(key: &DataKey, mode: Mode, data: &[u8], producer_attributes: &Attributes) -> Sealed {
+    match &key.usage {
+        DataKeyUse::Encrypt(aead) => {
+            let attributes = envelope_attributes(key, mode, 0);
+            let header = format::canonical_header(mode, &attributes);
+            let plaintext_len = format::sealed_plaintext_len(data, producer_attributes);
+            let mut payload = Vec::with_capacity(crypto::PREFIX + plaintext_len + format::TAG_LEN);
+            payload.resize(crypto::PREFIX, 0);
+            format::put_sealed_plaintext(&mut payload, data, producer_attributes);
+            aead.seal_in_place(&header, &mut payload);
+            Sealed { data: payload, attributes }
+        }
+        DataKeyUse::Sign(mac) => {
+            let mut attributes = envelope_attributes(key, mode, producer_attributes.len());
+            attributes.extend(producer_attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
+            let header = format::canonical_header(mode, &attributes);
+            let signature = mac.sign(&header, data);
+            attributes.insert(format::SIGNATURE_ATTR.to_owned(), format::encode_base64(&signature));
+            Sealed { data: data.to_vec(), attributes }
+        }
+    }
+}

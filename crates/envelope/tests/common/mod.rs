@@ -1,0 +1,45 @@
+//! Shared set-up: a local keyring with two tenants' keys, wrapped in a call counter.
+
+#![allow(dead_code)] // each test file uses its own share of these helpers
+
+use std::sync::Arc;
+
+use envelope::kms::Counted;
+use envelope::kms::local::{Keyring, LocalKms};
+use envelope::{Attributes, KeyName, Mode, Opener, Sealer};
+
+pub const TENANT_1_KEY: &str = "projects/tenant-1/locations/us-central1/keyRings/tenant1-keyring/cryptoKeys/key1";
+pub const TENANT_2_KEY: &str = "projects/tenant-2/locations/us-central1/keyRings/tenant2-keyring/cryptoKeys/key1";
+
+pub struct Fixture {
+    _dir: tempfile::TempDir,
+    pub kms: Arc<Counted<LocalKms>>,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        let mut keyring = Keyring::load_or_new(&path).unwrap();
+        keyring.create(&key(TENANT_1_KEY)).unwrap();
+        keyring.create(&key(TENANT_2_KEY)).unwrap();
+        keyring.save().unwrap();
+        Self { kms: Arc::new(Counted::new(LocalKms::open(&path).unwrap())), _dir: dir }
+    }
+
+    pub fn sealer(&self, key_name: &str, tenant: &str, mode: Mode) -> Sealer {
+        Sealer::new(self.kms.clone(), key(key_name), tenant, mode)
+    }
+
+    pub fn opener(&self, tenant: &str) -> Opener {
+        Opener::builder(self.kms.clone()).tenant_id(tenant).build()
+    }
+}
+
+pub fn key(name: &str) -> KeyName {
+    name.parse().unwrap()
+}
+
+pub fn attrs(pairs: &[(&str, &str)]) -> Attributes {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}

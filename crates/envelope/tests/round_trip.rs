@@ -1,0 +1,95 @@
+//! Messages come back exactly as they were sealed, in both modes.
+
+mod common;
+
+use bytes::Bytes;
+use common::{Fixture, TENANT_1_KEY, attrs};
+use envelope::format::{DEK_WRAPPED_ATTR, ENCRYPT_OVERHEAD, KMS_KEY_ATTR, SIGNATURE_ATTR, VERSION_ATTR};
+use envelope::{Attributes, Mode, OpenError};
+use proptest::prelude::*;
+
+async fn round_trip(mode: Mode, data: &[u8], attributes: &Attributes) {
+    let fixture = Fixture::new();
+    let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", mode);
+    let sealed = sealer.seal(data, attributes).await.unwrap();
+    let opened = fixture.opener("tenant-1").open(&Bytes::from(sealed.data), &sealed.attributes).await.unwrap();
+    assert_eq!(opened.mode, mode);
+    assert_eq!(opened.kms_key.as_str(), TENANT_1_KEY);
+    assert_eq!(&opened.data[..], data);
+    assert_eq!(&opened.attributes, attributes);
+}
+
+#[tokio::test]
+async fn both_modes_restore_data_and_attributes() {
+    let attributes = attrs(&[("epoch_time", "1541340000"), ("a", "aaa"), ("c", "ccc"), ("b", "bbb")]);
+    for mode in [Mode::Encrypt, Mode::Sign] {
+        round_trip(mode, b"Lorem ipsum dolor sit amet", &attributes).await;
+        round_trip(mode, b"", &Attributes::new()).await;
+        round_trip(mode, b"", &attributes).await;
+        round_trip(mode, b"no attributes", &Attributes::new()).await;
+    }
+}
+
+#[tokio::test]
+async fn encrypt_hides_data_and_attributes() {
+    let fixture = Fixture::new();
+    let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", Mode::Encrypt);
+    let attributes = attrs(&[("customer", "acme-secret-attribute")]);
+    let sealed = sealer.seal(b"plain words here", &attributes).await.unwrap();
+    let mut visible: Vec<&str> = sealed.attributes.keys().map(String::as_str).collect();
+    visible.sort_unstable();
+    assert_eq!(visible, [DEK_WRAPPED_ATTR, VERSION_ATTR, KMS_KEY_ATTR]);
+    let text = String::from_utf8_lossy(&sealed.data);
+    assert!(!text.contains("plain words") && !text.contains("acme"), "{text}");
+    assert_eq!(sealed.data.len(), ENCRYPT_OVERHEAD + 4 + (8 + 8 + 21) + 16);
+}
+
+#[tokio::test]
+async fn sign_keeps_data_and_attributes_visible() {
+    let fixture = Fixture::new();
+    let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", Mode::Sign);
+    let sealed = sealer.seal(b"plain words", &attrs(&[("a", "1")])).await.unwrap();
+    assert_eq!(sealed.data, b"plain words");
+    assert_eq!(sealed.attributes["a"], "1");
+    assert_eq!(sealed.attributes[SIGNATURE_ATTR].len(), 44, "base64 of 32 bytes");
+}
+
+#[tokio::test]
+async fn reserved_attribute_names_are_refused_when_sealing() {
+    let fixture = Fixture::new();
+    let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", Mode::Sign);
+    let error = sealer.seal(b"x", &attrs(&[(KMS_KEY_ATTR, "forged")])).await.unwrap_err();
+    assert!(error.to_string().contains("reserved"), "{error}");
+    assert_eq!(fixture.kms.wraps(), 0, "refused before any KMS call");
+}
+
+#[tokio::test]
+async fn opener_accepts_only_configured_modes() {
+    let fixture = Fixture::new();
+    let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", Mode::Sign);
+    let sealed = sealer.seal(b"x", &Attributes::new()).await.unwrap();
+    let decrypt_only = envelope::Opener::builder(fixture.kms.clone()).tenant_id("tenant-1").accept(&[Mode::Encrypt]).build();
+    let error = decrypt_only.open(&Bytes::from(sealed.data), &sealed.attributes).await.unwrap_err();
+    assert!(matches!(error, OpenError::ModeNotAccepted(Mode::Sign)));
+    assert_eq!(error.reason(), "mode_not_accepted");
+}
+
+fn attribute_map() -> impl Strategy<Value = Attributes> {
+    proptest::collection::hash_map("[a-z][a-z0-9_.-]{0,20}", "\\PC{0,40}", 0..8)
+        .prop_filter("reserved names", |map| map.keys().all(|k| !envelope::format::is_reserved(k)))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_data_and_attributes_round_trip(
+        data in proptest::collection::vec(any::<u8>(), 0..2048),
+        attributes in attribute_map(),
+        encrypt in any::<bool>(),
+    ) {
+        let mode = if encrypt { Mode::Encrypt } else { Mode::Sign };
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+            .block_on(round_trip(mode, &data, &attributes));
+    }
+}

@@ -1,0 +1,208 @@
+//! A local fake of the Cloud KMS REST API (`:encrypt` and `:decrypt`), for tests.
+//!
+//! It does real AES-256-GCM under a random key per crypto key name, checks the
+//! additional authenticated data and every CRC32C field as Cloud KMS does, and can be
+//! told to fail: answer an HTTP status (503, 403, ...) or hang, to exercise a client's
+//! handling of transient and permanent failures.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use rand::RngCore;
+use serde_json::{Value, json};
+
+/// How the fake answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Like Cloud KMS.
+    Normal,
+    /// Every call fails with this HTTP status.
+    Fail(u16),
+    /// Every call waits forever.
+    Hang,
+}
+
+#[derive(Default)]
+struct Keys {
+    by_name: HashMap<String, LessSafeKey>,
+}
+
+struct Shared {
+    behaviour: Mutex<Behaviour>,
+    keys: Mutex<Keys>,
+    calls: AtomicU64,
+}
+
+/// A running fake; stops when dropped.
+pub struct FakeKms {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl FakeKms {
+    /// Starts the fake on a free loopback port.
+    pub async fn start() -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            behaviour: Mutex::new(Behaviour::Normal),
+            keys: Mutex::new(Keys::default()),
+            calls: AtomicU64::new(0),
+        });
+        let app = axum::Router::new().route("/v1/{*call}", axum::routing::post(handle)).with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("fake KMS server failed");
+        });
+        Ok(Self { addr, shared, server })
+    }
+
+    /// The endpoint to give a Cloud KMS client: `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Changes how later calls are answered.
+    pub fn set_behaviour(&self, behaviour: Behaviour) {
+        *self.shared.behaviour.lock().unwrap() = behaviour;
+    }
+
+    /// Calls received so far, whatever their answer.
+    pub fn calls(&self) -> u64 {
+        self.shared.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FakeKms {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    let body = json!({"error": {"code": status.as_u16(), "message": message, "status": grpc_status(status)}});
+    (status, Json(body)).into_response()
+}
+
+fn grpc_status(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "INVALID_ARGUMENT",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        429 => "RESOURCE_EXHAUSTED",
+        503 => "UNAVAILABLE",
+        _ => "INTERNAL",
+    }
+}
+
+fn field_bytes(body: &Value, field: &str) -> Result<Vec<u8>, Response> {
+    match body.get(field).and_then(Value::as_str) {
+        None => Ok(Vec::new()),
+        Some(text) => STANDARD.decode(text).map_err(|_| error(StatusCode::BAD_REQUEST, &format!("{field} is not base64"))),
+    }
+}
+
+/// Checks an optional CRC32C field (int64 as a JSON string or number) against `bytes`.
+fn checksum_ok(body: &Value, field: &str, bytes: &[u8]) -> bool {
+    let given = match body.get(field) {
+        None => return true,
+        Some(Value::String(text)) => text.parse::<u64>().ok(),
+        Some(value) => value.as_u64(),
+    };
+    given == Some(u64::from(crc32c::crc32c(bytes)))
+}
+
+fn crc(bytes: &[u8]) -> String {
+    crc32c::crc32c(bytes).to_string()
+}
+
+async fn handle(State(shared): State<Arc<Shared>>, Path(call): Path<String>, Json(body): Json<Value>) -> Response {
+    shared.calls.fetch_add(1, Ordering::SeqCst);
+    let behaviour = *shared.behaviour.lock().unwrap();
+    match behaviour {
+        Behaviour::Normal => {}
+        Behaviour::Fail(code) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return error(status, "injected failure");
+        }
+        Behaviour::Hang => std::future::pending::<()>().await,
+    }
+    let Some((name, method)) = call.rsplit_once(':') else {
+        return error(StatusCode::NOT_FOUND, "no such method");
+    };
+    let result = match method {
+        "encrypt" => encrypt(&shared, name, &body),
+        "decrypt" => decrypt(&shared, name, &body),
+        _ => Err(error(StatusCode::NOT_FOUND, "no such method")),
+    };
+    result.unwrap_or_else(|response| response)
+}
+
+fn encrypt(shared: &Shared, name: &str, body: &Value) -> Result<Response, Response> {
+    let plaintext = field_bytes(body, "plaintext")?;
+    let aad = field_bytes(body, "additionalAuthenticatedData")?;
+    let plaintext_ok = checksum_ok(body, "plaintextCrc32c", &plaintext);
+    let aad_ok = checksum_ok(body, "additionalAuthenticatedDataCrc32c", &aad);
+    if !plaintext_ok || !aad_ok {
+        return Err(error(StatusCode::BAD_REQUEST, "checksum mismatch"));
+    }
+    let mut keys = shared.keys.lock().unwrap();
+    let key = keys.by_name.entry(name.to_owned()).or_insert_with(|| {
+        let mut material = [0u8; 32];
+        rand::rng().fill_bytes(&mut material);
+        LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &material).unwrap())
+    });
+    let mut nonce = [0u8; 12];
+    rand::rng().fill_bytes(&mut nonce);
+    let mut sealed = plaintext;
+    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&aad), &mut sealed).unwrap();
+    let mut ciphertext = nonce.to_vec();
+    ciphertext.extend_from_slice(&sealed);
+    Ok(Json(json!({
+        "name": format!("{name}/cryptoKeyVersions/1"),
+        "ciphertext": STANDARD.encode(&ciphertext),
+        "ciphertextCrc32c": crc(&ciphertext),
+        "verifiedPlaintextCrc32c": body.get("plaintextCrc32c").is_some(),
+        "verifiedAdditionalAuthenticatedDataCrc32c": body.get("additionalAuthenticatedDataCrc32c").is_some(),
+        "protectionLevel": "SOFTWARE",
+    }))
+    .into_response())
+}
+
+fn decrypt(shared: &Shared, name: &str, body: &Value) -> Result<Response, Response> {
+    let ciphertext = field_bytes(body, "ciphertext")?;
+    let aad = field_bytes(body, "additionalAuthenticatedData")?;
+    let ciphertext_ok = checksum_ok(body, "ciphertextCrc32c", &ciphertext);
+    let aad_ok = checksum_ok(body, "additionalAuthenticatedDataCrc32c", &aad);
+    if !ciphertext_ok || !aad_ok {
+        return Err(error(StatusCode::BAD_REQUEST, "checksum mismatch"));
+    }
+    let keys = shared.keys.lock().unwrap();
+    let key = keys.by_name.get(name).ok_or_else(|| error(StatusCode::NOT_FOUND, "crypto key not found"))?;
+    let failed = || error(StatusCode::BAD_REQUEST, "Decryption failed: the ciphertext is invalid.");
+    if ciphertext.len() < 12 + 16 {
+        return Err(failed());
+    }
+    let (nonce, sealed) = ciphertext.split_at(12);
+    let mut buffer = sealed.to_vec();
+    let plaintext = key
+        .open_in_place(Nonce::try_assume_unique_for_key(nonce).unwrap(), Aad::from(&aad), &mut buffer)
+        .map_err(|_| failed())?;
+    Ok(Json(json!({
+        "plaintext": STANDARD.encode(&*plaintext),
+        "plaintextCrc32c": crc(plaintext),
+        "usedPrimary": true,
+        "protectionLevel": "SOFTWARE",
+    }))
+    .into_response())
+}
