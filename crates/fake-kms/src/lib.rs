@@ -30,6 +30,9 @@ pub enum Behaviour {
     Fail(u16),
     /// Every call waits forever.
     Hang,
+    /// Answers normally, but the returned ciphertext or plaintext is altered after its
+    /// checksum was computed, as corruption in transit would.
+    Corrupt,
 }
 
 #[derive(Default)]
@@ -130,7 +133,7 @@ async fn handle(State(shared): State<Arc<Shared>>, Path(call): Path<String>, Jso
     shared.calls.fetch_add(1, Ordering::SeqCst);
     let behaviour = *shared.behaviour.lock().unwrap();
     match behaviour {
-        Behaviour::Normal => {}
+        Behaviour::Normal | Behaviour::Corrupt => {}
         Behaviour::Fail(code) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             return error(status, "injected failure");
@@ -141,14 +144,23 @@ async fn handle(State(shared): State<Arc<Shared>>, Path(call): Path<String>, Jso
         return error(StatusCode::NOT_FOUND, "no such method");
     };
     let result = match method {
-        "encrypt" => encrypt(&shared, name, &body),
-        "decrypt" => decrypt(&shared, name, &body),
+        "encrypt" => encrypt(&shared, name, &body, behaviour == Behaviour::Corrupt),
+        "decrypt" => decrypt(&shared, name, &body, behaviour == Behaviour::Corrupt),
         _ => Err(error(StatusCode::NOT_FOUND, "no such method")),
     };
     result.unwrap_or_else(|response| response)
 }
 
-fn encrypt(shared: &Shared, name: &str, body: &Value) -> Result<Response, Response> {
+/// Flips the first bit of `bytes` when `corrupt`, leaving its checksum as it was.
+fn encoded(bytes: &[u8], corrupt: bool) -> String {
+    let mut sent = bytes.to_vec();
+    if corrupt && !sent.is_empty() {
+        sent[0] ^= 1;
+    }
+    STANDARD.encode(sent)
+}
+
+fn encrypt(shared: &Shared, name: &str, body: &Value, corrupt: bool) -> Result<Response, Response> {
     let plaintext = field_bytes(body, "plaintext")?;
     let aad = field_bytes(body, "additionalAuthenticatedData")?;
     let plaintext_ok = checksum_ok(body, "plaintextCrc32c", &plaintext);
@@ -170,7 +182,7 @@ fn encrypt(shared: &Shared, name: &str, body: &Value) -> Result<Response, Respon
     ciphertext.extend_from_slice(&sealed);
     Ok(Json(json!({
         "name": format!("{name}/cryptoKeyVersions/1"),
-        "ciphertext": STANDARD.encode(&ciphertext),
+        "ciphertext": encoded(&ciphertext, corrupt),
         "ciphertextCrc32c": crc(&ciphertext),
         "verifiedPlaintextCrc32c": body.get("plaintextCrc32c").is_some(),
         "verifiedAdditionalAuthenticatedDataCrc32c": body.get("additionalAuthenticatedDataCrc32c").is_some(),
@@ -179,7 +191,7 @@ fn encrypt(shared: &Shared, name: &str, body: &Value) -> Result<Response, Respon
     .into_response())
 }
 
-fn decrypt(shared: &Shared, name: &str, body: &Value) -> Result<Response, Response> {
+fn decrypt(shared: &Shared, name: &str, body: &Value, corrupt: bool) -> Result<Response, Response> {
     let ciphertext = field_bytes(body, "ciphertext")?;
     let aad = field_bytes(body, "additionalAuthenticatedData")?;
     let ciphertext_ok = checksum_ok(body, "ciphertextCrc32c", &ciphertext);
@@ -199,7 +211,7 @@ fn decrypt(shared: &Shared, name: &str, body: &Value) -> Result<Response, Respon
         .open_in_place(Nonce::try_assume_unique_for_key(nonce).unwrap(), Aad::from(&aad), &mut buffer)
         .map_err(|_| failed())?;
     Ok(Json(json!({
-        "plaintext": STANDARD.encode(&*plaintext),
+        "plaintext": encoded(plaintext, corrupt),
         "plaintextCrc32c": crc(plaintext),
         "usedPrimary": true,
         "protectionLevel": "SOFTWARE",

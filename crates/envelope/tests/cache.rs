@@ -1,0 +1,70 @@
+//! Consumers unwrap each data key once, however many messages share it.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Fixture, TENANT_1_KEY};
+use envelope::{Attributes, CacheSettings, Mode, Opener};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_concurrent_opens_of_a_new_key_make_one_kms_call() {
+    for mode in [Mode::Encrypt, Mode::Sign] {
+        let fixture = Fixture::new();
+        let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", mode);
+        let mut messages = Vec::new();
+        for i in 0..100 {
+            let sealed = sealer.seal(format!("message {i}").as_bytes(), &Attributes::new()).await.unwrap();
+            messages.push(sealed);
+        }
+        let opener = Arc::new(fixture.opener("tenant-1"));
+        let tasks: Vec<_> = messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, message)| {
+                let opener = opener.clone();
+                tokio::spawn(async move {
+                    let opened = opener.open(&Bytes::from(message.data), &message.attributes).await.unwrap();
+                    assert_eq!(opened.data, format!("message {i}").as_bytes());
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(fixture.kms.unwraps(), 1, "{mode}");
+    }
+}
+
+#[tokio::test]
+async fn expired_entries_are_unwrapped_again() {
+    let fixture = Fixture::new();
+    let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", Mode::Sign);
+    let message = sealer.seal(b"x", &Attributes::new()).await.unwrap();
+    let data = Bytes::from(message.data);
+    let opener = Opener::builder(fixture.kms.clone())
+        .tenant_id("tenant-1")
+        .cache(CacheSettings { ttl: Duration::from_millis(200), capacity: 10 })
+        .build();
+    opener.open(&data, &message.attributes).await.unwrap();
+    opener.open(&data, &message.attributes).await.unwrap();
+    assert_eq!(fixture.kms.unwraps(), 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    opener.open(&data, &message.attributes).await.unwrap();
+    assert_eq!(fixture.kms.unwraps(), 2, "after the time to live, the key is unwrapped again");
+}
+
+#[tokio::test]
+async fn failures_are_not_cached() {
+    let fixture = Fixture::new();
+    let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-2", Mode::Sign);
+    let message = sealer.seal(b"x", &Attributes::new()).await.unwrap();
+    let data = Bytes::from(message.data);
+    let opener = fixture.opener("tenant-1");
+    for _ in 0..3 {
+        assert_eq!(opener.open(&data, &message.attributes).await.unwrap_err().reason(), "unwrap_rejected");
+    }
+    assert_eq!(fixture.kms.unwraps(), 3);
+}

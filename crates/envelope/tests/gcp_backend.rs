@@ -1,0 +1,132 @@
+//! The Cloud KMS backend against a local fake of the REST API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use envelope::kms::gcp::{CredentialSource, GcpKms};
+use envelope::kms::{Kms, KmsError};
+use envelope::{Attributes, KeyName, Mode, Opener, SecretKey, Sealer};
+use fake_kms::{Behaviour, FakeKms};
+
+const KEY: &str = "projects/tenant-1/locations/us-central1/keyRings/tenant1-keyring/cryptoKeys/key1";
+
+async fn backend(fake: &FakeKms, timeout: Duration) -> GcpKms {
+    GcpKms::builder()
+        .credentials(CredentialSource::Anonymous)
+        .endpoint(fake.endpoint())
+        .timeout(timeout)
+        .build()
+        .await
+        .unwrap()
+}
+
+fn key() -> KeyName {
+    KEY.parse().unwrap()
+}
+
+#[tokio::test]
+async fn wraps_and_unwraps_binding_the_tenant() {
+    let fake = FakeKms::start().await.unwrap();
+    let kms = backend(&fake, Duration::from_secs(5)).await;
+    let dek = SecretKey::generate();
+    let wrapped = kms.wrap(&key(), &dek, b"tenantKey").await.unwrap();
+    assert_eq!(kms.unwrap(&key(), &wrapped, b"tenantKey").await.unwrap().expose(), dek.expose());
+    let error = kms.unwrap(&key(), &wrapped, b"another-tenant").await.unwrap_err();
+    assert_eq!(error, KmsError::UnwrapRejected(KEY.into()));
+    assert!(!error.is_transient());
+}
+
+#[tokio::test]
+async fn envelope_round_trip_through_cloud_kms() {
+    let fake = FakeKms::start().await.unwrap();
+    let kms: Arc<dyn Kms> = Arc::new(backend(&fake, Duration::from_secs(5)).await);
+    let mut sealer = Sealer::new(kms.clone(), key(), "tenant-1", Mode::Encrypt);
+    let opener = Opener::builder(kms).tenant_id("tenant-1").build();
+    for i in 0..10 {
+        let sealed = sealer.seal(format!("message {i}").as_bytes(), &Attributes::new()).await.unwrap();
+        let opened = opener.open(&Bytes::from(sealed.data), &sealed.attributes).await.unwrap();
+        assert_eq!(opened.data, format!("message {i}").as_bytes());
+    }
+    assert_eq!(fake.calls(), 2, "one encrypt for the data key, one decrypt for the consumer");
+}
+
+#[tokio::test]
+async fn server_errors_are_transient_and_permission_denied_is_permanent() {
+    let fake = FakeKms::start().await.unwrap();
+    let kms = backend(&fake, Duration::from_secs(5)).await;
+    let wrapped = kms.wrap(&key(), &SecretKey::generate(), b"t").await.unwrap();
+    let cases = [
+        (503, "kms_unavailable", true),
+        (500, "kms_unavailable", true),
+        (429, "kms_rate_limited", true),
+        (403, "kms_permission_denied", false),
+        (404, "kms_key_not_found", false),
+    ];
+    for (status, reason, transient) in cases {
+        fake.set_behaviour(Behaviour::Fail(status));
+        for error in [
+            kms.wrap(&key(), &SecretKey::generate(), b"t").await.unwrap_err(),
+            kms.unwrap(&key(), &wrapped, b"t").await.unwrap_err(),
+        ] {
+            assert_eq!(error.reason(), reason, "HTTP {status}: {error}");
+            assert_eq!(error.is_transient(), transient, "HTTP {status}");
+        }
+    }
+    fake.set_behaviour(Behaviour::Normal);
+    assert!(kms.unwrap(&key(), &wrapped, b"t").await.is_ok(), "recovers when KMS does");
+}
+
+#[tokio::test]
+async fn responses_corrupted_in_transit_fail_their_checksum() {
+    let fake = FakeKms::start().await.unwrap();
+    let kms = backend(&fake, Duration::from_secs(5)).await;
+    let wrapped = kms.wrap(&key(), &SecretKey::generate(), b"t").await.unwrap();
+    fake.set_behaviour(Behaviour::Corrupt);
+    for error in [
+        kms.wrap(&key(), &SecretKey::generate(), b"t").await.unwrap_err(),
+        kms.unwrap(&key(), &wrapped, b"t").await.unwrap_err(),
+    ] {
+        assert_eq!(error.reason(), "kms_integrity", "{error}");
+        assert!(error.is_transient());
+    }
+}
+
+#[tokio::test]
+async fn a_hanging_kms_times_out_as_transient() {
+    let fake = FakeKms::start().await.unwrap();
+    let kms = backend(&fake, Duration::from_millis(300)).await;
+    fake.set_behaviour(Behaviour::Hang);
+    let started = std::time::Instant::now();
+    let error = kms.wrap(&key(), &SecretKey::generate(), b"t").await.unwrap_err();
+    assert_eq!(error, KmsError::Timeout(Duration::from_millis(300)));
+    assert!(error.is_transient());
+    assert!(started.elapsed() < Duration::from_secs(5), "gave up at the deadline");
+}
+
+#[tokio::test]
+async fn unreachable_kms_is_transient() {
+    let fake = FakeKms::start().await.unwrap();
+    let endpoint = fake.endpoint();
+    drop(fake);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let kms = GcpKms::builder().credentials(CredentialSource::Anonymous).endpoint(endpoint).build().await.unwrap();
+    let error = kms.wrap(&key(), &SecretKey::generate(), b"t").await.unwrap_err();
+    assert_eq!(error.reason(), "kms_unavailable", "{error}");
+    assert!(error.is_transient());
+}
+
+#[tokio::test]
+async fn pipeline_view_of_a_kms_outage() {
+    let fake = FakeKms::start().await.unwrap();
+    let kms: Arc<dyn Kms> = Arc::new(backend(&fake, Duration::from_secs(5)).await);
+    let mut sealer = Sealer::new(kms.clone(), key(), "tenant-1", Mode::Sign);
+    let sealed = sealer.seal(b"words", &Attributes::new()).await.unwrap();
+    let data = Bytes::from(sealed.data);
+    let opener = Opener::builder(kms).tenant_id("tenant-1").build();
+    fake.set_behaviour(Behaviour::Fail(503));
+    let error = opener.open(&data, &sealed.attributes).await.unwrap_err();
+    assert!(error.is_transient(), "{error}");
+    fake.set_behaviour(Behaviour::Normal);
+    assert_eq!(opener.open(&data, &sealed.attributes).await.unwrap().data, &b"words"[..]);
+}

@@ -1,0 +1,80 @@
+//! Producers rotate data keys by age, count and bytes, calling KMS only then.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Fixture, TENANT_1_KEY};
+use envelope::format::DEK_WRAPPED_ATTR;
+use envelope::{Attributes, ManualClock, Mode, RotationPolicy, Sealer};
+
+fn sealer(fixture: &Fixture, policy: RotationPolicy, clock: Arc<ManualClock>) -> Sealer {
+    fixture.sealer(TENANT_1_KEY, "tenant-1", Mode::Encrypt).with_policy(policy).with_clock(clock)
+}
+
+async fn wrapped_key(sealer: &mut Sealer, data: &[u8]) -> String {
+    sealer.seal(data, &Attributes::new()).await.unwrap().attributes[DEK_WRAPPED_ATTR].clone()
+}
+
+const LARGE: RotationPolicy = RotationPolicy { max_age: Duration::from_secs(100), max_messages: u64::MAX, max_bytes: u64::MAX };
+
+#[test]
+fn defaults_match_the_article_and_stay_far_below_the_nonce_bound() {
+    let policy = RotationPolicy::default();
+    assert_eq!(policy.max_age, Duration::from_secs(100));
+    assert!(policy.max_messages <= 1 << 32);
+}
+
+#[tokio::test]
+async fn rotates_by_age() {
+    let fixture = Fixture::new();
+    let clock = Arc::new(ManualClock::new());
+    let mut sealer = sealer(&fixture, LARGE, clock.clone());
+    let first = wrapped_key(&mut sealer, b"a").await;
+    clock.advance(Duration::from_secs(99));
+    assert_eq!(wrapped_key(&mut sealer, b"b").await, first, "still young");
+    clock.advance(Duration::from_secs(1));
+    assert_ne!(wrapped_key(&mut sealer, b"c").await, first, "100 s old");
+    assert_eq!(fixture.kms.wraps(), 2);
+    assert_eq!(sealer.data_keys_made(), 2);
+}
+
+#[tokio::test]
+async fn rotates_by_message_count() {
+    let fixture = Fixture::new();
+    let clock = Arc::new(ManualClock::new());
+    let mut sealer = sealer(&fixture, RotationPolicy { max_messages: 5, ..LARGE }, clock);
+    let mut keys = Vec::new();
+    for _ in 0..12 {
+        keys.push(wrapped_key(&mut sealer, b"x").await);
+    }
+    assert!(keys[..5].iter().all(|k| *k == keys[0]));
+    assert!(keys[5..10].iter().all(|k| *k == keys[5]));
+    assert_ne!(keys[0], keys[5]);
+    assert_ne!(keys[5], keys[10]);
+    assert_eq!(fixture.kms.wraps(), 3, "12 messages at 5 per key: KMS called per rotation only");
+}
+
+#[tokio::test]
+async fn rotates_by_bytes() {
+    let fixture = Fixture::new();
+    let clock = Arc::new(ManualClock::new());
+    let mut sealer = sealer(&fixture, RotationPolicy { max_bytes: 100, ..LARGE }, clock);
+    let first = wrapped_key(&mut sealer, &[0; 60]).await;
+    assert_eq!(wrapped_key(&mut sealer, &[0; 40]).await, first, "exactly 100 bytes fit");
+    let third = wrapped_key(&mut sealer, &[0; 1]).await;
+    assert_ne!(third, first, "byte 101 needs a new key");
+    let oversized = wrapped_key(&mut sealer, &[0; 500]).await;
+    assert_ne!(oversized, third, "a message larger than the budget gets a key of its own");
+    assert_ne!(wrapped_key(&mut sealer, &[0; 1]).await, oversized);
+}
+
+#[tokio::test]
+async fn failed_rotation_leaves_the_sealer_usable() {
+    let fixture = Fixture::new();
+    let mut broken = Sealer::new(fixture.kms.clone(), common::key("projects/p/locations/l/keyRings/r/cryptoKeys/absent"), "t", Mode::Sign);
+    let error = broken.seal(b"x", &Attributes::new()).await.unwrap_err();
+    assert!(!error.is_transient(), "{error}");
+    assert_eq!(broken.data_keys_made(), 0);
+}
