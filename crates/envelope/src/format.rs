@@ -263,6 +263,17 @@ pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
     STANDARD.decode(text).ok()
 }
 
+/// [`decode_base64`] into `out`, without allocating; `None` also when `out` is too
+/// small. Returns how many bytes were written.
+pub fn decode_base64_into(text: &str, out: &mut [u8]) -> Option<usize> {
+    // The engine refuses a buffer smaller than its estimate (3 bytes per 4 characters),
+    // which for a padded encoding of `out.len()` bytes is at most 2 more.
+    let mut buffer = [0u8; 64];
+    let written = STANDARD.decode_slice(text, buffer.get_mut(..out.len() + 2)?).ok()?;
+    out.get_mut(..written)?.copy_from_slice(&buffer[..written]);
+    Some(written)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,6 +338,16 @@ mod tests {
         assert!(check_producer_attributes(&attrs(&[("k", &long)])).is_err());
         let many: Attributes = (0..=MAX_ATTRIBUTES).map(|i| (format!("k{i}"), String::new())).collect();
         assert_eq!(check_producer_attributes(&many), Err(AttributeError::TooMany(101)));
+    }
+
+    #[test]
+    fn base64_into_a_fixed_buffer() {
+        let mut out = [0u8; 32];
+        assert_eq!(decode_base64_into(&encode_base64(&[7; 32]), &mut out), Some(32));
+        assert_eq!(out, [7; 32]);
+        assert_eq!(decode_base64_into(&encode_base64(&[7; 31]), &mut out), Some(31));
+        assert_eq!(decode_base64_into(&encode_base64(&[7; 33]), &mut out), None);
+        assert_eq!(decode_base64_into("AAF=", &mut out), None);
     }
 
     #[test]

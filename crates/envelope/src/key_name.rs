@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// The prefix of Tink-style key URIs, accepted wherever a key name is.
 const TINK_PREFIX: &str = "gcp-kms://";
@@ -9,9 +10,9 @@ const TINK_PREFIX: &str = "gcp-kms://";
 /// A Cloud KMS crypto key: `projects/P/locations/L/keyRings/R/cryptoKeys/K`.
 ///
 /// The local keyring backend uses the same names, so a deployment can move between the
-/// two without touching its configuration.
+/// two without touching its configuration. Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyName(String);
+pub struct KeyName(Arc<str>);
 
 /// Why a string is not a [`KeyName`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,7 +48,7 @@ impl FromStr for KeyName {
         let well_formed = segments.len() == 8
             && segments.chunks(2).zip(LITERALS).all(|(pair, literal)| pair[0] == literal && is_valid_id(pair[1]));
         if well_formed {
-            Ok(Self(name.to_owned()))
+            Ok(Self(name.into()))
         } else {
             Err(KeyNameError(text.to_owned()))
         }

@@ -5,13 +5,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use moka::future::Cache;
-use sha2::{Digest, Sha256};
 
 use crate::crypto::{EncryptionKey, OpenFailure, SigningKey};
 use crate::error::OpenError;
 use crate::format::{self, Attributes, Mode};
 use crate::key_name::{KeyName, TrustedKeys};
-use crate::kms::{Kms, KmsError};
+use crate::kms::Kms;
 use crate::secret::SecretKey;
 use crate::DEFAULT_TENANT_ID;
 
@@ -91,23 +90,36 @@ impl OpenerBuilder {
     }
 }
 
-fn new_cache<V: Clone + Send + Sync + 'static>(settings: CacheSettings) -> Cache<[u8; 32], V> {
+fn new_cache<V: Clone + Send + Sync + 'static>(settings: CacheSettings) -> Cache<String, V> {
     Cache::builder().max_capacity(settings.capacity).time_to_live(settings.ttl).build()
 }
 
 /// Opens messages sealed by any [`Sealer`](crate::Sealer) of the tenant.
 ///
-/// Unwrapped data keys are cached by a SHA-256 of the KMS key name and the wrapped key.
-/// Concurrent opens that miss on the same wrapped key share one KMS call (moka's
-/// `try_get_with` coalesces them), so a burst of messages under a new data key costs
-/// one unwrap, not one per message as in the original.
+/// Unwrapped data keys are cached under their wrapped-key attribute text. Everything
+/// that follows from the `kms_key` and wrapped-key texts alone (the key name's shape,
+/// trust, base64, the unwrap itself) is checked once, when an entry is made; a hit skips
+/// it. Concurrent opens that miss on the same wrapped key share one KMS call (moka's
+/// `try_get_with` coalesces them), so a burst of messages under a new data key costs one
+/// unwrap, not one per message as in the original.
 pub struct Opener {
     kms: Arc<dyn Kms>,
     tenant_id: String,
     trusted: TrustedKeys,
     modes: Vec<Mode>,
-    encryption_keys: Cache<[u8; 32], Arc<EncryptionKey>>,
-    signing_keys: Cache<[u8; 32], Arc<SigningKey>>,
+    encryption_keys: KeyCache<EncryptionKey>,
+    signing_keys: KeyCache<SigningKey>,
+}
+
+type KeyCache<T> = Cache<String, Arc<CachedKey<T>>>;
+
+/// A data key ready for use, with what was learnt while unwrapping it.
+struct CachedKey<T> {
+    key: T,
+    kms_key: KeyName,
+    /// The canonical header, in encrypt mode, where it depends only on the envelope
+    /// attributes that make up the cache key.
+    header: Vec<u8>,
 }
 
 impl Opener {
@@ -136,77 +148,99 @@ impl Opener {
         if !self.modes.contains(&envelope.mode) {
             return Err(OpenError::ModeNotAccepted(envelope.mode));
         }
-        if !self.trusted.allows(&envelope.kms_key) {
-            return Err(OpenError::UntrustedKey(envelope.kms_key.to_string()));
-        }
-        let header = format::canonical_header(envelope.mode, attributes);
         match envelope.mode {
             Mode::Encrypt => {
                 if data.len() < format::ENCRYPT_OVERHEAD + 4 {
                     return Err(OpenError::Truncated(data.len()));
                 }
-                let key = self.data_key(&self.encryption_keys, &envelope, EncryptionKey::derive).await?;
-                let plaintext = key.open(&header, data).map_err(|failure| match failure {
+                let cached = self
+                    .data_key(&self.encryption_keys, &envelope, |secret| {
+                        (EncryptionKey::derive(secret), format::canonical_header(Mode::Encrypt, attributes))
+                    })
+                    .await?;
+                let plaintext = cached.key.open(&cached.header, data).map_err(|failure| match failure {
                     OpenFailure::Truncated => OpenError::Truncated(data.len()),
                     OpenFailure::Forged => OpenError::Tampered,
                 })?;
                 let (restored, offset) = format::decode_sealed_plaintext(&plaintext)?;
                 Ok(Opened {
                     mode: envelope.mode,
-                    kms_key: envelope.kms_key,
+                    kms_key: cached.kms_key.clone(),
                     data: Bytes::from(plaintext).slice(offset..),
                     attributes: restored,
                 })
             }
             Mode::Sign => {
-                let key = self.data_key(&self.signing_keys, &envelope, SigningKey::new).await?;
-                key.verify(&header, data, &envelope.signature).map_err(|_| OpenError::Tampered)?;
+                let cached = self.data_key(&self.signing_keys, &envelope, |secret| (SigningKey::new(secret), Vec::new())).await?;
+                let header = format::canonical_header(Mode::Sign, attributes);
+                cached.key.verify(&header, data, &envelope.signature).map_err(|_| OpenError::Tampered)?;
                 let restored = attributes
                     .iter()
                     .filter(|(name, _)| !format::is_reserved(name) && name.as_str() != format::SIGNATURE_ATTR)
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
-                Ok(Opened { mode: envelope.mode, kms_key: envelope.kms_key, data: data.clone(), attributes: restored })
+                Ok(Opened { mode: envelope.mode, kms_key: cached.kms_key.clone(), data: data.clone(), attributes: restored })
             }
         }
     }
 
-    /// The derived key for `envelope`'s wrapped key: from the cache, or unwrapped once.
+    /// The data key `envelope` names: from the cache, or checked and unwrapped once.
     async fn data_key<T>(
         &self,
-        cache: &Cache<[u8; 32], Arc<T>>,
-        envelope: &Envelope,
-        derive: fn(&SecretKey) -> T,
-    ) -> Result<Arc<T>, OpenError>
+        cache: &KeyCache<T>,
+        envelope: &Envelope<'_>,
+        prepare: impl FnOnce(&SecretKey) -> (T, Vec<u8>),
+    ) -> Result<Arc<CachedKey<T>>, OpenError>
     where
         T: Send + Sync + 'static,
     {
-        let mut digest = Sha256::new();
-        digest.update(envelope.kms_key.as_str().as_bytes());
-        digest.update([0]);
-        digest.update(&envelope.wrapped);
-        let cache_key: [u8; 32] = digest.finalize().into();
-        cache
-            .try_get_with(cache_key, async {
-                let secret = self.kms.unwrap(&envelope.kms_key, &envelope.wrapped, self.tenant_id.as_bytes()).await?;
-                tracing::debug!(kms_key = %envelope.kms_key, mode = %envelope.mode, "unwrapped a data key");
-                Ok::<_, KmsError>(Arc::new(derive(&secret)))
-            })
-            .await
-            .map_err(|error: Arc<KmsError>| OpenError::Kms((*error).clone()))
+        let hit = cache.get(envelope.wrapped).await;
+        match hit {
+            Some(cached) if cached.kms_key.as_str() == envelope.kms_key => Ok(cached),
+            // A wrapped key seen before under another key name: only a forger copies one,
+            // and the KMS will refuse it. Check it without touching the good entry.
+            Some(_) => self.unwrap_checked(envelope, prepare).await,
+            None => cache
+                .try_get_with(envelope.wrapped.to_owned(), self.unwrap_checked(envelope, prepare))
+                .await
+                .map_err(|error: Arc<OpenError>| (*error).clone()),
+        }
+    }
+
+    /// Checks what the key name and wrapped key say, then unwraps through the KMS.
+    async fn unwrap_checked<T>(
+        &self,
+        envelope: &Envelope<'_>,
+        prepare: impl FnOnce(&SecretKey) -> (T, Vec<u8>),
+    ) -> Result<Arc<CachedKey<T>>, OpenError> {
+        let kms_key: KeyName = envelope.kms_key.parse().map_err(|error: crate::KeyNameError| {
+            OpenError::GarbledAttribute { name: format::KMS_KEY_ATTR, why: error.to_string() }
+        })?;
+        if !self.trusted.allows(&kms_key) {
+            return Err(OpenError::UntrustedKey(kms_key.to_string()));
+        }
+        let wrapped_attr = envelope.mode.wrapped_key_attr();
+        let wrapped = format::decode_base64(envelope.wrapped).ok_or(OpenError::BadBase64(wrapped_attr))?;
+        if wrapped.is_empty() {
+            return Err(OpenError::GarbledAttribute { name: wrapped_attr, why: "empty".into() });
+        }
+        let secret = self.kms.unwrap(&kms_key, &wrapped, self.tenant_id.as_bytes()).await?;
+        tracing::debug!(%kms_key, mode = %envelope.mode, "unwrapped a data key");
+        let (key, header) = prepare(&secret);
+        Ok(Arc::new(CachedKey { key, kms_key, header }))
     }
 }
 
-/// The envelope attributes of one message, checked for shape.
-struct Envelope {
+/// The envelope attributes of one message, checked for presence and shape.
+struct Envelope<'a> {
     mode: Mode,
-    kms_key: KeyName,
-    wrapped: Vec<u8>,
-    signature: Vec<u8>,
+    kms_key: &'a str,
+    wrapped: &'a str,
+    signature: [u8; format::SIGNATURE_LEN],
 }
 
-impl Envelope {
-    fn parse(attributes: &Attributes) -> Result<Self, OpenError> {
+impl<'a> Envelope<'a> {
+    fn parse(attributes: &'a Attributes) -> Result<Self, OpenError> {
         let get = |name: &'static str| attributes.get(name).map(String::as_str);
         let required = |name: &'static str| get(name).ok_or(OpenError::MissingAttribute(name));
         let version = required(format::VERSION_ATTR)?;
@@ -224,34 +258,27 @@ impl Envelope {
             }
             (None, None) => return Err(OpenError::MissingAttribute("dek_wrapped or sign_key_wrapped")),
         };
-        let kms_key = required(format::KMS_KEY_ATTR)?
-            .parse()
-            .map_err(|error: crate::KeyNameError| OpenError::GarbledAttribute { name: format::KMS_KEY_ATTR, why: error.to_string() })?;
-        let wrapped_attr = mode.wrapped_key_attr();
-        let wrapped = format::decode_base64(required(wrapped_attr)?).ok_or(OpenError::BadBase64(wrapped_attr))?;
-        if wrapped.is_empty() {
-            return Err(OpenError::GarbledAttribute { name: wrapped_attr, why: "empty".into() });
-        }
-        let signature = match mode {
+        let kms_key = required(format::KMS_KEY_ATTR)?;
+        let wrapped = required(mode.wrapped_key_attr())?;
+        let mut signature = [0; format::SIGNATURE_LEN];
+        match mode {
             Mode::Encrypt => {
                 let envelope_attrs = [format::VERSION_ATTR, format::KMS_KEY_ATTR, format::DEK_WRAPPED_ATTR];
                 if let Some(extra) = attributes.keys().find(|name| !envelope_attrs.contains(&name.as_str())) {
                     return Err(OpenError::UnexpectedAttribute(extra.clone()));
                 }
-                Vec::new()
             }
             Mode::Sign => {
-                let signature = format::decode_base64(required(format::SIGNATURE_ATTR)?)
-                    .ok_or(OpenError::BadBase64(format::SIGNATURE_ATTR))?;
-                if signature.len() != format::SIGNATURE_LEN {
+                let text = required(format::SIGNATURE_ATTR)?;
+                let len = format::decode_base64_into(text, &mut signature).ok_or(OpenError::BadBase64(format::SIGNATURE_ATTR))?;
+                if len != format::SIGNATURE_LEN {
                     return Err(OpenError::GarbledAttribute {
                         name: format::SIGNATURE_ATTR,
-                        why: format!("{} bytes, expected {}", signature.len(), format::SIGNATURE_LEN),
+                        why: format!("not {} bytes", format::SIGNATURE_LEN),
                     });
                 }
-                signature
             }
-        };
+        }
         Ok(Self { mode, kms_key, wrapped, signature })
     }
 }

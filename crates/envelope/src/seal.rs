@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::clock::{Clock, SystemClock};
 use crate::crypto::{self, EncryptionKey, SigningKey};
 use crate::error::SealError;
@@ -36,8 +38,9 @@ impl Default for RotationPolicy {
 /// A sealed message, ready to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sealed {
-    /// The payload: ciphertext in encrypt mode, the original data in sign mode.
-    pub data: Vec<u8>,
+    /// The payload: ciphertext in encrypt mode, the original data (shared, not copied)
+    /// in sign mode.
+    pub data: Bytes,
     /// The envelope attributes, plus the producer's own in sign mode.
     pub attributes: Attributes,
 }
@@ -50,8 +53,11 @@ enum DataKeyUse {
 /// The current data key and how much it has been used.
 struct DataKey {
     usage: DataKeyUse,
-    kms_key_attr: String,
-    wrapped_attr: String,
+    /// Version, key name and wrapped key: cloned into every message, which is cheaper
+    /// than building the map again.
+    envelope: Attributes,
+    /// The canonical header in encrypt mode, the same for every message under this key.
+    encrypt_header: Vec<u8>,
     created: Instant,
     messages: u64,
     bytes: u64,
@@ -113,7 +119,7 @@ impl Sealer {
     ///
     /// Calls KMS only when the current data key must be replaced; a KMS failure leaves
     /// the sealer unchanged, so the call can be retried.
-    pub async fn seal(&mut self, data: &[u8], attributes: &Attributes) -> Result<Sealed, SealError> {
+    pub async fn seal(&mut self, data: Bytes, attributes: &Attributes) -> Result<Sealed, SealError> {
         format::check_producer_attributes(attributes)?;
         let now = self.clock.now();
         let size = data.len() as u64;
@@ -141,44 +147,38 @@ impl Sealer {
             Mode::Sign => DataKeyUse::Sign(SigningKey::new(&secret)),
         };
         tracing::debug!(kms_key = %self.key_name, mode = %self.mode, "made a new data key");
-        Ok(DataKey {
-            usage,
-            kms_key_attr: self.key_name.to_string(),
-            wrapped_attr: format::encode_base64(&wrapped),
-            created: now,
-            messages: 0,
-            bytes: 0,
-        })
+        let envelope = Attributes::from([
+            (format::VERSION_ATTR.to_owned(), format::VERSION.to_owned()),
+            (format::KMS_KEY_ATTR.to_owned(), self.key_name.to_string()),
+            (self.mode.wrapped_key_attr().to_owned(), format::encode_base64(&wrapped)),
+        ]);
+        let encrypt_header = match self.mode {
+            Mode::Encrypt => format::canonical_header(Mode::Encrypt, &envelope),
+            Mode::Sign => Vec::new(),
+        };
+        Ok(DataKey { usage, envelope, encrypt_header, created: now, messages: 0, bytes: 0 })
     }
 }
 
-fn envelope_attributes(key: &DataKey, mode: Mode, capacity: usize) -> Attributes {
-    let mut attributes = Attributes::with_capacity(capacity + 4);
-    attributes.insert(format::VERSION_ATTR.to_owned(), format::VERSION.to_owned());
-    attributes.insert(format::KMS_KEY_ATTR.to_owned(), key.kms_key_attr.clone());
-    attributes.insert(mode.wrapped_key_attr().to_owned(), key.wrapped_attr.clone());
-    attributes
-}
-
-fn seal_with(key: &DataKey, mode: Mode, data: &[u8], producer_attributes: &Attributes) -> Sealed {
+fn seal_with(key: &DataKey, mode: Mode, data: Bytes, producer_attributes: &Attributes) -> Sealed {
     match &key.usage {
         DataKeyUse::Encrypt(aead) => {
-            let attributes = envelope_attributes(key, mode, 0);
-            let header = format::canonical_header(mode, &attributes);
-            let plaintext_len = format::sealed_plaintext_len(data, producer_attributes);
+            let attributes = key.envelope.clone();
+            let plaintext_len = format::sealed_plaintext_len(&data, producer_attributes);
             let mut payload = Vec::with_capacity(crypto::PREFIX + plaintext_len + format::TAG_LEN);
             payload.resize(crypto::PREFIX, 0);
-            format::put_sealed_plaintext(&mut payload, data, producer_attributes);
-            aead.seal_in_place(&header, &mut payload);
-            Sealed { data: payload, attributes }
+            format::put_sealed_plaintext(&mut payload, &data, producer_attributes);
+            aead.seal_in_place(&key.encrypt_header, &mut payload);
+            Sealed { data: payload.into(), attributes }
         }
         DataKeyUse::Sign(mac) => {
-            let mut attributes = envelope_attributes(key, mode, producer_attributes.len());
+            let mut attributes = key.envelope.clone();
+            attributes.reserve(producer_attributes.len() + 1);
             attributes.extend(producer_attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
             let header = format::canonical_header(mode, &attributes);
-            let signature = mac.sign(&header, data);
+            let signature = mac.sign(&header, &data);
             attributes.insert(format::SIGNATURE_ATTR.to_owned(), format::encode_base64(&signature));
-            Sealed { data: data.to_vec(), attributes }
+            Sealed { data, attributes }
         }
     }
 }

@@ -16,7 +16,7 @@ async fn a_hundred_concurrent_opens_of_a_new_key_make_one_kms_call() {
         let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", mode);
         let mut messages = Vec::new();
         for i in 0..100 {
-            let sealed = sealer.seal(format!("message {i}").as_bytes(), &Attributes::new()).await.unwrap();
+            let sealed = sealer.seal(Bytes::from(format!("message {i}")), &Attributes::new()).await.unwrap();
             messages.push(sealed);
         }
         let opener = Arc::new(fixture.opener("tenant-1"));
@@ -26,7 +26,7 @@ async fn a_hundred_concurrent_opens_of_a_new_key_make_one_kms_call() {
             .map(|(i, message)| {
                 let opener = opener.clone();
                 tokio::spawn(async move {
-                    let opened = opener.open(&Bytes::from(message.data), &message.attributes).await.unwrap();
+                    let opened = opener.open(&message.data, &message.attributes).await.unwrap();
                     assert_eq!(opened.data, format!("message {i}").as_bytes());
                 })
             })
@@ -42,8 +42,8 @@ async fn a_hundred_concurrent_opens_of_a_new_key_make_one_kms_call() {
 async fn expired_entries_are_unwrapped_again() {
     let fixture = Fixture::new();
     let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", Mode::Sign);
-    let message = sealer.seal(b"x", &Attributes::new()).await.unwrap();
-    let data = Bytes::from(message.data);
+    let message = sealer.seal(Bytes::from_static(b"x"), &Attributes::new()).await.unwrap();
+    let data = message.data.clone();
     let opener = Opener::builder(fixture.kms.clone())
         .tenant_id("tenant-1")
         .cache(CacheSettings { ttl: Duration::from_millis(200), capacity: 10 })
@@ -60,11 +60,29 @@ async fn expired_entries_are_unwrapped_again() {
 async fn failures_are_not_cached() {
     let fixture = Fixture::new();
     let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-2", Mode::Sign);
-    let message = sealer.seal(b"x", &Attributes::new()).await.unwrap();
-    let data = Bytes::from(message.data);
+    let message = sealer.seal(Bytes::from_static(b"x"), &Attributes::new()).await.unwrap();
+    let data = message.data.clone();
     let opener = fixture.opener("tenant-1");
     for _ in 0..3 {
         assert_eq!(opener.open(&data, &message.attributes).await.unwrap_err().reason(), "unwrap_rejected");
     }
     assert_eq!(fixture.kms.unwraps(), 3);
+}
+
+#[tokio::test]
+async fn a_cached_wrapped_key_under_another_key_name_is_checked_again() {
+    let fixture = Fixture::new();
+    let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", Mode::Sign);
+    let message = sealer.seal(Bytes::from_static(b"x"), &Attributes::new()).await.unwrap();
+    let data = message.data.clone();
+    let opener = fixture.opener("tenant-1");
+    opener.open(&data, &message.attributes).await.unwrap();
+
+    let mut renamed = message.attributes.clone();
+    renamed.insert(envelope::format::KMS_KEY_ATTR.into(), common::TENANT_2_KEY.into());
+    let error = opener.open(&data, &renamed).await.unwrap_err();
+    assert_eq!(error.reason(), "unwrap_rejected", "{error}");
+    assert_eq!(fixture.kms.unwraps(), 2, "the renamed key went to KMS, not to the cache");
+    let opened = opener.open(&data, &message.attributes).await.unwrap();
+    assert_eq!(opened.kms_key.as_str(), TENANT_1_KEY, "the good entry is untouched");
 }

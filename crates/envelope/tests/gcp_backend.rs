@@ -44,8 +44,8 @@ async fn envelope_round_trip_through_cloud_kms() {
     let mut sealer = Sealer::new(kms.clone(), key(), "tenant-1", Mode::Encrypt);
     let opener = Opener::builder(kms).tenant_id("tenant-1").build();
     for i in 0..10 {
-        let sealed = sealer.seal(format!("message {i}").as_bytes(), &Attributes::new()).await.unwrap();
-        let opened = opener.open(&Bytes::from(sealed.data), &sealed.attributes).await.unwrap();
+        let sealed = sealer.seal(Bytes::from(format!("message {i}")), &Attributes::new()).await.unwrap();
+        let opened = opener.open(&sealed.data, &sealed.attributes).await.unwrap();
         assert_eq!(opened.data, format!("message {i}").as_bytes());
     }
     assert_eq!(fake.calls(), 2, "one encrypt for the data key, one decrypt for the consumer");
@@ -121,8 +121,8 @@ async fn pipeline_view_of_a_kms_outage() {
     let fake = FakeKms::start().await.unwrap();
     let kms: Arc<dyn Kms> = Arc::new(backend(&fake, Duration::from_secs(5)).await);
     let mut sealer = Sealer::new(kms.clone(), key(), "tenant-1", Mode::Sign);
-    let sealed = sealer.seal(b"words", &Attributes::new()).await.unwrap();
-    let data = Bytes::from(sealed.data);
+    let sealed = sealer.seal(Bytes::from_static(b"words"), &Attributes::new()).await.unwrap();
+    let data = sealed.data.clone();
     let opener = Opener::builder(kms).tenant_id("tenant-1").build();
     fake.set_behaviour(Behaviour::Fail(503));
     let error = opener.open(&data, &sealed.attributes).await.unwrap_err();

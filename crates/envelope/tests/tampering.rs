@@ -11,11 +11,11 @@ const WORDS: &[u8] = b"the quick brown fox jumps over the lazy dog";
 
 async fn sealed(fixture: &Fixture, key: &str, tenant: &str, mode: Mode) -> Sealed {
     let mut sealer = fixture.sealer(key, tenant, mode);
-    sealer.seal(WORDS, &attrs(&[("origin", "test"), ("seq", "7")])).await.unwrap()
+    sealer.seal(Bytes::from_static(WORDS), &attrs(&[("origin", "test"), ("seq", "7")])).await.unwrap()
 }
 
-async fn open_error(fixture: &Fixture, data: Vec<u8>, attributes: &Attributes) -> OpenError {
-    let error = fixture.opener("tenant-1").open(&Bytes::from(data), attributes).await.unwrap_err();
+async fn open_error(fixture: &Fixture, data: impl Into<Bytes>, attributes: &Attributes) -> OpenError {
+    let error = fixture.opener("tenant-1").open(&data.into(), attributes).await.unwrap_err();
     assert!(!error.is_transient(), "{error} must be permanent");
     error
 }
@@ -26,7 +26,7 @@ async fn flipping_any_data_byte_is_tampering() {
     for mode in [Mode::Encrypt, Mode::Sign] {
         let message = sealed(&fixture, TENANT_1_KEY, "tenant-1", mode).await;
         for index in 0..message.data.len() {
-            let mut data = message.data.clone();
+            let mut data = message.data.to_vec();
             data[index] ^= 0x01;
             let error = open_error(&fixture, data, &message.attributes).await;
             assert_eq!(error.reason(), "tampered", "{mode} byte {index}: {error}");
@@ -40,11 +40,11 @@ async fn truncated_ciphertext_is_refused_before_kms() {
     let message = sealed(&fixture, TENANT_1_KEY, "tenant-1", Mode::Encrypt).await;
     let unwraps_before = fixture.kms.unwraps();
     for len in [0, 10, 63] {
-        let error = open_error(&fixture, message.data[..len].to_vec(), &message.attributes).await;
+        let error = open_error(&fixture, message.data.slice(..len), &message.attributes).await;
         assert_eq!(error.reason(), "truncated");
     }
     assert_eq!(fixture.kms.unwraps(), unwraps_before);
-    let shortened = message.data[..message.data.len() - 1].to_vec();
+    let shortened = message.data.slice(..message.data.len() - 1);
     assert_eq!(open_error(&fixture, shortened, &message.attributes).await.reason(), "tampered");
 }
 
@@ -137,8 +137,8 @@ async fn wrapped_key_from_another_tenant_is_rejected() {
 async fn ciphertext_or_signature_spliced_under_other_attributes_fails() {
     let fixture = Fixture::new();
     let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", Mode::Encrypt);
-    let first = sealer.seal(b"first", &Attributes::new()).await.unwrap();
-    let second = sealer.seal(b"second", &Attributes::new()).await.unwrap();
+    let first = sealer.seal(Bytes::from_static(b"first"), &Attributes::new()).await.unwrap();
+    let second = sealer.seal(Bytes::from_static(b"second"), &Attributes::new()).await.unwrap();
     // Same data key, so the envelope attributes are identical: splicing is undetectable
     // only because it changes nothing. Under a different data key it must fail.
     assert_eq!(first.attributes, second.attributes);
@@ -147,12 +147,12 @@ async fn ciphertext_or_signature_spliced_under_other_attributes_fails() {
     assert_eq!(error.reason(), "tampered");
 
     let mut signer = fixture.sealer(TENANT_1_KEY, "tenant-1", Mode::Sign);
-    let a = signer.seal(b"pay 10", &attrs(&[("to", "alice")])).await.unwrap();
-    let b = signer.seal(b"pay 10", &attrs(&[("to", "mallory")])).await.unwrap();
+    let a = signer.seal(Bytes::from_static(b"pay 10"), &attrs(&[("to", "alice")])).await.unwrap();
+    let b = signer.seal(Bytes::from_static(b"pay 10"), &attrs(&[("to", "mallory")])).await.unwrap();
     let mut spliced = b.attributes.clone();
     spliced.insert(SIGNATURE_ATTR.into(), a.attributes[SIGNATURE_ATTR].clone());
     assert_eq!(open_error(&fixture, b.data.clone(), &spliced).await.reason(), "tampered");
-    let error = open_error(&fixture, b"pay 99".to_vec(), &a.attributes).await;
+    let error = open_error(&fixture, Bytes::from_static(b"pay 99"), &a.attributes).await;
     assert_eq!(error.reason(), "tampered", "altered data under a kept signature (the original accepted this)");
 }
 
@@ -184,7 +184,7 @@ async fn untrusted_keys_are_refused_without_a_kms_call() {
     let message = sealed(&fixture, TENANT_2_KEY, "tenant-1", Mode::Encrypt).await;
     let trusted = envelope::TrustedKeys::from_patterns(["projects/tenant-1/*"]).unwrap();
     let opener = envelope::Opener::builder(fixture.kms.clone()).tenant_id("tenant-1").trusted_keys(trusted).build();
-    let error = opener.open(&Bytes::from(message.data), &message.attributes).await.unwrap_err();
+    let error = opener.open(&message.data, &message.attributes).await.unwrap_err();
     assert_eq!(error.reason(), "untrusted_key");
     assert_eq!(fixture.kms.unwraps(), 0);
 }
