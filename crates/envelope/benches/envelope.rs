@@ -39,14 +39,14 @@ fn bench(c: &mut Criterion) {
             let data = Bytes::from(lorem(size));
             seal_group.throughput(Throughput::Bytes(size as u64));
             seal_group.bench_with_input(BenchmarkId::from_parameter(size), &data, |b, data| {
-                b.iter(|| block_on(sealer.seal(data.clone(), &attributes)).unwrap())
+                b.iter(|| block_on(sealer.seal(data.clone(), attributes.clone())).unwrap())
             });
         }
         seal_group.finish();
 
         let mut open_group = c.benchmark_group(format!("open/{mode}"));
         for size in SIZES {
-            let sealed = block_on(sealer.seal(Bytes::from(lorem(size)), &attributes)).unwrap();
+            let sealed = block_on(sealer.seal(Bytes::from(lorem(size)), attributes.clone())).unwrap();
             let data = sealed.data.clone();
             block_on(opener.open(&data, &sealed.attributes)).unwrap();
             open_group.throughput(Throughput::Bytes(size as u64));

@@ -12,7 +12,7 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
 
-use crate::format::{COMMITMENT_LEN, NONCE_LEN, SIGNATURE_LEN, TAG_LEN};
+use crate::format::{self, Attributes, COMMITMENT_LEN, NONCE_LEN, SIGNATURE_LEN, TAG_LEN};
 use crate::secret::{KEY_LEN, SecretKey};
 
 const ENCRYPTION_KEY_INFO: &[u8] = b"pubsub-envelope/v1 aes-256-gcm key";
@@ -112,29 +112,33 @@ pub(crate) enum OpenFailure {
 
 /// HMAC-SHA256 over the canonical header, the data's length and the data.
 ///
-/// Holds the keyed state (inner and outer pads already hashed), cloned per message.
+/// Holds the keyed state with the header's fixed prefix (context, mode, key name and
+/// wrapped key) already absorbed, and clones it per message: each message then hashes
+/// only its own attributes and data.
 pub(crate) struct SigningKey(Hmac<Sha256>);
 
 impl SigningKey {
-    pub(crate) fn new(key: &SecretKey) -> Self {
-        Self(<Hmac<Sha256> as Mac>::new_from_slice(key.expose()).expect("HMAC takes any key length"))
+    pub(crate) fn new(key: &SecretKey, header_prefix: &[u8]) -> Self {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.expose()).expect("HMAC takes any key length");
+        mac.update(header_prefix);
+        Self(mac)
     }
 
-    fn keyed(&self, header: &[u8], data: &[u8]) -> Hmac<Sha256> {
+    fn keyed(&self, attributes: &Attributes, data: &[u8]) -> Hmac<Sha256> {
         let mut mac = self.0.clone();
-        mac.update(header);
+        format::header_attributes(attributes, |chunk| mac.update(chunk));
         mac.update(&(data.len() as u64).to_be_bytes());
         mac.update(data);
         mac
     }
 
-    pub(crate) fn sign(&self, header: &[u8], data: &[u8]) -> [u8; SIGNATURE_LEN] {
-        self.keyed(header, data).finalize().into_bytes().into()
+    pub(crate) fn sign(&self, attributes: &Attributes, data: &[u8]) -> [u8; SIGNATURE_LEN] {
+        self.keyed(attributes, data).finalize().into_bytes().into()
     }
 
     /// Compares in constant time (through `Mac::verify_slice`).
-    pub(crate) fn verify(&self, header: &[u8], data: &[u8], signature: &[u8]) -> Result<(), OpenFailure> {
-        self.keyed(header, data).verify_slice(signature).map_err(|_| OpenFailure::Forged)
+    pub(crate) fn verify(&self, attributes: &Attributes, data: &[u8], signature: &[u8]) -> Result<(), OpenFailure> {
+        self.keyed(attributes, data).verify_slice(signature).map_err(|_| OpenFailure::Forged)
     }
 }
 
@@ -177,11 +181,16 @@ mod tests {
     }
 
     #[test]
-    fn hmac_binds_header_and_data_boundary() {
-        let key = SigningKey::new(&SecretKey::generate());
-        let tag = key.sign(b"ab", b"c");
-        assert!(key.verify(b"ab", b"c", &tag).is_ok());
-        assert_eq!(key.verify(b"a", b"bc", &tag), Err(OpenFailure::Forged));
-        assert_eq!(key.verify(b"ab", b"c", &tag[..31]), Err(OpenFailure::Forged));
+    fn hmac_binds_prefix_attributes_and_data() {
+        let secret = SecretKey::generate();
+        let key = SigningKey::new(&secret, b"prefix");
+        let attributes = Attributes::from([("a".to_owned(), "b".to_owned())]);
+        let tag = key.sign(&attributes, b"c");
+        assert!(key.verify(&attributes, b"c", &tag).is_ok());
+        assert_eq!(key.verify(&attributes, b"d", &tag), Err(OpenFailure::Forged));
+        assert_eq!(key.verify(&Attributes::new(), b"c", &tag), Err(OpenFailure::Forged));
+        assert_eq!(key.verify(&attributes, b"c", &tag[..31]), Err(OpenFailure::Forged));
+        let other_prefix = SigningKey::new(&secret, b"prefiy");
+        assert_eq!(other_prefix.verify(&attributes, b"c", &tag), Err(OpenFailure::Forged));
     }
 }

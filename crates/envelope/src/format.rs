@@ -142,37 +142,55 @@ fn put_len_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// Appends `u32 count` then each `(key, value)` pair, sorted by key bytes, as
-/// length-prefixed strings. Used for both the canonical header and sealed attributes.
-fn put_attribute_list<'a>(out: &mut Vec<u8>, pairs: impl Iterator<Item = (&'a str, &'a str)>) {
+/// Feeds `u32 count` then each `(key, value)` pair, sorted by key bytes, as
+/// length-prefixed strings, to `sink`. The attribute list of both the header and the
+/// sealed plaintext.
+fn attribute_list<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>, mut sink: impl FnMut(&[u8])) {
     let mut pairs: Vec<_> = pairs.collect();
     pairs.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     let count = u32::try_from(pairs.len()).expect("more than 4 billion attributes");
-    out.extend_from_slice(&count.to_be_bytes());
+    sink(&count.to_be_bytes());
     for (key, value) in pairs {
-        put_len_prefixed(out, key.as_bytes());
-        put_len_prefixed(out, value.as_bytes());
+        for text in [key, value] {
+            let len = u32::try_from(text.len()).expect("attribute longer than 4 GiB");
+            sink(&len.to_be_bytes());
+            sink(text.as_bytes());
+        }
     }
 }
 
-/// The canonical header: the bytes that bind a message's envelope and visible attributes.
+/// Whether `name` is one of the envelope's own attributes.
+pub fn is_envelope_attribute(name: &str) -> bool {
+    matches!(name, VERSION_ATTR | KMS_KEY_ATTR | DEK_WRAPPED_ATTR | SIGN_KEY_WRAPPED_ATTR | SIGNATURE_ATTR)
+}
+
+/// The first part of the canonical header: the same for every message under one data
+/// key, so it is computed once per key (and, in sign mode, absorbed into the HMAC state
+/// once).
 ///
-/// It covers every attribute except [`SIGNATURE_ATTR`], so that the version, the KMS key
-/// name, the wrapped key and (in sign mode) the producer's attributes cannot be changed,
-/// added or dropped without the message failing to open. In encrypt mode it is the AEAD
-/// associated data; in sign mode the HMAC input is this header followed by the data.
-pub fn canonical_header(mode: Mode, attributes: &Attributes) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128 + attributes.len() * 32);
+/// `"pubsub-envelope/v1\0" || mode || lp(kms_key) || lp(wrapped key attribute text)`
+pub fn header_prefix(mode: Mode, kms_key: &str, wrapped: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(CONTEXT.len() + 9 + kms_key.len() + wrapped.len());
     out.extend_from_slice(CONTEXT);
     out.push(mode.tag());
-    put_attribute_list(
-        &mut out,
-        attributes
-            .iter()
-            .filter(|(k, _)| k.as_str() != SIGNATURE_ATTR)
-            .map(|(k, v)| (k.as_str(), v.as_str())),
-    );
+    put_len_prefixed(&mut out, kms_key.as_bytes());
+    put_len_prefixed(&mut out, wrapped.as_bytes());
     out
+}
+
+/// Feeds the rest of the canonical header to `sink`: the list of every attribute that
+/// is not the envelope's own. In sign mode these are the producer's attributes; in
+/// encrypt mode the list is empty.
+pub fn header_attributes(attributes: &Attributes, sink: impl FnMut(&[u8])) {
+    let covered = attributes.iter().filter(|(k, _)| !is_envelope_attribute(k));
+    attribute_list(covered.map(|(k, v)| (k.as_str(), v.as_str())), sink);
+}
+
+/// The whole canonical header of an encrypted message: its AEAD associated data.
+pub fn encrypt_header(kms_key: &str, wrapped: &str) -> Vec<u8> {
+    let mut header = header_prefix(Mode::Encrypt, kms_key, wrapped);
+    header_attributes(&Attributes::new(), |chunk| header.extend_from_slice(chunk));
+    header
 }
 
 /// The length of the plaintext sealed in encrypt mode.
@@ -184,7 +202,7 @@ pub fn sealed_plaintext_len(data: &[u8], attributes: &Attributes) -> usize {
 /// Appends the plaintext sealed in encrypt mode: the producer's attribute list, then
 /// the data.
 pub fn put_sealed_plaintext(out: &mut Vec<u8>, data: &[u8], attributes: &Attributes) {
-    put_attribute_list(out, attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    attribute_list(attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())), |chunk| out.extend_from_slice(chunk));
     out.extend_from_slice(data);
 }
 
@@ -282,28 +300,46 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
+    fn header(mode: Mode, attributes: &Attributes) -> Vec<u8> {
+        let mut out = header_prefix(mode, &attributes[KMS_KEY_ATTR], &attributes[mode.wrapped_key_attr()]);
+        header_attributes(attributes, |chunk| out.extend_from_slice(chunk));
+        out
+    }
+
+    fn envelope(mode: Mode, extra: &[(&str, &str)]) -> Attributes {
+        let mut all = attrs(&[(KMS_KEY_ATTR, "projects/p/locations/l/keyRings/r/cryptoKeys/k"), (VERSION_ATTR, VERSION)]);
+        all.insert(mode.wrapped_key_attr().into(), "AAAA".into());
+        all.extend(attrs(extra));
+        all
+    }
+
     #[test]
     fn header_is_independent_of_insertion_order_and_ignores_signature() {
-        let a = attrs(&[("b", "2"), ("a", "1")]);
-        let b = attrs(&[("a", "1"), ("b", "2"), (SIGNATURE_ATTR, "x")]);
-        assert_eq!(canonical_header(Mode::Sign, &a), canonical_header(Mode::Sign, &b));
+        let a = envelope(Mode::Sign, &[("b", "2"), ("a", "1")]);
+        let b = envelope(Mode::Sign, &[("a", "1"), ("b", "2"), (SIGNATURE_ATTR, "x")]);
+        assert_eq!(header(Mode::Sign, &a), header(Mode::Sign, &b));
     }
 
     #[test]
     fn header_separates_mode_and_boundaries() {
-        let a = attrs(&[("ab", "c")]);
-        let b = attrs(&[("a", "bc")]);
-        assert_ne!(canonical_header(Mode::Sign, &a), canonical_header(Mode::Sign, &b));
-        assert_ne!(canonical_header(Mode::Sign, &a), canonical_header(Mode::Encrypt, &a));
+        let a = envelope(Mode::Sign, &[("ab", "c")]);
+        let b = envelope(Mode::Sign, &[("a", "bc")]);
+        assert_ne!(header(Mode::Sign, &a), header(Mode::Sign, &b));
+        assert_ne!(header_prefix(Mode::Sign, "k", "w"), header_prefix(Mode::Encrypt, "k", "w"));
+        assert_ne!(header_prefix(Mode::Sign, "kw", ""), header_prefix(Mode::Sign, "k", "w"));
     }
 
     #[test]
     fn header_bytes_are_as_documented() {
-        let header = canonical_header(Mode::Encrypt, &attrs(&[("k", "vv")]));
         let mut want = b"pubsub-envelope/v1\0".to_vec();
-        want.push(1);
-        want.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, b'k', 0, 0, 0, 2, b'v', b'v']);
-        assert_eq!(header, want);
+        want.extend_from_slice(&[2, 0, 0, 0, 1, b'k', 0, 0, 0, 1, b'w']);
+        want.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, b'a', 0, 0, 0, 2, b'v', b'v']);
+        let mut got = header_prefix(Mode::Sign, "k", "w");
+        header_attributes(&attrs(&[("a", "vv"), (VERSION_ATTR, "1")]), |chunk| got.extend_from_slice(chunk));
+        assert_eq!(got, want);
+        let mut encrypt = b"pubsub-envelope/v1\0".to_vec();
+        encrypt.extend_from_slice(&[1, 0, 0, 0, 1, b'k', 0, 0, 0, 1, b'w', 0, 0, 0, 0]);
+        assert_eq!(encrypt_header("k", "w"), encrypt);
     }
 
     #[test]

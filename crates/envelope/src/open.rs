@@ -117,8 +117,8 @@ type KeyCache<T> = Cache<String, Arc<CachedKey<T>>>;
 struct CachedKey<T> {
     key: T,
     kms_key: KeyName,
-    /// The canonical header, in encrypt mode, where it depends only on the envelope
-    /// attributes that make up the cache key.
+    /// The whole canonical header in encrypt mode, where it depends only on the
+    /// envelope attributes that make up the cache key; empty in sign mode.
     header: Vec<u8>,
 }
 
@@ -155,7 +155,7 @@ impl Opener {
                 }
                 let cached = self
                     .data_key(&self.encryption_keys, &envelope, |secret| {
-                        (EncryptionKey::derive(secret), format::canonical_header(Mode::Encrypt, attributes))
+                        (EncryptionKey::derive(secret), format::encrypt_header(envelope.kms_key, envelope.wrapped))
                     })
                     .await?;
                 let plaintext = cached.key.open(&cached.header, data).map_err(|failure| match failure {
@@ -171,12 +171,16 @@ impl Opener {
                 })
             }
             Mode::Sign => {
-                let cached = self.data_key(&self.signing_keys, &envelope, |secret| (SigningKey::new(secret), Vec::new())).await?;
-                let header = format::canonical_header(Mode::Sign, attributes);
-                cached.key.verify(&header, data, &envelope.signature).map_err(|_| OpenError::Tampered)?;
+                let cached = self
+                    .data_key(&self.signing_keys, &envelope, |secret| {
+                        let prefix = format::header_prefix(Mode::Sign, envelope.kms_key, envelope.wrapped);
+                        (SigningKey::new(secret, &prefix), Vec::new())
+                    })
+                    .await?;
+                cached.key.verify(attributes, data, &envelope.signature).map_err(|_| OpenError::Tampered)?;
                 let restored = attributes
                     .iter()
-                    .filter(|(name, _)| !format::is_reserved(name) && name.as_str() != format::SIGNATURE_ATTR)
+                    .filter(|(name, _)| !format::is_envelope_attribute(name))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
                 Ok(Opened { mode: envelope.mode, kms_key: cached.kms_key.clone(), data: data.clone(), attributes: restored })
@@ -269,6 +273,10 @@ impl<'a> Envelope<'a> {
                 }
             }
             Mode::Sign => {
+                let stray = attributes.keys().find(|name| format::is_reserved(name) && !format::is_envelope_attribute(name));
+                if let Some(stray) = stray {
+                    return Err(OpenError::UnexpectedAttribute(stray.clone()));
+                }
                 let text = required(format::SIGNATURE_ATTR)?;
                 let len = format::decode_base64_into(text, &mut signature).ok_or(OpenError::BadBase64(format::SIGNATURE_ATTR))?;
                 if len != format::SIGNATURE_LEN {

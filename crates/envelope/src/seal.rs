@@ -46,18 +46,17 @@ pub struct Sealed {
 }
 
 enum DataKeyUse {
-    Encrypt(EncryptionKey),
+    /// The AEAD key and the whole canonical header, which in encrypt mode is the same for
+    /// every message under the key.
+    Encrypt(EncryptionKey, Vec<u8>),
     Sign(SigningKey),
 }
 
 /// The current data key and how much it has been used.
 struct DataKey {
     usage: DataKeyUse,
-    /// Version, key name and wrapped key: cloned into every message, which is cheaper
-    /// than building the map again.
-    envelope: Attributes,
-    /// The canonical header in encrypt mode, the same for every message under this key.
-    encrypt_header: Vec<u8>,
+    /// Version, key name and wrapped key, added to every message.
+    envelope: [(&'static str, String); 3],
     created: Instant,
     messages: u64,
     bytes: u64,
@@ -119,8 +118,8 @@ impl Sealer {
     ///
     /// Calls KMS only when the current data key must be replaced; a KMS failure leaves
     /// the sealer unchanged, so the call can be retried.
-    pub async fn seal(&mut self, data: Bytes, attributes: &Attributes) -> Result<Sealed, SealError> {
-        format::check_producer_attributes(attributes)?;
+    pub async fn seal(&mut self, data: Bytes, attributes: Attributes) -> Result<Sealed, SealError> {
+        format::check_producer_attributes(&attributes)?;
         let now = self.clock.now();
         let size = data.len() as u64;
         if self.current.as_ref().is_none_or(|key| self.is_spent(key, now, size)) {
@@ -130,7 +129,7 @@ impl Sealer {
         let key = self.current.as_mut().expect("a data key was just ensured");
         key.messages += 1;
         key.bytes += size;
-        Ok(seal_with(key, self.mode, data, attributes))
+        Ok(seal_with(key, data, attributes))
     }
 
     fn is_spent(&self, key: &DataKey, now: Instant, next_size: u64) -> bool {
@@ -142,42 +141,39 @@ impl Sealer {
     async fn new_data_key(&self, now: Instant) -> Result<DataKey, SealError> {
         let secret = SecretKey::generate();
         let wrapped = self.kms.wrap(&self.key_name, &secret, self.tenant_id.as_bytes()).await?;
+        let kms_key = self.key_name.to_string();
+        let wrapped = format::encode_base64(&wrapped);
         let usage = match self.mode {
-            Mode::Encrypt => DataKeyUse::Encrypt(EncryptionKey::derive(&secret)),
-            Mode::Sign => DataKeyUse::Sign(SigningKey::new(&secret)),
+            Mode::Encrypt => DataKeyUse::Encrypt(EncryptionKey::derive(&secret), format::encrypt_header(&kms_key, &wrapped)),
+            Mode::Sign => DataKeyUse::Sign(SigningKey::new(&secret, &format::header_prefix(Mode::Sign, &kms_key, &wrapped))),
         };
-        tracing::debug!(kms_key = %self.key_name, mode = %self.mode, "made a new data key");
-        let envelope = Attributes::from([
-            (format::VERSION_ATTR.to_owned(), format::VERSION.to_owned()),
-            (format::KMS_KEY_ATTR.to_owned(), self.key_name.to_string()),
-            (self.mode.wrapped_key_attr().to_owned(), format::encode_base64(&wrapped)),
-        ]);
-        let encrypt_header = match self.mode {
-            Mode::Encrypt => format::canonical_header(Mode::Encrypt, &envelope),
-            Mode::Sign => Vec::new(),
-        };
-        Ok(DataKey { usage, envelope, encrypt_header, created: now, messages: 0, bytes: 0 })
+        tracing::debug!(%kms_key, mode = %self.mode, "made a new data key");
+        let envelope = [
+            (format::VERSION_ATTR, format::VERSION.to_owned()),
+            (format::KMS_KEY_ATTR, kms_key),
+            (self.mode.wrapped_key_attr(), wrapped),
+        ];
+        Ok(DataKey { usage, envelope, created: now, messages: 0, bytes: 0 })
     }
 }
 
-fn seal_with(key: &DataKey, mode: Mode, data: Bytes, producer_attributes: &Attributes) -> Sealed {
+fn seal_with(key: &DataKey, data: Bytes, producer_attributes: Attributes) -> Sealed {
+    let envelope = || key.envelope.iter().map(|(name, value)| ((*name).to_owned(), value.clone()));
     match &key.usage {
-        DataKeyUse::Encrypt(aead) => {
-            let attributes = key.envelope.clone();
-            let plaintext_len = format::sealed_plaintext_len(&data, producer_attributes);
+        DataKeyUse::Encrypt(aead, header) => {
+            let plaintext_len = format::sealed_plaintext_len(&data, &producer_attributes);
             let mut payload = Vec::with_capacity(crypto::PREFIX + plaintext_len + format::TAG_LEN);
             payload.resize(crypto::PREFIX, 0);
-            format::put_sealed_plaintext(&mut payload, &data, producer_attributes);
-            aead.seal_in_place(&key.encrypt_header, &mut payload);
-            Sealed { data: payload.into(), attributes }
+            format::put_sealed_plaintext(&mut payload, &data, &producer_attributes);
+            aead.seal_in_place(header, &mut payload);
+            Sealed { data: payload.into(), attributes: envelope().collect() }
         }
         DataKeyUse::Sign(mac) => {
-            let mut attributes = key.envelope.clone();
-            attributes.reserve(producer_attributes.len() + 1);
-            attributes.extend(producer_attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
-            let header = format::canonical_header(mode, &attributes);
-            let signature = mac.sign(&header, &data);
-            attributes.insert(format::SIGNATURE_ATTR.to_owned(), format::encode_base64(&signature));
+            let signature = format::encode_base64(&mac.sign(&producer_attributes, &data));
+            let mut attributes = producer_attributes;
+            attributes.reserve(key.envelope.len() + 1);
+            attributes.extend(envelope());
+            attributes.insert(format::SIGNATURE_ATTR.to_owned(), signature);
             Sealed { data, attributes }
         }
     }

@@ -16,7 +16,7 @@ async fn a_hundred_concurrent_opens_of_a_new_key_make_one_kms_call() {
         let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", mode);
         let mut messages = Vec::new();
         for i in 0..100 {
-            let sealed = sealer.seal(Bytes::from(format!("message {i}")), &Attributes::new()).await.unwrap();
+            let sealed = sealer.seal(Bytes::from(format!("message {i}")), Attributes::new()).await.unwrap();
             messages.push(sealed);
         }
         let opener = Arc::new(fixture.opener("tenant-1"));
@@ -42,7 +42,7 @@ async fn a_hundred_concurrent_opens_of_a_new_key_make_one_kms_call() {
 async fn expired_entries_are_unwrapped_again() {
     let fixture = Fixture::new();
     let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", Mode::Sign);
-    let message = sealer.seal(Bytes::from_static(b"x"), &Attributes::new()).await.unwrap();
+    let message = sealer.seal(Bytes::from_static(b"x"), Attributes::new()).await.unwrap();
     let data = message.data.clone();
     let opener = Opener::builder(fixture.kms.clone())
         .tenant_id("tenant-1")
@@ -60,7 +60,7 @@ async fn expired_entries_are_unwrapped_again() {
 async fn failures_are_not_cached() {
     let fixture = Fixture::new();
     let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-2", Mode::Sign);
-    let message = sealer.seal(Bytes::from_static(b"x"), &Attributes::new()).await.unwrap();
+    let message = sealer.seal(Bytes::from_static(b"x"), Attributes::new()).await.unwrap();
     let data = message.data.clone();
     let opener = fixture.opener("tenant-1");
     for _ in 0..3 {
@@ -73,7 +73,7 @@ async fn failures_are_not_cached() {
 async fn a_cached_wrapped_key_under_another_key_name_is_checked_again() {
     let fixture = Fixture::new();
     let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", Mode::Sign);
-    let message = sealer.seal(Bytes::from_static(b"x"), &Attributes::new()).await.unwrap();
+    let message = sealer.seal(Bytes::from_static(b"x"), Attributes::new()).await.unwrap();
     let data = message.data.clone();
     let opener = fixture.opener("tenant-1");
     opener.open(&data, &message.attributes).await.unwrap();

@@ -44,7 +44,7 @@ async fn envelope_round_trip_through_cloud_kms() {
     let mut sealer = Sealer::new(kms.clone(), key(), "tenant-1", Mode::Encrypt);
     let opener = Opener::builder(kms).tenant_id("tenant-1").build();
     for i in 0..10 {
-        let sealed = sealer.seal(Bytes::from(format!("message {i}")), &Attributes::new()).await.unwrap();
+        let sealed = sealer.seal(Bytes::from(format!("message {i}")), Attributes::new()).await.unwrap();
         let opened = opener.open(&sealed.data, &sealed.attributes).await.unwrap();
         assert_eq!(opened.data, format!("message {i}").as_bytes());
     }
@@ -121,7 +121,7 @@ async fn pipeline_view_of_a_kms_outage() {
     let fake = FakeKms::start().await.unwrap();
     let kms: Arc<dyn Kms> = Arc::new(backend(&fake, Duration::from_secs(5)).await);
     let mut sealer = Sealer::new(kms.clone(), key(), "tenant-1", Mode::Sign);
-    let sealed = sealer.seal(Bytes::from_static(b"words"), &Attributes::new()).await.unwrap();
+    let sealed = sealer.seal(Bytes::from_static(b"words"), Attributes::new()).await.unwrap();
     let data = sealed.data.clone();
     let opener = Opener::builder(kms).tenant_id("tenant-1").build();
     fake.set_behaviour(Behaviour::Fail(503));

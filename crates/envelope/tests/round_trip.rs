@@ -11,7 +11,7 @@ use proptest::prelude::*;
 async fn round_trip(mode: Mode, data: &[u8], attributes: &Attributes) {
     let fixture = Fixture::new();
     let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", mode);
-    let sealed = sealer.seal(Bytes::copy_from_slice(data), attributes).await.unwrap();
+    let sealed = sealer.seal(Bytes::copy_from_slice(data), attributes.clone()).await.unwrap();
     let opened = fixture.opener("tenant-1").open(&sealed.data, &sealed.attributes).await.unwrap();
     assert_eq!(opened.mode, mode);
     assert_eq!(opened.kms_key.as_str(), TENANT_1_KEY);
@@ -35,7 +35,7 @@ async fn encrypt_hides_data_and_attributes() {
     let fixture = Fixture::new();
     let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", Mode::Encrypt);
     let attributes = attrs(&[("customer", "acme-secret-attribute")]);
-    let sealed = sealer.seal(Bytes::from_static(b"plain words here"), &attributes).await.unwrap();
+    let sealed = sealer.seal(Bytes::from_static(b"plain words here"), attributes).await.unwrap();
     let mut visible: Vec<&str> = sealed.attributes.keys().map(String::as_str).collect();
     visible.sort_unstable();
     assert_eq!(visible, [DEK_WRAPPED_ATTR, VERSION_ATTR, KMS_KEY_ATTR]);
@@ -48,7 +48,7 @@ async fn encrypt_hides_data_and_attributes() {
 async fn sign_keeps_data_and_attributes_visible() {
     let fixture = Fixture::new();
     let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", Mode::Sign);
-    let sealed = sealer.seal(Bytes::from_static(b"plain words"), &attrs(&[("a", "1")])).await.unwrap();
+    let sealed = sealer.seal(Bytes::from_static(b"plain words"), attrs(&[("a", "1")])).await.unwrap();
     assert_eq!(sealed.data, &b"plain words"[..]);
     assert_eq!(sealed.attributes["a"], "1");
     assert_eq!(sealed.attributes[SIGNATURE_ATTR].len(), 44, "base64 of 32 bytes");
@@ -58,7 +58,7 @@ async fn sign_keeps_data_and_attributes_visible() {
 async fn reserved_attribute_names_are_refused_when_sealing() {
     let fixture = Fixture::new();
     let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", Mode::Sign);
-    let error = sealer.seal(Bytes::from_static(b"x"), &attrs(&[(KMS_KEY_ATTR, "forged")])).await.unwrap_err();
+    let error = sealer.seal(Bytes::from_static(b"x"), attrs(&[(KMS_KEY_ATTR, "forged")])).await.unwrap_err();
     assert!(error.to_string().contains("reserved"), "{error}");
     assert_eq!(fixture.kms.wraps(), 0, "refused before any KMS call");
 }
@@ -67,7 +67,7 @@ async fn reserved_attribute_names_are_refused_when_sealing() {
 async fn opener_accepts_only_configured_modes() {
     let fixture = Fixture::new();
     let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", Mode::Sign);
-    let sealed = sealer.seal(Bytes::from_static(b"x"), &Attributes::new()).await.unwrap();
+    let sealed = sealer.seal(Bytes::from_static(b"x"), Attributes::new()).await.unwrap();
     let decrypt_only = envelope::Opener::builder(fixture.kms.clone()).tenant_id("tenant-1").accept(&[Mode::Encrypt]).build();
     let error = decrypt_only.open(&sealed.data, &sealed.attributes).await.unwrap_err();
     assert!(matches!(error, OpenError::ModeNotAccepted(Mode::Sign)));

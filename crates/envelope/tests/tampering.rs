@@ -11,7 +11,7 @@ const WORDS: &[u8] = b"the quick brown fox jumps over the lazy dog";
 
 async fn sealed(fixture: &Fixture, key: &str, tenant: &str, mode: Mode) -> Sealed {
     let mut sealer = fixture.sealer(key, tenant, mode);
-    sealer.seal(Bytes::from_static(WORDS), &attrs(&[("origin", "test"), ("seq", "7")])).await.unwrap()
+    sealer.seal(Bytes::from_static(WORDS), attrs(&[("origin", "test"), ("seq", "7")])).await.unwrap()
 }
 
 async fn open_error(fixture: &Fixture, data: impl Into<Bytes>, attributes: &Attributes) -> OpenError {
@@ -137,8 +137,8 @@ async fn wrapped_key_from_another_tenant_is_rejected() {
 async fn ciphertext_or_signature_spliced_under_other_attributes_fails() {
     let fixture = Fixture::new();
     let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", Mode::Encrypt);
-    let first = sealer.seal(Bytes::from_static(b"first"), &Attributes::new()).await.unwrap();
-    let second = sealer.seal(Bytes::from_static(b"second"), &Attributes::new()).await.unwrap();
+    let first = sealer.seal(Bytes::from_static(b"first"), Attributes::new()).await.unwrap();
+    let second = sealer.seal(Bytes::from_static(b"second"), Attributes::new()).await.unwrap();
     // Same data key, so the envelope attributes are identical: splicing is undetectable
     // only because it changes nothing. Under a different data key it must fail.
     assert_eq!(first.attributes, second.attributes);
@@ -147,8 +147,8 @@ async fn ciphertext_or_signature_spliced_under_other_attributes_fails() {
     assert_eq!(error.reason(), "tampered");
 
     let mut signer = fixture.sealer(TENANT_1_KEY, "tenant-1", Mode::Sign);
-    let a = signer.seal(Bytes::from_static(b"pay 10"), &attrs(&[("to", "alice")])).await.unwrap();
-    let b = signer.seal(Bytes::from_static(b"pay 10"), &attrs(&[("to", "mallory")])).await.unwrap();
+    let a = signer.seal(Bytes::from_static(b"pay 10"), attrs(&[("to", "alice")])).await.unwrap();
+    let b = signer.seal(Bytes::from_static(b"pay 10"), attrs(&[("to", "mallory")])).await.unwrap();
     let mut spliced = b.attributes.clone();
     spliced.insert(SIGNATURE_ATTR.into(), a.attributes[SIGNATURE_ATTR].clone());
     assert_eq!(open_error(&fixture, b.data.clone(), &spliced).await.reason(), "tampered");
@@ -171,6 +171,8 @@ async fn garbled_envelopes_name_what_is_wrong() {
         (with(SIGNATURE_ATTR, "AAAA"), "garbled_attribute"),
         (with(KMS_KEY_ATTR, "projects/x"), "garbled_attribute"),
         (with(DEK_WRAPPED_ATTR, "AAAA"), "garbled_attribute"),
+        (with("envelope_extra", "x"), "unexpected_attribute"),
+        (with("googclient_x", "x"), "unexpected_attribute"),
     ];
     for (attributes, reason) in cases {
         let error = open_error(&fixture, message.data.clone(), &attributes).await;
