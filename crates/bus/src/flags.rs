@@ -1,0 +1,169 @@
+//! Flags shared by the binaries.
+//!
+//! Each flag takes the article's spelling (`--tenant_id`) and kebab case
+//! (`--tenant-id`), and an environment variable, as `--help` shows.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use envelope::kms::Kms;
+use envelope::kms::gcp::{CredentialSource, GcpKms};
+use envelope::kms::local::LocalKms;
+
+/// Which KMS backend wraps and unwraps data keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KmsChoice {
+    /// Cloud KMS.
+    Gcp,
+    /// A local keyring file.
+    Local(PathBuf),
+}
+
+impl FromStr for KmsChoice {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.split_once(':') {
+            None if text == "gcp" => Ok(KmsChoice::Gcp),
+            Some(("local", path)) if !path.is_empty() => Ok(KmsChoice::Local(path.into())),
+            _ => Err(format!("`{text}` is neither `gcp` nor `local:PATH`")),
+        }
+    }
+}
+
+/// How to reach the KMS, and for which tenant.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KmsFlags {
+    /// Key management: `gcp` for Cloud KMS, or `local:PATH` for an offline keyring file.
+    #[arg(long = "kms", env = "PUBSUB_ENVELOPE_KMS", default_value = "local:keyring.json")]
+    pub kms: KmsChoice,
+
+    /// Another Cloud KMS endpoint, such as a local fake of its REST API.
+    #[arg(long = "kms_endpoint", visible_alias = "kms-endpoint", env = "PUBSUB_ENVELOPE_KMS_ENDPOINT")]
+    pub kms_endpoint: Option<String>,
+
+    /// Deadline of each Cloud KMS call, in seconds.
+    #[arg(long = "kms_timeout_secs", visible_alias = "kms-timeout-secs", env = "PUBSUB_ENVELOPE_KMS_TIMEOUT_SECS", default_value_t = 10)]
+    pub kms_timeout_secs: u64,
+
+    /// Tenant id bound into every KMS wrap as additional authenticated data.
+    #[arg(long = "tenant_id", visible_aliases = ["tenant-id", "tenantID"], env = "TENANT_ID", default_value = envelope::DEFAULT_TENANT_ID)]
+    pub tenant_id: String,
+}
+
+impl KmsFlags {
+    /// Builds the chosen backend. Cloud KMS uses `service_account` when given, else
+    /// Application Default Credentials; a custom endpoint gets anonymous credentials.
+    pub async fn backend(&self, service_account: Option<&Path>) -> anyhow::Result<Arc<dyn Kms>> {
+        match &self.kms {
+            KmsChoice::Local(path) => {
+                let kms = LocalKms::open(path)
+                    .with_context(|| format!("cannot open the local keyring (create it with `publisher keyring create KEY --kms local:{}`)", path.display()))?;
+                Ok(Arc::new(kms))
+            }
+            KmsChoice::Gcp => {
+                let mut builder = GcpKms::builder().timeout(Duration::from_secs(self.kms_timeout_secs));
+                builder = match (&self.kms_endpoint, service_account) {
+                    (Some(endpoint), _) => builder.endpoint(endpoint).credentials(CredentialSource::Anonymous),
+                    (None, Some(path)) => builder.credentials(CredentialSource::ServiceAccountFile(path.to_owned())),
+                    (None, None) => builder.credentials(CredentialSource::ApplicationDefault),
+                };
+                Ok(Arc::new(builder.build().await?))
+            }
+        }
+    }
+}
+
+/// Flags of the article's Dataflow runner that mean nothing here. Accepted so that the
+/// article's command lines work, and reported once.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DataflowFlags {
+    #[arg(long, hide = true)]
+    runner: Option<String>,
+    #[arg(long = "setup_file", alias = "setup-file", hide = true)]
+    setup_file: Option<String>,
+    #[arg(long = "extra_package", alias = "extra-package", hide = true)]
+    extra_package: Option<String>,
+    #[arg(long = "temp_location", alias = "temp-location", hide = true)]
+    temp_location: Option<String>,
+    #[arg(long = "staging_location", alias = "staging-location", hide = true)]
+    staging_location: Option<String>,
+    #[arg(long = "max_num_workers", alias = "max-num-workers", hide = true)]
+    max_num_workers: Option<String>,
+    #[arg(long, hide = true)]
+    region: Option<String>,
+}
+
+impl DataflowFlags {
+    /// Logs one warning naming the Dataflow-only flags that were given.
+    pub fn warn_if_given(&self) {
+        let given: Vec<&str> = [
+            ("--runner", &self.runner),
+            ("--setup_file", &self.setup_file),
+            ("--extra_package", &self.extra_package),
+            ("--temp_location", &self.temp_location),
+            ("--staging_location", &self.staging_location),
+            ("--max_num_workers", &self.max_num_workers),
+            ("--region", &self.region),
+        ]
+        .into_iter()
+        .filter_map(|(flag, value)| value.as_ref().map(|_| flag))
+        .collect();
+        if !given.is_empty() {
+            tracing::warn!("ignoring Dataflow-only flags (this pipeline runs in-process): {}", given.join(" "));
+        }
+    }
+}
+
+/// Parses `key=value`.
+pub fn key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .filter(|(key, _)| !key.is_empty())
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("`{text}` is not key=value"))
+}
+
+/// Opening modes of the consumers: one kind only, or each message by its own envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OpenMode {
+    /// Encrypted messages only.
+    Decrypt,
+    /// Signed messages only.
+    Verify,
+    /// Whatever each message's envelope says.
+    Auto,
+}
+
+impl OpenMode {
+    /// The envelope modes this opening mode accepts.
+    pub fn accepts(self) -> &'static [envelope::Mode] {
+        match self {
+            OpenMode::Decrypt => &[envelope::Mode::Encrypt],
+            OpenMode::Verify => &[envelope::Mode::Sign],
+            OpenMode::Auto => &[envelope::Mode::Encrypt, envelope::Mode::Sign],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kms_choice_parses() {
+        assert_eq!("gcp".parse(), Ok(KmsChoice::Gcp));
+        assert_eq!("local:/tmp/k.json".parse(), Ok(KmsChoice::Local("/tmp/k.json".into())));
+        assert!("local:".parse::<KmsChoice>().is_err());
+        assert!("aws".parse::<KmsChoice>().is_err());
+    }
+
+    #[test]
+    fn key_values_parse() {
+        assert_eq!(key_value("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert!(key_value("=x").is_err());
+        assert!(key_value("novalue").is_err());
+    }
+}

@@ -1,0 +1,24 @@
+//! Pub/Sub and KMS glue shared by the four binaries.
+//!
+//! * [`PubSub`] builds Google's Pub/Sub clients the way Google's own libraries do: against
+//!   the emulator (plain HTTP, anonymous credentials) when `PUBSUB_EMULATOR_HOST` is set,
+//!   otherwise against the real service with a service-account file or Application
+//!   Default Credentials. Against the emulator it creates the topics and subscriptions a
+//!   command names; against real Pub/Sub it never creates anything.
+//! * [`names`] turns the article's short ids or full resource names into full names.
+//! * [`flags`] holds the command-line flags every binary shares, in the article's
+//!   spelling and in kebab case, each also settable from the environment.
+#![forbid(unsafe_code)]
+
+pub mod flags;
+pub mod names;
+mod pubsub;
+
+pub use pubsub::{PubSub, reject};
+
+/// Sets up logging to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

@@ -1,0 +1,49 @@
+//! Pub/Sub resource names from the article's flags.
+//!
+//! The article passes some names as short ids beside a project flag
+//! (`--pubsub_project_id P --pubsub_topic common-topic`) and others in full
+//! (`--output_topic projects/P/topics/df_out`). Both are accepted everywhere.
+
+/// `projects/{project}/topics/{name}`, unless `name` is already a full topic name.
+pub fn topic(project: Option<&str>, name: &str) -> anyhow::Result<String> {
+    full(project, "topics", name)
+}
+
+/// `projects/{project}/subscriptions/{name}`, unless `name` is already a full name.
+pub fn subscription(project: Option<&str>, name: &str) -> anyhow::Result<String> {
+    full(project, "subscriptions", name)
+}
+
+fn full(project: Option<&str>, kind: &str, name: &str) -> anyhow::Result<String> {
+    if name.starts_with("projects/") {
+        let parts: Vec<&str> = name.split('/').collect();
+        anyhow::ensure!(
+            parts.len() == 4 && parts[2] == kind && parts.iter().all(|p| !p.is_empty()),
+            "`{name}` is not a {kind} name of the form projects/PROJECT/{kind}/ID"
+        );
+        return Ok(name.to_owned());
+    }
+    anyhow::ensure!(!name.is_empty() && !name.contains('/'), "`{name}` is not a valid {kind} id");
+    let project = project.ok_or_else(|| anyhow::anyhow!("`{name}` needs a project: give a project flag or a full name"))?;
+    Ok(format!("projects/{project}/{kind}/{name}"))
+}
+
+/// The project of a full resource name.
+pub fn project_of(name: &str) -> Option<&str> {
+    name.strip_prefix("projects/")?.split('/').next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_and_full_names() {
+        assert_eq!(topic(Some("p"), "common-topic").unwrap(), "projects/p/topics/common-topic");
+        assert_eq!(topic(None, "projects/q/topics/df_out").unwrap(), "projects/q/topics/df_out");
+        assert_eq!(subscription(Some("p"), "df_subscribe").unwrap(), "projects/p/subscriptions/df_subscribe");
+        assert!(topic(None, "common-topic").is_err());
+        assert!(topic(Some("p"), "projects/q/subscriptions/s").is_err());
+        assert_eq!(project_of("projects/q/topics/t"), Some("q"));
+    }
+}

@@ -1,0 +1,122 @@
+//! Pub/Sub clients, configured once for the emulator or for Google Cloud.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use google_cloud_auth::credentials::{self, Credentials, anonymous, service_account};
+use google_cloud_gax::error::rpc::Code;
+use google_cloud_pubsub::client::{Publisher, Subscriber, SubscriptionAdmin, TopicAdmin};
+use google_cloud_pubsub::model::Message;
+
+/// Where clients connect, and with which credentials.
+#[derive(Clone)]
+pub struct PubSub {
+    /// `http://host:port` when talking to the emulator.
+    emulator: Option<String>,
+    credentials: Credentials,
+}
+
+impl PubSub {
+    /// Reads `PUBSUB_EMULATOR_HOST`; otherwise loads `service_account` (a key file) or
+    /// Application Default Credentials.
+    pub fn from_env(service_account: Option<&Path>) -> anyhow::Result<Self> {
+        match std::env::var("PUBSUB_EMULATOR_HOST").ok().filter(|host| !host.is_empty()) {
+            Some(host) => Ok(Self::emulator(&host)),
+            None => Ok(Self { emulator: None, credentials: load_credentials(service_account)? }),
+        }
+    }
+
+    /// Clients for the emulator at `host:port`.
+    pub fn emulator(host: &str) -> Self {
+        Self { emulator: Some(format!("http://{host}")), credentials: anonymous::Builder::new().build() }
+    }
+
+    /// Whether these clients talk to the emulator.
+    pub fn is_emulator(&self) -> bool {
+        self.emulator.is_some()
+    }
+
+    /// A batching publisher for `topic`.
+    pub async fn publisher(&self, topic: &str) -> anyhow::Result<Publisher> {
+        let mut builder = Publisher::builder(topic).with_credentials(self.credentials.clone());
+        if let Some(endpoint) = &self.emulator {
+            builder = builder.with_endpoint(endpoint);
+        }
+        builder.build().await.with_context(|| format!("cannot build a publisher for {topic}"))
+    }
+
+    /// A subscriber client; `streams` gRPC channels back its streaming pulls.
+    pub async fn subscriber(&self, streams: usize) -> anyhow::Result<Subscriber> {
+        let mut builder =
+            Subscriber::builder().with_credentials(self.credentials.clone()).with_grpc_subchannel_count(streams.max(1));
+        if let Some(endpoint) = &self.emulator {
+            builder = builder.with_endpoint(endpoint);
+        }
+        builder.build().await.context("cannot build a subscriber")
+    }
+
+    /// On the emulator, creates `topic` unless it exists. Does nothing on real Pub/Sub,
+    /// where topics are the platform team's to create.
+    pub async fn ensure_topic(&self, topic: &str) -> anyhow::Result<()> {
+        let Some(endpoint) = &self.emulator else { return Ok(()) };
+        let admin = TopicAdmin::builder().with_endpoint(endpoint).with_credentials(self.credentials.clone()).build().await?;
+        match admin.create_topic().set_name(topic).send().await {
+            Ok(_) => tracing::info!(topic, "created topic on the emulator"),
+            Err(error) if already_exists(&error) => {}
+            Err(error) => return Err(error).with_context(|| format!("cannot create topic {topic}")),
+        }
+        Ok(())
+    }
+
+    /// On the emulator, creates `topic` and then `subscription` on it unless they exist,
+    /// with the given ack deadline. Does nothing on real Pub/Sub.
+    pub async fn ensure_subscription(&self, subscription: &str, topic: &str, ack_deadline: Duration) -> anyhow::Result<()> {
+        let Some(endpoint) = &self.emulator else { return Ok(()) };
+        self.ensure_topic(topic).await?;
+        let admin =
+            SubscriptionAdmin::builder().with_endpoint(endpoint).with_credentials(self.credentials.clone()).build().await?;
+        let request = admin
+            .create_subscription()
+            .set_name(subscription)
+            .set_topic(topic)
+            .set_ack_deadline_seconds(ack_deadline.as_secs().clamp(10, 600) as i32)
+            .send();
+        match request.await {
+            Ok(_) => tracing::info!(subscription, topic, "created subscription on the emulator"),
+            Err(error) if already_exists(&error) => {}
+            Err(error) => return Err(error).with_context(|| format!("cannot create subscription {subscription}")),
+        }
+        Ok(())
+    }
+}
+
+fn already_exists(error: &google_cloud_gax::error::Error) -> bool {
+    error.status().is_some_and(|status| status.code == Code::AlreadyExists) || error.http_status_code() == Some(409)
+}
+
+fn load_credentials(service_account: Option<&Path>) -> anyhow::Result<Credentials> {
+    match service_account {
+        Some(path) => {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path).with_context(|| format!("cannot read service account file {}", path.display()))?,
+            );
+            let json = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+            service_account::Builder::new(json)
+                .build()
+                .with_context(|| format!("{} is not a service account key", path.display()))
+        }
+        None => credentials::Builder::default().build().context("no Application Default Credentials"),
+    }
+}
+
+/// A copy of a message that could not be opened, for the dead-letter topic: its
+/// original data and attributes, plus `reject_reason` (a stable code) and
+/// `reject_detail` (a sentence).
+pub fn reject(original: &Message, reason: &str, detail: &str) -> Message {
+    let mut attributes = original.attributes.clone();
+    attributes.insert("reject_reason".to_owned(), reason.to_owned());
+    attributes.insert("reject_detail".to_owned(), detail.chars().take(1024).collect());
+    attributes.insert("original_message_id".to_owned(), original.message_id.clone());
+    Message::new().set_data(original.data.clone()).set_attributes(attributes)
+}
