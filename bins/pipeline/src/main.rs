@@ -1,0 +1,115 @@
+//! `pipeline`: streaming-pulls the shared topic, opens each envelope, counts words per
+//! fixed window and publishes `word: count` to the output topic. See the `pipeline`
+//! crate for the guarantees.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus::flags::{DataflowFlags, KmsFlags, OpenMode};
+use clap::Parser;
+use envelope::{CacheSettings, Opener, TrustedKeys};
+
+/// Pull the shared topic, open each envelope, count words per window, publish the counts.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Which envelopes to open: `decrypt` (encrypted only), `verify` (signed only) or `auto` (each by its own envelope).
+    #[arg(long, env = "PIPELINE_MODE", default_value = "auto")]
+    mode: OpenMode,
+
+    /// Project for names given as short ids.
+    #[arg(long, env = "GOOGLE_CLOUD_PROJECT")]
+    project: Option<String>,
+
+    /// Service-account key file for Pub/Sub and Cloud KMS (else Application Default Credentials).
+    #[arg(long = "service_account", visible_alias = "service-account", env = "SERVICE_ACCOUNT")]
+    service_account: Option<PathBuf>,
+
+    /// Subscription on the shared topic.
+    #[arg(long = "input_subscription", visible_alias = "input-subscription", env = "INPUT_SUBSCRIPTION", default_value = "message-bus")]
+    input_subscription: String,
+
+    /// The shared topic; only used to create the subscription on the emulator.
+    #[arg(long = "input_topic", visible_alias = "input-topic", env = "INPUT_TOPIC", default_value = "common-topic")]
+    input_topic: String,
+
+    /// Topic the counts go to.
+    #[arg(long = "output_topic", visible_alias = "output-topic", env = "OUTPUT_TOPIC", default_value = "df_out")]
+    output_topic: String,
+
+    /// Topic for messages that can never be opened, with their reason.
+    #[arg(long = "dead_letter_topic", visible_alias = "dead-letter-topic", env = "DEAD_LETTER_TOPIC", default_value = "dead-letter")]
+    dead_letter_topic: String,
+
+    /// Fixed window size in seconds.
+    #[arg(long = "window_secs", visible_alias = "window-secs", env = "WINDOW_SECS", default_value_t = 15)]
+    window_secs: u64,
+
+    #[command(flatten)]
+    kms: KmsFlags,
+
+    /// A KMS key to accept, or a prefix ending in `/*` (repeatable). None: every key, with a warning.
+    #[arg(long = "trusted_kms_key", visible_alias = "trusted-kms-key", env = "TRUSTED_KMS_KEYS", value_delimiter = ',')]
+    trusted_kms_key: Vec<String>,
+
+    /// Seconds an unwrapped data key stays cached.
+    #[arg(long = "cache_ttl_secs", visible_alias = "cache-ttl-secs", default_value_t = 200)]
+    cache_ttl_secs: u64,
+
+    /// Data keys cached at most, per mode.
+    #[arg(long = "cache_capacity", visible_alias = "cache-capacity", default_value_t = 100)]
+    cache_capacity: u64,
+
+    /// Messages held unacknowledged at most; must cover a window's input.
+    #[arg(long = "max_outstanding_messages", visible_alias = "max-outstanding-messages", default_value_t = 100_000)]
+    max_outstanding_messages: i64,
+
+    /// Seconds each lease extension reaches (10 to 600); also how soon the messages of a
+    /// pipeline that died are redelivered.
+    #[arg(long = "lease_extension_secs", visible_alias = "lease-extension-secs", default_value_t = 60)]
+    lease_extension_secs: u64,
+
+    #[command(flatten)]
+    dataflow: DataflowFlags,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    bus::init_logging();
+    let cli = Cli::parse();
+    cli.dataflow.warn_if_given();
+    let project = cli.project.as_deref();
+    let input_subscription = bus::names::subscription(project, &cli.input_subscription)?;
+    let project = project.or_else(|| bus::names::project_of(&input_subscription)).map(str::to_owned);
+    let project = project.as_deref();
+    let config = pipeline::Config {
+        output_topic: bus::names::topic(project, &cli.output_topic)?,
+        dead_letter_topic: bus::names::topic(project, &cli.dead_letter_topic)?,
+        window: Duration::from_secs(cli.window_secs.max(1)),
+        max_outstanding_messages: cli.max_outstanding_messages,
+        lease_extension: Duration::from_secs(cli.lease_extension_secs),
+        replica: format!("{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis()),
+        input_subscription,
+    };
+
+    let trusted = TrustedKeys::from_patterns(&cli.trusted_kms_key)?;
+    if trusted.trusts_everything() {
+        tracing::warn!("no --trusted_kms_key given: messages under ANY KMS key this pipeline can use will be accepted");
+    }
+    let kms = cli.kms.backend(cli.service_account.as_deref()).await?;
+    let opener = Opener::builder(kms)
+        .tenant_id(&cli.kms.tenant_id)
+        .trusted_keys(trusted)
+        .accept(cli.mode.accepts())
+        .cache(CacheSettings { ttl: Duration::from_secs(cli.cache_ttl_secs), capacity: cli.cache_capacity })
+        .build();
+
+    let pubsub = bus::PubSub::from_env(cli.service_account.as_deref())?;
+    let input_topic = bus::names::topic(project, &cli.input_topic)?;
+    pubsub.ensure_subscription(&config.input_subscription, &input_topic, config.lease_extension).await?;
+    pubsub.ensure_topic(&config.output_topic).await?;
+    pubsub.ensure_topic(&config.dead_letter_topic).await?;
+    pipeline::run(&pubsub, Arc::new(opener), config, bus::shutdown_signal()).await?;
+    Ok(())
+}

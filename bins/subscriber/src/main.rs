@@ -1,0 +1,88 @@
+//! `subscriber` (the article's df_subscriber): tails the pipeline's output topic and
+//! prints each `word: count` as it arrives.
+
+use std::collections::HashSet;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use clap::Parser;
+
+/// Tail the pipeline's output topic and print the word counts.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Service-account key file (else Application Default Credentials).
+    #[arg(long = "service_account", visible_alias = "service-account", env = "SERVICE_ACCOUNT")]
+    service_account: Option<PathBuf>,
+
+    /// Project of the output subscription.
+    #[arg(long = "pubsub_project_id", visible_alias = "pubsub-project-id", env = "PUBSUB_PROJECT_ID")]
+    pubsub_project_id: Option<String>,
+
+    /// Subscription on the pipeline's output topic.
+    #[arg(long = "pubsub_subscription", visible_alias = "pubsub-subscription", env = "PUBSUB_SUBSCRIPTION", default_value = "df_subscribe")]
+    pubsub_subscription: String,
+
+    /// The output topic; only used to create the subscription on the emulator.
+    #[arg(long = "pubsub_topic", visible_alias = "pubsub-topic", env = "PUBSUB_TOPIC", default_value = "df_out")]
+    pubsub_topic: String,
+
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    bus::init_logging();
+    let cli = Cli::parse();
+    let project = cli.pubsub_project_id.as_deref();
+    let subscription = bus::names::subscription(project, &cli.pubsub_subscription)?;
+    let project = project.or_else(|| bus::names::project_of(&subscription));
+    let pubsub = bus::PubSub::from_env(cli.service_account.as_deref())?;
+    pubsub.ensure_subscription(&subscription, &bus::names::topic(project, &cli.pubsub_topic)?, Duration::from_secs(10)).await?;
+    let client = pubsub.subscriber(1).await?;
+    let mut stream = client.subscribe(&subscription).build();
+    let shutdown = stream.shutdown_token();
+    tracing::info!("listening for messages on {subscription}");
+
+    // Pub/Sub delivers at least once: a count already printed is acked and skipped.
+    let mut seen = HashSet::new();
+    let signal = bus::shutdown_signal();
+    tokio::pin!(signal);
+    let mut out = std::io::stdout().lock();
+    loop {
+        let (message, handler) = tokio::select! {
+            () = &mut signal => break,
+            next = stream.next() => match next {
+                Some(result) => result?,
+                None => break,
+            },
+        };
+        let attribute = |name: &str| message.attributes.get(name).cloned().unwrap_or_default();
+        let text = String::from_utf8_lossy(&message.data);
+        let (word, count) = text.rsplit_once(": ").unwrap_or((&text, ""));
+        let identity = (attribute(pipeline::REPLICA_ATTR), attribute(pipeline::WINDOW_START_ATTR), attribute(pipeline::PANE_ATTR), word.to_owned());
+        if seen.insert(identity) {
+            if cli.json {
+                let record = serde_json::json!({
+                    "word": word,
+                    "count": count.parse::<u64>().ok(),
+                    "window_start": attribute(pipeline::WINDOW_START_ATTR),
+                    "window_end": attribute(pipeline::WINDOW_END_ATTR),
+                    "pane": attribute(pipeline::PANE_ATTR).parse::<u32>().ok(),
+                    "replica": attribute(pipeline::REPLICA_ATTR),
+                });
+                writeln!(out, "{record}")?;
+            } else {
+                let now = humantime::format_rfc3339_millis(SystemTime::now());
+                writeln!(out, "{now} INFO {word}: {count}  [window {}]", attribute(pipeline::WINDOW_START_ATTR))?;
+            }
+            out.flush()?;
+        }
+        handler.ack();
+    }
+    shutdown.shutdown().await;
+    Ok(())
+}

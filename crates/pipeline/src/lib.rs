@@ -1,0 +1,244 @@
+//! The streaming word-count pipeline: pull from the bus, open each envelope, count words
+//! per fixed window of publish time, publish `word: count` per window, then ack.
+//!
+//! Nothing is acknowledged before its result is safe:
+//! * a message that opens is held (its lease kept alive by the Pub/Sub client) until the
+//!   pane it was counted in has been published, then acked; if that publish fails it is
+//!   nacked and counted again on redelivery;
+//! * a message that can never open is published to the dead-letter topic with its
+//!   reason, and acked only once that publish succeeded;
+//! * a message that failed for a transient reason (KMS unreachable) is nacked at once,
+//!   for redelivery.
+//!
+//! On shutdown every open pane is flushed, published and acked before returning.
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use envelope::Opener;
+use google_cloud_pubsub::client::Publisher;
+use google_cloud_pubsub::model::Message;
+use google_cloud_pubsub::subscriber::handler::Handler;
+use tokio::task::JoinSet;
+use wordcount::{Pane, Windows};
+
+/// Output attribute: the window's start, RFC 3339.
+pub const WINDOW_START_ATTR: &str = "window_start";
+/// Output attribute: the window's end, RFC 3339.
+pub const WINDOW_END_ATTR: &str = "window_end";
+/// Output attribute: the pane number within the window for this replica.
+pub const PANE_ATTR: &str = "pane";
+/// Output attribute: the id of the pipeline process that counted the pane.
+pub const REPLICA_ATTR: &str = "replica";
+
+/// What the pipeline reads, writes and how it windows.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Full name of the subscription on the bus.
+    pub input_subscription: String,
+    /// Full name of the topic counts go to.
+    pub output_topic: String,
+    /// Full name of the topic messages that cannot be opened go to.
+    pub dead_letter_topic: String,
+    /// Fixed window size.
+    pub window: Duration,
+    /// Messages held unacknowledged at most (flow control). Messages are held for a
+    /// window, so this must cover a window's worth of input.
+    pub max_outstanding_messages: i64,
+    /// How far each lease extension reaches; also how soon Pub/Sub redelivers the
+    /// messages of a pipeline that died.
+    pub lease_extension: Duration,
+    /// This process's id in the output, unique per run.
+    pub replica: String,
+}
+
+/// A window's first pane is emitted this long after the window ends.
+const GRACE: Duration = Duration::from_millis(250);
+/// A pane opened after its window was emitted waits this long for more late data.
+const SETTLE: Duration = Duration::from_secs(1);
+/// How often ready panes are looked for.
+const TICK: Duration = Duration::from_millis(100);
+
+/// What a run did, for the final log line and for tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Messages whose words were counted.
+    pub counted: u64,
+    /// Redeliveries of messages already counted in an open pane.
+    pub duplicates: u64,
+    /// Messages sent to the dead-letter topic, by reason.
+    pub dead_lettered: BTreeMap<String, u64>,
+    /// Messages nacked for a transient failure.
+    pub retried: u64,
+    /// Panes published.
+    pub panes: u64,
+}
+
+/// Runs the pipeline until `shutdown` resolves or the stream ends, then flushes.
+pub async fn run(pubsub: &bus::PubSub, opener: Arc<Opener>, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<Summary> {
+    let subscriber = pubsub.subscriber(1).await?;
+    let mut stream = subscriber
+        .subscribe(&config.input_subscription)
+        .set_max_outstanding_messages(config.max_outstanding_messages)
+        .set_max_outstanding_bytes(1 << 30)
+        .set_max_lease_extension(config.lease_extension)
+        .set_max_lease(Duration::from_secs(3600))
+        .build();
+    let stop_stream = stream.shutdown_token();
+    // `MessageStream::next` is not cancel-safe, so one task owns the stream and hands
+    // messages over a channel, which the loop below can select on safely.
+    let (deliveries, mut received) = tokio::sync::mpsc::channel(1024);
+    let puller = tokio::spawn(async move {
+        while let Some(delivery) = stream.next().await {
+            if deliveries.send(delivery).await.is_err() {
+                break;
+            }
+        }
+    });
+    let output = pubsub.publisher(&config.output_topic).await?;
+    let dead_letter = pubsub.publisher(&config.dead_letter_topic).await?;
+    let mut windows: Windows<Handler> = Windows::new(config.window, GRACE, SETTLE);
+    let mut summary = Summary::default();
+    let mut publishing = JoinSet::new();
+    let mut tick = tokio::time::interval(TICK);
+    tokio::pin!(shutdown);
+    tracing::info!(subscription = %config.input_subscription, output = %config.output_topic, window = ?config.window, replica = %config.replica, "pipeline started");
+
+    let mut stopping = None;
+    loop {
+        tokio::select! {
+            () = &mut shutdown, if stopping.is_none() => {
+                // Stop pulling; what was already delivered is still counted below. The
+                // token's shutdown completes once every held message is acked or nacked.
+                let token = stop_stream.clone();
+                stopping = Some(tokio::spawn(async move { token.shutdown().await }));
+            }
+            _ = tick.tick() => {
+                for pane in windows.take_ready(SystemTime::now()) {
+                    summary.panes += 1;
+                    publishing.spawn(publish_pane(output.clone(), pane, config.replica.clone()));
+                }
+            }
+            Some(_) = publishing.join_next(), if !publishing.is_empty() => {}
+            delivery = received.recv() => match delivery {
+                None => break,
+                Some(Err(error)) => anyhow::bail!("streaming pull from {} failed: {error}", config.input_subscription),
+                Some(Ok((message, handler))) => {
+                    let outcome = handle(&opener, &mut windows, message, handler).await;
+                    record(&mut summary, &outcome);
+                    if let Outcome::DeadLetter(message, handler, _) = outcome {
+                        publishing.spawn(publish_dead_letter(dead_letter.clone(), message, handler));
+                    }
+                }
+            },
+        }
+    }
+
+    tracing::info!(held = windows.held(), "stream ended: flushing open windows");
+    for pane in windows.take_all() {
+        summary.panes += 1;
+        publishing.spawn(publish_pane(output.clone(), pane, config.replica.clone()));
+    }
+    while publishing.join_next().await.is_some() {}
+    puller.await?;
+    match stopping {
+        Some(stopping) => stopping.await?,
+        None => stop_stream.shutdown().await,
+    }
+    tracing::info!(?summary, "pipeline stopped");
+    Ok(summary)
+}
+
+enum Outcome {
+    Counted,
+    Duplicate,
+    DeadLetter(Message, Handler, &'static str),
+    Retry,
+}
+
+fn record(summary: &mut Summary, outcome: &Outcome) {
+    match outcome {
+        Outcome::Counted => summary.counted += 1,
+        Outcome::Duplicate => summary.duplicates += 1,
+        Outcome::DeadLetter(_, _, reason) => *summary.dead_lettered.entry((*reason).to_owned()).or_default() += 1,
+        Outcome::Retry => summary.retried += 1,
+    }
+}
+
+async fn handle(opener: &Opener, windows: &mut Windows<Handler>, message: Message, handler: Handler) -> Outcome {
+    let message_id = message.message_id.clone();
+    match opener.open(&message.data, &message.attributes).await {
+        Ok(opened) => match std::str::from_utf8(&opened.data) {
+            Ok(text) => {
+                let published = publish_time(&message);
+                match windows.add(published, &message_id, text, handler, SystemTime::now()) {
+                    wordcount::Added::Counted => Outcome::Counted,
+                    wordcount::Added::Duplicate => Outcome::Duplicate,
+                }
+            }
+            Err(_) => {
+                tracing::warn!(%message_id, reason = "not_utf8", "rejected: data is not UTF-8 text");
+                let rejected = bus::reject(&message, "not_utf8", "the opened data is not UTF-8 text");
+                Outcome::DeadLetter(rejected, handler, "not_utf8")
+            }
+        },
+        Err(error) if error.is_transient() => {
+            tracing::warn!(%message_id, reason = error.reason(), %error, "transient failure, nacking for redelivery");
+            handler.nack();
+            Outcome::Retry
+        }
+        Err(error) => {
+            tracing::warn!(%message_id, reason = error.reason(), %error, "rejected");
+            let rejected = bus::reject(&message, error.reason(), &error.to_string());
+            Outcome::DeadLetter(rejected, handler, error.reason())
+        }
+    }
+}
+
+fn publish_time(message: &Message) -> SystemTime {
+    message
+        .publish_time
+        .as_ref()
+        .map(|t| UNIX_EPOCH + Duration::new(t.seconds().max(0) as u64, t.nanos().max(0) as u32))
+        .unwrap_or_else(SystemTime::now)
+}
+
+async fn publish_dead_letter(dead_letter: Publisher, message: Message, handler: Handler) {
+    match dead_letter.publish(message).await {
+        Ok(_) => handler.ack(),
+        Err(error) => {
+            tracing::error!(%error, "could not publish to the dead-letter topic; nacking");
+            handler.nack();
+        }
+    }
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+async fn publish_pane(output: Publisher, pane: Pane<Handler>, replica: String) {
+    let attributes = HashMap::from([
+        (WINDOW_START_ATTR.to_owned(), rfc3339(pane.window.start())),
+        (WINDOW_END_ATTR.to_owned(), rfc3339(pane.window.end())),
+        (PANE_ATTR.to_owned(), pane.number.to_string()),
+        (REPLICA_ATTR.to_owned(), replica),
+    ]);
+    let sends: Vec<_> = pane
+        .counts
+        .iter()
+        .map(|(word, count)| output.publish(Message::new().set_data(format!("{word}: {count}")).set_attributes(attributes.clone())))
+        .collect();
+    let failures = futures_util::future::join_all(sends).await.into_iter().filter(Result::is_err).count();
+    let start = rfc3339(pane.window.start());
+    if failures == 0 {
+        tracing::info!(window_start = %start, pane = pane.number, words = pane.counts.len(), messages = pane.holds.len(), "published pane");
+        pane.holds.into_iter().for_each(Handler::ack);
+    } else {
+        tracing::error!(window_start = %start, pane = pane.number, failures, "could not publish the pane; nacking its messages for a recount");
+        pane.holds.into_iter().for_each(Handler::nack);
+    }
+}
