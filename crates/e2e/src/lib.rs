@@ -1,0 +1,279 @@
+//! Test support: an emulator per test (or the one `PUBSUB_EMULATOR_HOST` names), a
+//! project per test, a local keyring, and the real binaries as child processes.
+//!
+//! The binaries come from the same target directory as the test (`cargo build
+//! --workspace` first; `scripts/test.sh` does).
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use envelope::kms::local::Keyring;
+
+/// The article's tenant key, and a second tenant's.
+pub const TENANT_1_KEY: &str = "projects/tenant-1/locations/us-central1/keyRings/tenant1-keyring/cryptoKeys/key1";
+/// Another tenant's key in the same keyring.
+pub const TENANT_2_KEY: &str = "projects/tenant-2/locations/us-central1/keyRings/tenant2-keyring/cryptoKeys/key1";
+
+/// A Pub/Sub emulator: started for this test, or shared through `PUBSUB_EMULATOR_HOST`.
+pub struct Emulator {
+    host: String,
+    state: Option<tempfile::TempDir>,
+}
+
+impl Emulator {
+    /// The shared emulator if `PUBSUB_EMULATOR_HOST` is set, else a new one on a free
+    /// port, stopped when this value drops.
+    pub fn start() -> Self {
+        if let Ok(host) = std::env::var("PUBSUB_EMULATOR_HOST") {
+            return Self { host, state: None };
+        }
+        let state = tempfile::tempdir().unwrap();
+        let output = Command::new(workspace().join("scripts/emulator.sh"))
+            .arg("start")
+            .env("EMULATOR_STATE_DIR", state.path())
+            .output()
+            .expect("cannot run scripts/emulator.sh");
+        assert!(output.status.success(), "emulator failed to start: {}", String::from_utf8_lossy(&output.stderr));
+        let line = String::from_utf8(output.stdout).unwrap();
+        let host = line.trim().rsplit('=').next().unwrap().to_owned();
+        Self { host, state: Some(state) }
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        if let Some(state) = &self.state {
+            let _ = Command::new(workspace().join("scripts/emulator.sh")).arg("stop").env("EMULATOR_STATE_DIR", state.path()).status();
+        }
+    }
+}
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// A built binary of the workspace, beside the running test's own executable.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace` first (scripts/test.sh does)", path.display());
+    path
+}
+
+/// One test's world: an emulator, a project of its own, and a keyring with two tenants.
+pub struct Harness {
+    pub emulator: Emulator,
+    pub project: String,
+    dir: tempfile::TempDir,
+}
+
+impl Harness {
+    pub fn new() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let project = format!("e2e-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+        let dir = tempfile::tempdir().unwrap();
+        let mut keyring = Keyring::load_or_new(dir.path().join("keyring.json")).unwrap();
+        keyring.create(&TENANT_1_KEY.parse().unwrap()).unwrap();
+        keyring.create(&TENANT_2_KEY.parse().unwrap()).unwrap();
+        keyring.save().unwrap();
+        Self { emulator: Emulator::start(), project, dir }
+    }
+
+    pub fn keyring(&self) -> PathBuf {
+        self.dir.path().join("keyring.json")
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A command for binary `name` wired to this harness's emulator and keyring.
+    pub fn command(&self, name: &str) -> Command {
+        let mut command = Command::new(binary(name));
+        command
+            .env("PUBSUB_EMULATOR_HOST", &self.emulator.host)
+            .env("PUBSUB_ENVELOPE_KMS", format!("local:{}", self.keyring().display()))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `publisher` to completion with `args` after the harness's project flag.
+    pub fn publish(&self, args: &[&str]) -> Output {
+        let output = self.command("publisher").arg("--pubsub_project_id").arg(&self.project).args(args).output().unwrap();
+        assert!(output.status.success(), "publisher failed: {}", String::from_utf8_lossy(&output.stderr));
+        output
+    }
+
+    /// Starts the pipeline with short windows and leases, so tests run in seconds.
+    pub fn pipeline(&self, extra: &[&str]) -> Running {
+        let mut command = self.command("pipeline");
+        command.args(["--project", &self.project, "--window_secs", "2", "--lease_extension_secs", "10"]).args(extra);
+        Running::spawn(command, "pipeline started")
+    }
+
+    /// Starts `subscriber --json` on the output topic.
+    pub fn subscriber(&self) -> Running {
+        let mut command = self.command("subscriber");
+        command.args(["--pubsub_project_id", &self.project, "--json"]);
+        Running::spawn(command, "listening for messages")
+    }
+
+    /// Clients for the emulator, for tests that publish crafted messages or read a topic.
+    pub fn pubsub(&self) -> bus::PubSub {
+        bus::PubSub::emulator(&self.emulator.host)
+    }
+
+    pub fn topic(&self, id: &str) -> String {
+        format!("projects/{}/topics/{id}", self.project)
+    }
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A running binary whose stdout lines are collected; killed when dropped.
+pub struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    pub stderr: PathBuf,
+    _stderr_dir: tempfile::TempDir,
+}
+
+impl Running {
+    /// Spawns `command` and waits until its stderr shows `ready`.
+    pub fn spawn(mut command: Command, ready: &str) -> Self {
+        let stderr_dir = tempfile::tempdir().unwrap();
+        let stderr = stderr_dir.path().join("stderr.log");
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let running = Self { child, lines, stderr, _stderr_dir: stderr_dir };
+        running.wait_for_log(ready, Duration::from_secs(30));
+        running
+    }
+
+    /// The stderr log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits until the stderr log contains `text`.
+    pub fn wait_for_log(&self, text: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(text) {
+            assert!(Instant::now() < deadline, "`{text}` never appeared in the log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Collects stdout lines until `done` says the collection is complete, or panics
+    /// after `timeout`.
+    pub fn lines_until(&self, timeout: Duration, mut done: impl FnMut(&[String]) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = Vec::new();
+        while !done(&lines) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok(line) => lines.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+                Err(_) => panic!("gave up waiting; got {} lines:\n{}\nstderr:\n{}", lines.len(), lines.join("\n"), self.log()),
+            }
+        }
+        lines
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "exit status {status} after SIGTERM; log:\n{}", self.log());
+    }
+
+    /// SIGKILL: no flush, no acks.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The word counts of `texts`, as the pipeline must report them.
+pub fn expected_counts<'a>(texts: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for text in texts {
+        for word in wordcount::words(text) {
+            *counts.entry(word.to_owned()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Sums `subscriber --json` lines over windows and panes.
+pub fn summed_counts(lines: &[String]) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for line in lines {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        *counts.entry(record["word"].as_str().unwrap().to_owned()).or_default() += record["count"].as_u64().unwrap();
+    }
+    counts
+}
+
+/// Total of all counts in `subscriber --json` lines.
+pub fn total(lines: &[String]) -> u64 {
+    summed_counts(lines).values().sum()
+}
+
+/// Reads `count` messages from `subscription` (acking them), or panics after `timeout`.
+pub async fn receive(
+    pubsub: &bus::PubSub,
+    subscription: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<google_cloud_pubsub::model::Message> {
+    let client = pubsub.subscriber(1).await.unwrap();
+    let mut stream = client.subscribe(subscription).build();
+    let mut received = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while received.len() < count {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok((message, handler)))) => {
+                handler.ack();
+                received.push(message);
+            }
+            Ok(other) => panic!("stream ended: {:?}", other.map(|r| r.map(|_| ()))),
+            Err(_) => panic!("only {} of {count} messages arrived on {subscription}", received.len()),
+        }
+    }
+    stream.shutdown_token().shutdown().await;
+    received
+}
