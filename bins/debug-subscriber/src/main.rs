@@ -28,7 +28,12 @@ struct Cli {
     pubsub_project_id: Option<String>,
 
     /// A subscription on the shared topic of this tool's own.
-    #[arg(long = "pubsub_subscription", visible_alias = "pubsub-subscription", env = "PUBSUB_SUBSCRIPTION", default_value = "message-bus-debug")]
+    #[arg(
+        long = "pubsub_subscription",
+        visible_alias = "pubsub-subscription",
+        env = "PUBSUB_SUBSCRIPTION",
+        default_value = "message-bus-debug"
+    )]
     pubsub_subscription: String,
 
     /// The shared topic; only used to create the subscription on the emulator.
@@ -39,7 +44,12 @@ struct Cli {
     kms: KmsFlags,
 
     /// A KMS key to accept, or a prefix ending in `/*` (repeatable). None: every key.
-    #[arg(long = "trusted_kms_key", visible_alias = "trusted-kms-key", env = "TRUSTED_KMS_KEYS", value_delimiter = ',')]
+    #[arg(
+        long = "trusted_kms_key",
+        visible_alias = "trusted-kms-key",
+        env = "TRUSTED_KMS_KEYS",
+        value_delimiter = ','
+    )]
     trusted_kms_key: Vec<String>,
 
     /// One JSON object per line instead of text.
@@ -63,7 +73,9 @@ async fn main() -> anyhow::Result<()> {
             .build(),
     );
     let pubsub = bus::PubSub::from_env(cli.service_account.as_deref())?;
-    pubsub.ensure_subscription(&subscription, &bus::names::topic(project, &cli.pubsub_topic)?, Duration::from_secs(10)).await?;
+    pubsub
+        .ensure_subscription(&subscription, &bus::names::topic(project, &cli.pubsub_topic)?, Duration::from_secs(10))
+        .await?;
     let client = pubsub.subscriber(1).await?;
     let mut stream = client.subscribe(&subscription).build();
     let shutdown = stream.shutdown_token();
@@ -93,7 +105,13 @@ async fn main() -> anyhow::Result<()> {
                 } else {
                     let mut attributes: Vec<_> = opened.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
                     attributes.sort();
-                    writeln!(out, "OPENED {id} mode={} kms_key={} attributes={{{}}}\n  {text}", opened.mode, opened.kms_key, attributes.join(", "))?;
+                    writeln!(
+                        out,
+                        "OPENED {id} mode={} kms_key={} attributes={{{}}}\n  {text}",
+                        opened.mode,
+                        opened.kms_key,
+                        attributes.join(", ")
+                    )?;
                 }
                 handler.ack();
             }

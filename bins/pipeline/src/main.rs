@@ -27,7 +27,12 @@ struct Cli {
     service_account: Option<PathBuf>,
 
     /// Subscription on the shared topic.
-    #[arg(long = "input_subscription", visible_alias = "input-subscription", env = "INPUT_SUBSCRIPTION", default_value = "message-bus")]
+    #[arg(
+        long = "input_subscription",
+        visible_alias = "input-subscription",
+        env = "INPUT_SUBSCRIPTION",
+        default_value = "message-bus"
+    )]
     input_subscription: String,
 
     /// The shared topic; only used to create the subscription on the emulator.
@@ -39,7 +44,12 @@ struct Cli {
     output_topic: String,
 
     /// Topic for messages that can never be opened, with their reason.
-    #[arg(long = "dead_letter_topic", visible_alias = "dead-letter-topic", env = "DEAD_LETTER_TOPIC", default_value = "dead-letter")]
+    #[arg(
+        long = "dead_letter_topic",
+        visible_alias = "dead-letter-topic",
+        env = "DEAD_LETTER_TOPIC",
+        default_value = "dead-letter"
+    )]
     dead_letter_topic: String,
 
     /// Fixed window size in seconds.
@@ -50,7 +60,12 @@ struct Cli {
     kms: KmsFlags,
 
     /// A KMS key to accept, or a prefix ending in `/*` (repeatable). None: every key, with a warning.
-    #[arg(long = "trusted_kms_key", visible_alias = "trusted-kms-key", env = "TRUSTED_KMS_KEYS", value_delimiter = ',')]
+    #[arg(
+        long = "trusted_kms_key",
+        visible_alias = "trusted-kms-key",
+        env = "TRUSTED_KMS_KEYS",
+        value_delimiter = ','
+    )]
     trusted_kms_key: Vec<String>,
 
     /// Seconds an unwrapped data key stays cached.
@@ -89,7 +104,11 @@ async fn main() -> anyhow::Result<()> {
         window: Duration::from_secs(cli.window_secs.max(1)),
         max_outstanding_messages: cli.max_outstanding_messages,
         lease_extension: Duration::from_secs(cli.lease_extension_secs),
-        replica: format!("{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis()),
+        replica: format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis()
+        ),
         input_subscription,
     };
 

@@ -14,6 +14,8 @@ use envelope::kms::local::Keyring;
 use envelope::{Attributes, KeyName, Mode, RotationPolicy, Sealer};
 use google_cloud_pubsub::model::Message;
 use indicatif::{ProgressBar, ProgressStyle};
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::SeedableRng as _;
 use tokio::task::JoinSet;
 
 /// Seal messages under a tenant's KMS key and publish them to the shared topic.
@@ -183,7 +185,10 @@ fn source(cli: &Cli) -> anyhow::Result<Vec<String>> {
         return Ok(cli.message.clone());
     }
     let Some(path) = &cli.input else {
-        return Ok((0..10).map(|_| lipsum::lipsum_words(60)).collect());
+        // A fresh seed per run, so runs differ; lipsum wants rand 0.8's traits, which
+        // its own rand_chacha provides.
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
+        return Ok((0..10).map(|i| lipsum::lipsum_words_with_rng(ChaCha8Rng::seed_from_u64(seed + i), 60)).collect());
     };
     let lines: Vec<String> = if path.as_os_str() == "-" {
         std::io::stdin().lock().lines().collect::<Result<_, _>>()?
@@ -202,7 +207,11 @@ async fn publish(cli: Cli) -> anyhow::Result<()> {
     let article_run = cli.message.is_empty() && cli.input.is_none();
     let policy = RotationPolicy {
         max_age: Duration::from_secs(cli.key_max_age_secs),
-        max_messages: cli.key_max_messages.unwrap_or(if article_run { 5 } else { RotationPolicy::default().max_messages }),
+        max_messages: cli.key_max_messages.unwrap_or(if article_run {
+            5
+        } else {
+            RotationPolicy::default().max_messages
+        }),
         ..RotationPolicy::default()
     };
     let mode = match cli.mode {
@@ -219,7 +228,9 @@ async fn publish(cli: Cli) -> anyhow::Result<()> {
     let total = cli.count.unwrap_or(messages.len() as u64);
     let progress = if std::io::stderr().is_terminal() && total >= 100 {
         let bar = ProgressBar::new(total);
-        bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}").expect("valid template"));
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}").expect("valid template"),
+        );
         bar
     } else {
         ProgressBar::hidden()
@@ -235,7 +246,9 @@ async fn publish(cli: Cli) -> anyhow::Result<()> {
         let data = Bytes::from(text.clone());
         // KMS is only called when the data key rotates; a transient failure there is
         // retried with backoff, and past the last try the run fails without publishing.
-        let sealed = seal_with_retries(&mut sealer, data, &attributes).await.with_context(|| format!("cannot seal message {index}"))?;
+        let sealed = seal_with_retries(&mut sealer, data, &attributes)
+            .await
+            .with_context(|| format!("cannot seal message {index}"))?;
         let future = publisher.publish(Message::new().set_data(sealed.data).set_attributes(sealed.attributes));
         in_flight.spawn(future);
         while in_flight.len() >= 10_000 {
@@ -253,7 +266,11 @@ async fn publish(cli: Cli) -> anyhow::Result<()> {
 
 /// Seals, retrying transient KMS failures with exponential backoff (200 ms doubling,
 /// 5 retries); a permanent failure, or the last transient one, is returned.
-async fn seal_with_retries(sealer: &mut Sealer, data: Bytes, attributes: &Attributes) -> Result<envelope::Sealed, envelope::SealError> {
+async fn seal_with_retries(
+    sealer: &mut Sealer,
+    data: Bytes,
+    attributes: &Attributes,
+) -> Result<envelope::Sealed, envelope::SealError> {
     let mut delays = ExponentialBuilder::default().with_min_delay(Duration::from_millis(200)).with_max_times(5).build();
     loop {
         match sealer.seal(data.clone(), attributes.clone()).await {

@@ -21,7 +21,12 @@ struct Cli {
     pubsub_project_id: Option<String>,
 
     /// Subscription on the pipeline's output topic.
-    #[arg(long = "pubsub_subscription", visible_alias = "pubsub-subscription", env = "PUBSUB_SUBSCRIPTION", default_value = "df_subscribe")]
+    #[arg(
+        long = "pubsub_subscription",
+        visible_alias = "pubsub-subscription",
+        env = "PUBSUB_SUBSCRIPTION",
+        default_value = "df_subscribe"
+    )]
     pubsub_subscription: String,
 
     /// The output topic; only used to create the subscription on the emulator.
@@ -41,7 +46,9 @@ async fn main() -> anyhow::Result<()> {
     let subscription = bus::names::subscription(project, &cli.pubsub_subscription)?;
     let project = project.or_else(|| bus::names::project_of(&subscription));
     let pubsub = bus::PubSub::from_env(cli.service_account.as_deref())?;
-    pubsub.ensure_subscription(&subscription, &bus::names::topic(project, &cli.pubsub_topic)?, Duration::from_secs(10)).await?;
+    pubsub
+        .ensure_subscription(&subscription, &bus::names::topic(project, &cli.pubsub_topic)?, Duration::from_secs(10))
+        .await?;
     let client = pubsub.subscriber(1).await?;
     let mut stream = client.subscribe(&subscription).build();
     let shutdown = stream.shutdown_token();
@@ -63,7 +70,12 @@ async fn main() -> anyhow::Result<()> {
         let attribute = |name: &str| message.attributes.get(name).cloned().unwrap_or_default();
         let text = String::from_utf8_lossy(&message.data);
         let (word, count) = text.rsplit_once(": ").unwrap_or((&text, ""));
-        let identity = (attribute(pipeline::REPLICA_ATTR), attribute(pipeline::WINDOW_START_ATTR), attribute(pipeline::PANE_ATTR), word.to_owned());
+        let identity = (
+            attribute(pipeline::REPLICA_ATTR),
+            attribute(pipeline::WINDOW_START_ATTR),
+            attribute(pipeline::PANE_ATTR),
+            word.to_owned(),
+        );
         if seen.insert(identity) {
             if cli.json {
                 let record = serde_json::json!({

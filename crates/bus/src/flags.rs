@@ -46,7 +46,12 @@ pub struct KmsFlags {
     pub kms_endpoint: Option<String>,
 
     /// Deadline of each Cloud KMS call, in seconds.
-    #[arg(long = "kms_timeout_secs", visible_alias = "kms-timeout-secs", env = "PUBSUB_ENVELOPE_KMS_TIMEOUT_SECS", default_value_t = 10)]
+    #[arg(
+        long = "kms_timeout_secs",
+        visible_alias = "kms-timeout-secs",
+        env = "PUBSUB_ENVELOPE_KMS_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
     pub kms_timeout_secs: u64,
 
     /// Tenant id bound into every KMS wrap as additional authenticated data.
@@ -60,8 +65,12 @@ impl KmsFlags {
     pub async fn backend(&self, service_account: Option<&Path>) -> anyhow::Result<Arc<dyn Kms>> {
         match &self.kms {
             KmsChoice::Local(path) => {
-                let kms = LocalKms::open(path)
-                    .with_context(|| format!("cannot open the local keyring (create it with `publisher keyring create KEY --kms local:{}`)", path.display()))?;
+                let kms = LocalKms::open(path).with_context(|| {
+                    format!(
+                        "cannot open the local keyring (create it with `publisher keyring create KEY --kms local:{}`)",
+                        path.display()
+                    )
+                })?;
                 Ok(Arc::new(kms))
             }
             KmsChoice::Gcp => {

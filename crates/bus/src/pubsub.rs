@@ -60,7 +60,8 @@ impl PubSub {
     /// where topics are the platform team's to create.
     pub async fn ensure_topic(&self, topic: &str) -> anyhow::Result<()> {
         let Some(endpoint) = &self.emulator else { return Ok(()) };
-        let admin = TopicAdmin::builder().with_endpoint(endpoint).with_credentials(self.credentials.clone()).build().await?;
+        let admin =
+            TopicAdmin::builder().with_endpoint(endpoint).with_credentials(self.credentials.clone()).build().await?;
         match admin.create_topic().set_name(topic).send().await {
             Ok(_) => tracing::info!(topic, "created topic on the emulator"),
             Err(error) if already_exists(&error) => {}
@@ -71,11 +72,19 @@ impl PubSub {
 
     /// On the emulator, creates `topic` and then `subscription` on it unless they exist,
     /// with the given ack deadline. Does nothing on real Pub/Sub.
-    pub async fn ensure_subscription(&self, subscription: &str, topic: &str, ack_deadline: Duration) -> anyhow::Result<()> {
+    pub async fn ensure_subscription(
+        &self,
+        subscription: &str,
+        topic: &str,
+        ack_deadline: Duration,
+    ) -> anyhow::Result<()> {
         let Some(endpoint) = &self.emulator else { return Ok(()) };
         self.ensure_topic(topic).await?;
-        let admin =
-            SubscriptionAdmin::builder().with_endpoint(endpoint).with_credentials(self.credentials.clone()).build().await?;
+        let admin = SubscriptionAdmin::builder()
+            .with_endpoint(endpoint)
+            .with_credentials(self.credentials.clone())
+            .build()
+            .await?;
         let request = admin
             .create_subscription()
             .set_name(subscription)
@@ -99,7 +108,8 @@ fn load_credentials(service_account: Option<&Path>) -> anyhow::Result<Credential
     match service_account {
         Some(path) => {
             let text = zeroize::Zeroizing::new(
-                std::fs::read_to_string(path).with_context(|| format!("cannot read service account file {}", path.display()))?,
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read service account file {}", path.display()))?,
             );
             let json = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
             service_account::Builder::new(json)

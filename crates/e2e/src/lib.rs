@@ -49,7 +49,10 @@ impl Emulator {
 impl Drop for Emulator {
     fn drop(&mut self) {
         if let Some(state) = &self.state {
-            let _ = Command::new(workspace().join("scripts/emulator.sh")).arg("stop").env("EMULATOR_STATE_DIR", state.path()).status();
+            let _ = Command::new(workspace().join("scripts/emulator.sh"))
+                .arg("stop")
+                .env("EMULATOR_STATE_DIR", state.path())
+                .status();
         }
     }
 }
@@ -108,7 +111,8 @@ impl Harness {
 
     /// Runs `publisher` to completion with `args` after the harness's project flag.
     pub fn publish(&self, args: &[&str]) -> Output {
-        let output = self.command("publisher").arg("--pubsub_project_id").arg(&self.project).args(args).output().unwrap();
+        let output =
+            self.command("publisher").arg("--pubsub_project_id").arg(&self.project).args(args).output().unwrap();
         assert!(output.status.success(), "publisher failed: {}", String::from_utf8_lossy(&output.stderr));
         output
     }
@@ -156,11 +160,7 @@ impl Running {
     pub fn spawn(mut command: Command, ready: &str) -> Self {
         let stderr_dir = tempfile::tempdir().unwrap();
         let stderr = stderr_dir.path().join("stderr.log");
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
+        let mut child = command.stdout(Stdio::piped()).stderr(std::fs::File::create(&stderr).unwrap()).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (sender, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -199,7 +199,9 @@ impl Running {
             match self.lines.recv_timeout(left.min(Duration::from_millis(200))) {
                 Ok(line) => lines.push(line),
                 Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
-                Err(_) => panic!("gave up waiting; got {} lines:\n{}\nstderr:\n{}", lines.len(), lines.join("\n"), self.log()),
+                Err(_) => {
+                    panic!("gave up waiting; got {} lines:\n{}\nstderr:\n{}", lines.len(), lines.join("\n"), self.log())
+                }
             }
         }
         lines

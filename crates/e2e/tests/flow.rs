@@ -44,7 +44,18 @@ fn attributes_come_back_through_the_debug_subscriber() {
     command.args(["--pubsub_project_id", &harness.project, "--json"]);
     let debug = e2e::Running::spawn(command, "reading");
     for mode in ["encrypt", "sign"] {
-        harness.publish(&["--mode", mode, "--kms_key", TENANT_1_KEY, "--message", "hello", "--attribute", "origin=tenant-1", "--attribute", "seq=7"]);
+        harness.publish(&[
+            "--mode",
+            mode,
+            "--kms_key",
+            TENANT_1_KEY,
+            "--message",
+            "hello",
+            "--attribute",
+            "origin=tenant-1",
+            "--attribute",
+            "seq=7",
+        ]);
     }
     let lines = debug.lines_until(Duration::from_secs(30), |lines| lines.len() >= 2);
     let mut modes = Vec::new();

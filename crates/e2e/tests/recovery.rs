@@ -65,7 +65,9 @@ fn a_backlog_spanning_windows_is_counted_exactly() {
     assert_eq!(summed_counts(&lines), expected);
     let windows: std::collections::BTreeSet<String> = lines
         .iter()
-        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["window_start"].as_str().unwrap().to_owned())
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["window_start"].as_str().unwrap().to_owned()
+        })
         .collect();
     assert!(windows.len() >= 2, "the backlog spans several windows: {windows:?}");
     pipeline.terminate();

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use envelope::kms::local::{Keyring, LocalKms};
-use futures::executor::block_on;
 use envelope::{Attributes, KeyName, Mode, Opener, Sealer};
+use futures::executor::block_on;
 
 const SIZES: [usize; 3] = [256, 1024, 64 * 1024];
 

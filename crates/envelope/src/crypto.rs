@@ -39,9 +39,7 @@ impl hkdf::KeyType for Len {
 
 fn hkdf_expand(data_key: &SecretKey, info: &[u8], out: &mut [u8]) {
     let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &[]).extract(data_key.expose());
-    prk.expand(&[info], Len(out.len()))
-        .and_then(|okm| okm.fill(out))
-        .expect("HKDF-SHA256 can expand 32 bytes");
+    prk.expand(&[info], Len(out.len())).and_then(|okm| okm.fill(out)).expect("HKDF-SHA256 can expand 32 bytes");
 }
 
 impl EncryptionKey {
@@ -66,11 +64,7 @@ impl EncryptionKey {
         out[COMMITMENT_LEN..PREFIX].copy_from_slice(&nonce);
         let tag = self
             .aead
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(header),
-                &mut out[PREFIX..],
-            )
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(header), &mut out[PREFIX..])
             .expect("AES-GCM seals any message Pub/Sub can carry");
         out.extend_from_slice(tag.as_ref());
     }
@@ -82,17 +76,14 @@ impl EncryptionKey {
             return Err(OpenFailure::Truncated);
         }
         let (commitment, rest) = payload.split_at(COMMITMENT_LEN);
-        if !constant_time::verify_slices_are_equal(commitment, &self.commitment).is_ok() {
+        if constant_time::verify_slices_are_equal(commitment, &self.commitment).is_err() {
             return Err(OpenFailure::Forged);
         }
         let (nonce, sealed) = rest.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce).expect("12-byte nonce");
         let mut buffer = sealed.to_vec();
-        let plaintext_len = self
-            .aead
-            .open_in_place(nonce, Aad::from(header), &mut buffer)
-            .map_err(|_| OpenFailure::Forged)?
-            .len();
+        let plaintext_len =
+            self.aead.open_in_place(nonce, Aad::from(header), &mut buffer).map_err(|_| OpenFailure::Forged)?.len();
         buffer.truncate(plaintext_len);
         Ok(buffer)
     }

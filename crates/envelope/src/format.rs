@@ -93,10 +93,8 @@ impl std::fmt::Display for Mode {
 
 /// Whether a producer may use `name` for an attribute of its own.
 pub fn is_reserved(name: &str) -> bool {
-    matches!(
-        name,
-        KMS_KEY_ATTR | DEK_WRAPPED_ATTR | SIGN_KEY_WRAPPED_ATTR | SIGNATURE_ATTR
-    ) || name.starts_with(RESERVED_PREFIX)
+    matches!(name, KMS_KEY_ATTR | DEK_WRAPPED_ATTR | SIGN_KEY_WRAPPED_ATTR | SIGNATURE_ATTR)
+        || name.starts_with(RESERVED_PREFIX)
         || name.starts_with(PUBSUB_RESERVED_PREFIX)
 }
 
@@ -307,7 +305,8 @@ mod tests {
     }
 
     fn envelope(mode: Mode, extra: &[(&str, &str)]) -> Attributes {
-        let mut all = attrs(&[(KMS_KEY_ATTR, "projects/p/locations/l/keyRings/r/cryptoKeys/k"), (VERSION_ATTR, VERSION)]);
+        let mut all =
+            attrs(&[(KMS_KEY_ATTR, "projects/p/locations/l/keyRings/r/cryptoKeys/k"), (VERSION_ATTR, VERSION)]);
         all.insert(mode.wrapped_key_attr().into(), "AAAA".into());
         all.extend(attrs(extra));
         all

@@ -47,11 +47,7 @@ impl FromStr for KeyName {
         let segments: Vec<&str> = name.split('/').collect();
         let well_formed = segments.len() == 8
             && segments.chunks(2).zip(LITERALS).all(|(pair, literal)| pair[0] == literal && is_valid_id(pair[1]));
-        if well_formed {
-            Ok(Self(name.into()))
-        } else {
-            Err(KeyNameError(text.to_owned()))
-        }
+        if well_formed { Ok(Self(name.into())) } else { Err(KeyNameError(text.to_owned())) }
     }
 }
 

@@ -6,13 +6,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use moka::future::Cache;
 
+use crate::DEFAULT_TENANT_ID;
 use crate::crypto::{EncryptionKey, OpenFailure, SigningKey};
 use crate::error::OpenError;
 use crate::format::{self, Attributes, Mode};
 use crate::key_name::{KeyName, TrustedKeys};
 use crate::kms::Kms;
 use crate::secret::SecretKey;
-use crate::DEFAULT_TENANT_ID;
 
 /// How long unwrapped data keys are kept, and how many.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,7 +183,12 @@ impl Opener {
                     .filter(|(name, _)| !format::is_envelope_attribute(name))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
-                Ok(Opened { mode: envelope.mode, kms_key: cached.kms_key.clone(), data: data.clone(), attributes: restored })
+                Ok(Opened {
+                    mode: envelope.mode,
+                    kms_key: cached.kms_key.clone(),
+                    data: data.clone(),
+                    attributes: restored,
+                })
             }
         }
     }
@@ -273,12 +278,14 @@ impl<'a> Envelope<'a> {
                 }
             }
             Mode::Sign => {
-                let stray = attributes.keys().find(|name| format::is_reserved(name) && !format::is_envelope_attribute(name));
+                let stray =
+                    attributes.keys().find(|name| format::is_reserved(name) && !format::is_envelope_attribute(name));
                 if let Some(stray) = stray {
                     return Err(OpenError::UnexpectedAttribute(stray.clone()));
                 }
                 let text = required(format::SIGNATURE_ATTR)?;
-                let len = format::decode_base64_into(text, &mut signature).ok_or(OpenError::BadBase64(format::SIGNATURE_ATTR))?;
+                let len = format::decode_base64_into(text, &mut signature)
+                    .ok_or(OpenError::BadBase64(format::SIGNATURE_ATTR))?;
                 if len != format::SIGNATURE_LEN {
                     return Err(OpenError::GarbledAttribute {
                         name: format::SIGNATURE_ATTR,

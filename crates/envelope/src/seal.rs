@@ -144,8 +144,12 @@ impl Sealer {
         let kms_key = self.key_name.to_string();
         let wrapped = format::encode_base64(&wrapped);
         let usage = match self.mode {
-            Mode::Encrypt => DataKeyUse::Encrypt(EncryptionKey::derive(&secret), format::encrypt_header(&kms_key, &wrapped)),
-            Mode::Sign => DataKeyUse::Sign(SigningKey::new(&secret, &format::header_prefix(Mode::Sign, &kms_key, &wrapped))),
+            Mode::Encrypt => {
+                DataKeyUse::Encrypt(EncryptionKey::derive(&secret), format::encrypt_header(&kms_key, &wrapped))
+            }
+            Mode::Sign => {
+                DataKeyUse::Sign(SigningKey::new(&secret, &format::header_prefix(Mode::Sign, &kms_key, &wrapped)))
+            }
         };
         tracing::debug!(%kms_key, mode = %self.mode, "made a new data key");
         let envelope = [

@@ -20,9 +20,7 @@ impl SecretKey {
     /// A fresh key from the operating system's CSPRNG.
     pub fn generate() -> Self {
         let mut key = [0u8; KEY_LEN];
-        OsRng
-            .try_fill_bytes(&mut key)
-            .expect("the operating system's random number generator failed");
+        OsRng.try_fill_bytes(&mut key).expect("the operating system's random number generator failed");
         Self(key)
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use envelope::kms::gcp::{CredentialSource, GcpKms};
 use envelope::kms::{Kms, KmsError};
-use envelope::{Attributes, KeyName, Mode, Opener, SecretKey, Sealer};
+use envelope::{Attributes, KeyName, Mode, Opener, Sealer, SecretKey};
 use fake_kms::{Behaviour, FakeKms};
 
 const KEY: &str = "projects/tenant-1/locations/us-central1/keyRings/tenant1-keyring/cryptoKeys/key1";

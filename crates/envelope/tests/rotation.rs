@@ -19,7 +19,8 @@ async fn wrapped_key(sealer: &mut Sealer, data: &[u8]) -> String {
     sealer.seal(Bytes::copy_from_slice(data), Attributes::new()).await.unwrap().attributes[DEK_WRAPPED_ATTR].clone()
 }
 
-const LARGE: RotationPolicy = RotationPolicy { max_age: Duration::from_secs(100), max_messages: u64::MAX, max_bytes: u64::MAX };
+const LARGE: RotationPolicy =
+    RotationPolicy { max_age: Duration::from_secs(100), max_messages: u64::MAX, max_bytes: u64::MAX };
 
 #[test]
 fn defaults_match_the_article_and_stay_far_below_the_nonce_bound() {
@@ -75,7 +76,12 @@ async fn rotates_by_bytes() {
 #[tokio::test]
 async fn failed_rotation_leaves_the_sealer_usable() {
     let fixture = Fixture::new();
-    let mut broken = Sealer::new(fixture.kms.clone(), common::key("projects/p/locations/l/keyRings/r/cryptoKeys/absent"), "t", Mode::Sign);
+    let mut broken = Sealer::new(
+        fixture.kms.clone(),
+        common::key("projects/p/locations/l/keyRings/r/cryptoKeys/absent"),
+        "t",
+        Mode::Sign,
+    );
     let error = broken.seal(Bytes::from_static(b"x"), Attributes::new()).await.unwrap_err();
     assert!(!error.is_transient(), "{error}");
     assert_eq!(broken.data_keys_made(), 0);

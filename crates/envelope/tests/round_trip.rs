@@ -68,7 +68,8 @@ async fn opener_accepts_only_configured_modes() {
     let fixture = Fixture::new();
     let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", Mode::Sign);
     let sealed = sealer.seal(Bytes::from_static(b"x"), Attributes::new()).await.unwrap();
-    let decrypt_only = envelope::Opener::builder(fixture.kms.clone()).tenant_id("tenant-1").accept(&[Mode::Encrypt]).build();
+    let decrypt_only =
+        envelope::Opener::builder(fixture.kms.clone()).tenant_id("tenant-1").accept(&[Mode::Encrypt]).build();
     let error = decrypt_only.open(&sealed.data, &sealed.attributes).await.unwrap_err();
     assert!(matches!(error, OpenError::ModeNotAccepted(Mode::Sign)));
     assert_eq!(error.reason(), "mode_not_accepted");

@@ -57,11 +57,16 @@ async fn flipping_any_byte_of_any_envelope_attribute_fails() {
         let message = sealed(&fixture, TENANT_1_KEY, "tenant-1", mode).await;
         for (name, value) in &message.attributes {
             let is_binary = [DEK_WRAPPED_ATTR, SIGN_KEY_WRAPPED_ATTR, SIGNATURE_ATTR].contains(&name.as_str());
-            let raw = if is_binary { envelope::format::decode_base64(value).unwrap() } else { value.clone().into_bytes() };
+            let raw =
+                if is_binary { envelope::format::decode_base64(value).unwrap() } else { value.clone().into_bytes() };
             for index in 0..raw.len() {
                 let mut altered = raw.clone();
                 altered[index] ^= 0x01;
-                let text = if is_binary { envelope::format::encode_base64(&altered) } else { String::from_utf8(altered).unwrap() };
+                let text = if is_binary {
+                    envelope::format::encode_base64(&altered)
+                } else {
+                    String::from_utf8(altered).unwrap()
+                };
                 let mut attributes = message.attributes.clone();
                 attributes.insert(name.clone(), text);
                 let error = open_error(&fixture, message.data.clone(), &attributes).await;
@@ -89,7 +94,9 @@ async fn dropping_any_attribute_fails_with_its_reason() {
             attributes.remove(name);
             let error = open_error(&fixture, message.data.clone(), &attributes).await;
             let expected = match name.as_str() {
-                VERSION_ATTR | KMS_KEY_ATTR | DEK_WRAPPED_ATTR | SIGN_KEY_WRAPPED_ATTR | SIGNATURE_ATTR => "missing_attribute",
+                VERSION_ATTR | KMS_KEY_ATTR | DEK_WRAPPED_ATTR | SIGN_KEY_WRAPPED_ATTR | SIGNATURE_ATTR => {
+                    "missing_attribute"
+                }
                 _ => "tampered",
             };
             assert_eq!(error.reason(), expected, "{mode} without {name}: {error}");

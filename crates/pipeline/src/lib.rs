@@ -78,7 +78,12 @@ pub struct Summary {
 }
 
 /// Runs the pipeline until `shutdown` resolves or the stream ends, then flushes.
-pub async fn run(pubsub: &bus::PubSub, opener: Arc<Opener>, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<Summary> {
+pub async fn run(
+    pubsub: &bus::PubSub,
+    opener: Arc<Opener>,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Summary> {
     let subscriber = pubsub.subscriber(1).await?;
     let mut stream = subscriber
         .subscribe(&config.input_subscription)
@@ -152,6 +157,7 @@ pub async fn run(pubsub: &bus::PubSub, opener: Arc<Opener>, config: Config, shut
     Ok(summary)
 }
 
+#[allow(clippy::large_enum_variant)] // one per message, never stored
 enum Outcome {
     Counted,
     Duplicate,
@@ -230,7 +236,9 @@ async fn publish_pane(output: Publisher, pane: Pane<Handler>, replica: String) {
     let sends: Vec<_> = pane
         .counts
         .iter()
-        .map(|(word, count)| output.publish(Message::new().set_data(format!("{word}: {count}")).set_attributes(attributes.clone())))
+        .map(|(word, count)| {
+            output.publish(Message::new().set_data(format!("{word}: {count}")).set_attributes(attributes.clone()))
+        })
         .collect();
     let failures = futures_util::future::join_all(sends).await.into_iter().filter(Result::is_err).count();
     let start = rfc3339(pane.window.start());

@@ -139,7 +139,9 @@ impl Keyring {
                 let material = decode_base64(&version.material)
                     .map(Zeroizing::new)
                     .and_then(|bytes| SecretKey::from_slice(&bytes))
-                    .ok_or_else(|| malformed(format!("{name} version {} is not a base64 256-bit key", version.version)))?;
+                    .ok_or_else(|| {
+                        malformed(format!("{name} version {} is not a base64 256-bit key", version.version))
+                    })?;
                 versions.insert(version.version, material);
             }
             if !versions.contains_key(&key.primary) {
@@ -316,7 +318,11 @@ impl Kms for LocalKms {
         out.extend_from_slice(&nonce);
         out.extend_from_slice(key.expose());
         let tag = versions[primary]
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut out[VERSION_LEN + NONCE_LEN..])
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut out[VERSION_LEN + NONCE_LEN..],
+            )
             .expect("AES-GCM seals 32 bytes");
         out.extend_from_slice(tag.as_ref());
         Ok(out)
@@ -332,7 +338,11 @@ impl Kms for LocalKms {
         self.reload();
         self.try_unwrap(name, wrapped, aad).unwrap_or_else(|| {
             let known = self.loaded.read().expect("keyring lock poisoned").keys.contains_key(name);
-            Err(if known { KmsError::UnwrapRejected(name.to_string()) } else { KmsError::KeyNotFound(name.to_string()) })
+            Err(if known {
+                KmsError::UnwrapRejected(name.to_string())
+            } else {
+                KmsError::KeyNotFound(name.to_string())
+            })
         })
     }
 }
