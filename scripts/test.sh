@@ -11,4 +11,8 @@ trap 'scripts/emulator.sh stop; rm -rf "$EMULATOR_STATE_DIR"' EXIT
 cargo build --workspace --locked
 eval "$(scripts/emulator.sh start)"
 echo "emulator at $PUBSUB_EMULATOR_HOST" >&2
-cargo test --workspace --locked "$@"
+log=$EMULATOR_STATE_DIR/test.log
+cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+# One closing line for the whole workspace (cargo prints one per test binary).
+awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", passed, failed, ignored }' "$log"
