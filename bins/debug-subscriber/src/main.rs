@@ -3,7 +3,6 @@
 //! failures are nacked for another try.
 
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,13 +18,8 @@ struct Cli {
     #[arg(long, env = "DEBUG_MODE", default_value = "auto")]
     mode: OpenMode,
 
-    /// Service-account key file for Pub/Sub and Cloud KMS (else Application Default Credentials).
-    #[arg(long = "service_account", visible_alias = "service-account", env = "SERVICE_ACCOUNT")]
-    service_account: Option<PathBuf>,
-
-    /// Project of the subscription.
-    #[arg(long = "pubsub_project_id", visible_alias = "pubsub-project-id", env = "PUBSUB_PROJECT_ID")]
-    pubsub_project_id: Option<String>,
+    #[command(flatten)]
+    account: bus::flags::AccountFlags,
 
     /// A subscription on the shared topic of this tool's own.
     #[arg(
@@ -61,10 +55,10 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     bus::init_logging();
     let cli = Cli::parse();
-    let project = cli.pubsub_project_id.as_deref();
+    let project = cli.account.pubsub_project_id.as_deref();
     let subscription = bus::names::subscription(project, &cli.pubsub_subscription)?;
     let project = project.or_else(|| bus::names::project_of(&subscription));
-    let kms = cli.kms.backend(cli.service_account.as_deref()).await?;
+    let kms = cli.kms.backend(cli.account.service_account.as_deref()).await?;
     let opener = Arc::new(
         Opener::builder(kms)
             .tenant_id(&cli.kms.tenant_id)
@@ -72,62 +66,46 @@ async fn main() -> anyhow::Result<()> {
             .accept(cli.mode.accepts())
             .build(),
     );
-    let pubsub = bus::PubSub::from_env(cli.service_account.as_deref())?;
+    let pubsub = bus::PubSub::from_env(cli.account.service_account.as_deref())?;
     pubsub
         .ensure_subscription(&subscription, &bus::names::topic(project, &cli.pubsub_topic)?, Duration::from_secs(10))
         .await?;
-    let client = pubsub.subscriber(1).await?;
-    let mut stream = client.subscribe(&subscription).build();
-    let shutdown = stream.shutdown_token();
     tracing::info!("reading {subscription}");
 
-    let signal = bus::shutdown_signal();
-    tokio::pin!(signal);
     let mut out = std::io::stdout().lock();
-    loop {
-        let (message, handler) = tokio::select! {
-            () = &mut signal => break,
-            next = stream.next() => match next {
-                Some(result) => result?,
-                None => break,
-            },
-        };
-        let id = &message.message_id;
-        match opener.open(&message.data, &message.attributes).await {
-            Ok(opened) => {
-                let text = String::from_utf8_lossy(&opened.data);
-                if cli.json {
-                    let record = serde_json::json!({
-                        "message_id": id, "status": "opened", "mode": opened.mode.as_str(),
-                        "kms_key": opened.kms_key.as_str(), "attributes": opened.attributes, "data": text,
-                    });
-                    writeln!(out, "{record}")?;
-                } else {
-                    let mut attributes: Vec<_> = opened.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    attributes.sort();
-                    writeln!(
-                        out,
-                        "OPENED {id} mode={} kms_key={} attributes={{{}}}\n  {text}",
-                        opened.mode,
-                        opened.kms_key,
-                        attributes.join(", ")
-                    )?;
+    pubsub
+        .tail(&subscription, async |message, handler| {
+            let id = &message.message_id;
+            match opener.open(&message.data, &message.attributes).await {
+                Ok(opened) => {
+                    let text = String::from_utf8_lossy(&opened.data);
+                    if cli.json {
+                        let record = serde_json::json!({
+                            "message_id": id, "status": "opened", "mode": opened.mode.as_str(),
+                            "kms_key": opened.kms_key.as_str(), "attributes": opened.attributes, "data": text,
+                        });
+                        writeln!(out, "{record}")?;
+                    } else {
+                        let mut attributes: Vec<_> = opened.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        attributes.sort();
+                        let attributes = attributes.join(", ");
+                        writeln!(out, "OPENED {id} mode={} kms_key={} attributes={{{attributes}}}\n  {text}", opened.mode, opened.kms_key)?;
+                    }
+                    handler.ack();
                 }
-                handler.ack();
-            }
-            Err(error) => {
-                let status = if error.is_transient() { "retry" } else { "rejected" };
-                if cli.json {
-                    let record = serde_json::json!({"message_id": id, "status": status, "reason": error.reason(), "detail": error.to_string()});
-                    writeln!(out, "{record}")?;
-                } else {
-                    writeln!(out, "{} {id} reason={}: {error}", status.to_uppercase(), error.reason())?;
+                Err(error) => {
+                    let status = if error.is_transient() { "retry" } else { "rejected" };
+                    if cli.json {
+                        let record = serde_json::json!({"message_id": id, "status": status, "reason": error.reason(), "detail": error.to_string()});
+                        writeln!(out, "{record}")?;
+                    } else {
+                        writeln!(out, "{} {id} reason={}: {error}", status.to_uppercase(), error.reason())?;
+                    }
+                    if error.is_transient() { handler.nack() } else { handler.ack() }
                 }
-                if error.is_transient() { handler.nack() } else { handler.ack() }
             }
-        }
-        out.flush()?;
-    }
-    shutdown.shutdown().await;
-    Ok(())
+            out.flush()?;
+            Ok(())
+        })
+        .await
 }

@@ -32,13 +32,8 @@ struct Cli {
     #[arg(long, env = "PUBLISHER_MODE", default_value = "encrypt")]
     mode: PublishMode,
 
-    /// Service-account key file for Pub/Sub and Cloud KMS (else Application Default Credentials).
-    #[arg(long = "service_account", visible_alias = "service-account", env = "SERVICE_ACCOUNT")]
-    service_account: Option<PathBuf>,
-
-    /// Project of the shared topic.
-    #[arg(long = "pubsub_project_id", visible_alias = "pubsub-project-id", env = "PUBSUB_PROJECT_ID")]
-    pubsub_project_id: Option<String>,
+    #[command(flatten)]
+    account: bus::flags::AccountFlags,
 
     /// The shared topic: an id in `--pubsub_project_id`, or a full name.
     #[arg(long = "pubsub_topic", visible_alias = "pubsub-topic", env = "PUBSUB_TOPIC", default_value = "common-topic")]
@@ -202,7 +197,7 @@ fn source(cli: &Cli) -> anyhow::Result<Vec<String>> {
 
 async fn publish(cli: Cli) -> anyhow::Result<()> {
     let key_name = cli.key.name()?;
-    let topic = bus::names::topic(cli.pubsub_project_id.as_deref(), &cli.pubsub_topic)?;
+    let topic = bus::names::topic(cli.account.pubsub_project_id.as_deref(), &cli.pubsub_topic)?;
     let messages = source(&cli)?;
     let article_run = cli.message.is_empty() && cli.input.is_none();
     let policy = RotationPolicy {
@@ -218,9 +213,9 @@ async fn publish(cli: Cli) -> anyhow::Result<()> {
         PublishMode::Encrypt => Mode::Encrypt,
         PublishMode::Sign => Mode::Sign,
     };
-    let kms = cli.kms.backend(cli.service_account.as_deref()).await?;
+    let kms = cli.kms.backend(cli.account.service_account.as_deref()).await?;
     let mut sealer = Sealer::new(kms, key_name.clone(), cli.kms.tenant_id.clone(), mode).with_policy(policy);
-    let pubsub = bus::PubSub::from_env(cli.service_account.as_deref())?;
+    let pubsub = bus::PubSub::from_env(cli.account.service_account.as_deref())?;
     pubsub.ensure_topic(&topic).await?;
     let publisher = pubsub.publisher(&topic).await?;
     let attributes: Attributes = cli.attributes.iter().cloned().collect();

@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use clap::Parser;
@@ -12,13 +11,8 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
-    /// Service-account key file (else Application Default Credentials).
-    #[arg(long = "service_account", visible_alias = "service-account", env = "SERVICE_ACCOUNT")]
-    service_account: Option<PathBuf>,
-
-    /// Project of the output subscription.
-    #[arg(long = "pubsub_project_id", visible_alias = "pubsub-project-id", env = "PUBSUB_PROJECT_ID")]
-    pubsub_project_id: Option<String>,
+    #[command(flatten)]
+    account: bus::flags::AccountFlags,
 
     /// Subscription on the pipeline's output topic.
     #[arg(
@@ -42,59 +36,49 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     bus::init_logging();
     let cli = Cli::parse();
-    let project = cli.pubsub_project_id.as_deref();
+    let project = cli.account.pubsub_project_id.as_deref();
     let subscription = bus::names::subscription(project, &cli.pubsub_subscription)?;
     let project = project.or_else(|| bus::names::project_of(&subscription));
-    let pubsub = bus::PubSub::from_env(cli.service_account.as_deref())?;
+    let pubsub = bus::PubSub::from_env(cli.account.service_account.as_deref())?;
     pubsub
         .ensure_subscription(&subscription, &bus::names::topic(project, &cli.pubsub_topic)?, Duration::from_secs(10))
         .await?;
-    let client = pubsub.subscriber(1).await?;
-    let mut stream = client.subscribe(&subscription).build();
-    let shutdown = stream.shutdown_token();
     tracing::info!("listening for messages on {subscription}");
 
     // Pub/Sub delivers at least once: a count already printed is acked and skipped.
     let mut seen = HashSet::new();
-    let signal = bus::shutdown_signal();
-    tokio::pin!(signal);
     let mut out = std::io::stdout().lock();
-    loop {
-        let (message, handler) = tokio::select! {
-            () = &mut signal => break,
-            next = stream.next() => match next {
-                Some(result) => result?,
-                None => break,
-            },
-        };
-        let attribute = |name: &str| message.attributes.get(name).cloned().unwrap_or_default();
-        let text = String::from_utf8_lossy(&message.data);
-        let (word, count) = text.rsplit_once(": ").unwrap_or((&text, ""));
-        let identity = (
-            attribute(pipeline::REPLICA_ATTR),
-            attribute(pipeline::WINDOW_START_ATTR),
-            attribute(pipeline::PANE_ATTR),
-            word.to_owned(),
-        );
-        if seen.insert(identity) {
-            if cli.json {
-                let record = serde_json::json!({
-                    "word": word,
-                    "count": count.parse::<u64>().ok(),
-                    "window_start": attribute(pipeline::WINDOW_START_ATTR),
-                    "window_end": attribute(pipeline::WINDOW_END_ATTR),
-                    "pane": attribute(pipeline::PANE_ATTR).parse::<u32>().ok(),
-                    "replica": attribute(pipeline::REPLICA_ATTR),
-                });
-                writeln!(out, "{record}")?;
-            } else {
-                let now = humantime::format_rfc3339_millis(SystemTime::now());
-                writeln!(out, "{now} INFO {word}: {count}  [window {}]", attribute(pipeline::WINDOW_START_ATTR))?;
+    pubsub
+        .tail(&subscription, async |message, handler| {
+            let attribute = |name: &str| message.attributes.get(name).cloned().unwrap_or_default();
+            let text = String::from_utf8_lossy(&message.data);
+            let (word, count) = text.rsplit_once(": ").unwrap_or((&text, ""));
+            let window_start = attribute(pipeline::WINDOW_START_ATTR);
+            let identity = (
+                attribute(pipeline::REPLICA_ATTR),
+                window_start.clone(),
+                attribute(pipeline::PANE_ATTR),
+                word.to_owned(),
+            );
+            if seen.insert(identity) {
+                if cli.json {
+                    let record = serde_json::json!({
+                        "word": word,
+                        "count": count.parse::<u64>().ok(),
+                        "window_start": window_start,
+                        "window_end": attribute(pipeline::WINDOW_END_ATTR),
+                        "pane": attribute(pipeline::PANE_ATTR).parse::<u32>().ok(),
+                        "replica": attribute(pipeline::REPLICA_ATTR),
+                    });
+                    writeln!(out, "{record}")?;
+                } else {
+                    let now = humantime::format_rfc3339_millis(SystemTime::now());
+                    writeln!(out, "{now} INFO {word}: {count}  [window {window_start}]")?;
+                }
+                out.flush()?;
             }
-            out.flush()?;
-        }
-        handler.ack();
-    }
-    shutdown.shutdown().await;
-    Ok(())
+            handler.ack();
+            Ok(())
+        })
+        .await
 }

@@ -13,6 +13,18 @@ use envelope::kms::Kms;
 use envelope::kms::gcp::{CredentialSource, GcpKms};
 use envelope::kms::local::LocalKms;
 
+/// Credentials, and the project of names given as short ids, in the article's spelling.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AccountFlags {
+    /// Service-account key file for Pub/Sub and Cloud KMS (else Application Default Credentials).
+    #[arg(long = "service_account", visible_alias = "service-account", env = "SERVICE_ACCOUNT")]
+    pub service_account: Option<PathBuf>,
+
+    /// Project of the topic or subscription when given as a short id.
+    #[arg(long = "pubsub_project_id", visible_alias = "pubsub-project-id", env = "PUBSUB_PROJECT_ID")]
+    pub pubsub_project_id: Option<String>,
+}
+
 /// Which KMS backend wraps and unwraps data keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KmsChoice {

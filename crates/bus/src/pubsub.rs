@@ -8,6 +8,7 @@ use google_cloud_auth::credentials::{self, Credentials, anonymous, service_accou
 use google_cloud_gax::error::rpc::Code;
 use google_cloud_pubsub::client::{Publisher, Subscriber, SubscriptionAdmin, TopicAdmin};
 use google_cloud_pubsub::model::Message;
+use google_cloud_pubsub::subscriber::handler::Handler;
 
 /// Where clients connect, and with which credentials.
 #[derive(Clone)]
@@ -54,6 +55,34 @@ impl PubSub {
             builder = builder.with_endpoint(endpoint);
         }
         builder.build().await.context("cannot build a subscriber")
+    }
+
+    /// Receives from `subscription`, handing each message to `handle`, until SIGINT or
+    /// SIGTERM or the end of the stream; then shuts the stream down so that pending
+    /// acks reach Pub/Sub before the process exits.
+    pub async fn tail(
+        &self,
+        subscription: &str,
+        mut handle: impl AsyncFnMut(Message, Handler) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let client = self.subscriber(1).await?;
+        let mut stream = client.subscribe(subscription).build();
+        let stop = stream.shutdown_token();
+        let signal = crate::shutdown_signal();
+        tokio::pin!(signal);
+        loop {
+            // A message lost to the cancelled `next()` when the signal wins was never
+            // acked: Pub/Sub redelivers it.
+            let delivery = tokio::select! {
+                () = &mut signal => break,
+                next = stream.next() => next,
+            };
+            let Some(delivery) = delivery else { break };
+            let (message, handler) = delivery.with_context(|| format!("streaming pull from {subscription} failed"))?;
+            handle(message, handler).await?;
+        }
+        stop.shutdown().await;
+        Ok(())
     }
 
     /// On the emulator, creates `topic` unless it exists. Does nothing on real Pub/Sub,
