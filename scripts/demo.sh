@@ -7,8 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 window=${WINDOW_SECS:-5}
-cargo build --release --workspace --bins --locked --quiet
-bin=target/release
+cargo build --workspace --bins --locked --quiet
+bin=target/debug
 work=$(mktemp -d)
 EMULATOR_STATE_DIR=$work/emulator
 export EMULATOR_STATE_DIR
