@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bus::flags::{KmsFlags, OpenMode};
 use clap::Parser;
-use envelope::{Opener, TrustedKeys};
+use envelope::Opener;
 
 /// Read the shared topic and show each message opened, or why it was rejected.
 #[derive(Parser)]
@@ -37,14 +37,8 @@ struct Cli {
     #[command(flatten)]
     kms: KmsFlags,
 
-    /// A KMS key to accept, or a prefix ending in `/*` (repeatable). None: every key.
-    #[arg(
-        long = "trusted_kms_key",
-        visible_alias = "trusted-kms-key",
-        env = "TRUSTED_KMS_KEYS",
-        value_delimiter = ','
-    )]
-    trusted_kms_key: Vec<String>,
+    #[command(flatten)]
+    trust: bus::flags::TrustFlags,
 
     /// One JSON object per line instead of text.
     #[arg(long)]
@@ -62,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
     let opener = Arc::new(
         Opener::builder(kms)
             .tenant_id(&cli.kms.tenant_id)
-            .trusted_keys(TrustedKeys::from_patterns(&cli.trusted_kms_key)?)
+            .trusted_keys(cli.trust.trusted_keys()?)
             .accept(cli.mode.accepts())
             .build(),
     );

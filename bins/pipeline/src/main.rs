@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bus::flags::{DataflowFlags, KmsFlags, OpenMode};
 use clap::Parser;
-use envelope::{CacheSettings, Opener, TrustedKeys};
+use envelope::{CacheSettings, Opener};
 
 /// Pull the shared topic, open each envelope, count words per window, publish the counts.
 #[derive(Parser)]
@@ -59,14 +59,8 @@ struct Cli {
     #[command(flatten)]
     kms: KmsFlags,
 
-    /// A KMS key to accept, or a prefix ending in `/*` (repeatable). None: every key, with a warning.
-    #[arg(
-        long = "trusted_kms_key",
-        visible_alias = "trusted-kms-key",
-        env = "TRUSTED_KMS_KEYS",
-        value_delimiter = ','
-    )]
-    trusted_kms_key: Vec<String>,
+    #[command(flatten)]
+    trust: bus::flags::TrustFlags,
 
     /// Seconds an unwrapped data key stays cached.
     #[arg(long = "cache_ttl_secs", visible_alias = "cache-ttl-secs", default_value_t = 200)]
@@ -112,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
         input_subscription,
     };
 
-    let trusted = TrustedKeys::from_patterns(&cli.trusted_kms_key)?;
+    let trusted = cli.trust.trusted_keys()?;
     if trusted.trusts_everything() {
         tracing::warn!("no --trusted_kms_key given: messages under ANY KMS key this pipeline can use will be accepted");
     }

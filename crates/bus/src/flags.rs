@@ -98,6 +98,26 @@ impl KmsFlags {
     }
 }
 
+/// Which KMS keys a consumer accepts messages from.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrustFlags {
+    /// A KMS key to accept, or a prefix ending in `/*` (repeatable). None: every key.
+    #[arg(
+        long = "trusted_kms_key",
+        visible_alias = "trusted-kms-key",
+        env = "TRUSTED_KMS_KEYS",
+        value_delimiter = ','
+    )]
+    pub trusted_kms_key: Vec<String>,
+}
+
+impl TrustFlags {
+    /// The trusted set the flags describe.
+    pub fn trusted_keys(&self) -> anyhow::Result<envelope::TrustedKeys> {
+        Ok(envelope::TrustedKeys::from_patterns(&self.trusted_kms_key)?)
+    }
+}
+
 /// Flags of the article's Dataflow runner that mean nothing here. Accepted so that the
 /// article's command lines work, and reported once.
 #[derive(Debug, Clone, Default, clap::Args)]
