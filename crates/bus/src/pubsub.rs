@@ -33,11 +33,6 @@ impl PubSub {
         Self { emulator: Some(format!("http://{host}")), credentials: anonymous::Builder::new().build() }
     }
 
-    /// Whether these clients talk to the emulator.
-    pub fn is_emulator(&self) -> bool {
-        self.emulator.is_some()
-    }
-
     /// A batching publisher for `topic`.
     pub async fn publisher(&self, topic: &str) -> anyhow::Result<Publisher> {
         let mut builder = Publisher::builder(topic).with_credentials(self.credentials.clone());

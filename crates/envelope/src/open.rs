@@ -134,11 +134,6 @@ impl Opener {
         }
     }
 
-    /// The keys this opener trusts.
-    pub fn trusted_keys(&self) -> &TrustedKeys {
-        &self.trusted
-    }
-
     /// Authenticates and opens one message.
     ///
     /// Every check that needs no key runs before the KMS is asked for one, so malformed

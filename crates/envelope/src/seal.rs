@@ -104,11 +104,6 @@ impl Sealer {
         self
     }
 
-    /// The mode this sealer seals in.
-    pub fn mode(&self) -> Mode {
-        self.mode
-    }
-
     /// How many data keys this sealer has made (and so how many KMS wrap calls succeeded).
     pub fn data_keys_made(&self) -> u64 {
         self.rotations

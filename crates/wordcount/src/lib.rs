@@ -106,11 +106,6 @@ impl<H> Windows<H> {
         Self { size, grace, settle, open: BTreeMap::new(), next_pane: BTreeMap::new() }
     }
 
-    /// The window size.
-    pub fn size(&self) -> Duration {
-        self.size
-    }
-
     /// Counts the words of `text`, published at `published`, into its window's open pane.
     pub fn add(&mut self, published: SystemTime, message_id: &str, text: &str, hold: H, now: SystemTime) -> Added {
         let window = Window::containing(published, self.size);

@@ -152,11 +152,6 @@ impl Keyring {
         Ok(Self { path, keys })
     }
 
-    /// The file this keyring reads from and saves to.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Adds a new key with a fresh version 1.
     pub fn create(&mut self, name: &KeyName) -> Result<(), KeyringError> {
         if self.keys.contains_key(name) {
