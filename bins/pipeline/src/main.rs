@@ -74,6 +74,11 @@ struct Cli {
     #[arg(long = "max_outstanding_messages", visible_alias = "max-outstanding-messages", default_value_t = 100_000)]
     max_outstanding_messages: i64,
 
+    /// Streaming-pull streams on the subscription; each is fed at a bounded rate
+    /// (about 2,000 msg/s on the emulator), so more streams carry more messages.
+    #[arg(long, env = "PIPELINE_STREAMS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    streams: u16,
+
     /// Seconds each lease extension reaches (10 to 600); also how soon the messages of a
     /// pipeline that died are redelivered.
     #[arg(long = "lease_extension_secs", visible_alias = "lease-extension-secs", default_value_t = 60)]
@@ -97,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
         dead_letter_topic: bus::names::topic(project, &cli.dead_letter_topic)?,
         window: Duration::from_secs(cli.window_secs.max(1)),
         max_outstanding_messages: cli.max_outstanding_messages,
+        streams: cli.streams.into(),
         lease_extension: Duration::from_secs(cli.lease_extension_secs),
         replica: format!(
             "{}-{}",

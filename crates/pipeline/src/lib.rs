@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use envelope::Opener;
 use google_cloud_pubsub::client::Publisher;
 use google_cloud_pubsub::model::Message;
+use google_cloud_pubsub::subscriber::ShutdownToken;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use tokio::task::JoinSet;
 use wordcount::{Pane, Windows};
@@ -45,9 +46,13 @@ pub struct Config {
     pub dead_letter_topic: String,
     /// Fixed window size.
     pub window: Duration,
-    /// Messages held unacknowledged at most (flow control). Messages are held for a
-    /// window, so this must cover a window's worth of input.
+    /// Messages held unacknowledged at most (flow control), shared out between the
+    /// streams. Messages are held for a window, so this must cover a window's input.
     pub max_outstanding_messages: i64,
+    /// Streaming-pull streams opened on the subscription. Pub/Sub (and the emulator)
+    /// feeds each stream at a bounded rate, so a busy subscriber needs several, as
+    /// Google's own clients do.
+    pub streams: usize,
     /// How far each lease extension reaches; also how soon Pub/Sub redelivers the
     /// messages of a pipeline that died.
     pub lease_extension: Duration,
@@ -84,25 +89,32 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Summary> {
-    let subscriber = pubsub.subscriber(1).await?;
-    let mut stream = subscriber
-        .subscribe(&config.input_subscription)
-        .set_max_outstanding_messages(config.max_outstanding_messages)
-        .set_max_outstanding_bytes(1 << 30)
-        .set_max_lease_extension(config.lease_extension)
-        .set_max_lease(Duration::from_secs(3600))
-        .build();
-    let stop_stream = stream.shutdown_token();
-    // `MessageStream::next` is not cancel-safe, so one task owns the stream and hands
-    // messages over a channel, which the loop below can select on safely.
+    let streams = config.streams.max(1);
+    let subscriber = pubsub.subscriber(streams).await?;
+    // `MessageStream::next` is not cancel-safe, so one task owns each stream and hands
+    // messages over a shared channel, which the loop below can select on safely.
     let (deliveries, mut received) = tokio::sync::mpsc::channel(1024);
-    let puller = tokio::spawn(async move {
-        while let Some(delivery) = stream.next().await {
-            if deliveries.send(delivery).await.is_err() {
-                break;
+    let mut stop_streams = Vec::with_capacity(streams);
+    let mut pullers = JoinSet::new();
+    for _ in 0..streams {
+        let mut stream = subscriber
+            .subscribe(&config.input_subscription)
+            .set_max_outstanding_messages((config.max_outstanding_messages + streams as i64 - 1) / streams as i64)
+            .set_max_outstanding_bytes(1 << 30)
+            .set_max_lease_extension(config.lease_extension)
+            .set_max_lease(Duration::from_secs(3600))
+            .build();
+        stop_streams.push(stream.shutdown_token());
+        let deliveries = deliveries.clone();
+        pullers.spawn(async move {
+            while let Some(delivery) = stream.next().await {
+                if deliveries.send(delivery).await.is_err() {
+                    break;
+                }
             }
-        }
-    });
+        });
+    }
+    drop(deliveries);
     let output = pubsub.publisher(&config.output_topic).await?;
     let dead_letter = pubsub.publisher(&config.dead_letter_topic).await?;
     let mut windows: Windows<Handler> = Windows::new(config.window, GRACE, SETTLE);
@@ -110,16 +122,14 @@ pub async fn run(
     let mut publishing = JoinSet::new();
     let mut tick = tokio::time::interval(TICK);
     tokio::pin!(shutdown);
-    tracing::info!(subscription = %config.input_subscription, output = %config.output_topic, window = ?config.window, replica = %config.replica, "pipeline started");
+    tracing::info!(subscription = %config.input_subscription, output = %config.output_topic, window = ?config.window, streams, replica = %config.replica, "pipeline started");
 
     let mut stopping = None;
     loop {
         tokio::select! {
             () = &mut shutdown, if stopping.is_none() => {
-                // Stop pulling; what was already delivered is still counted below. The
-                // token's shutdown completes once every held message is acked or nacked.
-                let token = stop_stream.clone();
-                stopping = Some(tokio::spawn(async move { token.shutdown().await }));
+                // Stop pulling; what was already delivered is still counted below.
+                stopping = Some(tokio::spawn(shut_down(stop_streams.clone())));
             }
             _ = tick.tick() => {
                 for pane in windows.take_ready(SystemTime::now()) {
@@ -148,13 +158,20 @@ pub async fn run(
         publishing.spawn(publish_pane(output.clone(), pane, config.replica.clone()));
     }
     while publishing.join_next().await.is_some() {}
-    puller.await?;
+    while let Some(puller) = pullers.join_next().await {
+        puller?;
+    }
     match stopping {
         Some(stopping) => stopping.await?,
-        None => stop_stream.shutdown().await,
+        None => shut_down(stop_streams).await,
     }
     tracing::info!(?summary, "pipeline stopped");
     Ok(summary)
+}
+
+/// Shuts every stream down; completes once each held message is acked or nacked.
+async fn shut_down(streams: Vec<ShutdownToken>) {
+    futures_util::future::join_all(streams.iter().map(ShutdownToken::shutdown)).await;
 }
 
 #[allow(clippy::large_enum_variant)] // one per message, never stored
