@@ -1,7 +1,7 @@
 //! `publisher`: seals messages under a tenant's KMS key and publishes them to the shared
 //! topic. Never publishes a message unprotected.
 
-use std::io::{BufRead as _, IsTerminal as _};
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -16,7 +16,6 @@ use google_cloud_pubsub::model::Message;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::SeedableRng as _;
-use tokio::task::JoinSet;
 
 /// Seal messages under a tenant's KMS key and publish them to the shared topic.
 ///
@@ -174,31 +173,64 @@ fn keyring(action: KeyringAction, path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What to send.
-fn source(cli: &Cli) -> anyhow::Result<Vec<String>> {
-    if !cli.message.is_empty() {
-        return Ok(cli.message.clone());
-    }
-    let Some(path) = &cli.input else {
-        // A fresh seed per run, so runs differ; lipsum wants rand 0.8's traits, which
-        // its own rand_chacha provides.
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
-        return Ok((0..10).map(|i| lipsum::lipsum_words_with_rng(ChaCha8Rng::seed_from_u64(seed + i), 60)).collect());
-    };
-    let lines: Vec<String> = if path.as_os_str() == "-" {
-        std::io::stdin().lock().lines().collect::<Result<_, _>>()?
-    } else {
+/// Where message texts come from.
+enum Texts {
+    /// Given lines, cycled until `--count` is reached.
+    Cycled(Vec<String>),
+    /// Lines of stdin, sent as they arrive, so that `publisher --input -` can sit at the
+    /// end of a pipe.
+    Stdin(tokio::sync::mpsc::Receiver<std::io::Result<String>>),
+}
+
+impl Texts {
+    fn from_cli(cli: &Cli) -> anyhow::Result<Self> {
+        if !cli.message.is_empty() {
+            return Ok(Texts::Cycled(cli.message.clone()));
+        }
+        let Some(path) = &cli.input else {
+            // A fresh seed per run, so runs differ; lipsum wants rand 0.8's traits, which
+            // its own rand_chacha provides.
+            let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
+            let paragraphs = (0..10).map(|i| lipsum::lipsum_words_with_rng(ChaCha8Rng::seed_from_u64(seed + i), 60));
+            return Ok(Texts::Cycled(paragraphs.collect()));
+        };
+        if path.as_os_str() == "-" {
+            let (lines, receiver) = tokio::sync::mpsc::channel(1024);
+            std::thread::spawn(move || {
+                for line in std::io::stdin().lock().lines() {
+                    if lines.blocking_send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            return Ok(Texts::Stdin(receiver));
+        }
         let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        std::io::BufReader::new(file).lines().collect::<Result<_, _>>()?
-    };
-    anyhow::ensure!(!lines.is_empty(), "{} holds no lines to send", path.display());
-    Ok(lines)
+        let lines: Vec<String> = std::io::BufReader::new(file).lines().collect::<Result<_, _>>()?;
+        anyhow::ensure!(!lines.is_empty(), "{} holds no lines to send", path.display());
+        Ok(Texts::Cycled(lines))
+    }
+
+    /// Messages to send: `--count`, else every given line once; unknown for stdin.
+    fn total(&self, count: Option<u64>) -> Option<u64> {
+        match self {
+            Texts::Cycled(lines) => Some(count.unwrap_or(lines.len() as u64)),
+            Texts::Stdin(_) => count,
+        }
+    }
+
+    async fn get(&mut self, index: u64) -> anyhow::Result<Option<String>> {
+        match self {
+            Texts::Cycled(lines) => Ok(Some(lines[index as usize % lines.len()].clone())),
+            Texts::Stdin(receiver) => Ok(receiver.recv().await.transpose().context("cannot read stdin")?),
+        }
+    }
 }
 
 async fn publish(cli: Cli) -> anyhow::Result<()> {
     let key_name = cli.key.name()?;
     let topic = bus::names::topic(cli.account.pubsub_project_id.as_deref(), &cli.pubsub_topic)?;
-    let messages = source(&cli)?;
+    let mut texts = Texts::from_cli(&cli)?;
     let article_run = cli.message.is_empty() && cli.input.is_none();
     let policy = RotationPolicy {
         max_age: Duration::from_secs(cli.key_max_age_secs),
@@ -214,48 +246,56 @@ async fn publish(cli: Cli) -> anyhow::Result<()> {
         PublishMode::Sign => Mode::Sign,
     };
     let kms = cli.kms.backend(cli.account.service_account.as_deref()).await?;
-    let mut sealer = Sealer::new(kms, key_name.clone(), cli.kms.tenant_id.clone(), mode).with_policy(policy);
+    let mut sealer = Sealer::new(kms.clone(), key_name.clone(), cli.kms.tenant_id.clone(), mode).with_policy(policy);
     let pubsub = bus::PubSub::from_env(cli.account.service_account.as_deref())?;
     pubsub.ensure_topic(&topic).await?;
-    let publisher = pubsub.publisher(&topic).await?;
     let attributes: Attributes = cli.attributes.iter().cloned().collect();
 
-    let total = cli.count.unwrap_or(messages.len() as u64);
-    let progress = if std::io::stderr().is_terminal() && total >= 100 {
-        let bar = ProgressBar::new(total);
-        bar.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}").expect("valid template"),
-        );
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
-    tracing::info!(%topic, kms_key = %key_name, %mode, total, "publishing");
-    let mut pacing = cli.rate.map(|rate| tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1e-3))));
-    let mut in_flight = JoinSet::new();
-    let mut failed = 0u64;
-    for (index, text) in messages.iter().cycle().take(total as usize).enumerate() {
-        if let Some(pacing) = &mut pacing {
-            pacing.tick().await;
+    let total = texts.total(cli.count);
+    let progress = match total {
+        Some(total) if std::io::stderr().is_terminal() && total >= 100 => {
+            let bar = ProgressBar::new(total);
+            let style = ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}");
+            bar.set_style(style.expect("valid template"));
+            bar
         }
-        let data = Bytes::from(text.clone());
+        _ => ProgressBar::hidden(),
+    };
+    // One line per message id; buffered unless someone is watching, as a write per
+    // line cost more than the sealing.
+    let interactive = std::io::stdout().is_terminal();
+    let mut ids = std::io::BufWriter::new(std::io::stdout());
+    let mut sender = bus::send::Sender::new(pubsub.publisher(&topic).await?, cli.rate, |result| {
+        progress.inc(1);
+        match result {
+            Ok(id) if interactive => progress.suspend(|| println!("{id}")),
+            Ok(id) => writeln!(ids, "{id}").unwrap_or_else(|error| tracing::warn!(%error, "cannot print a message id")),
+            Err(error) => tracing::error!(%error, "publish failed"),
+        }
+    });
+    tracing::info!(%topic, kms_key = %key_name, %mode, total, "publishing");
+    let mut sent = 0;
+    while total.is_none_or(|total| sent < total) {
+        let Some(text) = texts.get(sent).await? else { break };
         // KMS is only called when the data key rotates; a transient failure there is
         // retried with backoff, and past the last try the run fails without publishing.
-        let sealed = seal_with_retries(&mut sealer, data, &attributes)
+        let sealed = seal_with_retries(&mut sealer, Bytes::from(text), &attributes)
             .await
-            .with_context(|| format!("cannot seal message {index}"))?;
-        let future = publisher.publish(Message::new().set_data(sealed.data).set_attributes(sealed.attributes));
-        in_flight.spawn(future);
-        while in_flight.len() >= 10_000 {
-            failed += report(in_flight.join_next().await, &progress);
-        }
+            .with_context(|| format!("cannot seal message {sent}"))?;
+        sender.send(Message::new().set_data(sealed.data).set_attributes(sealed.attributes)).await;
+        sent += 1;
     }
-    while let Some(result) = in_flight.join_next().await {
-        failed += report(Some(result), &progress);
-    }
+    let failed = sender.finish().await;
+    ids.flush()?;
     progress.finish_and_clear();
-    tracing::info!(data_keys = sealer.data_keys_made(), published = total - failed, failed, "done");
-    anyhow::ensure!(failed == 0, "{failed} of {total} messages could not be published");
+    tracing::info!(
+        data_keys = sealer.data_keys_made(),
+        kms_calls = kms.wraps(),
+        published = sent - failed,
+        failed,
+        "done"
+    );
+    anyhow::ensure!(failed == 0, "{failed} of {sent} messages could not be published");
     Ok(())
 }
 
@@ -281,28 +321,10 @@ async fn seal_with_retries(
     }
 }
 
-/// Prints a message id or the failure; returns 1 for a failure.
-fn report(
-    result: Option<Result<Result<String, google_cloud_pubsub::error::PublishError>, tokio::task::JoinError>>,
-    progress: &ProgressBar,
-) -> u64 {
-    progress.inc(1);
-    match result {
-        Some(Ok(Ok(id))) => {
-            progress.suspend(|| println!("{id}"));
-            0
-        }
-        Some(Ok(Err(error))) => {
-            tracing::error!(%error, "publish failed");
-            1
-        }
-        Some(Err(error)) => {
-            tracing::error!(%error, "publish task failed");
-            1
-        }
-        None => 0,
-    }
-}
+// Publishing is allocation-heavy (the Google client copies each message into its
+// protobuf batch); mimalloc halves what glibc's allocator spent on it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use envelope::kms::Kms;
 use envelope::kms::gcp::{CredentialSource, GcpKms};
 use envelope::kms::local::LocalKms;
+use envelope::kms::{Counted, Kms};
 
 /// Credentials, and the project of names given as short ids, in the article's spelling.
 #[derive(Debug, Clone, clap::Args)]
@@ -66,15 +66,31 @@ pub struct KmsFlags {
     )]
     pub kms_timeout_secs: u64,
 
+    /// Milliseconds added to every call of the local backend, to stand in for a remote
+    /// KMS in benchmarks.
+    #[arg(
+        long = "local_kms_latency_ms",
+        visible_alias = "local-kms-latency-ms",
+        env = "PUBSUB_ENVELOPE_LOCAL_KMS_LATENCY_MS",
+        default_value_t = 0,
+        hide_short_help = true
+    )]
+    pub local_kms_latency_ms: u64,
+
     /// Tenant id bound into every KMS wrap as additional authenticated data.
     #[arg(long = "tenant_id", visible_aliases = ["tenant-id", "tenantID"], env = "TENANT_ID", default_value = envelope::DEFAULT_TENANT_ID)]
     pub tenant_id: String,
 }
 
 impl KmsFlags {
-    /// Builds the chosen backend. Cloud KMS uses `service_account` when given, else
-    /// Application Default Credentials; a custom endpoint gets anonymous credentials.
-    pub async fn backend(&self, service_account: Option<&Path>) -> anyhow::Result<Arc<dyn Kms>> {
+    /// Builds the chosen backend, counting its calls. Cloud KMS uses `service_account`
+    /// when given, else Application Default Credentials; a custom endpoint gets anonymous
+    /// credentials.
+    pub async fn backend(&self, service_account: Option<&Path>) -> anyhow::Result<Arc<Counted<Arc<dyn Kms>>>> {
+        Ok(Arc::new(Counted::new(self.uncounted_backend(service_account).await?)))
+    }
+
+    async fn uncounted_backend(&self, service_account: Option<&Path>) -> anyhow::Result<Arc<dyn Kms>> {
         match &self.kms {
             KmsChoice::Local(path) => {
                 let kms = LocalKms::open(path).with_context(|| {
@@ -83,7 +99,7 @@ impl KmsFlags {
                         path.display()
                     )
                 })?;
-                Ok(Arc::new(kms))
+                Ok(Arc::new(kms.with_latency(Duration::from_millis(self.local_kms_latency_ms))))
             }
             KmsChoice::Gcp => {
                 let mut builder = GcpKms::builder().timeout(Duration::from_secs(self.kms_timeout_secs));

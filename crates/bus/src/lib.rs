@@ -6,6 +6,7 @@
 //!   Default Credentials. Against the emulator it creates the topics and subscriptions a
 //!   command names; against real Pub/Sub it never creates anything.
 //! * [`names`] turns the article's short ids or full resource names into full names.
+//! * [`send::Sender`] publishes many messages, paced and with a bounded number in flight.
 //! * [`flags`] holds the command-line flags every binary shares, in the article's
 //!   spelling and in kebab case, each also settable from the environment.
 #![forbid(unsafe_code)]
@@ -13,6 +14,7 @@
 pub mod flags;
 pub mod names;
 mod pubsub;
+pub mod send;
 
 pub use pubsub::{PubSub, reject};
 

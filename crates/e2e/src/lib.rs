@@ -119,9 +119,14 @@ impl Harness {
 
     /// Starts the pipeline with short windows and leases, so tests run in seconds.
     pub fn pipeline(&self, extra: &[&str]) -> Running {
+        Running::spawn(self.pipeline_command(extra), "pipeline started")
+    }
+
+    /// The command [`pipeline`](Self::pipeline) runs, to adjust before spawning.
+    pub fn pipeline_command(&self, extra: &[&str]) -> Command {
         let mut command = self.command("pipeline");
         command.args(["--project", &self.project, "--window_secs", "2", "--lease_extension_secs", "10"]).args(extra);
-        Running::spawn(command, "pipeline started")
+        command
     }
 
     /// Starts `subscriber --json` on the output topic.
@@ -207,6 +212,16 @@ impl Running {
         lines
     }
 
+    /// Collects the stdout lines that arrive within `wait`.
+    pub fn lines_for(&self, wait: Duration) -> Vec<String> {
+        let deadline = Instant::now() + wait;
+        let mut lines = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            lines.push(line);
+        }
+        lines
+    }
+
     /// Sends SIGTERM and waits for a clean exit.
     pub fn terminate(mut self) {
         let pid = self.child.id().to_string();
@@ -253,6 +268,15 @@ pub fn summed_counts(lines: &[String]) -> BTreeMap<String, u64> {
 /// Total of all counts in `subscriber --json` lines.
 pub fn total(lines: &[String]) -> u64 {
     summed_counts(lines).values().sum()
+}
+
+/// Asserts that nothing arrives on `subscription` within `wait`.
+pub async fn assert_nothing_arrives(pubsub: &bus::PubSub, subscription: &str, wait: Duration) {
+    let client = pubsub.subscriber(1).await.unwrap();
+    let mut stream = client.subscribe(subscription).build();
+    if let Ok(Some(Ok((message, _)))) = tokio::time::timeout(wait, stream.next()).await {
+        panic!("{subscription} should be empty, but got {message:?}");
+    }
 }
 
 /// Reads `count` messages from `subscription` (acking them), or panics after `timeout`.

@@ -1,0 +1,90 @@
+//! The plaintext floor: the product's Pub/Sub code paths with the envelope taken out.
+//! Not a mode of the product; it exists to show what the envelope costs.
+
+use std::io::BufRead as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use envelope::OpenError;
+use google_cloud_pubsub::model::Message;
+
+/// Flags of `bench plain-publish`.
+#[derive(clap::Args)]
+pub struct PublishOptions {
+    /// Full topic name.
+    #[arg(long)]
+    topic: String,
+    /// Messages per second at most.
+    #[arg(long)]
+    rate: Option<f64>,
+}
+
+/// Publishes each stdin line unprotected, through the publisher's own [`bus::send::Sender`].
+pub async fn publish(options: PublishOptions) -> anyhow::Result<()> {
+    let pubsub = bus::PubSub::from_env(None)?;
+    pubsub.ensure_topic(&options.topic).await?;
+    let mut sender = bus::send::Sender::new(pubsub.publisher(&options.topic).await?, options.rate, |_| {});
+    let (lines, mut received) = tokio::sync::mpsc::channel(1024);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            if lines.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut sent = 0u64;
+    while let Some(line) = received.recv().await {
+        sender.send(Message::new().set_data(Bytes::from(line?))).await;
+        sent += 1;
+    }
+    let failed = sender.finish().await;
+    anyhow::ensure!(failed == 0, "{failed} of {sent} messages could not be published");
+    tracing::info!(published = sent, "done");
+    Ok(())
+}
+
+/// Flags of `bench plain-pipeline`, named as the pipeline's.
+#[derive(clap::Args)]
+pub struct PipelineOptions {
+    #[arg(long = "input_subscription")]
+    input_subscription: String,
+    #[arg(long = "output_topic")]
+    output_topic: String,
+    #[arg(long = "dead_letter_topic")]
+    dead_letter_topic: String,
+    #[arg(long = "window_secs")]
+    window_secs: u64,
+    #[arg(long)]
+    streams: usize,
+    #[arg(long = "max_outstanding_messages")]
+    max_outstanding_messages: i64,
+}
+
+/// Takes a message's data as its text.
+struct Plaintext;
+
+impl pipeline::Open for Plaintext {
+    async fn open(&self, message: &Message) -> Result<Bytes, OpenError> {
+        Ok(message.data.clone())
+    }
+}
+
+/// Runs `pipeline::run` with no envelope until SIGTERM.
+pub async fn pipeline(options: PipelineOptions) -> anyhow::Result<()> {
+    let pubsub = bus::PubSub::from_env(None)?;
+    let config = pipeline::Config {
+        input_subscription: options.input_subscription,
+        output_topic: options.output_topic,
+        dead_letter_topic: options.dead_letter_topic,
+        window: Duration::from_secs(options.window_secs),
+        max_outstanding_messages: options.max_outstanding_messages,
+        streams: options.streams,
+        lease_extension: Duration::from_secs(60),
+        replica: std::process::id().to_string(),
+    };
+    pubsub.ensure_topic(&config.output_topic).await?;
+    pubsub.ensure_topic(&config.dead_letter_topic).await?;
+    pipeline::run(&pubsub, Arc::new(Plaintext), config, bus::shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,424 @@
+//! `bench run`: every case on one emulator, one after another, then the tables.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use envelope::KeyName;
+use envelope::kms::local::Keyring;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::measure::{PeakRss, reaped_children_cpu, tree_cpu};
+use crate::output::{Tally, tail};
+use crate::texts::Corpus;
+
+const KMS_KEY: &str = "projects/bench/locations/global/keyRings/bench/cryptoKeys/tenant";
+
+/// Flags of `bench run`.
+#[derive(clap::Args)]
+pub struct Options {
+    /// Messages per case.
+    #[arg(long, default_value_t = 100_000)]
+    messages: u64,
+    /// The pipeline's window, seconds.
+    #[arg(long = "window-secs", default_value_t = 15)]
+    window_secs: u64,
+    /// The pipeline's streaming-pull streams in the side-by-side cases.
+    #[arg(long, default_value_t = 8)]
+    streams: usize,
+    /// Modes side by side (`plaintext` is the floor).
+    #[arg(long, value_delimiter = ',', default_value = "plaintext,encrypt,sign")]
+    modes: Vec<Case>,
+    /// Milliseconds of latency for the slowed-KMS run of the protected modes (0: none).
+    #[arg(long = "slow-kms-ms", default_value_t = 20)]
+    slow_kms_ms: u64,
+    /// The publisher makes a new data key after this many messages, so that KMS is
+    /// called several times per case.
+    #[arg(long = "key-max-messages", default_value_t = 25_000)]
+    key_max_messages: u64,
+    /// Stream counts for the pipeline's stream sweep, on a backlog (`0`: no sweep).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    sweep: Vec<usize>,
+    /// Messages in each backlog of the sweep.
+    #[arg(long = "sweep-messages", default_value_t = 60_000)]
+    sweep_messages: u64,
+    /// Publish at most this many messages per second (default: as fast as they go), so
+    /// that latency is measured at a load the pipeline keeps up with.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// The emulator's process (its launcher; descendants are included), for its CPU time.
+    #[arg(long = "emulator-pid")]
+    emulator_pid: Option<u32>,
+}
+
+/// What is measured: the floor or a product mode.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Case {
+    Plaintext,
+    Encrypt,
+    Sign,
+}
+
+impl fmt::Display for Case {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Case::Plaintext => "plaintext",
+            Case::Encrypt => "encrypt",
+            Case::Sign => "sign",
+        })
+    }
+}
+
+/// One case's figures.
+struct Row {
+    case: Case,
+    kms_ms: u64,
+    streams: usize,
+    publish_per_sec: f64,
+    pipeline_per_sec: f64,
+    p50_ms: u64,
+    p99_ms: u64,
+    publisher_us: f64,
+    pipeline_us: f64,
+    emulator_us: f64,
+    publisher_mib: f64,
+    pipeline_mib: f64,
+    data_keys: u64,
+    publisher_kms: u64,
+    pipeline_kms: u64,
+}
+
+struct Bench {
+    options: Options,
+    pubsub: bus::PubSub,
+    bins: PathBuf,
+    dir: PathBuf,
+    keyring: PathBuf,
+    corpus: Arc<Corpus>,
+    cases_run: u32,
+}
+
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("pubsub-envelope-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let keyring = dir.join("keyring.json");
+    let mut ring = Keyring::load_or_new(&keyring)?;
+    ring.create(&KMS_KEY.parse::<KeyName>()?)?;
+    ring.save()?;
+    let mut bench = Bench {
+        pubsub: bus::PubSub::from_env(None)?,
+        bins: std::env::current_exe()?.parent().context("no binary directory")?.to_owned(),
+        dir,
+        keyring,
+        corpus: Arc::new(Corpus::new()),
+        cases_run: 0,
+        options,
+    };
+    let result = bench.all().await;
+    let _ = std::fs::remove_dir_all(&bench.dir);
+    result
+}
+
+impl Bench {
+    async fn all(&mut self) -> anyhow::Result<()> {
+        let mut rows = Vec::new();
+        let (messages, streams) = (self.options.messages, self.options.streams);
+        for case in self.options.modes.clone() {
+            rows.push(self.case(case, 0, streams, messages, false).await?);
+        }
+        if self.options.slow_kms_ms > 0 {
+            for case in self.options.modes.clone().into_iter().filter(|case| *case != Case::Plaintext) {
+                rows.push(self.case(case, self.options.slow_kms_ms, streams, messages, false).await?);
+            }
+        }
+        println!("\n### Side by side: {messages} messages of 1 KiB per case, published and counted at once\n");
+        print_table(&rows);
+        print_checks(&rows, self.options.window_secs);
+
+        self.options.sweep.retain(|streams| *streams > 0);
+        if !self.options.sweep.is_empty() {
+            let mut sweep = Vec::new();
+            for streams in self.options.sweep.clone() {
+                sweep.push(self.case(Case::Encrypt, 0, streams, self.options.sweep_messages, true).await?);
+            }
+            println!(
+                "\n### Streams: a backlog of {} encrypted messages drained by the pipeline\n",
+                self.options.sweep_messages
+            );
+            println!("| streams | pipeline msg/s | pipeline µs/msg | emulator µs/msg |");
+            println!("|---:|---:|---:|---:|");
+            for row in &sweep {
+                println!(
+                    "| {} | {:.0} | {:.1} | {:.1} |",
+                    row.streams, row.pipeline_per_sec, row.pipeline_us, row.emulator_us
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one case on a project of its own. With `backlog`, everything is published
+    /// before the pipeline starts, so that its rate is its own, not the publisher's.
+    async fn case(
+        &mut self,
+        case: Case,
+        kms_ms: u64,
+        streams: usize,
+        messages: u64,
+        backlog: bool,
+    ) -> anyhow::Result<Row> {
+        self.cases_run += 1;
+        let project = format!("bench-{}-{}", std::process::id(), self.cases_run);
+        let name = |kind: &str, id: &str| format!("projects/{project}/{kind}/{id}");
+        let (input, subscription) = (name("topics", "common-topic"), name("subscriptions", "message-bus"));
+        let (output, output_subscription) = (name("topics", "df_out"), name("subscriptions", "bench-out"));
+        let lease = Duration::from_secs(60);
+        self.pubsub.ensure_subscription(&subscription, &input, lease).await?;
+        self.pubsub.ensure_subscription(&output_subscription, &output, lease).await?;
+        eprintln!(
+            "bench: {case}, KMS +{kms_ms} ms, {streams} streams, {messages} messages{}",
+            if backlog { ", backlog" } else { "" }
+        );
+
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        let tail = tokio::spawn(tail(self.pubsub.clone(), output_subscription, tally.clone()));
+        let emulator_before = self.options.emulator_pid.map(tree_cpu);
+        let pipeline_args = |streams: usize| -> Vec<String> {
+            let mut args = vec![
+                format!("--input_subscription={subscription}"),
+                format!("--output_topic={output}"),
+                format!("--dead_letter_topic={}", name("topics", "dead-letter")),
+                format!("--window_secs={}", self.options.window_secs),
+                format!("--streams={streams}"),
+                "--max_outstanding_messages=1000000".to_owned(),
+            ];
+            if case != Case::Plaintext {
+                args.push(format!("--input_topic={input}"));
+                args.push(format!("--kms=local:{}", self.keyring.display()));
+                args.push(format!("--local_kms_latency_ms={kms_ms}"));
+            }
+            args
+        };
+        let mut pipeline = None;
+        if !backlog {
+            pipeline = Some(self.spawn_pipeline(case, &pipeline_args(streams))?);
+        }
+
+        let mut publisher_command = match case {
+            Case::Plaintext => {
+                let mut command = Command::new(self.bins.join("bench"));
+                command.args(["plain-publish", "--topic", &input]);
+                command.args(self.options.rate.map(|rate| format!("--rate={rate}")));
+                command
+            }
+            Case::Encrypt | Case::Sign => {
+                let mut command = Command::new(self.bins.join("publisher"));
+                command.args(["--input", "-", "--mode", &case.to_string(), "--pubsub_topic", &input]);
+                command.args(["--kms_key", KMS_KEY, "--kms"]).arg(format!("local:{}", self.keyring.display()));
+                command.arg(format!("--local_kms_latency_ms={kms_ms}"));
+                command.arg(format!("--key_max_messages={}", self.options.key_max_messages));
+                command.args(self.options.rate.map(|rate| format!("--rate={rate}")));
+                command
+            }
+        };
+        let publisher_log = self.dir.join(format!("publisher-{}.log", self.cases_run));
+        let mut publisher = publisher_command
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&publisher_log)?)
+            .spawn()
+            .context("cannot start the publisher")?;
+        let publisher_rss = PeakRss::watch(publisher.id());
+        let stdin = publisher.stdin.take().expect("piped");
+        let corpus = self.corpus.clone();
+        let started = Instant::now();
+        let writer = std::thread::spawn(move || corpus.write(messages, stdin));
+        let (status, publisher_cpu) = wait(publisher).await?;
+        let publish_secs = started.elapsed().as_secs_f64();
+        let expected = writer.join().expect("writer panicked")?;
+        anyhow::ensure!(status.success(), "the publisher failed:\n{}", std::fs::read_to_string(&publisher_log)?);
+        let publisher_mib = publisher_rss.stop();
+
+        let pipeline = match pipeline {
+            Some(pipeline) => pipeline,
+            None => {
+                // Every window of the backlog closes before the pipeline starts.
+                tokio::time::sleep(Duration::from_secs(self.options.window_secs + 1)).await;
+                self.spawn_pipeline(case, &pipeline_args(streams))?
+            }
+        };
+        let want: u64 = expected.values().sum();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while tally.lock().expect("tally lock").total < want {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{case}: the counts never added up; see {}",
+                pipeline.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        kill(Pid::from_raw(pipeline.child.id() as i32), Signal::SIGTERM)?;
+        let (status, pipeline_cpu) = wait(pipeline.child).await?;
+        let pipeline_mib = pipeline.rss.stop();
+        let pipeline_log = std::fs::read_to_string(&pipeline.log)?;
+        anyhow::ensure!(status.success(), "the pipeline failed:\n{pipeline_log}");
+        let emulator_cpu = match (self.options.emulator_pid, emulator_before) {
+            (Some(pid), Some(before)) => tree_cpu(pid).saturating_sub(before),
+            _ => Duration::ZERO,
+        };
+        tail.abort();
+
+        let tally = tally.lock().expect("tally lock");
+        check_counts(case, &expected, &tally.counts)?;
+        let publisher_log = std::fs::read_to_string(&publisher_log)?;
+        let per_message = |cpu: Duration| cpu.as_secs_f64() * 1e6 / messages as f64;
+        Ok(Row {
+            case,
+            kms_ms,
+            streams,
+            publish_per_sec: messages as f64 / publish_secs,
+            pipeline_per_sec: logged(&pipeline_log, "messages_per_sec").unwrap_or(0) as f64,
+            p50_ms: tally.latency_quantile(0.50),
+            p99_ms: tally.latency_quantile(0.99),
+            publisher_us: per_message(publisher_cpu),
+            pipeline_us: per_message(pipeline_cpu),
+            emulator_us: per_message(emulator_cpu),
+            publisher_mib,
+            pipeline_mib,
+            data_keys: logged(&publisher_log, "data_keys").unwrap_or(0),
+            publisher_kms: logged(&publisher_log, "kms_calls").unwrap_or(0),
+            pipeline_kms: logged(&pipeline_log, "kms_calls").unwrap_or(0),
+        })
+    }
+
+    fn spawn_pipeline(&self, case: Case, args: &[String]) -> anyhow::Result<Pipeline> {
+        let log = self.dir.join(format!("pipeline-{}.log", self.cases_run));
+        let mut command = match case {
+            Case::Plaintext => {
+                let mut command = Command::new(self.bins.join("bench"));
+                command.arg("plain-pipeline");
+                command
+            }
+            Case::Encrypt | Case::Sign => Command::new(self.bins.join("pipeline")),
+        };
+        let child = command
+            .env("RUST_LOG", "info")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("cannot start the pipeline")?;
+        let rss = PeakRss::watch(child.id());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&log)?.contains("pipeline started") {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the pipeline did not start:\n{}",
+                std::fs::read_to_string(&log)?
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Pipeline { child, rss, log })
+    }
+}
+
+struct Pipeline {
+    child: Child,
+    rss: PeakRss,
+    log: PathBuf,
+}
+
+/// Waits for `child` off the runtime; returns its status and its whole CPU time.
+async fn wait(mut child: Child) -> anyhow::Result<(std::process::ExitStatus, Duration)> {
+    tokio::task::spawn_blocking(move || {
+        let before = reaped_children_cpu();
+        let status = child.wait()?;
+        Ok((status, reaped_children_cpu().saturating_sub(before)))
+    })
+    .await?
+}
+
+/// The value of `key=N` in a log.
+fn logged(log: &str, key: &str) -> Option<u64> {
+    let pattern = format!("{key}=");
+    let at = log.rfind(&pattern)? + pattern.len();
+    log[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+fn check_counts(case: Case, expected: &HashMap<String, u64>, got: &HashMap<String, u64>) -> anyhow::Result<()> {
+    if expected == got {
+        return Ok(());
+    }
+    let wrong: Vec<String> = expected
+        .iter()
+        .filter(|(word, count)| got.get(*word) != Some(count))
+        .take(5)
+        .map(|(word, count)| format!("{word}: want {count}, got {:?}", got.get(word)))
+        .collect();
+    anyhow::bail!("{case}: the counts are wrong: {}", wrong.join("; "))
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "| case | KMS latency | publish msg/s | pipeline msg/s | vs floor | p50 | p99 | publisher µs/msg | pipeline µs/msg | emulator µs/msg | publisher RSS | pipeline RSS | data keys | KMS calls (pub / pipeline) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let floor =
+        rows.iter().find(|row| row.case == Case::Plaintext).map(|row| row.pipeline_per_sec.min(row.publish_per_sec));
+    for row in rows {
+        let ratio = floor
+            .map_or("".to_owned(), |floor| format!("{:.2}", row.pipeline_per_sec.min(row.publish_per_sec) / floor));
+        println!(
+            "| {} | {} ms | {:.0} | {:.0} | {} | {:.1} s | {:.1} s | {:.1} | {:.1} | {:.1} | {:.0} MiB | {:.0} MiB | {} | {} / {} |",
+            row.case,
+            row.kms_ms,
+            row.publish_per_sec,
+            row.pipeline_per_sec,
+            ratio,
+            row.p50_ms as f64 / 1e3,
+            row.p99_ms as f64 / 1e3,
+            row.publisher_us,
+            row.pipeline_us,
+            row.emulator_us,
+            row.publisher_mib,
+            row.pipeline_mib,
+            row.data_keys,
+            row.publisher_kms,
+            row.pipeline_kms,
+        );
+    }
+}
+
+/// Prints each target beside its figure; never fails the run (only wrong counts do).
+fn print_checks(rows: &[Row], window_secs: u64) {
+    let rate = |row: &Row| row.pipeline_per_sec.min(row.publish_per_sec);
+    let floor = rows.iter().find(|row| row.case == Case::Plaintext).map(rate);
+    println!();
+    for row in rows.iter().filter(|row| row.case != Case::Plaintext) {
+        let label = format!("{} (KMS +{} ms)", row.case, row.kms_ms);
+        if let Some(floor) = floor {
+            verdict(&label, "throughput ≥ 0.9 × plaintext", rate(row) / floor >= 0.9);
+        }
+        verdict(&label, "publisher ≤ 15 µs/msg", row.publisher_us <= 15.0);
+        verdict(&label, "pipeline ≤ 15 µs/msg", row.pipeline_us <= 15.0);
+        verdict(&label, &format!("p99 ≤ {} s", window_secs + 1), row.p99_ms <= (window_secs + 1) * 1000);
+        verdict(&label, "KMS calls: one wrap per data key, one unwrap per wrapped key", {
+            row.publisher_kms == row.data_keys && row.pipeline_kms == row.data_keys
+        });
+        if row.kms_ms > 0
+            && let Some(fast) = rows.iter().find(|fast| fast.case == row.case && fast.kms_ms == 0)
+        {
+            verdict(&label, "throughput within 10% of KMS +0 ms", rate(row) >= 0.9 * rate(fast));
+        }
+    }
+}
+
+fn verdict(label: &str, target: &str, met: bool) {
+    println!("- {label}: {target}: {}", if met { "met" } else { "MISSED" });
+}

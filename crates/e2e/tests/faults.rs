@@ -1,0 +1,87 @@
+//! KMS faults: nothing is lost while KMS is down, and nothing goes out unprotected.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use e2e::{Harness, TENANT_1_KEY, assert_nothing_arrives, expected_counts, summed_counts, total};
+use fake_kms::{Behaviour, FakeKms};
+
+/// Points a harness command at the fake Cloud KMS instead of the local keyring.
+fn use_fake_kms(command: &mut Command, kms: &FakeKms) {
+    command
+        .env("PUBSUB_ENVELOPE_KMS", "gcp")
+        .env("PUBSUB_ENVELOPE_KMS_ENDPOINT", kms.endpoint())
+        .env("PUBSUB_ENVELOPE_KMS_TIMEOUT_SECS", "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_facing_a_kms_outage_retries_with_backoff_then_fails_and_publishes_nothing() {
+    let harness = Harness::new();
+    let pubsub = harness.pubsub();
+    let bus_reader = format!("projects/{}/subscriptions/bus-reader", harness.project);
+    pubsub.ensure_subscription(&bus_reader, &harness.topic("common-topic"), Duration::from_secs(10)).await.unwrap();
+    let kms = FakeKms::start().await.unwrap();
+    kms.set_behaviour(Behaviour::Fail(503));
+
+    let mut command = harness.command("publisher");
+    use_fake_kms(&mut command, &kms);
+    command.args(["--pubsub_project_id", &harness.project, "--kms_key", TENANT_1_KEY, "--message", "secret words"]);
+    let started = Instant::now();
+    // The test thread blocks on the process; the fake KMS answers from the runtime's workers.
+    let output = command.output().unwrap();
+    let elapsed = started.elapsed();
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the publisher must fail: {stderr}");
+    assert!(stderr.contains("cannot seal message 0"), "a clear error: {stderr}");
+    assert_eq!(kms.calls(), 6, "one call and five retries: {stderr}");
+    // Backoff of 200 ms doubling: 200 + 400 + 800 + 1600 + 3200 ms between the calls.
+    assert!(elapsed >= Duration::from_millis(6200), "retries were spaced out: {elapsed:?}");
+    assert_nothing_arrives(&pubsub, &bus_reader, Duration::from_secs(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kms_outage_holds_counting_back_then_everything_is_counted_and_nothing_dead_lettered() {
+    let harness = Harness::new();
+    let pubsub = harness.pubsub();
+    let dead_letters = format!("projects/{}/subscriptions/dead-letter-reader", harness.project);
+    pubsub.ensure_subscription(&dead_letters, &harness.topic("dead-letter"), Duration::from_secs(10)).await.unwrap();
+    // The pipeline's subscription exists before anything is published to the bus.
+    let bus = format!("projects/{}/subscriptions/message-bus", harness.project);
+    pubsub.ensure_subscription(&bus, &harness.topic("common-topic"), Duration::from_secs(10)).await.unwrap();
+    // The test thread blocks on processes; the fake KMS answers from the runtime's workers.
+    let kms = FakeKms::start().await.unwrap();
+    let texts: Vec<String> = (0..12).map(|i| format!("outage message {i} alpha beta")).collect();
+    let input = harness.dir().join("input.txt");
+    std::fs::write(&input, texts.join("\n")).unwrap();
+    let mut publisher = harness.command("publisher");
+    use_fake_kms(&mut publisher, &kms);
+    publisher.args(["--pubsub_project_id", &harness.project, "--kms_key", TENANT_1_KEY, "--key_max_messages", "4"]);
+    let output = publisher.arg("--input").arg(&input).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    // KMS fails (503, then hangs past the client's deadline) as the pipeline starts.
+    kms.set_behaviour(Behaviour::Fail(503));
+    let calls_before = kms.calls();
+    let subscriber = harness.subscriber();
+    let mut command = harness.pipeline_command(&[]);
+    use_fake_kms(&mut command, &kms);
+    let pipeline = e2e::Running::spawn(command, "pipeline started");
+    let early = subscriber.lines_for(Duration::from_secs(4));
+    kms.set_behaviour(Behaviour::Hang);
+    let early = [early, subscriber.lines_for(Duration::from_secs(5))].concat();
+    assert!(early.is_empty(), "nothing can be counted while KMS is down: {early:?}");
+    assert!(pipeline.log().contains("transient failure"), "{}", pipeline.log());
+    let outage_calls = kms.calls() - calls_before;
+    // Each failed message waits a second before it is nacked and comes back; nacking at
+    // once would have made thousands of calls.
+    assert!(outage_calls < 250, "{outage_calls} KMS calls during 9 s of outage for 12 messages");
+
+    kms.set_behaviour(Behaviour::Normal);
+    let expected = expected_counts(texts.iter().map(String::as_str));
+    let want: u64 = expected.values().sum();
+    let lines = subscriber.lines_until(Duration::from_secs(60), |lines| total(lines) >= want);
+    assert_eq!(summed_counts(&lines), expected);
+    assert_nothing_arrives(&pubsub, &dead_letters, Duration::from_secs(2)).await;
+    pipeline.terminate();
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# End-to-end benchmark on a Pub/Sub emulator of its own: the real publisher and
+# pipeline in encrypt and sign mode beside a plaintext floor, with the local KMS at
+# 0 ms and then slowed by 20 ms per call, and a sweep of the pipeline's stream count.
+# Every case checks its counts; the run fails if one is wrong.
+#
+#   scripts/bench.sh                      # defaults: 100,000 messages per case
+#   scripts/bench.sh --messages 20000     # any `bench run` flag (`bench run --help`)
+#
+# Prints Markdown tables (stdout) for docs/PERFORMANCE.md. Takes about 15 minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+EMULATOR_STATE_DIR=$(mktemp -d)
+export EMULATOR_STATE_DIR
+trap 'scripts/emulator.sh stop; rm -rf "$EMULATOR_STATE_DIR"' EXIT
+
+cargo build --release --locked -p bench -p publisher -p pipeline-bin >&2
+eval "$(scripts/emulator.sh start)"
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB; emulator at $PUBSUB_EMULATOR_HOST"
+RUST_LOG=${RUST_LOG:-warn} target/release/bench run --emulator-pid "$(cat "$EMULATOR_STATE_DIR/pid")" "$@"
