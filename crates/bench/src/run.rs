@@ -186,7 +186,11 @@ impl Bench {
         );
 
         let tally = Arc::new(Mutex::new(Tally::default()));
-        let tail = tokio::spawn(tail(self.pubsub.clone(), output_subscription, tally.clone()));
+        // Several readers, as one emulator stream delivers only ~2,000 msg/s and a pane
+        // holds a message per distinct word: one reader would add its queue to latency.
+        let readers: Vec<_> = (0..4)
+            .map(|_| tokio::spawn(tail(self.pubsub.clone(), output_subscription.clone(), tally.clone())))
+            .collect();
         let emulator_before = self.options.emulator_pid.map(tree_cpu);
         let pipeline_args = |streams: usize| -> Vec<String> {
             let mut args = vec![
@@ -272,7 +276,7 @@ impl Bench {
             (Some(pid), Some(before)) => tree_cpu(pid).saturating_sub(before),
             _ => Duration::ZERO,
         };
-        tail.abort();
+        readers.iter().for_each(tokio::task::JoinHandle::abort);
 
         let tally = tally.lock().expect("tally lock");
         check_counts(case, &expected, &tally.counts)?;

@@ -144,6 +144,23 @@ impl Harness {
     pub fn topic(&self, id: &str) -> String {
         format!("projects/{}/topics/{id}", self.project)
     }
+
+    pub fn subscription(&self, id: &str) -> String {
+        format!("projects/{}/subscriptions/{id}", self.project)
+    }
+
+    /// Seals `data` as a publisher of `tenant` would, with a data key of its own, for
+    /// tests that then alter the message.
+    pub async fn seal(&self, key: &str, tenant: &str, mode: envelope::Mode, data: &[u8]) -> envelope::Sealed {
+        let kms = std::sync::Arc::new(envelope::kms::local::LocalKms::open(self.keyring()).unwrap());
+        let mut sealer = envelope::Sealer::new(kms, key.parse().unwrap(), tenant, mode);
+        sealer.seal(bytes::Bytes::copy_from_slice(data), envelope::Attributes::new()).await.unwrap()
+    }
+}
+
+/// A sealed message, ready to publish.
+pub fn message(sealed: envelope::Sealed) -> google_cloud_pubsub::model::Message {
+    google_cloud_pubsub::model::Message::new().set_data(sealed.data).set_attributes(sealed.attributes)
 }
 
 impl Default for Harness {

@@ -85,3 +85,34 @@ async fn a_kms_outage_holds_counting_back_then_everything_is_counted_and_nothing
     assert_nothing_arrives(&pubsub, &dead_letters, Duration::from_secs(2)).await;
     pipeline.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_permission_denied_is_dead_lettered_with_its_reason() {
+    let harness = Harness::new();
+    let pubsub = harness.pubsub();
+    let dead_letters = harness.subscription("dead-letter-reader");
+    pubsub.ensure_subscription(&dead_letters, &harness.topic("dead-letter"), Duration::from_secs(10)).await.unwrap();
+    pubsub
+        .ensure_subscription(
+            &harness.subscription("message-bus"),
+            &harness.topic("common-topic"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let kms = FakeKms::start().await.unwrap();
+    let mut publisher = harness.command("publisher");
+    use_fake_kms(&mut publisher, &kms);
+    publisher.args(["--pubsub_project_id", &harness.project, "--kms_key", TENANT_1_KEY, "--message", "denied words"]);
+    assert!(publisher.output().unwrap().status.success());
+
+    // The pipeline's account lost its decrypt permission on the tenant's key.
+    kms.set_behaviour(Behaviour::Fail(403));
+    let mut command = harness.pipeline_command(&[]);
+    use_fake_kms(&mut command, &kms);
+    let pipeline = e2e::Running::spawn(command, "pipeline started");
+    let rejected = e2e::receive(&pubsub, &dead_letters, 1, Duration::from_secs(30)).await;
+    assert_eq!(rejected[0].attributes["reject_reason"], "kms_permission_denied");
+    assert_eq!(rejected[0].attributes["kms_key"], TENANT_1_KEY, "the envelope travels with it, for a later retry");
+    pipeline.terminate();
+}

@@ -3,10 +3,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use e2e::{Harness, TENANT_1_KEY, TENANT_2_KEY, expected_counts, receive, summed_counts, total};
-use envelope::kms::local::LocalKms;
-use envelope::{Attributes, Mode, Sealer};
-use google_cloud_pubsub::model::Message;
+use e2e::{Harness, TENANT_1_KEY, TENANT_2_KEY, expected_counts, message, receive, summed_counts, total};
+use envelope::Mode;
 
 const TEXT: &[&str] = &[
     "Lorem ipsum dolor sit amet, consectetur adipisci velit.",
@@ -70,17 +68,6 @@ fn attributes_come_back_through_the_debug_subscriber() {
     assert_eq!(modes, ["encrypt", "sign"]);
 }
 
-/// Seals like a publisher of tenant 1 would, for messages the test then alters.
-async fn sealed(harness: &Harness, key: &str, tenant: &str, mode: Mode, text: &'static str) -> envelope::Sealed {
-    let kms = std::sync::Arc::new(LocalKms::open(harness.keyring()).unwrap());
-    let mut sealer = Sealer::new(kms, key.parse().unwrap(), tenant, mode);
-    sealer.seal(Bytes::from_static(text.as_bytes()), Attributes::new()).await.unwrap()
-}
-
-fn message(sealed: envelope::Sealed) -> Message {
-    Message::new().set_data(sealed.data).set_attributes(sealed.attributes)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_messages_go_to_the_dead_letter_topic_and_the_pipeline_goes_on() {
     let harness = Harness::new();
@@ -92,22 +79,22 @@ async fn bad_messages_go_to_the_dead_letter_topic_and_the_pipeline_goes_on() {
     let bus = pubsub.publisher(&harness.topic("common-topic")).await.unwrap();
 
     // One data byte flipped in an encrypted message.
-    let mut flipped = sealed(&harness, TENANT_1_KEY, "tenantKey", Mode::Encrypt, "flipped words").await;
+    let mut flipped = harness.seal(TENANT_1_KEY, "tenantKey", Mode::Encrypt, b"flipped words").await;
     let mut data = flipped.data.to_vec();
     data[70] ^= 1;
     flipped.data = data.into();
     // Signed data altered, signature kept (the original accepted this).
-    let mut altered = sealed(&harness, TENANT_1_KEY, "tenantKey", Mode::Sign, "pay alice").await;
+    let mut altered = harness.seal(TENANT_1_KEY, "tenantKey", Mode::Sign, b"pay alice").await;
     altered.data = Bytes::from_static(b"pay mallory");
     // The wrapped key swapped for another tenant's.
-    let mut swapped = sealed(&harness, TENANT_1_KEY, "tenantKey", Mode::Encrypt, "swapped words").await;
-    let other = sealed(&harness, TENANT_2_KEY, "tenantKey", Mode::Encrypt, "x").await;
+    let mut swapped = harness.seal(TENANT_1_KEY, "tenantKey", Mode::Encrypt, b"swapped words").await;
+    let other = harness.seal(TENANT_2_KEY, "tenantKey", Mode::Encrypt, b"x").await;
     swapped.attributes.insert("dek_wrapped".into(), other.attributes["dek_wrapped"].clone());
 
     for bad in [flipped, altered, swapped] {
         bus.publish(message(bad)).await.unwrap();
     }
-    let good = sealed(&harness, TENANT_1_KEY, "tenantKey", Mode::Sign, "good words only").await;
+    let good = harness.seal(TENANT_1_KEY, "tenantKey", Mode::Sign, b"good words only").await;
     bus.publish(message(good)).await.unwrap();
 
     let rejected = receive(&pubsub, &dead_letters, 3, Duration::from_secs(60)).await;

@@ -1,0 +1,116 @@
+//! The catalogue of bad messages in docs/THREATS.md, through a real pipeline: each lands
+//! in the dead-letter topic with its reason, nothing of it is counted, and the pipeline
+//! goes on with the next message.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use e2e::{Harness, TENANT_1_KEY, TENANT_2_KEY, expected_counts, message, receive, summed_counts, total};
+use envelope::{Mode, Sealed};
+
+/// A key name the pipeline trusts (by prefix) that the keyring does not hold.
+const UNKNOWN_KEY: &str = "projects/tenant-1/locations/us-central1/keyRings/tenant1-keyring/cryptoKeys/missing";
+
+/// A sealed message altered by `change`.
+fn altered(mut sealed: Sealed, change: impl FnOnce(&mut Sealed)) -> Sealed {
+    change(&mut sealed);
+    sealed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_catalogued_bad_message_is_dead_lettered_with_its_reason_and_none_of_it_counted() {
+    let harness = Harness::new();
+    let pubsub = harness.pubsub();
+    let dead_letters = harness.subscription("dead-letter-reader");
+    pubsub.ensure_subscription(&dead_letters, &harness.topic("dead-letter"), Duration::from_secs(10)).await.unwrap();
+    let pipeline = harness.pipeline(&["--trusted_kms_key", "projects/tenant-1/*"]);
+    let subscriber = harness.subscriber();
+
+    let encrypted = || harness.seal(TENANT_1_KEY, "tenantKey", Mode::Encrypt, b"hostile encrypted words");
+    let signed = || harness.seal(TENANT_1_KEY, "tenantKey", Mode::Sign, b"hostile signed words");
+    let remove = |name: &'static str| move |sealed: &mut Sealed| drop(sealed.attributes.remove(name));
+    let set = |name: &'static str, value: String| {
+        move |sealed: &mut Sealed| drop(sealed.attributes.insert(name.into(), value))
+    };
+
+    let other_encrypted = harness.seal(TENANT_1_KEY, "tenantKey", Mode::Encrypt, b"another message").await;
+    let other_signed = harness.seal(TENANT_1_KEY, "tenantKey", Mode::Sign, b"another message").await;
+    let other_tenant = harness.seal(TENANT_2_KEY, "tenantKey", Mode::Encrypt, b"x").await;
+    let catalogue: Vec<(&str, &str, Sealed)> = vec![
+        ("kms_key missing", "missing_attribute", altered(encrypted().await, remove("kms_key"))),
+        ("dek_wrapped missing", "missing_attribute", altered(encrypted().await, remove("dek_wrapped"))),
+        ("sign_key_wrapped missing", "missing_attribute", altered(signed().await, remove("sign_key_wrapped"))),
+        ("signature missing", "missing_attribute", altered(signed().await, remove("signature"))),
+        ("envelope_version missing", "missing_attribute", altered(encrypted().await, remove("envelope_version"))),
+        ("unknown format version", "unknown_version", altered(encrypted().await, set("envelope_version", "2".into()))),
+        (
+            "wrapped key not base64",
+            "bad_base64",
+            altered(encrypted().await, set("dek_wrapped", "!!not base64!!".into())),
+        ),
+        ("signature not base64", "bad_base64", altered(signed().await, set("signature", "%%%%".into()))),
+        ("empty data", "truncated", altered(encrypted().await, |sealed| sealed.data = Bytes::new())),
+        ("truncated data", "truncated", altered(encrypted().await, |sealed| sealed.data.truncate(40))),
+        ("over-long key name", "garbled_attribute", altered(encrypted().await, set("kms_key", "x".repeat(1000)))),
+        (
+            "both wrapped-key attributes",
+            "garbled_attribute",
+            altered(encrypted().await, set("sign_key_wrapped", other_signed.attributes["sign_key_wrapped"].clone())),
+        ),
+        (
+            "reserved attribute smuggled into a signed message",
+            "unexpected_attribute",
+            altered(signed().await, set("envelope_extra", "1".into())),
+        ),
+        (
+            "wrapped under another tenant id",
+            "unwrap_rejected",
+            harness.seal(TENANT_1_KEY, "tenant-2", Mode::Encrypt, b"x").await,
+        ),
+        (
+            "wrapped key made under another KMS key",
+            "unwrap_rejected",
+            altered(encrypted().await, set("dek_wrapped", other_tenant.attributes["dek_wrapped"].clone())),
+        ),
+        (
+            "ciphertext replayed under another message's attributes",
+            "tampered",
+            altered(encrypted().await, |sealed| sealed.data = other_encrypted.data.clone()),
+        ),
+        (
+            "signature replayed onto another message's data",
+            "tampered",
+            altered(signed().await, |sealed| sealed.data = other_signed.data.clone()),
+        ),
+        ("untrusted KMS key", "untrusted_key", harness.seal(TENANT_2_KEY, "tenantKey", Mode::Encrypt, b"x").await),
+        ("key unknown to the KMS", "kms_key_not_found", altered(encrypted().await, set("kms_key", UNKNOWN_KEY.into()))),
+        (
+            "data not UTF-8 text",
+            "not_utf8",
+            harness.seal(TENANT_1_KEY, "tenantKey", Mode::Sign, &[0xff, 0xfe, 0x00]).await,
+        ),
+    ];
+
+    let bus = pubsub.publisher(&harness.topic("common-topic")).await.unwrap();
+    let mut expected_reason = HashMap::new();
+    for (name, reason, sealed) in catalogue {
+        let id = bus.publish(message(sealed)).await.unwrap();
+        expected_reason.insert(id, (name, reason));
+    }
+    let good = harness.seal(TENANT_1_KEY, "tenantKey", Mode::Encrypt, b"only good words count").await;
+    bus.publish(message(good)).await.unwrap();
+
+    let rejected = receive(&pubsub, &dead_letters, expected_reason.len(), Duration::from_secs(60)).await;
+    let mut wrong = Vec::new();
+    for dead in &rejected {
+        let (name, reason) = expected_reason.remove(&dead.attributes["original_message_id"]).expect("each once");
+        if dead.attributes["reject_reason"] != reason {
+            wrong.push(format!("{name}: want {reason}, got {:?}", dead.attributes));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    let lines = subscriber.lines_until(Duration::from_secs(30), |lines| total(lines) >= 4);
+    assert_eq!(summed_counts(&lines), expected_counts(["only good words count"]), "nothing of the bad messages");
+    pipeline.terminate();
+}
