@@ -43,6 +43,9 @@ struct Cli {
     /// One JSON object per line instead of text.
     #[arg(long)]
     json: bool,
+
+    #[command(flatten)]
+    metrics: bus::flags::MetricsFlags,
 }
 
 #[tokio::main]
@@ -54,12 +57,14 @@ async fn main() -> anyhow::Result<()> {
     let project = project.or_else(|| bus::names::project_of(&subscription));
     let kms = cli.kms.backend(cli.account.service_account.as_deref()).await?;
     let opener = Arc::new(
-        Opener::builder(kms)
+        Opener::builder(kms.clone())
             .tenant_id(&cli.kms.tenant_id)
             .trusted_keys(cli.trust.trusted_keys()?)
             .accept(cli.mode.accepts())
             .build(),
     );
+    let metrics = Arc::new(bus::metrics::Metrics::new(Some((opener.clone(), kms))));
+    cli.metrics.serve(&metrics);
     let pubsub = bus::PubSub::from_env(cli.account.service_account.as_deref())?;
     pubsub
         .ensure_subscription(&subscription, &bus::names::topic(project, &cli.pubsub_topic)?, Duration::from_secs(10))
@@ -70,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
     pubsub
         .tail(&subscription, async |message, handler| {
             let id = &message.message_id;
+            metrics.received();
             match opener.open(&message.data, &message.attributes).await {
                 Ok(opened) => {
                     let text = String::from_utf8_lossy(&opened.data);
@@ -86,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
                         writeln!(out, "OPENED {id} mode={} kms_key={} attributes={{{attributes}}}\n  {text}", opened.mode, opened.kms_key)?;
                     }
                     handler.ack();
+                    metrics.message("opened", "");
                 }
                 Err(error) => {
                     let status = if error.is_transient() { "retry" } else { "rejected" };
@@ -96,8 +103,10 @@ async fn main() -> anyhow::Result<()> {
                         writeln!(out, "{} {id} reason={}: {error}", status.to_uppercase(), error.reason())?;
                     }
                     if error.is_transient() { handler.nack() } else { handler.ack() }
+                    metrics.message(status, error.reason());
                 }
             }
+            metrics.settled(1);
             out.flush()?;
             Ok(())
         })

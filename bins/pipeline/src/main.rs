@@ -85,6 +85,9 @@ struct Cli {
     lease_extension_secs: u64,
 
     #[command(flatten)]
+    metrics: bus::flags::MetricsFlags,
+
+    #[command(flatten)]
     dataflow: DataflowFlags,
 }
 
@@ -122,19 +125,23 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!("no --trusted_kms_key given: messages under ANY KMS key this pipeline can use will be accepted");
     }
     let kms = cli.kms.backend(cli.service_account.as_deref()).await?;
-    let opener = Opener::builder(kms.clone())
-        .tenant_id(&cli.kms.tenant_id)
-        .trusted_keys(trusted)
-        .accept(cli.mode.accepts())
-        .cache(CacheSettings { ttl: Duration::from_secs(cli.cache_ttl_secs), capacity: cli.cache_capacity })
-        .build();
+    let opener = Arc::new(
+        Opener::builder(kms.clone())
+            .tenant_id(&cli.kms.tenant_id)
+            .trusted_keys(trusted)
+            .accept(cli.mode.accepts())
+            .cache(CacheSettings { ttl: Duration::from_secs(cli.cache_ttl_secs), capacity: cli.cache_capacity })
+            .build(),
+    );
+    let metrics = Arc::new(bus::metrics::Metrics::new(Some((opener.clone(), kms.clone()))));
+    cli.metrics.serve(&metrics);
 
     let pubsub = bus::PubSub::from_env(cli.service_account.as_deref())?;
     let input_topic = bus::names::topic(project, &cli.input_topic)?;
     pubsub.ensure_subscription(&config.input_subscription, &input_topic, config.lease_extension).await?;
     pubsub.ensure_topic(&config.output_topic).await?;
     pubsub.ensure_topic(&config.dead_letter_topic).await?;
-    pipeline::run(&pubsub, Arc::new(opener), config, bus::shutdown_signal()).await?;
+    pipeline::run(&pubsub, opener, config, metrics, bus::shutdown_signal()).await?;
     tracing::info!(kms_calls = kms.unwraps(), "KMS calls made");
     Ok(())
 }

@@ -85,6 +85,7 @@ pub async fn pipeline(options: PipelineOptions) -> anyhow::Result<()> {
     };
     pubsub.ensure_topic(&config.output_topic).await?;
     pubsub.ensure_topic(&config.dead_letter_topic).await?;
-    pipeline::run(&pubsub, Arc::new(Plaintext), config, bus::shutdown_signal()).await?;
+    let metrics = Arc::new(bus::metrics::Metrics::new(None));
+    pipeline::run(&pubsub, Arc::new(Plaintext), config, metrics, bus::shutdown_signal()).await?;
     Ok(())
 }

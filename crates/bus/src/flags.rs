@@ -134,6 +134,28 @@ impl TrustFlags {
     }
 }
 
+/// Where a consumer serves its Prometheus metrics.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MetricsFlags {
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. `127.0.0.1:9464`; port 0 picks a free one).
+    #[arg(long = "metrics_addr", visible_alias = "metrics-addr", env = "METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+impl MetricsFlags {
+    /// Starts serving `metrics` when an address was given.
+    pub fn serve(&self, metrics: &Arc<crate::metrics::Metrics>) {
+        if let Some(addr) = self.metrics_addr {
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                if let Err(error) = metrics.serve(addr).await {
+                    tracing::error!(%error, %addr, "cannot serve metrics");
+                }
+            });
+        }
+    }
+}
+
 /// Flags of the article's Dataflow runner that mean nothing here. Accepted so that the
 /// article's command lines work, and reported once.
 #[derive(Debug, Clone, Default, clap::Args)]

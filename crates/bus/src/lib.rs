@@ -7,11 +7,13 @@
 //!   command names; against real Pub/Sub it never creates anything.
 //! * [`names`] turns the article's short ids or full resource names into full names.
 //! * [`send::Sender`] publishes many messages, paced and with a bounded number in flight.
+//! * [`metrics::Metrics`] counts what a consumer does and serves it to Prometheus.
 //! * [`flags`] holds the command-line flags every binary shares, in the article's
 //!   spelling and in kebab case, each also settable from the environment.
 #![forbid(unsafe_code)]
 
 pub mod flags;
+pub mod metrics;
 pub mod names;
 mod pubsub;
 pub mod send;

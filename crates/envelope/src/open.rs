@@ -1,6 +1,7 @@
 //! The consumer side: authenticate and open messages, unwrapping each data key once.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -86,6 +87,8 @@ impl OpenerBuilder {
             modes: self.modes,
             encryption_keys: new_cache(self.cache),
             signing_keys: new_cache(self.cache),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 }
@@ -109,6 +112,17 @@ pub struct Opener {
     modes: Vec<Mode>,
     encryption_keys: KeyCache<EncryptionKey>,
     signing_keys: KeyCache<SigningKey>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// How often opens found their data key in the cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Opens that found their data key cached.
+    pub hits: u64,
+    /// Opens that had to unwrap (or wait for another open's unwrap of the same key).
+    pub misses: u64,
 }
 
 type KeyCache<T> = Cache<String, Arc<CachedKey<T>>>;
@@ -123,6 +137,11 @@ struct CachedKey<T> {
 }
 
 impl Opener {
+    /// Cache hits and misses so far.
+    pub fn cache_stats(&self) -> CacheStats {
+        CacheStats { hits: self.hits.load(Ordering::Relaxed), misses: self.misses.load(Ordering::Relaxed) }
+    }
+
     /// Starts configuring an opener that unwraps through `kms`.
     pub fn builder(kms: Arc<dyn Kms>) -> OpenerBuilder {
         OpenerBuilder {
@@ -199,6 +218,8 @@ impl Opener {
         T: Send + Sync + 'static,
     {
         let hit = cache.get(envelope.wrapped).await;
+        let counter = if hit.is_some() { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
         match hit {
             Some(cached) if cached.kms_key.as_str() == envelope.kms_key => Ok(cached),
             // A wrapped key seen before under another key name: only a forger copies one,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{Fixture, TENANT_1_KEY};
-use envelope::{Attributes, CacheSettings, Mode, Opener};
+use envelope::{Attributes, CacheSettings, CacheStats, Mode, Opener};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hundred_concurrent_opens_of_a_new_key_make_one_kms_call() {
@@ -51,9 +51,11 @@ async fn expired_entries_are_unwrapped_again() {
     opener.open(&data, &message.attributes).await.unwrap();
     opener.open(&data, &message.attributes).await.unwrap();
     assert_eq!(fixture.kms.unwraps(), 1);
+    assert_eq!(opener.cache_stats(), CacheStats { hits: 1, misses: 1 });
     tokio::time::sleep(Duration::from_millis(400)).await;
     opener.open(&data, &message.attributes).await.unwrap();
     assert_eq!(fixture.kms.unwraps(), 2, "after the time to live, the key is unwrapped again");
+    assert_eq!(opener.cache_stats(), CacheStats { hits: 1, misses: 2 });
 }
 
 #[tokio::test]

@@ -18,6 +18,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bus::metrics::Metrics;
 use bytes::Bytes;
 use envelope::{OpenError, Opener};
 use google_cloud_pubsub::client::Publisher;
@@ -113,6 +114,7 @@ pub async fn run(
     pubsub: &bus::PubSub,
     opener: Arc<impl Open>,
     config: Config,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Summary> {
     let streams = config.streams.max(1);
@@ -162,7 +164,7 @@ pub async fn run(
             _ = tick.tick() => {
                 for pane in windows.take_ready(SystemTime::now()) {
                     summary.panes += 1;
-                    publishing.spawn(publish_pane(output.clone(), pane, config.replica.clone()));
+                    publishing.spawn(publish_pane(output.clone(), pane, config.replica.clone(), metrics.clone()));
                 }
             }
             Some(_) = publishing.join_next(), if !publishing.is_empty() => last_settled = Some(Instant::now()),
@@ -171,10 +173,11 @@ pub async fn run(
                 Some(Err(error)) => anyhow::bail!("streaming pull from {} failed: {error}", config.input_subscription),
                 Some(Ok((message, handler))) => {
                     first_received.get_or_insert_with(Instant::now);
-                    let outcome = handle(opener.as_ref(), &mut windows, message, handler).await;
-                    record(&mut summary, &outcome);
+                    metrics.received();
+                    let outcome = handle(opener.as_ref(), &mut windows, message, handler, &metrics).await;
+                    record(&mut summary, &metrics, &outcome);
                     if let Outcome::DeadLetter(message, handler, _) = outcome {
-                        publishing.spawn(publish_dead_letter(dead_letter.clone(), message, handler));
+                        publishing.spawn(publish_dead_letter(dead_letter.clone(), message, handler, metrics.clone()));
                     }
                 }
             },
@@ -184,7 +187,7 @@ pub async fn run(
     tracing::info!(held = windows.held(), "stream ended: flushing open windows");
     for pane in windows.take_all() {
         summary.panes += 1;
-        publishing.spawn(publish_pane(output.clone(), pane, config.replica.clone()));
+        publishing.spawn(publish_pane(output.clone(), pane, config.replica.clone(), metrics.clone()));
     }
     while publishing.join_next().await.is_some() {
         last_settled = Some(Instant::now());
@@ -213,19 +216,37 @@ enum Outcome {
     Counted,
     Duplicate,
     DeadLetter(Message, Handler, &'static str),
-    Retry,
+    Retry(&'static str),
 }
 
-fn record(summary: &mut Summary, outcome: &Outcome) {
+fn record(summary: &mut Summary, metrics: &Metrics, outcome: &Outcome) {
     match outcome {
-        Outcome::Counted => summary.counted += 1,
-        Outcome::Duplicate => summary.duplicates += 1,
-        Outcome::DeadLetter(_, _, reason) => *summary.dead_lettered.entry((*reason).to_owned()).or_default() += 1,
-        Outcome::Retry => summary.retried += 1,
+        Outcome::Counted => {
+            summary.counted += 1;
+            metrics.message("counted", "");
+        }
+        Outcome::Duplicate => {
+            summary.duplicates += 1;
+            metrics.message("duplicate", "");
+        }
+        Outcome::DeadLetter(_, _, reason) => {
+            *summary.dead_lettered.entry((*reason).to_owned()).or_default() += 1;
+            metrics.message("dead_lettered", reason);
+        }
+        Outcome::Retry(reason) => {
+            summary.retried += 1;
+            metrics.message("retried", reason);
+        }
     }
 }
 
-async fn handle(opener: &impl Open, windows: &mut Windows<Handler>, message: Message, handler: Handler) -> Outcome {
+async fn handle(
+    opener: &impl Open,
+    windows: &mut Windows<Handler>,
+    message: Message,
+    handler: Handler,
+    metrics: &Arc<Metrics>,
+) -> Outcome {
     let message_id = message.message_id.clone();
     match opener.open(&message).await {
         Ok(data) => match std::str::from_utf8(&data) {
@@ -246,11 +267,13 @@ async fn handle(opener: &impl Open, windows: &mut Windows<Handler>, message: Mes
             tracing::warn!(%message_id, reason = error.reason(), %error, "transient failure, nacking for redelivery");
             // Pub/Sub redelivers a nacked message at once: nacking straight away would
             // turn a KMS outage into a loop of calls as fast as the bus can turn.
+            let metrics = metrics.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(RETRY_AFTER).await;
                 handler.nack();
+                metrics.settled(1);
             });
-            Outcome::Retry
+            Outcome::Retry(error.reason())
         }
         Err(error) => {
             tracing::warn!(%message_id, reason = error.reason(), %error, "rejected");
@@ -268,7 +291,7 @@ fn publish_time(message: &Message) -> SystemTime {
         .unwrap_or_else(SystemTime::now)
 }
 
-async fn publish_dead_letter(dead_letter: Publisher, message: Message, handler: Handler) {
+async fn publish_dead_letter(dead_letter: Publisher, message: Message, handler: Handler, metrics: Arc<Metrics>) {
     match dead_letter.publish(message).await {
         Ok(_) => handler.ack(),
         Err(error) => {
@@ -276,13 +299,14 @@ async fn publish_dead_letter(dead_letter: Publisher, message: Message, handler: 
             handler.nack();
         }
     }
+    metrics.settled(1);
 }
 
 fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
 
-async fn publish_pane(output: Publisher, pane: Pane<Handler>, replica: String) {
+async fn publish_pane(output: Publisher, pane: Pane<Handler>, replica: String, metrics: Arc<Metrics>) {
     let attributes = HashMap::from([
         (WINDOW_START_ATTR.to_owned(), rfc3339(pane.window.start())),
         (WINDOW_END_ATTR.to_owned(), rfc3339(pane.window.end())),
@@ -300,9 +324,12 @@ async fn publish_pane(output: Publisher, pane: Pane<Handler>, replica: String) {
     let start = rfc3339(pane.window.start());
     if failures == 0 {
         tracing::info!(window_start = %start, pane = pane.number, words = pane.counts.len(), messages = pane.holds.len(), "published pane");
+        metrics.window_emitted(SystemTime::now().duration_since(pane.window.end()).unwrap_or_default().as_secs_f64());
+        metrics.settled(pane.holds.len());
         pane.holds.into_iter().for_each(Handler::ack);
     } else {
         tracing::error!(window_start = %start, pane = pane.number, failures, "could not publish the pane; nacking its messages for a recount");
+        metrics.settled(pane.holds.len());
         pane.holds.into_iter().for_each(Handler::nack);
     }
 }

@@ -1,0 +1,73 @@
+//! `--metrics_addr`: the counters move as the pipeline works.
+
+use std::io::{Read as _, Write as _};
+use std::time::Duration;
+
+use bytes::Bytes;
+use e2e::{Harness, TENANT_1_KEY, expected_counts, message, summed_counts, total};
+use envelope::Mode;
+
+/// `GET /metrics` from the address the pipeline logged.
+fn scrape(log: &str) -> String {
+    let addr = log
+        .lines()
+        .find(|line| line.contains("serving metrics"))
+        .and_then(|line| line.split("addr=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the pipeline logs where it serves metrics");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: metrics\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// The value of the sample whose line starts with `series`.
+fn sample(metrics: &str, series: &str) -> f64 {
+    let line =
+        metrics.lines().find(|line| line.starts_with(series)).unwrap_or_else(|| panic!("no {series} in\n{metrics}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_counts_outcomes_kms_calls_cache_use_and_emit_latency() {
+    let harness = Harness::new();
+    let pipeline = harness.pipeline(&["--metrics_addr", "127.0.0.1:0"]);
+    pipeline.wait_for_log("serving metrics", Duration::from_secs(10));
+    let before = scrape(&pipeline.log());
+    assert_eq!(sample(&before, "pubsub_envelope_kms_calls_total"), 0.0);
+    let subscriber = harness.subscriber();
+
+    let texts = ["metrics one", "metrics two", "metrics three"];
+    harness.publish(&["--kms_key", TENANT_1_KEY, "--message", texts[0], "--message", texts[1], "--message", texts[2]]);
+    let mut tampered = harness.seal(TENANT_1_KEY, "tenantKey", Mode::Sign, b"tampered").await;
+    tampered.data = Bytes::from_static(b"tampered!");
+    harness.pubsub().publisher(&harness.topic("common-topic")).await.unwrap().publish(message(tampered)).await.unwrap();
+
+    let expected = expected_counts(texts);
+    let want: u64 = expected.values().sum();
+    let lines = subscriber.lines_until(Duration::from_secs(30), |lines| total(lines) >= want);
+    assert_eq!(summed_counts(&lines), expected);
+    // The dead letter and the acks settle right after the pane is published.
+    let mut after = scrape(&pipeline.log());
+    for _ in 0..50 {
+        if sample(&after, "pubsub_envelope_messages_in_flight") == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = scrape(&pipeline.log());
+    }
+    let counted = r#"pubsub_envelope_messages_total{outcome="counted",reason=""}"#;
+    let tampered = r#"pubsub_envelope_messages_total{outcome="dead_lettered",reason="tampered"}"#;
+    assert_eq!(sample(&after, counted), 3.0, "{after}");
+    assert_eq!(sample(&after, tampered), 1.0, "{after}");
+    // Two data keys (the publisher's, the test's): one unwrap each; the three messages
+    // under the first share it.
+    assert_eq!(sample(&after, "pubsub_envelope_kms_calls_total"), 2.0, "{after}");
+    assert_eq!(sample(&after, "pubsub_envelope_key_cache_misses_total"), 2.0, "{after}");
+    assert_eq!(sample(&after, "pubsub_envelope_key_cache_hits_total"), 2.0, "{after}");
+    assert!(sample(&after, "pubsub_envelope_window_emit_latency_seconds_count") >= 1.0, "{after}");
+    assert_eq!(sample(&after, "pubsub_envelope_messages_in_flight"), 0.0, "{after}");
+    pipeline.terminate();
+}
