@@ -1,7 +1,7 @@
 //! CPU time and memory of processes, read from the kernel.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -58,42 +58,65 @@ fn stat(pid: u32) -> Option<(u32, u64)> {
     Some((parent, utime + stime))
 }
 
-/// Watches a process's peak resident set (VmHWM) until stopped.
+/// Watches a process's resident set until stopped: its peak (VmHWM) and, sampled
+/// every 100 ms, its current size (VmRSS), to tell growth from a plateau.
 pub struct PeakRss {
-    peak_kib: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
+    thread: JoinHandle<Rss>,
+}
+
+/// What [`PeakRss`] saw, in MiB.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rss {
+    /// The peak resident set.
+    pub peak: f64,
+    /// The largest resident set seen in the first quarter of the watch.
+    pub first_quarter: f64,
+    /// The largest resident set seen in the last quarter of the watch.
+    pub last_quarter: f64,
 }
 
 impl PeakRss {
     /// Samples `pid` every 100 ms.
     pub fn watch(pid: u32) -> Self {
-        let peak_kib = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::spawn({
-            let (peak_kib, stop) = (peak_kib.clone(), stop.clone());
+            let stop = stop.clone();
             move || {
+                let mut peak_kib = 0;
+                let mut samples = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
-                    if let Some(kib) = high_water_mark_kib(pid) {
-                        peak_kib.fetch_max(kib, Ordering::Relaxed);
+                    if let Some((high_water_mark, resident)) = memory_kib(pid) {
+                        peak_kib = peak_kib.max(high_water_mark);
+                        samples.push(resident);
                     }
                     std::thread::sleep(Duration::from_millis(100));
                 }
+                let quarter = samples.len().div_ceil(4);
+                let max_mib = |part: &[u64]| part.iter().copied().max().unwrap_or(0) as f64 / 1024.0;
+                Rss {
+                    peak: peak_kib as f64 / 1024.0,
+                    first_quarter: max_mib(&samples[..quarter]),
+                    last_quarter: max_mib(&samples[samples.len() - quarter..]),
+                }
             }
         });
-        Self { peak_kib, stop, thread }
+        Self { stop, thread }
     }
 
-    /// The peak seen, in MiB.
-    pub fn stop(self) -> f64 {
+    /// Stops watching and tells what was seen.
+    pub fn stop(self) -> Rss {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
-        self.peak_kib.load(Ordering::Relaxed) as f64 / 1024.0
+        self.thread.join().unwrap_or_default()
     }
 }
 
-fn high_water_mark_kib(pid: u32) -> Option<u64> {
+/// VmHWM and VmRSS of `pid`, in KiB.
+fn memory_kib(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|line| line.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some((field("VmHWM:")?, field("VmRSS:")?))
 }

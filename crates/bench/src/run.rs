@@ -13,14 +13,16 @@ use envelope::kms::local::Keyring;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::measure::{PeakRss, reaped_children_cpu, tree_cpu};
+use crate::measure::{PeakRss, Rss, reaped_children_cpu, tree_cpu};
 use crate::output::{Tally, tail};
 use crate::texts::Corpus;
 
 const KMS_KEY: &str = "projects/bench/locations/global/keyRings/bench/cryptoKeys/tenant";
 
-/// Flags of `bench run`.
+/// Flags of `bench run`. A flag given twice takes its last value, so that scripts can
+/// pass defaults and their callers override them.
 #[derive(clap::Args)]
+#[command(args_override_self = true)]
 pub struct Options {
     /// Messages per case.
     #[arg(long, default_value_t = 100_000)]
@@ -62,6 +64,20 @@ enum Case {
     Plaintext,
     Encrypt,
     Sign,
+    /// Encrypt and sign publishers at once, half the messages each (the soak).
+    Mixed,
+}
+
+impl Case {
+    /// The publishers a case runs.
+    fn publishers(self) -> &'static [Case] {
+        match self {
+            Case::Plaintext => &[Case::Plaintext],
+            Case::Encrypt => &[Case::Encrypt],
+            Case::Sign => &[Case::Sign],
+            Case::Mixed => &[Case::Encrypt, Case::Sign],
+        }
+    }
 }
 
 impl fmt::Display for Case {
@@ -70,6 +86,7 @@ impl fmt::Display for Case {
             Case::Plaintext => "plaintext",
             Case::Encrypt => "encrypt",
             Case::Sign => "sign",
+            Case::Mixed => "encrypt+sign",
         })
     }
 }
@@ -87,7 +104,7 @@ struct Row {
     pipeline_us: f64,
     emulator_us: f64,
     publisher_mib: f64,
-    pipeline_mib: f64,
+    pipeline_rss: Rss,
     data_keys: u64,
     publisher_kms: u64,
     pipeline_kms: u64,
@@ -139,6 +156,7 @@ impl Bench {
         println!("\n### Side by side: {messages} messages of 1 KiB per case, published and counted at once\n");
         print_table(&rows);
         print_checks(&rows, self.options.window_secs);
+        print_memory(&rows);
 
         self.options.sweep.retain(|streams| *streams > 0);
         if !self.options.sweep.is_empty() {
@@ -213,41 +231,35 @@ impl Bench {
             pipeline = Some(self.spawn_pipeline(case, &pipeline_args(streams))?);
         }
 
-        let mut publisher_command = match case {
-            Case::Plaintext => {
-                let mut command = Command::new(self.bins.join("bench"));
-                command.args(["plain-publish", "--topic", &input]);
-                command.args(self.options.rate.map(|rate| format!("--rate={rate}")));
-                command
-            }
-            Case::Encrypt | Case::Sign => {
-                let mut command = Command::new(self.bins.join("publisher"));
-                command.args(["--input", "-", "--mode", &case.to_string(), "--pubsub_topic", &input]);
-                command.args(["--kms_key", KMS_KEY, "--kms"]).arg(format!("local:{}", self.keyring.display()));
-                command.arg(format!("--local_kms_latency_ms={kms_ms}"));
-                command.arg(format!("--key_max_messages={}", self.options.key_max_messages));
-                command.args(self.options.rate.map(|rate| format!("--rate={rate}")));
-                command
-            }
-        };
-        let publisher_log = self.dir.join(format!("publisher-{}.log", self.cases_run));
-        let mut publisher = publisher_command
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&publisher_log)?)
-            .spawn()
-            .context("cannot start the publisher")?;
-        let publisher_rss = PeakRss::watch(publisher.id());
-        let stdin = publisher.stdin.take().expect("piped");
-        let corpus = self.corpus.clone();
+        let publishers = case.publishers();
         let started = Instant::now();
-        let writer = std::thread::spawn(move || corpus.write(messages, stdin));
-        let (status, publisher_cpu) = wait(publisher).await?;
+        let mut running = Vec::new();
+        for (index, &publisher_case) in publishers.iter().enumerate() {
+            // The first publisher takes the odd message out.
+            let share =
+                messages / publishers.len() as u64 + u64::from(index == 0) * (messages % publishers.len() as u64);
+            let rate = self.options.rate.map(|rate| rate / publishers.len() as f64);
+            running.push(self.start_publisher(
+                publisher_case,
+                &input,
+                kms_ms,
+                Share { messages: share, rate, index },
+            )?);
+        }
+        let mut expected: HashMap<String, u64> = HashMap::new();
+        let (mut publisher_cpu, mut publisher_mib, mut publisher_logs) = (Duration::ZERO, 0f64, String::new());
+        for publisher in running {
+            let (status, cpu) = wait(publisher.child).await?;
+            let log = std::fs::read_to_string(&publisher.log)?;
+            anyhow::ensure!(status.success(), "the publisher failed:\n{log}");
+            for (word, count) in publisher.writer.join().expect("writer panicked")? {
+                *expected.entry(word).or_default() += count;
+            }
+            publisher_cpu += cpu;
+            publisher_mib = publisher_mib.max(publisher.rss.stop().peak);
+            publisher_logs.push_str(&log);
+        }
         let publish_secs = started.elapsed().as_secs_f64();
-        let expected = writer.join().expect("writer panicked")?;
-        anyhow::ensure!(status.success(), "the publisher failed:\n{}", std::fs::read_to_string(&publisher_log)?);
-        let publisher_mib = publisher_rss.stop();
 
         let pipeline = match pipeline {
             Some(pipeline) => pipeline,
@@ -269,7 +281,7 @@ impl Bench {
         }
         kill(Pid::from_raw(pipeline.child.id() as i32), Signal::SIGTERM)?;
         let (status, pipeline_cpu) = wait(pipeline.child).await?;
-        let pipeline_mib = pipeline.rss.stop();
+        let pipeline_rss = pipeline.rss.stop();
         let pipeline_log = std::fs::read_to_string(&pipeline.log)?;
         anyhow::ensure!(status.success(), "the pipeline failed:\n{pipeline_log}");
         let emulator_cpu = match (self.options.emulator_pid, emulator_before) {
@@ -280,7 +292,6 @@ impl Bench {
 
         let tally = tally.lock().expect("tally lock");
         check_counts(case, &expected, &tally.counts)?;
-        let publisher_log = std::fs::read_to_string(&publisher_log)?;
         let per_message = |cpu: Duration| cpu.as_secs_f64() * 1e6 / messages as f64;
         Ok(Row {
             case,
@@ -294,11 +305,46 @@ impl Bench {
             pipeline_us: per_message(pipeline_cpu),
             emulator_us: per_message(emulator_cpu),
             publisher_mib,
-            pipeline_mib,
-            data_keys: logged(&publisher_log, "data_keys").unwrap_or(0),
-            publisher_kms: logged(&publisher_log, "kms_calls").unwrap_or(0),
+            pipeline_rss,
+            data_keys: logged_sum(&publisher_logs, "data_keys"),
+            publisher_kms: logged_sum(&publisher_logs, "kms_calls"),
             pipeline_kms: logged(&pipeline_log, "kms_calls").unwrap_or(0),
         })
+    }
+
+    /// Starts a publisher of `case` on `input` and a thread feeding it `messages` lines.
+    fn start_publisher(&self, case: Case, input: &str, kms_ms: u64, share: Share) -> anyhow::Result<Publisher> {
+        let rate = share.rate.map(|rate| format!("--rate={rate}"));
+        let (messages, index) = (share.messages, share.index);
+        let mut command = match case {
+            Case::Plaintext => {
+                let mut command = Command::new(self.bins.join("bench"));
+                command.args(["plain-publish", "--topic", input]);
+                command
+            }
+            Case::Encrypt | Case::Sign | Case::Mixed => {
+                let mut command = Command::new(self.bins.join("publisher"));
+                command.args(["--input", "-", "--mode", &case.to_string(), "--pubsub_topic", input]);
+                command.args(["--kms_key", KMS_KEY, "--kms"]).arg(format!("local:{}", self.keyring.display()));
+                command.arg(format!("--local_kms_latency_ms={kms_ms}"));
+                command.arg(format!("--key_max_messages={}", self.options.key_max_messages));
+                command
+            }
+        };
+        let log = self.dir.join(format!("publisher-{}-{index}.log", self.cases_run));
+        let mut child = command
+            .args(rate)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("cannot start the publisher")?;
+        let rss = PeakRss::watch(child.id());
+        let stdin = child.stdin.take().expect("piped");
+        let corpus = self.corpus.clone();
+        let writer = std::thread::spawn(move || corpus.write(messages, stdin));
+        Ok(Publisher { child, rss, log, writer })
     }
 
     fn spawn_pipeline(&self, case: Case, args: &[String]) -> anyhow::Result<Pipeline> {
@@ -309,7 +355,7 @@ impl Bench {
                 command.arg("plain-pipeline");
                 command
             }
-            Case::Encrypt | Case::Sign => Command::new(self.bins.join("pipeline")),
+            Case::Encrypt | Case::Sign | Case::Mixed => Command::new(self.bins.join("pipeline")),
         };
         let child = command
             .env("RUST_LOG", "info")
@@ -332,6 +378,20 @@ impl Bench {
     }
 }
 
+/// One publisher's part of a case.
+struct Share {
+    messages: u64,
+    rate: Option<f64>,
+    index: usize,
+}
+
+struct Publisher {
+    child: Child,
+    rss: PeakRss,
+    log: PathBuf,
+    writer: std::thread::JoinHandle<std::io::Result<HashMap<String, u64>>>,
+}
+
 struct Pipeline {
     child: Child,
     rss: PeakRss,
@@ -348,7 +408,17 @@ async fn wait(mut child: Child) -> anyhow::Result<(std::process::ExitStatus, Dur
     .await?
 }
 
-/// The value of `key=N` in a log.
+/// The sum of every `key=N` in a log.
+fn logged_sum(log: &str, key: &str) -> u64 {
+    let pattern = format!("{key}=");
+    log.match_indices(&pattern)
+        .filter_map(|(at, _)| {
+            log[at + pattern.len()..].split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// The value of the last `key=N` in a log.
 fn logged(log: &str, key: &str) -> Option<u64> {
     let pattern = format!("{key}=");
     let at = log.rfind(&pattern)? + pattern.len();
@@ -391,7 +461,7 @@ fn print_table(rows: &[Row]) {
             row.pipeline_us,
             row.emulator_us,
             row.publisher_mib,
-            row.pipeline_mib,
+            row.pipeline_rss.peak,
             row.data_keys,
             row.publisher_kms,
             row.pipeline_kms,
@@ -420,6 +490,19 @@ fn print_checks(rows: &[Row], window_secs: u64) {
         {
             verdict(&label, "throughput within 10% of KMS +0 ms", rate(row) >= 0.9 * rate(fast));
         }
+    }
+}
+
+/// The soak's memory check: the pipeline's resident set in the last quarter of the run
+/// stays within 20 % of the first quarter's.
+fn print_memory(rows: &[Row]) {
+    for row in rows.iter().filter(|row| row.case == Case::Mixed) {
+        let Rss { first_quarter, last_quarter, .. } = row.pipeline_rss;
+        println!(
+            "- pipeline RSS, largest in the first quarter of the run {first_quarter:.0} MiB, in the last quarter {last_quarter:.0} MiB ({:+.0} %)",
+            (last_quarter / first_quarter.max(1e-9) - 1.0) * 100.0
+        );
+        verdict(&row.case.to_string(), "RSS flat within 20 %", last_quarter <= 1.2 * first_quarter);
     }
 }
 
