@@ -195,15 +195,7 @@ impl Texts {
             return Ok(Texts::Cycled(paragraphs.collect()));
         };
         if path.as_os_str() == "-" {
-            let (lines, receiver) = tokio::sync::mpsc::channel(1024);
-            std::thread::spawn(move || {
-                for line in std::io::stdin().lock().lines() {
-                    if lines.blocking_send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-            return Ok(Texts::Stdin(receiver));
+            return Ok(Texts::Stdin(bus::send::stdin_lines()));
         }
         let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let lines: Vec<String> = std::io::BufReader::new(file).lines().collect::<Result<_, _>>()?;

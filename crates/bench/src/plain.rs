@@ -1,7 +1,6 @@
 //! The plaintext floor: the product's Pub/Sub code paths with the envelope taken out.
 //! Not a mode of the product; it exists to show what the envelope costs.
 
-use std::io::BufRead as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,14 +24,7 @@ pub async fn publish(options: PublishOptions) -> anyhow::Result<()> {
     let pubsub = bus::PubSub::from_env(None)?;
     pubsub.ensure_topic(&options.topic).await?;
     let mut sender = bus::send::Sender::new(pubsub.publisher(&options.topic).await?, options.rate, |_| {});
-    let (lines, mut received) = tokio::sync::mpsc::channel(1024);
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            if lines.blocking_send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut received = bus::send::stdin_lines();
     let mut sent = 0u64;
     while let Some(line) = received.recv().await {
         sender.send(Message::new().set_data(Bytes::from(line?))).await;

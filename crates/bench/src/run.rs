@@ -298,7 +298,7 @@ impl Bench {
             kms_ms,
             streams,
             publish_per_sec: messages as f64 / publish_secs,
-            pipeline_per_sec: logged(&pipeline_log, "messages_per_sec").unwrap_or(0) as f64,
+            pipeline_per_sec: logged(&pipeline_log, "messages_per_sec") as f64,
             p50_ms: tally.latency_quantile(0.50),
             p99_ms: tally.latency_quantile(0.99),
             publisher_us: per_message(publisher_cpu),
@@ -306,9 +306,9 @@ impl Bench {
             emulator_us: per_message(emulator_cpu),
             publisher_mib,
             pipeline_rss,
-            data_keys: logged_sum(&publisher_logs, "data_keys"),
-            publisher_kms: logged_sum(&publisher_logs, "kms_calls"),
-            pipeline_kms: logged(&pipeline_log, "kms_calls").unwrap_or(0),
+            data_keys: logged(&publisher_logs, "data_keys"),
+            publisher_kms: logged(&publisher_logs, "kms_calls"),
+            pipeline_kms: logged(&pipeline_log, "kms_calls"),
         })
     }
 
@@ -408,21 +408,14 @@ async fn wait(mut child: Child) -> anyhow::Result<(std::process::ExitStatus, Dur
     .await?
 }
 
-/// The sum of every `key=N` in a log.
-fn logged_sum(log: &str, key: &str) -> u64 {
+/// The sum of every `key=N` in a log (logs of several publishers are concatenated).
+fn logged(log: &str, key: &str) -> u64 {
     let pattern = format!("{key}=");
     log.match_indices(&pattern)
         .filter_map(|(at, _)| {
             log[at + pattern.len()..].split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok()
         })
         .sum()
-}
-
-/// The value of the last `key=N` in a log.
-fn logged(log: &str, key: &str) -> Option<u64> {
-    let pattern = format!("{key}=");
-    let at = log.rfind(&pattern)? + pattern.len();
-    log[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
 fn check_counts(case: Case, expected: &HashMap<String, u64>, got: &HashMap<String, u64>) -> anyhow::Result<()> {

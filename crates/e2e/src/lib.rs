@@ -149,6 +149,14 @@ impl Harness {
         format!("projects/{}/subscriptions/{id}", self.project)
     }
 
+    /// Creates subscription `id` on topic `topic` (both short ids) and returns its full
+    /// name; what is published to the topic afterwards can be read from it.
+    pub async fn subscribe(&self, id: &str, topic: &str) -> String {
+        let subscription = self.subscription(id);
+        self.pubsub().ensure_subscription(&subscription, &self.topic(topic), Duration::from_secs(10)).await.unwrap();
+        subscription
+    }
+
     /// Seals `data` as a publisher of `tenant` would, with a data key of its own, for
     /// tests that then alter the message.
     pub async fn seal(&self, key: &str, tenant: &str, mode: envelope::Mode, data: &[u8]) -> envelope::Sealed {

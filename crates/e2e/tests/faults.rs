@@ -18,8 +18,7 @@ fn use_fake_kms(command: &mut Command, kms: &FakeKms) {
 async fn a_publisher_facing_a_kms_outage_retries_with_backoff_then_fails_and_publishes_nothing() {
     let harness = Harness::new();
     let pubsub = harness.pubsub();
-    let bus_reader = format!("projects/{}/subscriptions/bus-reader", harness.project);
-    pubsub.ensure_subscription(&bus_reader, &harness.topic("common-topic"), Duration::from_secs(10)).await.unwrap();
+    let bus_reader = harness.subscribe("bus-reader", "common-topic").await;
     let kms = FakeKms::start().await.unwrap();
     kms.set_behaviour(Behaviour::Fail(503));
 
@@ -44,11 +43,9 @@ async fn a_publisher_facing_a_kms_outage_retries_with_backoff_then_fails_and_pub
 async fn a_kms_outage_holds_counting_back_then_everything_is_counted_and_nothing_dead_lettered() {
     let harness = Harness::new();
     let pubsub = harness.pubsub();
-    let dead_letters = format!("projects/{}/subscriptions/dead-letter-reader", harness.project);
-    pubsub.ensure_subscription(&dead_letters, &harness.topic("dead-letter"), Duration::from_secs(10)).await.unwrap();
+    let dead_letters = harness.subscribe("dead-letter-reader", "dead-letter").await;
     // The pipeline's subscription exists before anything is published to the bus.
-    let bus = format!("projects/{}/subscriptions/message-bus", harness.project);
-    pubsub.ensure_subscription(&bus, &harness.topic("common-topic"), Duration::from_secs(10)).await.unwrap();
+    harness.subscribe("message-bus", "common-topic").await;
     // The test thread blocks on processes; the fake KMS answers from the runtime's workers.
     let kms = FakeKms::start().await.unwrap();
     let texts: Vec<String> = (0..12).map(|i| format!("outage message {i} alpha beta")).collect();
@@ -90,16 +87,8 @@ async fn a_kms_outage_holds_counting_back_then_everything_is_counted_and_nothing
 async fn kms_permission_denied_is_dead_lettered_with_its_reason() {
     let harness = Harness::new();
     let pubsub = harness.pubsub();
-    let dead_letters = harness.subscription("dead-letter-reader");
-    pubsub.ensure_subscription(&dead_letters, &harness.topic("dead-letter"), Duration::from_secs(10)).await.unwrap();
-    pubsub
-        .ensure_subscription(
-            &harness.subscription("message-bus"),
-            &harness.topic("common-topic"),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    let dead_letters = harness.subscribe("dead-letter-reader", "dead-letter").await;
+    harness.subscribe("message-bus", "common-topic").await;
     let kms = FakeKms::start().await.unwrap();
     let mut publisher = harness.command("publisher");
     use_fake_kms(&mut publisher, &kms);

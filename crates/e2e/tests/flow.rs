@@ -72,8 +72,7 @@ fn attributes_come_back_through_the_debug_subscriber() {
 async fn bad_messages_go_to_the_dead_letter_topic_and_the_pipeline_goes_on() {
     let harness = Harness::new();
     let pubsub = harness.pubsub();
-    let dead_letters = format!("projects/{}/subscriptions/dead-letter-reader", harness.project);
-    pubsub.ensure_subscription(&dead_letters, &harness.topic("dead-letter"), Duration::from_secs(10)).await.unwrap();
+    let dead_letters = harness.subscribe("dead-letter-reader", "dead-letter").await;
     let pipeline = harness.pipeline(&[]);
     let subscriber = harness.subscriber();
     let bus = pubsub.publisher(&harness.topic("common-topic")).await.unwrap();

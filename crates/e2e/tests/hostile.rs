@@ -22,8 +22,7 @@ fn altered(mut sealed: Sealed, change: impl FnOnce(&mut Sealed)) -> Sealed {
 async fn every_catalogued_bad_message_is_dead_lettered_with_its_reason_and_none_of_it_counted() {
     let harness = Harness::new();
     let pubsub = harness.pubsub();
-    let dead_letters = harness.subscription("dead-letter-reader");
-    pubsub.ensure_subscription(&dead_letters, &harness.topic("dead-letter"), Duration::from_secs(10)).await.unwrap();
+    let dead_letters = harness.subscribe("dead-letter-reader", "dead-letter").await;
     let pipeline = harness.pipeline(&["--trusted_kms_key", "projects/tenant-1/*"]);
     let subscriber = harness.subscriber();
 
