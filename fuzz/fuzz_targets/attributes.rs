@@ -1,10 +1,12 @@
 //! Parses what arrives in attributes and sealed payloads: the sealed attribute list,
 //! key names, trust patterns and base64. Properties: no panics; a sealed list that
-//! parses re-encodes to one that parses to the same attributes and data; base64 is
-//! strict (what decodes re-encodes to the same text).
+//! parses re-encodes to one that parses to the same attributes and data; base64 and seal
+//! times are strict (what decodes re-encodes to the same text).
 #![no_main]
 
-use envelope::format::{decode_base64, decode_sealed_plaintext, encode_base64, put_sealed_plaintext};
+use envelope::format::{
+    decode_base64, decode_sealed_plaintext, encode_base64, encode_sealed_at, parse_sealed_at, put_sealed_plaintext,
+};
 use envelope::{KeyName, TrustedKeys};
 use libfuzzer_sys::fuzz_target;
 
@@ -27,5 +29,8 @@ fuzz_target!(|bytes: &[u8]| {
     let _ = TrustedKeys::from_patterns(text.split(','));
     if let Some(decoded) = decode_base64(text) {
         assert_eq!(encode_base64(&decoded), text, "only canonical base64 decodes");
+    }
+    if let Some(micros) = parse_sealed_at(text) {
+        assert_eq!(encode_sealed_at(micros), text, "only canonical seal times parse");
     }
 });

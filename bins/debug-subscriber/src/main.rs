@@ -60,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
         Opener::builder(kms.clone())
             .tenant_id(&cli.kms.tenant_id)
             .trusted_keys(cli.trust.trusted_keys()?)
+            .max_age(cli.trust.max_message_age())
             .accept(cli.mode.accepts())
             .build(),
     );
@@ -79,17 +80,23 @@ async fn main() -> anyhow::Result<()> {
             match opener.open(&message.data, &message.attributes).await {
                 Ok(opened) => {
                     let text = String::from_utf8_lossy(&opened.data);
+                    let sealed_at = humantime::format_rfc3339_micros(opened.sealed_at).to_string();
                     if cli.json {
                         let record = serde_json::json!({
                             "message_id": id, "status": "opened", "mode": opened.mode.as_str(),
-                            "kms_key": opened.kms_key.as_str(), "attributes": opened.attributes, "data": text,
+                            "kms_key": opened.kms_key.as_str(), "sealed_at": sealed_at,
+                            "attributes": opened.attributes, "data": text,
                         });
                         writeln!(out, "{record}")?;
                     } else {
                         let mut attributes: Vec<_> = opened.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
                         attributes.sort();
                         let attributes = attributes.join(", ");
-                        writeln!(out, "OPENED {id} mode={} kms_key={} attributes={{{attributes}}}\n  {text}", opened.mode, opened.kms_key)?;
+                        writeln!(
+                            out,
+                            "OPENED {id} mode={} kms_key={} sealed_at={sealed_at} attributes={{{attributes}}}\n  {text}",
+                            opened.mode, opened.kms_key
+                        )?;
                     }
                     handler.ack();
                     metrics.message("opened", "");

@@ -129,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
         Opener::builder(kms.clone())
             .tenant_id(&cli.kms.tenant_id)
             .trusted_keys(trusted)
+            .max_age(cli.trust.max_message_age())
             .accept(cli.mode.accepts())
             .cache(CacheSettings { ttl: Duration::from_secs(cli.cache_ttl_secs), capacity: cli.cache_capacity })
             .build(),

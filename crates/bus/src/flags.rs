@@ -125,12 +125,22 @@ pub struct TrustFlags {
         value_delimiter = ','
     )]
     pub trusted_kms_key: Vec<String>,
+
+    /// Refuse messages sealed longer ago than this (e.g. `5m`, `1h`): stale messages and
+    /// old ones published again. Off by default.
+    #[arg(long = "max_message_age", visible_alias = "max-message-age", env = "MAX_MESSAGE_AGE")]
+    pub max_message_age: Option<humantime::Duration>,
 }
 
 impl TrustFlags {
     /// The trusted set the flags describe.
     pub fn trusted_keys(&self) -> anyhow::Result<envelope::TrustedKeys> {
         Ok(envelope::TrustedKeys::from_patterns(&self.trusted_kms_key)?)
+    }
+
+    /// The maximum message age, if one was given.
+    pub fn max_message_age(&self) -> Option<std::time::Duration> {
+        self.max_message_age.map(Into::into)
     }
 }
 

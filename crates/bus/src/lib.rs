@@ -18,7 +18,7 @@ pub mod names;
 mod pubsub;
 pub mod send;
 
-pub use pubsub::{PubSub, reject};
+pub use pubsub::{MAX_ATTRIBUTES, MAX_MESSAGE_BYTES, PubSub, reject};
 
 /// Sets up logging to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {

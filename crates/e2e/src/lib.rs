@@ -160,8 +160,21 @@ impl Harness {
     /// Seals `data` as a publisher of `tenant` would, with a data key of its own, for
     /// tests that then alter the message.
     pub async fn seal(&self, key: &str, tenant: &str, mode: envelope::Mode, data: &[u8]) -> envelope::Sealed {
+        self.seal_at(std::time::SystemTime::now(), key, tenant, mode, data).await
+    }
+
+    /// [`seal`](Self::seal), as if sealed at `when`.
+    pub async fn seal_at(
+        &self,
+        when: std::time::SystemTime,
+        key: &str,
+        tenant: &str,
+        mode: envelope::Mode,
+        data: &[u8],
+    ) -> envelope::Sealed {
         let kms = std::sync::Arc::new(envelope::kms::local::LocalKms::open(self.keyring()).unwrap());
-        let mut sealer = envelope::Sealer::new(kms, key.parse().unwrap(), tenant, mode);
+        let clock = std::sync::Arc::new(envelope::ManualClock::at(when));
+        let mut sealer = envelope::Sealer::new(kms, key.parse().unwrap(), tenant, mode).with_clock(clock);
         sealer.seal(bytes::Bytes::copy_from_slice(data), envelope::Attributes::new()).await.unwrap()
     }
 }

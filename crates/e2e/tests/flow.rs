@@ -1,6 +1,6 @@
 //! The article's flow through the four real binaries on a real emulator.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use e2e::{Harness, TENANT_1_KEY, TENANT_2_KEY, expected_counts, message, receive, summed_counts, total};
@@ -35,11 +35,11 @@ fn counts_are_exact_in_encrypt_and_sign_mode() {
     pipeline.terminate();
 }
 
-#[test]
-fn attributes_come_back_through_the_debug_subscriber() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attributes_and_seal_times_come_back_through_the_debug_subscriber() {
     let harness = Harness::new();
     let mut command = harness.command("debug-subscriber");
-    command.args(["--pubsub_project_id", &harness.project, "--json"]);
+    command.args(["--pubsub_project_id", &harness.project, "--json", "--max_message_age", "10m"]);
     let debug = e2e::Running::spawn(command, "reading");
     for mode in ["encrypt", "sign"] {
         harness.publish(&[
@@ -55,13 +55,26 @@ fn attributes_come_back_through_the_debug_subscriber() {
             "seq=7",
         ]);
     }
-    let lines = debug.lines_until(Duration::from_secs(30), |lines| lines.len() >= 2);
+    let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    let old = harness.seal_at(an_hour_ago, TENANT_1_KEY, "tenantKey", Mode::Sign, b"stale").await;
+    let bus = harness.pubsub().publisher(&harness.topic("common-topic")).await.unwrap();
+    let old_id = bus.publish(message(old)).await.unwrap();
+
+    let lines = debug.lines_until(Duration::from_secs(30), |lines| lines.len() >= 3);
     let mut modes = Vec::new();
     for line in &lines {
         let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        if record["message_id"] == old_id.as_str() {
+            assert_eq!(record["status"], "rejected", "{line}");
+            assert_eq!(record["reason"], "too_old", "{line}");
+            continue;
+        }
         assert_eq!(record["status"], "opened", "{line}");
         assert_eq!(record["data"], "hello");
         assert_eq!(record["attributes"], serde_json::json!({"origin": "tenant-1", "seq": "7"}), "{line}");
+        let sealed_at = humantime::parse_rfc3339(record["sealed_at"].as_str().unwrap()).unwrap();
+        let age = SystemTime::now().duration_since(sealed_at).unwrap();
+        assert!(age < Duration::from_secs(60), "{line}");
         modes.push(record["mode"].as_str().unwrap().to_owned());
     }
     modes.sort();

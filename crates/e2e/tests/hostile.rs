@@ -1,9 +1,9 @@
 //! The catalogue of bad messages in docs/THREATS.md, through a real pipeline: each lands
 //! in the dead-letter topic with its reason, nothing of it is counted, and the pipeline
-//! goes on with the next message.
+//! goes on with the next message; a good message published twice counts once.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use e2e::{Harness, TENANT_1_KEY, TENANT_2_KEY, expected_counts, message, receive, summed_counts, total};
@@ -23,7 +23,7 @@ async fn every_catalogued_bad_message_is_dead_lettered_with_its_reason_and_none_
     let harness = Harness::new();
     let pubsub = harness.pubsub();
     let dead_letters = harness.subscribe("dead-letter-reader", "dead-letter").await;
-    let pipeline = harness.pipeline(&["--trusted_kms_key", "projects/tenant-1/*"]);
+    let pipeline = harness.pipeline(&["--trusted_kms_key", "projects/tenant-1/*", "--max_message_age", "10m"]);
     let subscriber = harness.subscriber();
 
     let encrypted = || harness.seal(TENANT_1_KEY, "tenantKey", Mode::Encrypt, b"hostile encrypted words");
@@ -36,12 +36,15 @@ async fn every_catalogued_bad_message_is_dead_lettered_with_its_reason_and_none_
     let other_encrypted = harness.seal(TENANT_1_KEY, "tenantKey", Mode::Encrypt, b"another message").await;
     let other_signed = harness.seal(TENANT_1_KEY, "tenantKey", Mode::Sign, b"another message").await;
     let other_tenant = harness.seal(TENANT_2_KEY, "tenantKey", Mode::Encrypt, b"x").await;
+    let hour = Duration::from_secs(3600);
+    let sealed_at = |when| harness.seal_at(when, TENANT_1_KEY, "tenantKey", Mode::Sign, b"old words");
     let catalogue: Vec<(&str, &str, Sealed)> = vec![
         ("kms_key missing", "missing_attribute", altered(encrypted().await, remove("kms_key"))),
         ("dek_wrapped missing", "missing_attribute", altered(encrypted().await, remove("dek_wrapped"))),
         ("sign_key_wrapped missing", "missing_attribute", altered(signed().await, remove("sign_key_wrapped"))),
         ("signature missing", "missing_attribute", altered(signed().await, remove("signature"))),
         ("envelope_version missing", "missing_attribute", altered(encrypted().await, remove("envelope_version"))),
+        ("seal time missing", "missing_attribute", altered(signed().await, remove("envelope_sealed_at"))),
         ("unknown format version", "unknown_version", altered(encrypted().await, set("envelope_version", "2".into()))),
         (
             "wrapped key not base64",
@@ -83,6 +86,8 @@ async fn every_catalogued_bad_message_is_dead_lettered_with_its_reason_and_none_
             altered(signed().await, |sealed| sealed.data = other_signed.data.clone()),
         ),
         ("untrusted KMS key", "untrusted_key", harness.seal(TENANT_2_KEY, "tenantKey", Mode::Encrypt, b"x").await),
+        ("replay of an old message", "too_old", sealed_at(SystemTime::now() - hour).await),
+        ("sealed in the future", "sealed_in_future", sealed_at(SystemTime::now() + hour).await),
         ("key unknown to the KMS", "kms_key_not_found", altered(encrypted().await, set("kms_key", UNKNOWN_KEY.into()))),
         (
             "data not UTF-8 text",
@@ -98,7 +103,10 @@ async fn every_catalogued_bad_message_is_dead_lettered_with_its_reason_and_none_
         expected_reason.insert(id, (name, reason));
     }
     let good = harness.seal(TENANT_1_KEY, "tenantKey", Mode::Encrypt, b"only good words count").await;
-    bus.publish(message(good)).await.unwrap();
+    // Published twice (a replay under a new message id), together so that both copies
+    // fall in one window.
+    let (first, replay) = tokio::join!(bus.publish(message(good.clone())), bus.publish(message(good)));
+    assert_ne!(first.unwrap(), replay.unwrap());
 
     let rejected = receive(&pubsub, &dead_letters, expected_reason.len(), Duration::from_secs(60)).await;
     let mut wrong = Vec::new();
@@ -110,6 +118,46 @@ async fn every_catalogued_bad_message_is_dead_lettered_with_its_reason_and_none_
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
     let lines = subscriber.lines_until(Duration::from_secs(30), |lines| total(lines) >= 4);
-    assert_eq!(summed_counts(&lines), expected_counts(["only good words count"]), "nothing of the bad messages");
+    let want = expected_counts(["only good words count"]);
+    assert_eq!(summed_counts(&lines), want, "nothing of the bad messages, the replayed one once");
+    pipeline.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_at_pubsubs_size_limit_are_counted_or_dead_lettered_and_the_pipeline_goes_on() {
+    const LIMIT: usize = bus::MAX_MESSAGE_BYTES;
+    let harness = Harness::new();
+    let pubsub = harness.pubsub();
+    let dead_letters = harness.subscribe("dead-letter-reader", "dead-letter").await;
+    let pipeline = harness.pipeline(&[]);
+    let subscriber = harness.subscriber();
+    let bus = pubsub.publisher(&harness.topic("common-topic")).await.unwrap();
+
+    // Just under the limit once sealed: 1.98 million words, counted.
+    let big_text = "word ".repeat((LIMIT - 1000) / 5);
+    let big = harness.seal(TENANT_1_KEY, "tenantKey", Mode::Encrypt, big_text.as_bytes()).await;
+    assert!(big.data.len() + big.attributes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() < LIMIT);
+    bus.publish(message(big)).await.unwrap();
+    // At the limit and altered: its dead letter, with three more attributes, would not fit
+    // whole, so it is cut to fit and says what the whole was.
+    let hostile_text = vec![b'x'; LIMIT - 1000];
+    let hostile = altered(harness.seal(TENANT_1_KEY, "tenantKey", Mode::Sign, &hostile_text).await, |sealed| {
+        sealed.data = Bytes::from(vec![b'y'; LIMIT - 1000]);
+    });
+    let hostile_id = bus.publish(message(hostile)).await.unwrap();
+    bus.publish(message(harness.seal(TENANT_1_KEY, "tenantKey", Mode::Sign, b"small words after").await))
+        .await
+        .unwrap();
+
+    let dead = receive(&pubsub, &dead_letters, 1, Duration::from_secs(60)).await;
+    assert_eq!(dead[0].attributes["original_message_id"], hostile_id);
+    assert_eq!(dead[0].attributes["reject_reason"], "tampered");
+    assert_eq!(dead[0].attributes["original_data_bytes"], (LIMIT - 1000).to_string());
+    assert!(dead[0].data.len() + dead[0].attributes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() <= LIMIT);
+    let want_total = (LIMIT - 1000) as u64 / 5 + 3;
+    let lines = subscriber.lines_until(Duration::from_secs(60), |lines| total(lines) >= want_total);
+    let mut want = expected_counts(["small words after"]);
+    want.insert("word".into(), (LIMIT - 1000) as u64 / 5);
+    assert_eq!(summed_counts(&lines), want);
     pipeline.terminate();
 }

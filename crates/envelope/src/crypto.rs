@@ -105,7 +105,7 @@ pub(crate) enum OpenFailure {
 ///
 /// Holds the keyed state with the header's fixed prefix (context, mode, key name and
 /// wrapped key) already absorbed, and clones it per message: each message then hashes
-/// only its own attributes and data.
+/// only its own seal time, attributes and data.
 pub(crate) struct SigningKey(Hmac<Sha256>);
 
 impl SigningKey {
@@ -115,21 +115,27 @@ impl SigningKey {
         Self(mac)
     }
 
-    fn keyed(&self, attributes: &Attributes, data: &[u8]) -> Hmac<Sha256> {
+    fn keyed(&self, sealed_at: u64, attributes: &Attributes, data: &[u8]) -> Hmac<Sha256> {
         let mut mac = self.0.clone();
-        format::header_attributes(attributes, |chunk| mac.update(chunk));
+        format::header_rest(sealed_at, attributes, |chunk| mac.update(chunk));
         mac.update(&(data.len() as u64).to_be_bytes());
         mac.update(data);
         mac
     }
 
-    pub(crate) fn sign(&self, attributes: &Attributes, data: &[u8]) -> [u8; SIGNATURE_LEN] {
-        self.keyed(attributes, data).finalize().into_bytes().into()
+    pub(crate) fn sign(&self, sealed_at: u64, attributes: &Attributes, data: &[u8]) -> [u8; SIGNATURE_LEN] {
+        self.keyed(sealed_at, attributes, data).finalize().into_bytes().into()
     }
 
     /// Compares in constant time (through `Mac::verify_slice`).
-    pub(crate) fn verify(&self, attributes: &Attributes, data: &[u8], signature: &[u8]) -> Result<(), OpenFailure> {
-        self.keyed(attributes, data).verify_slice(signature).map_err(|_| OpenFailure::Forged)
+    pub(crate) fn verify(
+        &self,
+        sealed_at: u64,
+        attributes: &Attributes,
+        data: &[u8],
+        signature: &[u8],
+    ) -> Result<(), OpenFailure> {
+        self.keyed(sealed_at, attributes, data).verify_slice(signature).map_err(|_| OpenFailure::Forged)
     }
 }
 
@@ -176,12 +182,13 @@ mod tests {
         let secret = SecretKey::generate();
         let key = SigningKey::new(&secret, b"prefix");
         let attributes = Attributes::from([("a".to_owned(), "b".to_owned())]);
-        let tag = key.sign(&attributes, b"c");
-        assert!(key.verify(&attributes, b"c", &tag).is_ok());
-        assert_eq!(key.verify(&attributes, b"d", &tag), Err(OpenFailure::Forged));
-        assert_eq!(key.verify(&Attributes::new(), b"c", &tag), Err(OpenFailure::Forged));
-        assert_eq!(key.verify(&attributes, b"c", &tag[..31]), Err(OpenFailure::Forged));
+        let tag = key.sign(5, &attributes, b"c");
+        assert!(key.verify(5, &attributes, b"c", &tag).is_ok());
+        assert_eq!(key.verify(6, &attributes, b"c", &tag), Err(OpenFailure::Forged));
+        assert_eq!(key.verify(5, &attributes, b"d", &tag), Err(OpenFailure::Forged));
+        assert_eq!(key.verify(5, &Attributes::new(), b"c", &tag), Err(OpenFailure::Forged));
+        assert_eq!(key.verify(5, &attributes, b"c", &tag[..31]), Err(OpenFailure::Forged));
         let other_prefix = SigningKey::new(&secret, b"prefiy");
-        assert_eq!(other_prefix.verify(&attributes, b"c", &tag), Err(OpenFailure::Forged));
+        assert_eq!(other_prefix.verify(5, &attributes, b"c", &tag), Err(OpenFailure::Forged));
     }
 }

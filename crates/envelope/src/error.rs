@@ -45,6 +45,24 @@ pub enum OpenError {
     /// from another message.
     #[error("message failed authentication (altered, or spliced from another message)")]
     Tampered,
+    /// Sealed longer ago than the opener's maximum message age: stale, or an old message
+    /// published again.
+    #[error("sealed {age_secs} s ago, more than the {max_secs} s allowed")]
+    TooOld {
+        /// Whole seconds since the message was sealed.
+        age_secs: u64,
+        /// The opener's maximum age, in whole seconds.
+        max_secs: u64,
+    },
+    /// Sealed further ahead of this opener's clock than [`MAX_CLOCK_SKEW`]: the producer's
+    /// clock is wrong, and the message would otherwise outlive the maximum age.
+    ///
+    /// [`MAX_CLOCK_SKEW`]: crate::MAX_CLOCK_SKEW
+    #[error("sealed {ahead_secs} s in the future")]
+    SealedInFuture {
+        /// Whole seconds between this opener's clock and the seal time.
+        ahead_secs: u64,
+    },
     /// The authenticated plaintext does not parse: the producer is broken.
     #[error("sealed payload is malformed: {0}")]
     MalformedPayload(#[from] PayloadError),
@@ -67,6 +85,8 @@ impl OpenError {
             OpenError::Truncated(_) => "truncated",
             OpenError::Tampered => "tampered",
             OpenError::MalformedPayload(_) => "malformed_payload",
+            OpenError::TooOld { .. } => "too_old",
+            OpenError::SealedInFuture { .. } => "sealed_in_future",
             OpenError::Kms(error) => error.reason(),
         }
     }

@@ -22,15 +22,20 @@ pub const DEK_WRAPPED_ATTR: &str = "dek_wrapped";
 pub const SIGN_KEY_WRAPPED_ATTR: &str = "sign_key_wrapped";
 /// The HMAC-SHA256 tag (sign mode), standard base64.
 pub const SIGNATURE_ATTR: &str = "signature";
+/// When the message was sealed: decimal microseconds since the Unix epoch, strictly
+/// increasing under one data key, so that no two messages of a sealer share it.
+pub const SEALED_AT_ATTR: &str = "envelope_sealed_at";
 
 /// Prefix reserved for future envelope attributes.
 const RESERVED_PREFIX: &str = "envelope_";
 /// Prefix Pub/Sub reserves for its own client libraries.
 const PUBSUB_RESERVED_PREFIX: &str = "googclient_";
 
-/// Pub/Sub's own limits on attributes, which sealed attributes obey too so that a message
-/// can move between modes unchanged.
+/// Pub/Sub's own limits on attributes, which sealed attributes obey too.
 pub const MAX_ATTRIBUTES: usize = 100;
+/// The envelope attributes a signed message carries beside the producer's, which leave
+/// the producer [`MAX_ATTRIBUTES`] minus these in sign mode.
+pub const SIGN_ENVELOPE_ATTRIBUTES: usize = 5;
 /// Longest attribute key, in bytes.
 pub const MAX_ATTRIBUTE_KEY_LEN: usize = 256;
 /// Longest attribute value, in bytes.
@@ -76,6 +81,15 @@ impl Mode {
         }
     }
 
+    /// How many attributes of its own a producer may seal in this mode: Pub/Sub's
+    /// [`MAX_ATTRIBUTES`], less the envelope's own where they travel side by side.
+    pub fn max_producer_attributes(self) -> usize {
+        match self {
+            Mode::Encrypt => MAX_ATTRIBUTES,
+            Mode::Sign => MAX_ATTRIBUTES - SIGN_ENVELOPE_ATTRIBUTES,
+        }
+    }
+
     /// The mode's name as the command lines spell it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -101,9 +115,16 @@ pub fn is_reserved(name: &str) -> bool {
 /// Why a set of producer attributes cannot be sealed or was not sealed correctly.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AttributeError {
-    /// More than [`MAX_ATTRIBUTES`].
-    #[error("{0} attributes, more than the {MAX_ATTRIBUTES} Pub/Sub allows")]
-    TooMany(usize),
+    /// More than the mode allows ([`Mode::max_producer_attributes`]).
+    #[error("{count} attributes, more than the {max} a {mode} message can carry within Pub/Sub's {MAX_ATTRIBUTES}")]
+    TooMany {
+        /// Attributes given.
+        count: usize,
+        /// The most allowed.
+        max: usize,
+        /// The mode sealed in.
+        mode: Mode,
+    },
     /// An empty key, or one longer than [`MAX_ATTRIBUTE_KEY_LEN`].
     #[error("attribute key of {0} bytes (must be 1 to {MAX_ATTRIBUTE_KEY_LEN})")]
     BadKeyLength(usize),
@@ -115,10 +136,11 @@ pub enum AttributeError {
     Reserved(String),
 }
 
-/// Checks producer attributes against the format's rules before they are sealed.
-pub fn check_producer_attributes(attributes: &Attributes) -> Result<(), AttributeError> {
-    if attributes.len() > MAX_ATTRIBUTES {
-        return Err(AttributeError::TooMany(attributes.len()));
+/// Checks producer attributes against the format's rules before they are sealed in `mode`.
+pub fn check_producer_attributes(attributes: &Attributes, mode: Mode) -> Result<(), AttributeError> {
+    let max = mode.max_producer_attributes();
+    if attributes.len() > max {
+        return Err(AttributeError::TooMany { count: attributes.len(), max, mode });
     }
     for (key, value) in attributes {
         if key.is_empty() || key.len() > MAX_ATTRIBUTE_KEY_LEN {
@@ -159,7 +181,25 @@ fn attribute_list<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>, mut sink:
 
 /// Whether `name` is one of the envelope's own attributes.
 pub fn is_envelope_attribute(name: &str) -> bool {
-    matches!(name, VERSION_ATTR | KMS_KEY_ATTR | DEK_WRAPPED_ATTR | SIGN_KEY_WRAPPED_ATTR | SIGNATURE_ATTR)
+    matches!(
+        name,
+        VERSION_ATTR | KMS_KEY_ATTR | DEK_WRAPPED_ATTR | SIGN_KEY_WRAPPED_ATTR | SIGNATURE_ATTR | SEALED_AT_ATTR
+    )
+}
+
+/// The text of [`SEALED_AT_ATTR`] for `micros` since the Unix epoch.
+pub fn encode_sealed_at(micros: u64) -> String {
+    micros.to_string()
+}
+
+/// Parses [`SEALED_AT_ATTR`] strictly: 1 to 20 ASCII digits, no sign, no leading zero,
+/// within `u64`.
+pub fn parse_sealed_at(text: &str) -> Option<u64> {
+    let canonical = !text.is_empty()
+        && text.len() <= 20
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    canonical.then(|| text.parse().ok()).flatten()
 }
 
 /// The first part of the canonical header: the same for every message under one data
@@ -176,18 +216,23 @@ pub fn header_prefix(mode: Mode, kms_key: &str, wrapped: &str) -> Vec<u8> {
     out
 }
 
-/// Feeds the rest of the canonical header to `sink`: the list of every attribute that
-/// is not the envelope's own. In sign mode these are the producer's attributes; in
-/// encrypt mode the list is empty.
-pub fn header_attributes(attributes: &Attributes, sink: impl FnMut(&[u8])) {
+/// Feeds the rest of the canonical header to `sink`: the seal time, then the list of
+/// every attribute that is not the envelope's own. In sign mode these are the
+/// producer's attributes; in encrypt mode the list is empty.
+///
+/// `u64(sealed_at) || u32(n) || lp(key_1) || lp(value_1) || ...`
+pub fn header_rest(sealed_at: u64, attributes: &Attributes, mut sink: impl FnMut(&[u8])) {
+    sink(&sealed_at.to_be_bytes());
     let covered = attributes.iter().filter(|(k, _)| !is_envelope_attribute(k));
     attribute_list(covered.map(|(k, v)| (k.as_str(), v.as_str())), sink);
 }
 
-/// The whole canonical header of an encrypted message: its AEAD associated data.
-pub fn encrypt_header(kms_key: &str, wrapped: &str) -> Vec<u8> {
-    let mut header = header_prefix(Mode::Encrypt, kms_key, wrapped);
-    header_attributes(&Attributes::new(), |chunk| header.extend_from_slice(chunk));
+/// The whole canonical header of an encrypted message, its AEAD associated data, from
+/// the key's [`header_prefix`].
+pub fn encrypt_header(prefix: &[u8], sealed_at: u64) -> Vec<u8> {
+    let mut header = Vec::with_capacity(prefix.len() + 12);
+    header.extend_from_slice(prefix);
+    header_rest(sealed_at, &Attributes::new(), |chunk| header.extend_from_slice(chunk));
     header
 }
 
@@ -226,7 +271,7 @@ pub fn decode_sealed_plaintext(plaintext: &[u8]) -> Result<(Attributes, usize), 
     let mut reader = Reader { bytes: plaintext, pos: 0 };
     let count = reader.u32()? as usize;
     if count > MAX_ATTRIBUTES {
-        return Err(AttributeError::TooMany(count).into());
+        return Err(AttributeError::TooMany { count, max: MAX_ATTRIBUTES, mode: Mode::Encrypt }.into());
     }
     let mut attributes = Attributes::with_capacity(count);
     for _ in 0..count {
@@ -237,7 +282,7 @@ pub fn decode_sealed_plaintext(plaintext: &[u8]) -> Result<(Attributes, usize), 
         }
         attributes.insert(key, value);
     }
-    check_producer_attributes(&attributes)?;
+    check_producer_attributes(&attributes, Mode::Encrypt)?;
     Ok((attributes, reader.pos))
 }
 
@@ -300,7 +345,7 @@ mod tests {
 
     fn header(mode: Mode, attributes: &Attributes) -> Vec<u8> {
         let mut out = header_prefix(mode, &attributes[KMS_KEY_ATTR], &attributes[mode.wrapped_key_attr()]);
-        header_attributes(attributes, |chunk| out.extend_from_slice(chunk));
+        header_rest(7, attributes, |chunk| out.extend_from_slice(chunk));
         out
     }
 
@@ -315,7 +360,7 @@ mod tests {
     #[test]
     fn header_is_independent_of_insertion_order_and_ignores_signature() {
         let a = envelope(Mode::Sign, &[("b", "2"), ("a", "1")]);
-        let b = envelope(Mode::Sign, &[("a", "1"), ("b", "2"), (SIGNATURE_ATTR, "x")]);
+        let b = envelope(Mode::Sign, &[("a", "1"), ("b", "2"), (SIGNATURE_ATTR, "x"), (SEALED_AT_ATTR, "9")]);
         assert_eq!(header(Mode::Sign, &a), header(Mode::Sign, &b));
     }
 
@@ -332,13 +377,14 @@ mod tests {
     fn header_bytes_are_as_documented() {
         let mut want = b"pubsub-envelope/v1\0".to_vec();
         want.extend_from_slice(&[2, 0, 0, 0, 1, b'k', 0, 0, 0, 1, b'w']);
+        want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 1, 0]);
         want.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, b'a', 0, 0, 0, 2, b'v', b'v']);
         let mut got = header_prefix(Mode::Sign, "k", "w");
-        header_attributes(&attrs(&[("a", "vv"), (VERSION_ATTR, "1")]), |chunk| got.extend_from_slice(chunk));
+        header_rest(256, &attrs(&[("a", "vv"), (VERSION_ATTR, "1")]), |chunk| got.extend_from_slice(chunk));
         assert_eq!(got, want);
         let mut encrypt = b"pubsub-envelope/v1\0".to_vec();
-        encrypt.extend_from_slice(&[1, 0, 0, 0, 1, b'k', 0, 0, 0, 1, b'w', 0, 0, 0, 0]);
-        assert_eq!(encrypt_header("k", "w"), encrypt);
+        encrypt.extend_from_slice(&[1, 0, 0, 0, 1, b'k', 0, 0, 0, 1, b'w', 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]);
+        assert_eq!(encrypt_header(&header_prefix(Mode::Encrypt, "k", "w"), 1), encrypt);
     }
 
     #[test]
@@ -363,16 +409,21 @@ mod tests {
 
     #[test]
     fn producer_attributes_are_checked() {
-        assert_eq!(
-            check_producer_attributes(&attrs(&[(KMS_KEY_ATTR, "x")])),
-            Err(AttributeError::Reserved(KMS_KEY_ATTR.into()))
-        );
-        assert!(check_producer_attributes(&attrs(&[("envelope_x", "x")])).is_err());
-        assert!(check_producer_attributes(&attrs(&[("", "x")])).is_err());
+        let check = |attributes: &Attributes| check_producer_attributes(attributes, Mode::Encrypt);
+        assert_eq!(check(&attrs(&[(KMS_KEY_ATTR, "x")])), Err(AttributeError::Reserved(KMS_KEY_ATTR.into())));
+        assert!(check(&attrs(&[("envelope_x", "x")])).is_err());
+        assert!(check(&attrs(&[("", "x")])).is_err());
         let long = "v".repeat(MAX_ATTRIBUTE_VALUE_LEN + 1);
-        assert!(check_producer_attributes(&attrs(&[("k", &long)])).is_err());
-        let many: Attributes = (0..=MAX_ATTRIBUTES).map(|i| (format!("k{i}"), String::new())).collect();
-        assert_eq!(check_producer_attributes(&many), Err(AttributeError::TooMany(101)));
+        assert!(check(&attrs(&[("k", &long)])).is_err());
+        let many = |n: usize| -> Attributes { (0..n).map(|i| (format!("k{i}"), String::new())).collect() };
+        assert!(check(&many(MAX_ATTRIBUTES)).is_ok());
+        assert_eq!(
+            check(&many(MAX_ATTRIBUTES + 1)),
+            Err(AttributeError::TooMany { count: 101, max: 100, mode: Mode::Encrypt })
+        );
+        // Signed, they travel beside the envelope's own and all must fit Pub/Sub's 100.
+        assert!(check_producer_attributes(&many(95), Mode::Sign).is_ok());
+        assert!(check_producer_attributes(&many(96), Mode::Sign).is_err());
     }
 
     #[test]
@@ -383,6 +434,16 @@ mod tests {
         assert_eq!(decode_base64_into(&encode_base64(&[7; 31]), &mut out), Some(31));
         assert_eq!(decode_base64_into(&encode_base64(&[7; 33]), &mut out), None);
         assert_eq!(decode_base64_into("AAF=", &mut out), None);
+    }
+
+    #[test]
+    fn sealed_at_is_strict() {
+        assert_eq!(parse_sealed_at("1764338830123456"), Some(1_764_338_830_123_456));
+        assert_eq!(parse_sealed_at("0"), Some(0));
+        assert_eq!(parse_sealed_at(&encode_sealed_at(u64::MAX)), Some(u64::MAX));
+        for bad in ["", "01", "+1", "-1", " 1", "1.5", "18446744073709551616", "1e6", "\u{0661}"] {
+            assert_eq!(parse_sealed_at(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

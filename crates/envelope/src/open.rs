@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use moka::future::Cache;
 
 use crate::DEFAULT_TENANT_ID;
+use crate::clock::{Clock, SystemClock};
 use crate::crypto::{EncryptionKey, OpenFailure, SigningKey};
 use crate::error::OpenError;
 use crate::format::{self, Attributes, Mode};
@@ -31,6 +32,10 @@ impl Default for CacheSettings {
     }
 }
 
+/// How far ahead of an opener's clock a seal time may be when a maximum message age is
+/// set; beyond it the message is refused ([`OpenError::SealedInFuture`]).
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
+
 /// A message that opened: authenticated and, in encrypt mode, decrypted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Opened {
@@ -38,6 +43,13 @@ pub struct Opened {
     pub mode: Mode,
     /// The KMS key its data key was wrapped under.
     pub kms_key: KeyName,
+    /// When the producer sealed it (authenticated).
+    pub sealed_at: SystemTime,
+    /// The first 16 bytes of the message's authentication tag: the same for every copy
+    /// of one sealed message (a redelivery, or a replay published again by anyone) and,
+    /// since each message of a sealer has its own seal time or nonce, different for any
+    /// two messages sealed. What deduplication keys on.
+    pub fingerprint: [u8; 16],
     /// The producer's data.
     pub data: Bytes,
     /// The producer's own attributes, restored; no envelope attribute is left.
@@ -51,6 +63,8 @@ pub struct OpenerBuilder {
     trusted: TrustedKeys,
     modes: Vec<Mode>,
     cache: CacheSettings,
+    max_age: Option<Duration>,
+    clock: Arc<dyn Clock>,
 }
 
 impl OpenerBuilder {
@@ -78,6 +92,19 @@ impl OpenerBuilder {
         self
     }
 
+    /// Refuses messages sealed longer ago than `max_age` ([`OpenError::TooOld`]), or
+    /// more than [`MAX_CLOCK_SKEW`] in the future. No limit by default.
+    pub fn max_age(mut self, max_age: Option<Duration>) -> Self {
+        self.max_age = max_age;
+        self
+    }
+
+    /// Replaces the system clock that message ages are measured by, for tests.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Builds the opener.
     pub fn build(self) -> Opener {
         Opener {
@@ -85,6 +112,8 @@ impl OpenerBuilder {
             tenant_id: self.tenant_id,
             trusted: self.trusted,
             modes: self.modes,
+            max_age: self.max_age,
+            clock: self.clock,
             encryption_keys: new_cache(self.cache),
             signing_keys: new_cache(self.cache),
             hits: AtomicU64::new(0),
@@ -110,6 +139,8 @@ pub struct Opener {
     tenant_id: String,
     trusted: TrustedKeys,
     modes: Vec<Mode>,
+    max_age: Option<Duration>,
+    clock: Arc<dyn Clock>,
     encryption_keys: KeyCache<EncryptionKey>,
     signing_keys: KeyCache<SigningKey>,
     hits: AtomicU64,
@@ -131,9 +162,9 @@ type KeyCache<T> = Cache<String, Arc<CachedKey<T>>>;
 struct CachedKey<T> {
     key: T,
     kms_key: KeyName,
-    /// The whole canonical header in encrypt mode, where it depends only on the
-    /// envelope attributes that make up the cache key; empty in sign mode.
-    header: Vec<u8>,
+    /// The canonical header's prefix in encrypt mode; empty in sign mode, where the
+    /// signing key has absorbed it.
+    prefix: Vec<u8>,
 }
 
 impl Opener {
@@ -150,48 +181,71 @@ impl Opener {
             trusted: TrustedKeys::any(),
             modes: vec![Mode::Encrypt, Mode::Sign],
             cache: CacheSettings::default(),
+            max_age: None,
+            clock: Arc::new(SystemClock),
         }
     }
 
     /// Authenticates and opens one message.
     ///
     /// Every check that needs no key runs before the KMS is asked for one, so malformed
-    /// messages cost no KMS call.
+    /// messages cost no KMS call. The age is checked after authentication, since only
+    /// then is the seal time known to be the producer's.
     pub async fn open(&self, data: &Bytes, attributes: &Attributes) -> Result<Opened, OpenError> {
         let envelope = Envelope::parse(attributes)?;
         if !self.modes.contains(&envelope.mode) {
             return Err(OpenError::ModeNotAccepted(envelope.mode));
         }
+        let opened = self.authenticate(&envelope, data, attributes).await?;
+        if let Some(max_age) = self.max_age {
+            check_age(opened.sealed_at, self.clock.wall(), max_age)?;
+        }
+        Ok(opened)
+    }
+
+    async fn authenticate(
+        &self,
+        envelope: &Envelope<'_>,
+        data: &Bytes,
+        attributes: &Attributes,
+    ) -> Result<Opened, OpenError> {
+        let sealed_at = UNIX_EPOCH + Duration::from_micros(envelope.sealed_at);
         match envelope.mode {
             Mode::Encrypt => {
                 if data.len() < format::ENCRYPT_OVERHEAD + 4 {
                     return Err(OpenError::Truncated(data.len()));
                 }
                 let cached = self
-                    .data_key(&self.encryption_keys, &envelope, |secret| {
-                        (EncryptionKey::derive(secret), format::encrypt_header(envelope.kms_key, envelope.wrapped))
+                    .data_key(&self.encryption_keys, envelope, |secret| {
+                        let prefix = format::header_prefix(Mode::Encrypt, envelope.kms_key, envelope.wrapped);
+                        (EncryptionKey::derive(secret), prefix)
                     })
                     .await?;
-                let plaintext = cached.key.open(&cached.header, data).map_err(|failure| match failure {
+                let header = format::encrypt_header(&cached.prefix, envelope.sealed_at);
+                let plaintext = cached.key.open(&header, data).map_err(|failure| match failure {
                     OpenFailure::Truncated => OpenError::Truncated(data.len()),
                     OpenFailure::Forged => OpenError::Tampered,
                 })?;
                 let (restored, offset) = format::decode_sealed_plaintext(&plaintext)?;
+                let tag = &data[data.len() - format::TAG_LEN..];
                 Ok(Opened {
                     mode: envelope.mode,
                     kms_key: cached.kms_key.clone(),
+                    sealed_at,
+                    fingerprint: tag.try_into().expect("a 16-byte tag"),
                     data: Bytes::from(plaintext).slice(offset..),
                     attributes: restored,
                 })
             }
             Mode::Sign => {
                 let cached = self
-                    .data_key(&self.signing_keys, &envelope, |secret| {
+                    .data_key(&self.signing_keys, envelope, |secret| {
                         let prefix = format::header_prefix(Mode::Sign, envelope.kms_key, envelope.wrapped);
                         (SigningKey::new(secret, &prefix), Vec::new())
                     })
                     .await?;
-                cached.key.verify(attributes, data, &envelope.signature).map_err(|_| OpenError::Tampered)?;
+                let signature = &envelope.signature;
+                cached.key.verify(envelope.sealed_at, attributes, data, signature).map_err(|_| OpenError::Tampered)?;
                 let restored = attributes
                     .iter()
                     .filter(|(name, _)| !format::is_envelope_attribute(name))
@@ -200,6 +254,8 @@ impl Opener {
                 Ok(Opened {
                     mode: envelope.mode,
                     kms_key: cached.kms_key.clone(),
+                    sealed_at,
+                    fingerprint: signature[..16].try_into().expect("a 32-byte signature"),
                     data: data.clone(),
                     attributes: restored,
                 })
@@ -251,8 +307,21 @@ impl Opener {
         }
         let secret = self.kms.unwrap(&kms_key, &wrapped, self.tenant_id.as_bytes()).await?;
         tracing::debug!(%kms_key, mode = %envelope.mode, "unwrapped a data key");
-        let (key, header) = prepare(&secret);
-        Ok(Arc::new(CachedKey { key, kms_key, header }))
+        let (key, prefix) = prepare(&secret);
+        Ok(Arc::new(CachedKey { key, kms_key, prefix }))
+    }
+}
+
+/// Refuses a message sealed more than `max_age` before `now`, or more than
+/// [`MAX_CLOCK_SKEW`] after it.
+fn check_age(sealed_at: SystemTime, now: SystemTime, max_age: Duration) -> Result<(), OpenError> {
+    match now.duration_since(sealed_at) {
+        Ok(age) if age > max_age => Err(OpenError::TooOld { age_secs: age.as_secs(), max_secs: max_age.as_secs() }),
+        Ok(_) => Ok(()),
+        Err(ahead) if ahead.duration() > MAX_CLOCK_SKEW => {
+            Err(OpenError::SealedInFuture { ahead_secs: ahead.duration().as_secs() })
+        }
+        Err(_) => Ok(()),
     }
 }
 
@@ -261,6 +330,8 @@ struct Envelope<'a> {
     mode: Mode,
     kms_key: &'a str,
     wrapped: &'a str,
+    /// Microseconds since the Unix epoch.
+    sealed_at: u64,
     signature: [u8; format::SIGNATURE_LEN],
 }
 
@@ -285,10 +356,17 @@ impl<'a> Envelope<'a> {
         };
         let kms_key = required(format::KMS_KEY_ATTR)?;
         let wrapped = required(mode.wrapped_key_attr())?;
+        let sealed_at = format::parse_sealed_at(required(format::SEALED_AT_ATTR)?).ok_or_else(|| {
+            OpenError::GarbledAttribute {
+                name: format::SEALED_AT_ATTR,
+                why: "not a decimal count of microseconds".into(),
+            }
+        })?;
         let mut signature = [0; format::SIGNATURE_LEN];
         match mode {
             Mode::Encrypt => {
-                let envelope_attrs = [format::VERSION_ATTR, format::KMS_KEY_ATTR, format::DEK_WRAPPED_ATTR];
+                let envelope_attrs =
+                    [format::VERSION_ATTR, format::KMS_KEY_ATTR, format::DEK_WRAPPED_ATTR, format::SEALED_AT_ATTR];
                 if let Some(extra) = attributes.keys().find(|name| !envelope_attrs.contains(&name.as_str())) {
                     return Err(OpenError::UnexpectedAttribute(extra.clone()));
                 }
@@ -310,6 +388,6 @@ impl<'a> Envelope<'a> {
                 }
             }
         }
-        Ok(Self { mode, kms_key, wrapped, signature })
+        Ok(Self { mode, kms_key, wrapped, sealed_at, signature })
     }
 }

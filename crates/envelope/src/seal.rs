@@ -1,7 +1,7 @@
 //! The producer side: data keys that rotate, wrapped once per rotation.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
@@ -46,8 +46,8 @@ pub struct Sealed {
 }
 
 enum DataKeyUse {
-    /// The AEAD key and the whole canonical header, which in encrypt mode is the same for
-    /// every message under the key.
+    /// The AEAD key and the canonical header's prefix, the same for every message under
+    /// the key.
     Encrypt(EncryptionKey, Vec<u8>),
     Sign(SigningKey),
 }
@@ -60,6 +60,8 @@ struct DataKey {
     created: Instant,
     messages: u64,
     bytes: u64,
+    /// The seal time of the last message, which the next one must exceed.
+    last_sealed_at: u64,
 }
 
 /// Seals messages for one tenant under one KMS key, in one mode.
@@ -114,7 +116,7 @@ impl Sealer {
     /// Calls KMS only when the current data key must be replaced; a KMS failure leaves
     /// the sealer unchanged, so the call can be retried.
     pub async fn seal(&mut self, data: Bytes, attributes: Attributes) -> Result<Sealed, SealError> {
-        format::check_producer_attributes(&attributes)?;
+        format::check_producer_attributes(&attributes, self.mode)?;
         let now = self.clock.now();
         let size = data.len() as u64;
         if self.current.as_ref().is_none_or(|key| self.is_spent(key, now, size)) {
@@ -124,6 +126,9 @@ impl Sealer {
         let key = self.current.as_mut().expect("a data key was just ensured");
         key.messages += 1;
         key.bytes += size;
+        // Strictly increasing even if the wall clock stalls or steps back, so that every
+        // message under one key is unique and an opener can tell a copy from a new one.
+        key.last_sealed_at = micros_since_epoch(self.clock.wall()).max(key.last_sealed_at + 1);
         Ok(seal_with(key, data, attributes))
     }
 
@@ -138,13 +143,10 @@ impl Sealer {
         let wrapped = self.kms.wrap(&self.key_name, &secret, self.tenant_id.as_bytes()).await?;
         let kms_key = self.key_name.to_string();
         let wrapped = format::encode_base64(&wrapped);
+        let prefix = format::header_prefix(self.mode, &kms_key, &wrapped);
         let usage = match self.mode {
-            Mode::Encrypt => {
-                DataKeyUse::Encrypt(EncryptionKey::derive(&secret), format::encrypt_header(&kms_key, &wrapped))
-            }
-            Mode::Sign => {
-                DataKeyUse::Sign(SigningKey::new(&secret, &format::header_prefix(Mode::Sign, &kms_key, &wrapped)))
-            }
+            Mode::Encrypt => DataKeyUse::Encrypt(EncryptionKey::derive(&secret), prefix),
+            Mode::Sign => DataKeyUse::Sign(SigningKey::new(&secret, &prefix)),
         };
         tracing::debug!(%kms_key, mode = %self.mode, "made a new data key");
         let envelope = [
@@ -152,25 +154,33 @@ impl Sealer {
             (format::KMS_KEY_ATTR, kms_key),
             (self.mode.wrapped_key_attr(), wrapped),
         ];
-        Ok(DataKey { usage, envelope, created: now, messages: 0, bytes: 0 })
+        Ok(DataKey { usage, envelope, created: now, messages: 0, bytes: 0, last_sealed_at: 0 })
     }
 }
 
+fn micros_since_epoch(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |since| u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
+}
+
 fn seal_with(key: &DataKey, data: Bytes, producer_attributes: Attributes) -> Sealed {
-    let envelope = || key.envelope.iter().map(|(name, value)| ((*name).to_owned(), value.clone()));
+    let sealed_at = key.last_sealed_at;
+    let envelope = || {
+        let sealed_at = (format::SEALED_AT_ATTR.to_owned(), format::encode_sealed_at(sealed_at));
+        key.envelope.iter().map(|(name, value)| ((*name).to_owned(), value.clone())).chain([sealed_at])
+    };
     match &key.usage {
-        DataKeyUse::Encrypt(aead, header) => {
+        DataKeyUse::Encrypt(aead, prefix) => {
             let plaintext_len = format::sealed_plaintext_len(&data, &producer_attributes);
             let mut payload = Vec::with_capacity(crypto::PREFIX + plaintext_len + format::TAG_LEN);
             payload.resize(crypto::PREFIX, 0);
             format::put_sealed_plaintext(&mut payload, &data, &producer_attributes);
-            aead.seal_in_place(header, &mut payload);
+            aead.seal_in_place(&format::encrypt_header(prefix, sealed_at), &mut payload);
             Sealed { data: payload.into(), attributes: envelope().collect() }
         }
         DataKeyUse::Sign(mac) => {
-            let signature = format::encode_base64(&mac.sign(&producer_attributes, &data));
+            let signature = format::encode_base64(&mac.sign(sealed_at, &producer_attributes, &data));
             let mut attributes = producer_attributes;
-            attributes.reserve(key.envelope.len() + 1);
+            attributes.reserve(key.envelope.len() + 2);
             attributes.extend(envelope());
             attributes.insert(format::SIGNATURE_ATTR.to_owned(), signature);
             Sealed { data, attributes }

@@ -4,7 +4,7 @@ mod common;
 
 use bytes::Bytes;
 use common::{Fixture, TENANT_1_KEY, attrs};
-use envelope::format::{DEK_WRAPPED_ATTR, ENCRYPT_OVERHEAD, KMS_KEY_ATTR, SIGNATURE_ATTR, VERSION_ATTR};
+use envelope::format::{DEK_WRAPPED_ATTR, ENCRYPT_OVERHEAD, KMS_KEY_ATTR, SEALED_AT_ATTR, SIGNATURE_ATTR, VERSION_ATTR};
 use envelope::{Attributes, Mode, OpenError};
 use proptest::prelude::*;
 
@@ -38,7 +38,7 @@ async fn encrypt_hides_data_and_attributes() {
     let sealed = sealer.seal(Bytes::from_static(b"plain words here"), attributes).await.unwrap();
     let mut visible: Vec<&str> = sealed.attributes.keys().map(String::as_str).collect();
     visible.sort_unstable();
-    assert_eq!(visible, [DEK_WRAPPED_ATTR, VERSION_ATTR, KMS_KEY_ATTR]);
+    assert_eq!(visible, [DEK_WRAPPED_ATTR, SEALED_AT_ATTR, VERSION_ATTR, KMS_KEY_ATTR]);
     let text = String::from_utf8_lossy(&sealed.data);
     assert!(!text.contains("plain words") && !text.contains("acme"), "{text}");
     assert_eq!(sealed.data.len(), ENCRYPT_OVERHEAD + 4 + (8 + 8 + 21) + 16);
@@ -93,4 +93,21 @@ proptest! {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
             .block_on(round_trip(mode, &data, &attributes));
     }
+}
+
+#[tokio::test]
+async fn the_most_attributes_a_mode_allows_fit_pubsubs_limit() {
+    let fixture = Fixture::new();
+    for mode in [Mode::Encrypt, Mode::Sign] {
+        let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", mode);
+        let max = mode.max_producer_attributes();
+        let many = |n: usize| -> Attributes { (0..n).map(|i| (format!("k{i}"), "v".to_owned())).collect() };
+        let sealed = sealer.seal(Bytes::new(), many(max)).await.unwrap();
+        assert!(sealed.attributes.len() <= envelope::format::MAX_ATTRIBUTES, "{mode}: {}", sealed.attributes.len());
+        let opened = fixture.opener("tenant-1").open(&sealed.data, &sealed.attributes).await.unwrap();
+        assert_eq!(opened.attributes, many(max));
+        let error = sealer.seal(Bytes::new(), many(max + 1)).await.unwrap_err();
+        assert!(error.to_string().contains(&format!("more than the {max}")), "{error}");
+    }
+    assert_eq!(Mode::Sign.max_producer_attributes(), 95);
 }

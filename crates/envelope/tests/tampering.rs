@@ -4,7 +4,9 @@ mod common;
 
 use bytes::Bytes;
 use common::{Fixture, TENANT_1_KEY, TENANT_2_KEY, attrs};
-use envelope::format::{DEK_WRAPPED_ATTR, KMS_KEY_ATTR, SIGN_KEY_WRAPPED_ATTR, SIGNATURE_ATTR, VERSION_ATTR};
+use envelope::format::{
+    DEK_WRAPPED_ATTR, KMS_KEY_ATTR, SEALED_AT_ATTR, SIGN_KEY_WRAPPED_ATTR, SIGNATURE_ATTR, VERSION_ATTR,
+};
 use envelope::{Attributes, Mode, OpenError, Sealed};
 
 const WORDS: &[u8] = b"the quick brown fox jumps over the lazy dog";
@@ -76,6 +78,8 @@ async fn flipping_any_byte_of_any_envelope_attribute_fails() {
                     // this keyring does not hold.
                     KMS_KEY_ATTR => &["garbled_attribute", "kms_key_not_found"],
                     DEK_WRAPPED_ATTR | SIGN_KEY_WRAPPED_ATTR => &["unwrap_rejected"],
+                    // A first digit of 1 becomes a leading 0.
+                    SEALED_AT_ATTR if index == 0 => &["garbled_attribute"],
                     _ => &["tampered"],
                 };
                 assert!(expected.contains(&error.reason()), "{mode} {name}[{index}]: {error}");
@@ -94,9 +98,8 @@ async fn dropping_any_attribute_fails_with_its_reason() {
             attributes.remove(name);
             let error = open_error(&fixture, message.data.clone(), &attributes).await;
             let expected = match name.as_str() {
-                VERSION_ATTR | KMS_KEY_ATTR | DEK_WRAPPED_ATTR | SIGN_KEY_WRAPPED_ATTR | SIGNATURE_ATTR => {
-                    "missing_attribute"
-                }
+                VERSION_ATTR | KMS_KEY_ATTR | DEK_WRAPPED_ATTR | SIGN_KEY_WRAPPED_ATTR | SIGNATURE_ATTR
+                | SEALED_AT_ATTR => "missing_attribute",
                 _ => "tampered",
             };
             assert_eq!(error.reason(), expected, "{mode} without {name}: {error}");
@@ -146,9 +149,11 @@ async fn ciphertext_or_signature_spliced_under_other_attributes_fails() {
     let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", Mode::Encrypt);
     let first = sealer.seal(Bytes::from_static(b"first"), Attributes::new()).await.unwrap();
     let second = sealer.seal(Bytes::from_static(b"second"), Attributes::new()).await.unwrap();
-    // Same data key, so the envelope attributes are identical: splicing is undetectable
-    // only because it changes nothing. Under a different data key it must fail.
-    assert_eq!(first.attributes, second.attributes);
+    // Same data key, but every message has its own seal time, which the ciphertext is
+    // bound to: a ciphertext moves neither to another message nor to another key.
+    assert_eq!(first.attributes[DEK_WRAPPED_ATTR], second.attributes[DEK_WRAPPED_ATTR]);
+    let error = open_error(&fixture, first.data.clone(), &second.attributes).await;
+    assert_eq!(error.reason(), "tampered");
     let other_key = sealed(&fixture, TENANT_1_KEY, "tenant-1", Mode::Encrypt).await;
     let error = open_error(&fixture, first.data.clone(), &other_key.attributes).await;
     assert_eq!(error.reason(), "tampered");
@@ -178,6 +183,8 @@ async fn garbled_envelopes_name_what_is_wrong() {
         (with(SIGNATURE_ATTR, "AAAA"), "garbled_attribute"),
         (with(KMS_KEY_ATTR, "projects/x"), "garbled_attribute"),
         (with(DEK_WRAPPED_ATTR, "AAAA"), "garbled_attribute"),
+        (with(SEALED_AT_ATTR, "-5"), "garbled_attribute"),
+        (with(SEALED_AT_ATTR, "99999999999999999999"), "garbled_attribute"),
         (with("envelope_extra", "x"), "unexpected_attribute"),
         (with("googclient_x", "x"), "unexpected_attribute"),
     ];

@@ -26,7 +26,7 @@ use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::ShutdownToken;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use tokio::task::JoinSet;
-use wordcount::{Pane, Windows};
+use wordcount::{Fingerprint, Pane, Windows};
 
 /// Output attribute: the window's start, RFC 3339.
 pub const WINDOW_START_ATTR: &str = "window_start";
@@ -71,16 +71,29 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How often ready panes are looked for.
 const TICK: Duration = Duration::from_millis(100);
 
+/// What the pipeline counts of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Text {
+    /// The message's data, authenticated and decrypted.
+    pub data: Bytes,
+    /// Equal for every copy of the message, so that copies in one pane count once.
+    pub fingerprint: Fingerprint,
+}
+
 /// How the pipeline gets at a message's text: [`Opener`] in the product; the
 /// benchmark's plaintext floor passes the data through untouched.
 pub trait Open: Send + Sync {
-    /// The message's data once authenticated (and decrypted), or why it cannot be.
-    fn open(&self, message: &Message) -> impl Future<Output = Result<Bytes, OpenError>> + Send;
+    /// The message's text once authenticated (and decrypted), or why it cannot be.
+    fn open(&self, message: &Message) -> impl Future<Output = Result<Text, OpenError>> + Send;
 }
 
+/// Fingerprints by the envelope's authentication tag rather than Pub/Sub's message id:
+/// a redelivery keeps both, but a copy published again (a replay) gets a new message
+/// id and keeps its tag.
 impl Open for Opener {
-    async fn open(&self, message: &Message) -> Result<Bytes, OpenError> {
-        Ok(Opener::open(self, &message.data, &message.attributes).await?.data)
+    async fn open(&self, message: &Message) -> Result<Text, OpenError> {
+        let opened = Opener::open(self, &message.data, &message.attributes).await?;
+        Ok(Text { data: opened.data, fingerprint: opened.fingerprint })
     }
 }
 
@@ -247,12 +260,12 @@ async fn handle(
     handler: Handler,
     metrics: &Arc<Metrics>,
 ) -> Outcome {
-    let message_id = message.message_id.clone();
+    let message_id = &message.message_id;
     match opener.open(&message).await {
-        Ok(data) => match std::str::from_utf8(&data) {
+        Ok(opened) => match std::str::from_utf8(&opened.data) {
             Ok(text) => {
                 let published = publish_time(&message);
-                match windows.add(published, &message_id, text, handler, SystemTime::now()) {
+                match windows.add(published, opened.fingerprint, text, handler, SystemTime::now()) {
                     wordcount::Added::Counted => Outcome::Counted,
                     wordcount::Added::Duplicate => Outcome::Duplicate,
                 }

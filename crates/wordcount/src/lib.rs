@@ -63,7 +63,7 @@ impl Window {
 struct OpenPane<H> {
     number: u32,
     counts: HashMap<String, u64>,
-    message_ids: HashSet<String>,
+    fingerprints: HashSet<Fingerprint>,
     holds: Vec<H>,
     ready_at: SystemTime,
 }
@@ -81,13 +81,17 @@ pub struct Pane<H> {
     pub holds: Vec<H>,
 }
 
+/// What tells one message from another: equal for copies of one message (a redelivery,
+/// a replay), different for any two distinct messages.
+pub type Fingerprint = [u8; 16];
+
 /// Whether a message was counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Added {
     /// Its words were counted.
     Counted,
-    /// Its message id was already counted in the same open pane (a redelivery): held,
-    /// not counted again.
+    /// A copy of it was already counted in the same open pane (a redelivery, or a
+    /// replay): held, not counted again.
     Duplicate,
 }
 
@@ -113,19 +117,19 @@ impl<H> Windows<H> {
     }
 
     /// Counts the words of `text`, published at `published`, into its window's open pane.
-    pub fn add(&mut self, published: SystemTime, message_id: &str, text: &str, hold: H, now: SystemTime) -> Added {
+    pub fn add(&mut self, published: SystemTime, id: Fingerprint, text: &str, hold: H, now: SystemTime) -> Added {
         let window = Window::containing(published, self.size);
         let (grace, settle) = (self.grace, self.settle);
         let next_pane = &self.next_pane;
         let pane = self.open.entry(window).or_insert_with(|| OpenPane {
             number: next_pane.get(&window).copied().unwrap_or(0),
             counts: HashMap::new(),
-            message_ids: HashSet::new(),
+            fingerprints: HashSet::new(),
             holds: Vec::new(),
             ready_at: (window.end() + grace).max(now + settle),
         });
         pane.holds.push(hold);
-        if !pane.message_ids.insert(message_id.to_owned()) {
+        if !pane.fingerprints.insert(id) {
             return Added::Duplicate;
         }
         for word in words(text) {
@@ -182,6 +186,10 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(secs)
     }
 
+    fn id(tag: u8) -> Fingerprint {
+        [tag; 16]
+    }
+
     fn windows() -> Windows<u32> {
         Windows::new(SIZE, Duration::from_millis(500), Duration::from_secs(1))
     }
@@ -210,9 +218,9 @@ mod tests {
     #[test]
     fn counts_per_window_and_emits_after_the_end() {
         let mut windows = windows();
-        windows.add(at(1_000_005), "1", "a b a", 1, at(1_000_005));
-        windows.add(at(1_000_019), "2", "b", 2, at(1_000_019));
-        windows.add(at(1_000_020), "3", "c", 3, at(1_000_020));
+        windows.add(at(1_000_005), id(b'1'), "a b a", 1, at(1_000_005));
+        windows.add(at(1_000_019), id(b'2'), "b", 2, at(1_000_019));
+        windows.add(at(1_000_020), id(b'3'), "c", 3, at(1_000_020));
         assert!(windows.take_ready(at(1_000_020)).is_empty(), "inside the grace period");
         let panes = windows.take_ready(at(1_000_021));
         assert_eq!(panes.len(), 1);
@@ -225,9 +233,9 @@ mod tests {
     #[test]
     fn late_data_opens_a_further_pane_and_nothing_is_dropped() {
         let mut windows = windows();
-        windows.add(at(1_000_005), "1", "x", 1, at(1_000_005));
+        windows.add(at(1_000_005), id(b'1'), "x", 1, at(1_000_005));
         assert_eq!(windows.take_ready(at(1_000_030)).len(), 1);
-        windows.add(at(1_000_006), "2", "x y", 2, at(1_000_031));
+        windows.add(at(1_000_006), id(b'2'), "x y", 2, at(1_000_031));
         assert!(windows.take_ready(at(1_000_031)).is_empty(), "a late pane settles first");
         let late = windows.take_ready(at(1_000_032));
         assert_eq!(late.len(), 1);
@@ -238,8 +246,8 @@ mod tests {
     #[test]
     fn redelivered_messages_are_held_but_counted_once() {
         let mut windows = windows();
-        assert_eq!(windows.add(at(1_000_005), "m", "w", 1, at(1_000_005)), Added::Counted);
-        assert_eq!(windows.add(at(1_000_005), "m", "w", 2, at(1_000_006)), Added::Duplicate);
+        assert_eq!(windows.add(at(1_000_005), id(b'm'), "w", 1, at(1_000_005)), Added::Counted);
+        assert_eq!(windows.add(at(1_000_005), id(b'm'), "w", 2, at(1_000_006)), Added::Duplicate);
         let panes = windows.take_all();
         assert_eq!(panes[0].counts, [("w".to_owned(), 1)]);
         assert_eq!(panes[0].holds, [1, 2], "both deliveries are acked with the pane");
