@@ -143,6 +143,6 @@ async fn main() -> anyhow::Result<()> {
     pubsub.ensure_topic(&config.output_topic).await?;
     pubsub.ensure_topic(&config.dead_letter_topic).await?;
     pipeline::run(&pubsub, opener, config, metrics, bus::shutdown_signal()).await?;
-    tracing::info!(kms_calls = kms.unwraps(), "KMS calls made");
+    tracing::info!(kms_calls = kms.calls(), "KMS calls made");
     Ok(())
 }

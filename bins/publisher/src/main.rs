@@ -282,7 +282,7 @@ async fn publish(cli: Cli) -> anyhow::Result<()> {
     progress.finish_and_clear();
     tracing::info!(
         data_keys = sealer.data_keys_made(),
-        kms_calls = kms.wraps(),
+        kms_calls = kms.calls(),
         published = sent - failed,
         failed,
         "done"

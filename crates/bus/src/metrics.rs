@@ -117,7 +117,7 @@ impl Collector for EnvelopeCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let cache = self.opener.cache_stats();
         let counters = [
-            ("kms_calls", "Calls to the KMS (unwraps of data keys)", self.kms.unwraps() + self.kms.wraps()),
+            ("kms_calls", "Calls to the KMS (wraps, unwraps, signs, public-key fetches)", self.kms.calls()),
             ("key_cache_hits", "Opens that found their data key cached", cache.hits),
             ("key_cache_misses", "Opens that had to unwrap their data key", cache.misses),
         ];

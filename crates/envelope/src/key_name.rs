@@ -57,6 +57,67 @@ impl fmt::Display for KeyName {
     }
 }
 
+/// One version of a Cloud KMS key:
+/// `projects/P/locations/L/keyRings/R/cryptoKeys/K/cryptoKeyVersions/V`.
+///
+/// Asymmetric keys sign with one named version, and verifiers fetch that version's
+/// public key, so attest mode names versions where the other modes name keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyVersionName {
+    key: KeyName,
+    version: u32,
+    text: Arc<str>,
+}
+
+/// Why a string is not a [`KeyVersionName`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a KMS key version name of the form projects/P/locations/L/keyRings/R/cryptoKeys/K/cryptoKeyVersions/V")]
+pub struct KeyVersionNameError(String);
+
+impl KeyVersionName {
+    /// Version `version` (from 1) of `key`.
+    pub fn new(key: KeyName, version: u32) -> Result<Self, KeyVersionNameError> {
+        let text: Arc<str> = format!("{key}/cryptoKeyVersions/{version}").into();
+        if version == 0 {
+            return Err(KeyVersionNameError(text.to_string()));
+        }
+        Ok(Self { key, version, text })
+    }
+
+    /// The key this is a version of.
+    pub fn key(&self) -> &KeyName {
+        &self.key
+    }
+
+    /// The version number.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The resource name, without any URI prefix.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl FromStr for KeyVersionName {
+    type Err = KeyVersionNameError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let error = || KeyVersionNameError(text.to_owned());
+        let (key, version) = text.rsplit_once("/cryptoKeyVersions/").ok_or_else(error)?;
+        let canonical = !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit()) && !version.starts_with('0');
+        let version: u32 = canonical.then(|| version.parse().ok()).flatten().ok_or_else(error)?;
+        Self::new(key.parse().map_err(|_| error())?, version)
+    }
+}
+
+impl fmt::Display for KeyVersionName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// The KMS keys a consumer accepts messages from.
 ///
 /// Each entry is an exact key name or a prefix ending in `/*` (for example
@@ -134,6 +195,20 @@ mod tests {
         ] {
             assert!(bad.parse::<KeyName>().is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn parses_version_names() {
+        let name: KeyVersionName = format!("{KEY}/cryptoKeyVersions/3").parse().unwrap();
+        assert_eq!(name.key().as_str(), KEY);
+        assert_eq!(name.version(), 3);
+        assert_eq!(name.to_string(), format!("{KEY}/cryptoKeyVersions/3"));
+        let tink: KeyVersionName = format!("gcp-kms://{KEY}/cryptoKeyVersions/3").parse().unwrap();
+        assert_eq!(tink, name);
+        for bad in ["0", "01", "", "x", "-1", "4294967296"] {
+            assert!(format!("{KEY}/cryptoKeyVersions/{bad}").parse::<KeyVersionName>().is_err(), "{bad:?}");
+        }
+        assert!(KEY.parse::<KeyVersionName>().is_err());
     }
 
     #[test]

@@ -31,7 +31,7 @@ mod secret;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{OpenError, SealError};
 pub use format::{Attributes, Mode};
-pub use key_name::{KeyName, KeyNameError, TrustedKeys};
+pub use key_name::{KeyName, KeyNameError, KeyVersionName, KeyVersionNameError, TrustedKeys};
 pub use open::{CacheSettings, CacheStats, MAX_CLOCK_SKEW, Opened, Opener, OpenerBuilder};
 pub use seal::{RotationPolicy, Sealed, Sealer};
 pub use secret::SecretKey;

@@ -130,3 +130,26 @@ async fn pipeline_view_of_a_kms_outage() {
     fake.set_behaviour(Behaviour::Normal);
     assert_eq!(opener.open(&data, &sealed.attributes).await.unwrap().data, &b"words"[..]);
 }
+
+#[tokio::test]
+async fn signs_with_a_key_version_and_serves_its_public_key_with_checksums() {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
+    let fake = FakeKms::start().await.unwrap();
+    let kms = backend(&fake, Duration::from_secs(5)).await;
+    let version: envelope::KeyVersionName = format!("{KEY}/cryptoKeyVersions/1").parse().unwrap();
+    let signature = kms.sign(&version, b"a certificate").await.unwrap();
+    let public = kms.public_key(&version).await.unwrap();
+    let verifier = UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &public);
+    assert!(verifier.verify(b"a certificate", &signature).is_ok(), "KMS signs SHA-256 of the message");
+    assert!(verifier.verify(b"another", &signature).is_err());
+    let other: envelope::KeyVersionName = format!("{KEY}/cryptoKeyVersions/2").parse().unwrap();
+    assert_ne!(kms.public_key(&other).await.unwrap(), public, "each version has its own key");
+
+    fake.set_behaviour(Behaviour::Corrupt);
+    assert_eq!(kms.sign(&version, b"x").await.unwrap_err().reason(), "kms_integrity");
+    assert_eq!(kms.public_key(&version).await.unwrap_err().reason(), "kms_integrity");
+    fake.set_behaviour(Behaviour::Fail(403));
+    assert_eq!(kms.sign(&version, b"x").await.unwrap_err().reason(), "kms_permission_denied");
+    fake.set_behaviour(Behaviour::Fail(503));
+    assert!(kms.public_key(&version).await.unwrap_err().is_transient());
+}

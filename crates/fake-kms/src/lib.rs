@@ -1,9 +1,11 @@
-//! A local fake of the Cloud KMS REST API (`:encrypt` and `:decrypt`), for tests.
+//! A local fake of the Cloud KMS REST API (`:encrypt`, `:decrypt`, `:asymmetricSign`,
+//! `/publicKey`), for tests.
 //!
-//! It does real AES-256-GCM under a random key per crypto key name, checks the
-//! additional authenticated data and every CRC32C field as Cloud KMS does, and can be
-//! told to fail: answer an HTTP status (503, 403, ...) or hang, to exercise a client's
-//! handling of transient and permanent failures.
+//! It does real AES-256-GCM under a random key per crypto key name and real ECDSA P-256
+//! under a random key per key version name, checks the additional authenticated data and
+//! every CRC32C field as Cloud KMS does, and can be told to fail: answer an HTTP status
+//! (503, 403, ...), hang, or slow down, to exercise a client's handling of transient and
+//! permanent failures and to stand in for a remote KMS in benchmarks.
 #![forbid(unsafe_code)]
 // Handlers return ready-made error responses; their size is irrelevant in a test fake.
 #![allow(clippy::result_large_err)]
@@ -14,6 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::digest::{Digest, SHA256};
+use aws_lc_rs::encoding::AsDer as _;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -40,10 +45,22 @@ pub enum Behaviour {
 #[derive(Default)]
 struct Keys {
     by_name: HashMap<String, LessSafeKey>,
+    signing_by_version: HashMap<String, Arc<EcdsaKeyPair>>,
+}
+
+impl Keys {
+    /// The signing key of a key version name, made on first use.
+    fn signing(&mut self, version: &str) -> Arc<EcdsaKeyPair> {
+        self.signing_by_version
+            .entry(version.to_owned())
+            .or_insert_with(|| Arc::new(EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).unwrap()))
+            .clone()
+    }
 }
 
 struct Shared {
     behaviour: Mutex<Behaviour>,
+    latency: Mutex<std::time::Duration>,
     keys: Mutex<Keys>,
     calls: AtomicU64,
 }
@@ -60,10 +77,13 @@ impl FakeKms {
     pub async fn start() -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             behaviour: Mutex::new(Behaviour::Normal),
+            latency: Mutex::new(std::time::Duration::ZERO),
             keys: Mutex::new(Keys::default()),
             calls: AtomicU64::new(0),
         });
-        let app = axum::Router::new().route("/v1/{*call}", axum::routing::post(handle)).with_state(shared.clone());
+        let app = axum::Router::new()
+            .route("/v1/{*call}", axum::routing::post(handle).get(handle_get))
+            .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let server = tokio::spawn(async move {
@@ -80,6 +100,11 @@ impl FakeKms {
     /// Changes how later calls are answered.
     pub fn set_behaviour(&self, behaviour: Behaviour) {
         *self.shared.behaviour.lock().unwrap() = behaviour;
+    }
+
+    /// Adds `latency` before every answer, as a remote KMS would.
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        *self.shared.latency.lock().unwrap() = latency;
     }
 
     /// Calls received so far, whatever their answer.
@@ -133,26 +158,88 @@ fn crc(bytes: &[u8]) -> String {
     crc32c::crc32c(bytes).to_string()
 }
 
-async fn handle(State(shared): State<Arc<Shared>>, Path(call): Path<String>, Json(body): Json<Value>) -> Response {
+/// Counts the call, waits out the latency, and applies the behaviour: `Err` holds the
+/// injected failure.
+async fn admit(shared: &Shared) -> Result<Behaviour, Response> {
     shared.calls.fetch_add(1, Ordering::SeqCst);
+    let latency = *shared.latency.lock().unwrap();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let behaviour = *shared.behaviour.lock().unwrap();
     match behaviour {
-        Behaviour::Normal | Behaviour::Corrupt => {}
+        Behaviour::Normal | Behaviour::Corrupt => Ok(behaviour),
         Behaviour::Fail(code) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return error(status, "injected failure");
+            Err(error(status, "injected failure"))
         }
-        Behaviour::Hang => std::future::pending::<()>().await,
+        Behaviour::Hang => std::future::pending().await,
     }
+}
+
+async fn handle(State(shared): State<Arc<Shared>>, Path(call): Path<String>, Json(body): Json<Value>) -> Response {
+    let behaviour = match admit(&shared).await {
+        Ok(behaviour) => behaviour,
+        Err(response) => return response,
+    };
     let Some((name, method)) = call.rsplit_once(':') else {
         return error(StatusCode::NOT_FOUND, "no such method");
     };
+    let corrupt = behaviour == Behaviour::Corrupt;
     let result = match method {
-        "encrypt" => encrypt(&shared, name, &body, behaviour == Behaviour::Corrupt),
-        "decrypt" => decrypt(&shared, name, &body, behaviour == Behaviour::Corrupt),
+        "encrypt" => encrypt(&shared, name, &body, corrupt),
+        "decrypt" => decrypt(&shared, name, &body, corrupt),
+        "asymmetricSign" => asymmetric_sign(&shared, name, &body, corrupt),
         _ => Err(error(StatusCode::NOT_FOUND, "no such method")),
     };
     result.unwrap_or_else(|response| response)
+}
+
+/// `GET {name}/publicKey`.
+async fn handle_get(State(shared): State<Arc<Shared>>, Path(call): Path<String>) -> Response {
+    let behaviour = match admit(&shared).await {
+        Ok(behaviour) => behaviour,
+        Err(response) => return response,
+    };
+    let Some(name) = call.strip_suffix("/publicKey") else {
+        return error(StatusCode::NOT_FOUND, "no such method");
+    };
+    let key = shared.keys.lock().unwrap().signing(name);
+    let der = key.public_key().as_der().unwrap();
+    let body: Vec<String> =
+        STANDARD.encode(der.as_ref()).as_bytes().chunks(64).map(|line| String::from_utf8_lossy(line).into()).collect();
+    let pem = format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", body.join("\n"));
+    let sent = if behaviour == Behaviour::Corrupt { pem.replacen('A', "B", 1) } else { pem.clone() };
+    Json(json!({
+        "pem": sent,
+        "pemCrc32c": crc(pem.as_bytes()),
+        "algorithm": "EC_SIGN_P256_SHA256",
+        "name": name,
+        "protectionLevel": "SOFTWARE",
+    }))
+    .into_response()
+}
+
+fn asymmetric_sign(shared: &Shared, name: &str, body: &Value, corrupt: bool) -> Result<Response, Response> {
+    let digest = match body.pointer("/digest/sha256").and_then(Value::as_str) {
+        Some(text) => STANDARD.decode(text).map_err(|_| error(StatusCode::BAD_REQUEST, "digest is not base64"))?,
+        None => return Err(error(StatusCode::BAD_REQUEST, "a SHA-256 digest is required")),
+    };
+    if !checksum_ok(body, "digestCrc32c", &digest) {
+        return Err(error(StatusCode::BAD_REQUEST, "checksum mismatch"));
+    }
+    let digest = Digest::import_less_safe(&digest, &SHA256)
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "digest is not 32 bytes"))?;
+    let key = shared.keys.lock().unwrap().signing(name);
+    let signature = key.sign_digest(&digest).unwrap();
+    Ok(Json(json!({
+        "signature": encoded(signature.as_ref(), corrupt),
+        "signatureCrc32c": crc(signature.as_ref()),
+        "verifiedDigestCrc32c": body.get("digestCrc32c").is_some(),
+        "name": name,
+        "protectionLevel": "SOFTWARE",
+    }))
+    .into_response())
 }
 
 /// Flips the first bit of `bytes` when `corrupt`, leaving its checksum as it was.

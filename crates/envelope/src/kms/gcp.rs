@@ -17,7 +17,7 @@ use google_cloud_kms_v1::client::KeyManagementService;
 use zeroize::Zeroize as _;
 
 use super::{Kms, KmsError};
-use crate::key_name::KeyName;
+use crate::key_name::{KeyName, KeyVersionName};
 use crate::secret::SecretKey;
 
 /// Where the backend's credentials come from.
@@ -124,7 +124,7 @@ fn crc32c(bytes: &[u8]) -> i64 {
 }
 
 /// Maps a client error to a [`KmsError`], deciding what is worth retrying.
-fn classify(error: &GaxError, key: &KeyName, unwrapping: bool, timeout: Duration) -> KmsError {
+fn classify(error: &GaxError, key: &dyn std::fmt::Display, unwrapping: bool, timeout: Duration) -> KmsError {
     let detail = error.to_string();
     if error.is_timeout() {
         return KmsError::Timeout(timeout);
@@ -202,5 +202,49 @@ impl Kms for GcpKms {
             return Err(KmsError::Integrity("plaintext checksum mismatch".into()));
         }
         key.ok_or_else(|| KmsError::Rejected(format!("{name} unwrapped something that is not a 256-bit key")))
+    }
+
+    async fn sign(&self, name: &KeyVersionName, message: &[u8]) -> Result<Vec<u8>, KmsError> {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, message);
+        let request = self
+            .client
+            .asymmetric_sign()
+            .set_name(name.as_str())
+            .set_digest(google_cloud_kms_v1::model::Digest::new().set_sha256(Bytes::copy_from_slice(digest.as_ref())))
+            .set_digest_crc32c(crc32c(digest.as_ref()))
+            .send();
+        let response = tokio::time::timeout(self.timeout, request)
+            .await
+            .map_err(|_| KmsError::Timeout(self.timeout))?
+            .map_err(|error| classify(&error, name, false, self.timeout))?;
+        if !response.verified_digest_crc32c {
+            return Err(KmsError::Integrity("Cloud KMS did not verify the digest checksum".into()));
+        }
+        if response.signature_crc32c != Some(crc32c(&response.signature)) {
+            return Err(KmsError::Integrity("signature checksum mismatch".into()));
+        }
+        if response.name != name.as_str() {
+            return Err(KmsError::Integrity(format!("signed with {}, asked {name}", response.name)));
+        }
+        Ok(response.signature.to_vec())
+    }
+
+    async fn public_key(&self, name: &KeyVersionName) -> Result<Vec<u8>, KmsError> {
+        use rustls_pki_types::SubjectPublicKeyInfoDer;
+        use rustls_pki_types::pem::PemObject as _;
+        let request = self.client.get_public_key().set_name(name.as_str()).send();
+        let response = tokio::time::timeout(self.timeout, request)
+            .await
+            .map_err(|_| KmsError::Timeout(self.timeout))?
+            .map_err(|error| classify(&error, name, false, self.timeout))?;
+        if response.pem_crc32c != Some(crc32c(response.pem.as_bytes())) {
+            return Err(KmsError::Integrity("public key checksum mismatch".into()));
+        }
+        if response.name != name.as_str() {
+            return Err(KmsError::Integrity(format!("answered for {}, asked {name}", response.name)));
+        }
+        let der = SubjectPublicKeyInfoDer::from_pem_slice(response.pem.as_bytes())
+            .map_err(|error| KmsError::Rejected(format!("public key of {name} is not PEM: {error}")))?;
+        Ok(der.as_ref().to_vec())
     }
 }

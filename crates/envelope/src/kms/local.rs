@@ -1,20 +1,24 @@
 //! An offline keyring file: the default backend for demos and tests.
 //!
-//! The file holds versioned 256-bit key encryption keys under Cloud KMS resource names.
-//! Like Cloud KMS, wrapping uses a key's primary version, and every older version can
-//! still unwrap, so rotating a key never strands data keys already in flight.
+//! The file holds versioned keys under Cloud KMS resource names, of Cloud KMS's two
+//! purposes: 256-bit key encryption keys (`ENCRYPT_DECRYPT`, the default) and P-256
+//! signing keys (`ASYMMETRIC_SIGN`, algorithm `EC_SIGN_P256_SHA256`). Like Cloud KMS,
+//! wrapping uses a key's primary version, and every older version can still unwrap, so
+//! rotating a key never strands data keys already in flight; signing names its version.
 //!
 //! File layout (JSON, written with mode 0600):
 //!
 //! ```json
 //! { "format": "pubsub-envelope-keyring/1",
 //!   "keys": [ { "name": "projects/P/locations/L/keyRings/R/cryptoKeys/K",
+//!               "purpose": "ENCRYPT_DECRYPT",
 //!               "primary": 2,
 //!               "versions": [ { "version": 1, "material": "<base64>" }, ... ] } ] }
 //! ```
 //!
-//! A wrapped key is `u32 version (big-endian) || 12-byte nonce || AES-256-GCM(KEK, DEK)`,
-//! with the tenant id as associated data: 64 bytes.
+//! `material` is the 32-byte key (encrypt) or the PKCS#8 document (sign). A wrapped key
+//! is `u32 version (big-endian) || 12-byte nonce || AES-256-GCM(KEK, DEK)`, with the
+//! tenant id as associated data: 64 bytes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
@@ -24,13 +28,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::encoding::AsDer as _;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::{Kms, KmsError};
 use crate::format::{decode_base64, encode_base64};
-use crate::key_name::KeyName;
+use crate::key_name::{KeyName, KeyVersionName};
 use crate::secret::{KEY_LEN, SecretKey};
 
 const FORMAT: &str = "pubsub-envelope-keyring/1";
@@ -74,8 +81,42 @@ struct FileRepr {
 #[derive(Serialize, Deserialize)]
 struct KeyRepr {
     name: String,
+    #[serde(default)]
+    purpose: Purpose,
     primary: u32,
     versions: Vec<VersionRepr>,
+}
+
+/// What a key is for, in Cloud KMS's words.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Purpose {
+    /// A key encryption key: wraps and unwraps data keys.
+    #[default]
+    EncryptDecrypt,
+    /// A P-256 signing key (`EC_SIGN_P256_SHA256`): signs attest certificates.
+    AsymmetricSign,
+}
+
+impl Purpose {
+    /// New key material for this purpose.
+    fn generate(self) -> Zeroizing<Vec<u8>> {
+        match self {
+            Purpose::EncryptDecrypt => Zeroizing::new(SecretKey::generate().expose().to_vec()),
+            Purpose::AsymmetricSign => {
+                let document = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &SystemRandom::new())
+                    .expect("P-256 key generation");
+                Zeroizing::new(document.as_ref().to_vec())
+            }
+        }
+    }
+
+    fn is_valid(self, material: &[u8]) -> bool {
+        match self {
+            Purpose::EncryptDecrypt => material.len() == KEY_LEN,
+            Purpose::AsymmetricSign => EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, material).is_ok(),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -86,8 +127,9 @@ struct VersionRepr {
 
 /// One key's versions, newest primary.
 struct KeyVersions {
+    purpose: Purpose,
     primary: u32,
-    versions: BTreeMap<u32, SecretKey>,
+    versions: BTreeMap<u32, Zeroizing<Vec<u8>>>,
 }
 
 /// What [`Keyring::list`] reports of a key: never its material.
@@ -95,6 +137,8 @@ struct KeyVersions {
 pub struct KeyInfo {
     /// The key's resource name.
     pub name: KeyName,
+    /// What it is for.
+    pub purpose: Purpose,
     /// The version new wraps use.
     pub primary: u32,
     /// Every version that can still unwrap.
@@ -138,27 +182,32 @@ impl Keyring {
             for version in key.versions {
                 let material = decode_base64(&version.material)
                     .map(Zeroizing::new)
-                    .and_then(|bytes| SecretKey::from_slice(&bytes))
+                    .filter(|bytes| key.purpose.is_valid(bytes))
                     .ok_or_else(|| {
-                        malformed(format!("{name} version {} is not a base64 256-bit key", version.version))
+                        malformed(format!("{name} version {} is not a base64 {:?} key", version.version, key.purpose))
                     })?;
                 versions.insert(version.version, material);
             }
             if !versions.contains_key(&key.primary) {
                 return Err(malformed(format!("{name} names primary version {} that it lacks", key.primary)));
             }
-            keys.insert(name, KeyVersions { primary: key.primary, versions });
+            keys.insert(name, KeyVersions { purpose: key.purpose, primary: key.primary, versions });
         }
         Ok(Self { path, keys })
     }
 
-    /// Adds a new key with a fresh version 1.
+    /// Adds a new key encryption key with a fresh version 1.
     pub fn create(&mut self, name: &KeyName) -> Result<(), KeyringError> {
+        self.create_for(name, Purpose::EncryptDecrypt)
+    }
+
+    /// Adds a new key for `purpose` with a fresh version 1.
+    pub fn create_for(&mut self, name: &KeyName, purpose: Purpose) -> Result<(), KeyringError> {
         if self.keys.contains_key(name) {
             return Err(KeyringError::KeyExists(name.clone()));
         }
-        let versions = BTreeMap::from([(1, SecretKey::generate())]);
-        self.keys.insert(name.clone(), KeyVersions { primary: 1, versions });
+        let versions = BTreeMap::from([(1, purpose.generate())]);
+        self.keys.insert(name.clone(), KeyVersions { purpose, primary: 1, versions });
         Ok(())
     }
 
@@ -166,7 +215,7 @@ impl Keyring {
     pub fn rotate(&mut self, name: &KeyName) -> Result<u32, KeyringError> {
         let key = self.keys.get_mut(name).ok_or_else(|| KeyringError::KeyNotFound(name.clone()))?;
         let next = key.versions.keys().next_back().copied().unwrap_or(0) + 1;
-        key.versions.insert(next, SecretKey::generate());
+        key.versions.insert(next, key.purpose.generate());
         key.primary = next;
         Ok(next)
     }
@@ -177,6 +226,7 @@ impl Keyring {
             .iter()
             .map(|(name, key)| KeyInfo {
                 name: name.clone(),
+                purpose: key.purpose,
                 primary: key.primary,
                 versions: key.versions.keys().copied().collect(),
             })
@@ -194,13 +244,14 @@ impl Keyring {
                 .iter()
                 .map(|(name, key)| KeyRepr {
                     name: name.to_string(),
+                    purpose: key.purpose,
                     primary: key.primary,
                     versions: key
                         .versions
                         .iter()
                         .map(|(&version, material)| VersionRepr {
                             version,
-                            material: Zeroizing::new(encode_base64(material.expose())),
+                            material: Zeroizing::new(encode_base64(material)),
                         })
                         .collect(),
                 })
@@ -226,26 +277,48 @@ fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
 /// The keys a [`LocalKms`] holds, ready to use.
 struct Loaded {
     keys: HashMap<KeyName, (u32, HashMap<u32, LessSafeKey>)>,
+    signing_keys: HashMap<KeyName, HashMap<u32, EcdsaKeyPair>>,
 }
 
 impl Loaded {
     fn from_keyring(keyring: &Keyring) -> Self {
-        let keys = keyring
-            .keys
-            .iter()
-            .map(|(name, key)| {
-                let versions = key
-                    .versions
-                    .iter()
-                    .map(|(&version, material)| {
-                        let unbound = UnboundKey::new(&AES_256_GCM, material.expose()).expect("32-byte key");
-                        (version, LessSafeKey::new(unbound))
-                    })
-                    .collect();
-                (name.clone(), (key.primary, versions))
-            })
-            .collect();
-        Self { keys }
+        let mut loaded = Self { keys: HashMap::new(), signing_keys: HashMap::new() };
+        for (name, key) in &keyring.keys {
+            match key.purpose {
+                Purpose::EncryptDecrypt => {
+                    let versions = key
+                        .versions
+                        .iter()
+                        .map(|(&version, material)| {
+                            let unbound = UnboundKey::new(&AES_256_GCM, material).expect("32-byte key");
+                            (version, LessSafeKey::new(unbound))
+                        })
+                        .collect();
+                    loaded.keys.insert(name.clone(), (key.primary, versions));
+                }
+                Purpose::AsymmetricSign => {
+                    let versions = key
+                        .versions
+                        .iter()
+                        .map(|(&version, material)| {
+                            let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, material)
+                                .expect("checked when the keyring was read");
+                            (version, pair)
+                        })
+                        .collect();
+                    loaded.signing_keys.insert(name.clone(), versions);
+                }
+            }
+        }
+        loaded
+    }
+
+    /// The signing key version `name`, if held; `Err` for a key held for another purpose.
+    fn signing_key(&self, name: &KeyVersionName) -> Option<Result<&EcdsaKeyPair, KmsError>> {
+        if self.keys.contains_key(name.key()) {
+            return Some(Err(KmsError::Rejected(format!("{} is an encryption key, not a signing key", name.key()))));
+        }
+        self.signing_keys.get(name.key())?.get(&name.version()).map(Ok)
     }
 }
 
@@ -279,6 +352,28 @@ impl LocalKms {
         }
     }
 
+    /// Runs `use_key` on the signing key version `name`, reading the file again once if
+    /// it is not held.
+    async fn with_signing_key<T>(
+        &self,
+        name: &KeyVersionName,
+        use_key: impl Fn(&EcdsaKeyPair) -> T,
+    ) -> Result<T, KmsError> {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        for attempt in 0..2 {
+            if attempt == 1 {
+                self.reload();
+            }
+            let loaded = self.loaded.read().expect("keyring lock poisoned");
+            if let Some(key) = loaded.signing_key(name) {
+                return key.map(&use_key);
+            }
+        }
+        Err(KmsError::KeyNotFound(name.to_string()))
+    }
+
     fn try_unwrap(&self, name: &KeyName, wrapped: &[u8], aad: &[u8]) -> Option<Result<SecretKey, KmsError>> {
         let rejected = || KmsError::UnwrapRejected(name.to_string());
         if wrapped.len() != WRAPPED_LEN {
@@ -307,6 +402,9 @@ impl Kms for LocalKms {
         let mut nonce = [0; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
         let loaded = self.loaded.read().expect("keyring lock poisoned");
+        if loaded.signing_keys.contains_key(name) {
+            return Err(KmsError::Rejected(format!("{name} is a signing key, not an encryption key")));
+        }
         let (primary, versions) = loaded.keys.get(name).ok_or_else(|| KmsError::KeyNotFound(name.to_string()))?;
         let mut out = Vec::with_capacity(WRAPPED_LEN);
         out.extend_from_slice(&primary.to_be_bytes());
@@ -321,6 +419,21 @@ impl Kms for LocalKms {
             .expect("AES-GCM seals 32 bytes");
         out.extend_from_slice(tag.as_ref());
         Ok(out)
+    }
+
+    async fn sign(&self, name: &KeyVersionName, message: &[u8]) -> Result<Vec<u8>, KmsError> {
+        self.with_signing_key(name, |pair| {
+            let signature = pair.sign(&SystemRandom::new(), message).expect("ECDSA P-256 signs");
+            signature.as_ref().to_vec()
+        })
+        .await
+    }
+
+    async fn public_key(&self, name: &KeyVersionName) -> Result<Vec<u8>, KmsError> {
+        self.with_signing_key(name, |pair| {
+            pair.public_key().as_der().expect("a P-256 public key encodes").as_ref().to_vec()
+        })
+        .await
     }
 
     async fn unwrap(&self, name: &KeyName, wrapped: &[u8], aad: &[u8]) -> Result<SecretKey, KmsError> {
@@ -406,6 +519,38 @@ mod tests {
         let mut keyring = Keyring::load(&path).unwrap();
         assert!(matches!(keyring.create(&name("a")), Err(KeyringError::KeyExists(_))));
         assert!(matches!(keyring.rotate(&name("b")), Err(KeyringError::KeyNotFound(_))));
+    }
+
+    #[tokio::test]
+    async fn signing_keys_sign_and_publish_their_public_key() {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
+        let dir = tempfile::tempdir().unwrap();
+        let path = keyring_with(dir.path(), &["enc"]);
+        let mut keyring = Keyring::load(&path).unwrap();
+        keyring.create_for(&name("sig"), Purpose::AsymmetricSign).unwrap();
+        keyring.save().unwrap();
+        let kms = LocalKms::open(&path).unwrap();
+        let v1 = KeyVersionName::new(name("sig"), 1).unwrap();
+        let signature = kms.sign(&v1, b"certificate").await.unwrap();
+        let public = kms.public_key(&v1).await.unwrap();
+        let verifier = UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &public);
+        assert!(verifier.verify(b"certificate", &signature).is_ok());
+        assert!(verifier.verify(b"certificatf", &signature).is_err());
+
+        let mut keyring = Keyring::load(&path).unwrap();
+        assert_eq!(keyring.rotate(&name("sig")).unwrap(), 2);
+        keyring.save().unwrap();
+        let v2 = KeyVersionName::new(name("sig"), 2).unwrap();
+        let public2 = kms.public_key(&v2).await.expect("a running backend picks up the new version");
+        assert_ne!(public, public2);
+        assert_eq!(kms.public_key(&v1).await.unwrap(), public, "old versions keep their key");
+
+        let encrypt_key = KeyVersionName::new(name("enc"), 1).unwrap();
+        assert_eq!(kms.sign(&encrypt_key, b"x").await.unwrap_err().reason(), "kms_rejected");
+        let missing = KeyVersionName::new(name("sig"), 9).unwrap();
+        assert_eq!(kms.sign(&missing, b"x").await.unwrap_err().reason(), "kms_key_not_found");
+        assert_eq!(kms.wrap(&name("sig"), &SecretKey::generate(), b"t").await.unwrap_err().reason(), "kms_rejected");
+        assert_eq!(Keyring::load(&path).unwrap().list()[1].purpose, Purpose::AsymmetricSign);
     }
 
     #[test]

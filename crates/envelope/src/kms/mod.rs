@@ -1,15 +1,17 @@
 //! Key management: the trait every backend implements, and the backends.
 //!
 //! A backend wraps (encrypts) and unwraps (decrypts) 256-bit data keys under a named key
-//! encryption key, binding additional authenticated data: the tenant id. It is called
-//! once per data key, never per message.
+//! encryption key, binding additional authenticated data: the tenant id. For attest mode
+//! it also signs with an asymmetric P-256 key version and hands out its public key. It
+//! is called once per data key or signing session, never per message (unless a
+//! publisher asks for a KMS signature on every message).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 
-use crate::key_name::KeyName;
+use crate::key_name::{KeyName, KeyVersionName};
 use crate::secret::SecretKey;
 
 pub mod gcp;
@@ -23,6 +25,13 @@ pub trait Kms: Send + Sync {
 
     /// Decrypts a key produced by [`wrap`](Self::wrap) under the same `name` and `aad`.
     async fn unwrap(&self, name: &KeyName, wrapped: &[u8], aad: &[u8]) -> Result<SecretKey, KmsError>;
+
+    /// Signs `message` with the `EC_SIGN_P256_SHA256` key version `name`: ECDSA P-256
+    /// over SHA-256(`message`), ASN.1 DER encoded.
+    async fn sign(&self, name: &KeyVersionName, message: &[u8]) -> Result<Vec<u8>, KmsError>;
+
+    /// The public key of the key version `name`, as a DER `SubjectPublicKeyInfo`.
+    async fn public_key(&self, name: &KeyVersionName) -> Result<Vec<u8>, KmsError>;
 }
 
 #[async_trait]
@@ -33,6 +42,14 @@ impl<K: Kms + ?Sized> Kms for Arc<K> {
 
     async fn unwrap(&self, name: &KeyName, wrapped: &[u8], aad: &[u8]) -> Result<SecretKey, KmsError> {
         (**self).unwrap(name, wrapped, aad).await
+    }
+
+    async fn sign(&self, name: &KeyVersionName, message: &[u8]) -> Result<Vec<u8>, KmsError> {
+        (**self).sign(name, message).await
+    }
+
+    async fn public_key(&self, name: &KeyVersionName) -> Result<Vec<u8>, KmsError> {
+        (**self).public_key(name).await
     }
 }
 
@@ -99,12 +116,35 @@ pub struct Counted<K> {
     inner: K,
     wraps: AtomicU64,
     unwraps: AtomicU64,
+    signs: AtomicU64,
+    public_keys: AtomicU64,
 }
 
 impl<K> Counted<K> {
     /// Counts the calls made to `inner`.
     pub fn new(inner: K) -> Self {
-        Self { inner, wraps: AtomicU64::new(0), unwraps: AtomicU64::new(0) }
+        Self {
+            inner,
+            wraps: AtomicU64::new(0),
+            unwraps: AtomicU64::new(0),
+            signs: AtomicU64::new(0),
+            public_keys: AtomicU64::new(0),
+        }
+    }
+
+    /// Sign calls made so far, successful or not.
+    pub fn signs(&self) -> u64 {
+        self.signs.load(Ordering::Relaxed)
+    }
+
+    /// Public-key fetches made so far, successful or not.
+    pub fn public_keys(&self) -> u64 {
+        self.public_keys.load(Ordering::Relaxed)
+    }
+
+    /// Every call made so far.
+    pub fn calls(&self) -> u64 {
+        self.wraps() + self.unwraps() + self.signs() + self.public_keys()
     }
 
     /// Wrap calls made so far, successful or not.
@@ -128,5 +168,15 @@ impl<K: Kms> Kms for Counted<K> {
     async fn unwrap(&self, name: &KeyName, wrapped: &[u8], aad: &[u8]) -> Result<SecretKey, KmsError> {
         self.unwraps.fetch_add(1, Ordering::Relaxed);
         self.inner.unwrap(name, wrapped, aad).await
+    }
+
+    async fn sign(&self, name: &KeyVersionName, message: &[u8]) -> Result<Vec<u8>, KmsError> {
+        self.signs.fetch_add(1, Ordering::Relaxed);
+        self.inner.sign(name, message).await
+    }
+
+    async fn public_key(&self, name: &KeyVersionName) -> Result<Vec<u8>, KmsError> {
+        self.public_keys.fetch_add(1, Ordering::Relaxed);
+        self.inner.public_key(name).await
     }
 }
