@@ -169,9 +169,8 @@ pub fn reject(original: &Message, reason: &str, detail: &str) -> Message {
         ("reject_detail".to_owned(), detail.chars().take(1000).collect()),
         ("original_message_id".to_owned(), original.message_id.clone()),
     ];
-    let whole = attribute_bytes(ours.iter().map(|(k, v)| (k, v)))
-        + attribute_bytes(&original.attributes)
-        + original.data.len();
+    let whole =
+        attribute_bytes(ours.iter().map(|(k, v)| (k, v))) + attribute_bytes(&original.attributes) + original.data.len();
     if ours.len() + original.attributes.len() <= MAX_ATTRIBUTES && whole <= MAX_MESSAGE_BYTES - FRAMING_BYTES {
         let mut attributes = original.attributes.clone();
         attributes.extend(ours);

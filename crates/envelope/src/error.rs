@@ -63,6 +63,16 @@ pub enum OpenError {
         /// Whole seconds between this opener's clock and the seal time.
         ahead_secs: u64,
     },
+    /// An attest certificate whose signature does not verify under the KMS key version
+    /// it names: forged, or signed by another key.
+    #[error("attest certificate is not signed by {0}")]
+    ForgedCertificate(String),
+    /// An attest certificate for another tenant than this consumer's.
+    #[error("attest certificate is for tenant {0:?}, not this consumer's")]
+    WrongTenant(String),
+    /// A message sealed outside its attest certificate's validity.
+    #[error("message sealed outside its attest certificate's validity")]
+    CertificateExpired,
     /// The authenticated plaintext does not parse: the producer is broken.
     #[error("sealed payload is malformed: {0}")]
     MalformedPayload(#[from] PayloadError),
@@ -86,6 +96,9 @@ impl OpenError {
             OpenError::Tampered => "tampered",
             OpenError::MalformedPayload(_) => "malformed_payload",
             OpenError::TooOld { .. } => "too_old",
+            OpenError::ForgedCertificate(_) => "forged_certificate",
+            OpenError::WrongTenant(_) => "wrong_tenant",
+            OpenError::CertificateExpired => "certificate_expired",
             OpenError::SealedInFuture { .. } => "sealed_in_future",
             OpenError::Kms(error) => error.reason(),
         }
@@ -109,6 +122,10 @@ pub enum SealError {
     /// Wrapping a new data key failed.
     #[error(transparent)]
     Kms(#[from] KmsError),
+    /// The sealer was built with the wrong kind of key for its mode: attest mode signs
+    /// with a key version ([`Sealer::attest`](crate::Sealer::attest)), the others wrap.
+    #[error("{0} mode needs {kind}", kind = if *.0 == Mode::Attest { "a KMS signing key version (Sealer::attest)" } else { "a KMS key encryption key (Sealer::new)" })]
+    KeyKind(Mode),
 }
 
 impl SealError {

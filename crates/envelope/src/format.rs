@@ -22,6 +22,12 @@ pub const DEK_WRAPPED_ATTR: &str = "dek_wrapped";
 pub const SIGN_KEY_WRAPPED_ATTR: &str = "sign_key_wrapped";
 /// The HMAC-SHA256 tag (sign mode), standard base64.
 pub const SIGNATURE_ATTR: &str = "signature";
+/// Attest mode, delegated: the session certificate, standard base64.
+pub const ATTEST_CERT_ATTR: &str = "attest_cert";
+/// Attest mode, delegated: the KMS key version's signature of the certificate, base64.
+pub const ATTEST_CERT_SIGNATURE_ATTR: &str = "attest_cert_signature";
+/// Attest mode, direct: the KMS key version's signature of the message, base64.
+pub const KMS_SIGNATURE_ATTR: &str = "kms_signature";
 /// When the message was sealed: decimal microseconds since the Unix epoch, strictly
 /// increasing under one data key, so that no two messages of a sealer share it.
 pub const SEALED_AT_ATTR: &str = "envelope_sealed_at";
@@ -33,9 +39,8 @@ const PUBSUB_RESERVED_PREFIX: &str = "googclient_";
 
 /// Pub/Sub's own limits on attributes, which sealed attributes obey too.
 pub const MAX_ATTRIBUTES: usize = 100;
-/// The envelope attributes a signed message carries beside the producer's, which leave
-/// the producer [`MAX_ATTRIBUTES`] minus these in sign mode.
-pub const SIGN_ENVELOPE_ATTRIBUTES: usize = 5;
+/// Ed25519 signature length, as the delegated attest mode signs messages.
+pub const ED25519_SIGNATURE_LEN: usize = 64;
 /// Longest attribute key, in bytes.
 pub const MAX_ATTRIBUTE_KEY_LEN: usize = 256;
 /// Longest attribute value, in bytes.
@@ -62,14 +67,18 @@ pub enum Mode {
     Encrypt,
     /// Integrity only: HMAC-SHA256 over visible data and attributes.
     Sign,
+    /// Integrity and proof of origin: an asymmetric signature that only the tenant's KMS
+    /// key (or a session key it certified) could have made.
+    Attest,
 }
 
 impl Mode {
-    /// The attribute that carries this mode's wrapped key.
-    pub fn wrapped_key_attr(self) -> &'static str {
+    /// The attribute that carries this mode's wrapped key; attest mode has none.
+    pub fn wrapped_key_attr(self) -> Option<&'static str> {
         match self {
-            Mode::Encrypt => DEK_WRAPPED_ATTR,
-            Mode::Sign => SIGN_KEY_WRAPPED_ATTR,
+            Mode::Encrypt => Some(DEK_WRAPPED_ATTR),
+            Mode::Sign => Some(SIGN_KEY_WRAPPED_ATTR),
+            Mode::Attest => None,
         }
     }
 
@@ -78,15 +87,18 @@ impl Mode {
         match self {
             Mode::Encrypt => 1,
             Mode::Sign => 2,
+            Mode::Attest => 3,
         }
     }
 
     /// How many attributes of its own a producer may seal in this mode: Pub/Sub's
-    /// [`MAX_ATTRIBUTES`], less the envelope's own where they travel side by side.
+    /// [`MAX_ATTRIBUTES`], less the envelope's own where they travel side by side
+    /// (5 in sign mode, at most 6 in attest mode).
     pub fn max_producer_attributes(self) -> usize {
         match self {
             Mode::Encrypt => MAX_ATTRIBUTES,
-            Mode::Sign => MAX_ATTRIBUTES - SIGN_ENVELOPE_ATTRIBUTES,
+            Mode::Sign => MAX_ATTRIBUTES - 5,
+            Mode::Attest => MAX_ATTRIBUTES - 6,
         }
     }
 
@@ -95,6 +107,7 @@ impl Mode {
         match self {
             Mode::Encrypt => "encrypt",
             Mode::Sign => "sign",
+            Mode::Attest => "attest",
         }
     }
 }
@@ -107,9 +120,7 @@ impl std::fmt::Display for Mode {
 
 /// Whether a producer may use `name` for an attribute of its own.
 pub fn is_reserved(name: &str) -> bool {
-    matches!(name, KMS_KEY_ATTR | DEK_WRAPPED_ATTR | SIGN_KEY_WRAPPED_ATTR | SIGNATURE_ATTR)
-        || name.starts_with(RESERVED_PREFIX)
-        || name.starts_with(PUBSUB_RESERVED_PREFIX)
+    is_envelope_attribute(name) || name.starts_with(RESERVED_PREFIX) || name.starts_with(PUBSUB_RESERVED_PREFIX)
 }
 
 /// Why a set of producer attributes cannot be sealed or was not sealed correctly.
@@ -183,7 +194,15 @@ fn attribute_list<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>, mut sink:
 pub fn is_envelope_attribute(name: &str) -> bool {
     matches!(
         name,
-        VERSION_ATTR | KMS_KEY_ATTR | DEK_WRAPPED_ATTR | SIGN_KEY_WRAPPED_ATTR | SIGNATURE_ATTR | SEALED_AT_ATTR
+        VERSION_ATTR
+            | KMS_KEY_ATTR
+            | DEK_WRAPPED_ATTR
+            | SIGN_KEY_WRAPPED_ATTR
+            | SIGNATURE_ATTR
+            | SEALED_AT_ATTR
+            | ATTEST_CERT_ATTR
+            | ATTEST_CERT_SIGNATURE_ATTR
+            | KMS_SIGNATURE_ATTR
     )
 }
 
@@ -206,7 +225,8 @@ pub fn parse_sealed_at(text: &str) -> Option<u64> {
 /// key, so it is computed once per key (and, in sign mode, absorbed into the HMAC state
 /// once).
 ///
-/// `"pubsub-envelope/v1\0" || mode || lp(kms_key) || lp(wrapped key attribute text)`
+/// `"pubsub-envelope/v1\0" || mode || lp(kms_key) || lp(key attribute text)`: the
+/// wrapped key in encrypt and sign mode, the certificate (or nothing) in attest mode.
 pub fn header_prefix(mode: Mode, kms_key: &str, wrapped: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(CONTEXT.len() + 9 + kms_key.len() + wrapped.len());
     out.extend_from_slice(CONTEXT);
@@ -328,8 +348,9 @@ pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
 /// small. Returns how many bytes were written.
 pub fn decode_base64_into(text: &str, out: &mut [u8]) -> Option<usize> {
     // The engine refuses a buffer smaller than its estimate (3 bytes per 4 characters),
-    // which for a padded encoding of `out.len()` bytes is at most 2 more.
-    let mut buffer = [0u8; 64];
+    // which for a padded encoding of `out.len()` bytes is at most 2 more. Signatures
+    // are at most 64 bytes.
+    let mut buffer = [0u8; 80];
     let written = STANDARD.decode_slice(text, buffer.get_mut(..out.len() + 2)?).ok()?;
     out.get_mut(..written)?.copy_from_slice(&buffer[..written]);
     Some(written)
@@ -344,7 +365,7 @@ mod tests {
     }
 
     fn header(mode: Mode, attributes: &Attributes) -> Vec<u8> {
-        let mut out = header_prefix(mode, &attributes[KMS_KEY_ATTR], &attributes[mode.wrapped_key_attr()]);
+        let mut out = header_prefix(mode, &attributes[KMS_KEY_ATTR], &attributes[mode.wrapped_key_attr().unwrap()]);
         header_rest(7, attributes, |chunk| out.extend_from_slice(chunk));
         out
     }
@@ -352,7 +373,7 @@ mod tests {
     fn envelope(mode: Mode, extra: &[(&str, &str)]) -> Attributes {
         let mut all =
             attrs(&[(KMS_KEY_ATTR, "projects/p/locations/l/keyRings/r/cryptoKeys/k"), (VERSION_ATTR, VERSION)]);
-        all.insert(mode.wrapped_key_attr().into(), "AAAA".into());
+        all.insert(mode.wrapped_key_attr().unwrap().into(), "AAAA".into());
         all.extend(attrs(extra));
         all
     }

@@ -71,7 +71,9 @@ pub struct KeyVersionName {
 
 /// Why a string is not a [`KeyVersionName`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{0}` is not a KMS key version name of the form projects/P/locations/L/keyRings/R/cryptoKeys/K/cryptoKeyVersions/V")]
+#[error(
+    "`{0}` is not a KMS key version name of the form projects/P/locations/L/keyRings/R/cryptoKeys/K/cryptoKeyVersions/V"
+)]
 pub struct KeyVersionNameError(String);
 
 impl KeyVersionName {

@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod attest;
 mod clock;
 mod crypto;
 mod error;
@@ -28,6 +29,7 @@ mod open;
 mod seal;
 mod secret;
 
+pub use attest::{Attestation, Certificate, parse_pinned_public_key};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{OpenError, SealError};
 pub use format::{Attributes, Mode};

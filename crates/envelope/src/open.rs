@@ -8,6 +8,7 @@ use bytes::Bytes;
 use moka::future::Cache;
 
 use crate::DEFAULT_TENANT_ID;
+use crate::attest::{self, Attestation, Verifier};
 use crate::clock::{Clock, SystemClock};
 use crate::crypto::{EncryptionKey, OpenFailure, SigningKey};
 use crate::error::OpenError;
@@ -50,6 +51,8 @@ pub struct Opened {
     /// since each message of a sealer has its own seal time or nonce, different for any
     /// two messages sealed. What deduplication keys on.
     pub fingerprint: [u8; 16],
+    /// In attest mode, who the message was proven to come from.
+    pub attestation: Option<Attestation>,
     /// The producer's data.
     pub data: Bytes,
     /// The producer's own attributes, restored; no envelope attribute is left.
@@ -65,6 +68,7 @@ pub struct OpenerBuilder {
     cache: CacheSettings,
     max_age: Option<Duration>,
     clock: Arc<dyn Clock>,
+    pinned: Vec<aws_lc_rs::signature::ParsedPublicKey>,
 }
 
 impl OpenerBuilder {
@@ -80,7 +84,7 @@ impl OpenerBuilder {
         self
     }
 
-    /// Only messages in these modes open; both by default.
+    /// Only messages in these modes open; all three by default.
     pub fn accept(mut self, modes: &[Mode]) -> Self {
         self.modes = modes.to_vec();
         self
@@ -99,6 +103,14 @@ impl OpenerBuilder {
         self
     }
 
+    /// Verifies attest certificates (and KMS-signed messages) only against these public
+    /// keys ([`parse_pinned_public_key`](crate::parse_pinned_public_key)), never asking
+    /// the KMS for one. By default each key version's public key is fetched once.
+    pub fn pinned_public_keys(mut self, keys: Vec<aws_lc_rs::signature::ParsedPublicKey>) -> Self {
+        self.pinned = keys;
+        self
+    }
+
     /// Replaces the system clock that message ages are measured by, for tests.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -108,12 +120,13 @@ impl OpenerBuilder {
     /// Builds the opener.
     pub fn build(self) -> Opener {
         Opener {
-            kms: self.kms,
+            kms: self.kms.clone(),
             tenant_id: self.tenant_id,
             trusted: self.trusted,
             modes: self.modes,
             max_age: self.max_age,
             clock: self.clock,
+            attest: Verifier::new(self.kms.clone(), self.pinned, self.cache.capacity),
             encryption_keys: new_cache(self.cache),
             signing_keys: new_cache(self.cache),
             hits: AtomicU64::new(0),
@@ -141,6 +154,7 @@ pub struct Opener {
     modes: Vec<Mode>,
     max_age: Option<Duration>,
     clock: Arc<dyn Clock>,
+    attest: Verifier,
     encryption_keys: KeyCache<EncryptionKey>,
     signing_keys: KeyCache<SigningKey>,
     hits: AtomicU64,
@@ -179,10 +193,11 @@ impl Opener {
             kms,
             tenant_id: DEFAULT_TENANT_ID.to_owned(),
             trusted: TrustedKeys::any(),
-            modes: vec![Mode::Encrypt, Mode::Sign],
+            modes: vec![Mode::Encrypt, Mode::Sign, Mode::Attest],
             cache: CacheSettings::default(),
             max_age: None,
             clock: Arc::new(SystemClock),
+            pinned: Vec::new(),
         }
     }
 
@@ -233,6 +248,7 @@ impl Opener {
                     kms_key: cached.kms_key.clone(),
                     sealed_at,
                     fingerprint: tag.try_into().expect("a 16-byte tag"),
+                    attestation: None,
                     data: Bytes::from(plaintext).slice(offset..),
                     attributes: restored,
                 })
@@ -244,20 +260,48 @@ impl Opener {
                         (SigningKey::new(secret, &prefix), Vec::new())
                     })
                     .await?;
-                let signature = &envelope.signature;
+                let Proof::Hmac(signature) = &envelope.proof else { unreachable!("sign mode carries an HMAC") };
                 cached.key.verify(envelope.sealed_at, attributes, data, signature).map_err(|_| OpenError::Tampered)?;
-                let restored = attributes
-                    .iter()
-                    .filter(|(name, _)| !format::is_envelope_attribute(name))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
                 Ok(Opened {
                     mode: envelope.mode,
                     kms_key: cached.kms_key.clone(),
                     sealed_at,
                     fingerprint: signature[..16].try_into().expect("a 32-byte signature"),
                     data: data.clone(),
-                    attributes: restored,
+                    attributes: producer_attributes(attributes),
+                    attestation: None,
+                })
+            }
+            Mode::Attest => {
+                let message = attest::Signed {
+                    kms_key: envelope.kms_key,
+                    certificate: envelope.wrapped,
+                    sealed_at: envelope.sealed_at,
+                    attributes,
+                    data,
+                };
+                let (attestation, signature) = match &envelope.proof {
+                    Proof::Session { certificate_signature, signature } => {
+                        let attestation = self
+                            .attest
+                            .verify_session(&message, certificate_signature, signature, &self.tenant_id, &self.trusted)
+                            .await?;
+                        (attestation, &signature[..])
+                    }
+                    Proof::Kms(signature) => {
+                        (self.attest.verify_kms_signed(&message, signature, &self.trusted).await?, &signature[..])
+                    }
+                    Proof::Aead | Proof::Hmac(_) => unreachable!("attest mode carries a signature"),
+                };
+                let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, signature);
+                Ok(Opened {
+                    mode: envelope.mode,
+                    kms_key: attestation.kms_key.key().clone(),
+                    sealed_at,
+                    fingerprint: digest.as_ref()[..16].try_into().expect("a 32-byte digest"),
+                    data: data.clone(),
+                    attributes: producer_attributes(attributes),
+                    attestation: Some(attestation),
                 })
             }
         }
@@ -300,7 +344,8 @@ impl Opener {
         if !self.trusted.allows(&kms_key) {
             return Err(OpenError::UntrustedKey(kms_key.to_string()));
         }
-        let wrapped_attr = envelope.mode.wrapped_key_attr();
+        let wrapped_attr =
+            if envelope.mode == Mode::Encrypt { format::DEK_WRAPPED_ATTR } else { format::SIGN_KEY_WRAPPED_ATTR };
         let wrapped = format::decode_base64(envelope.wrapped).ok_or(OpenError::BadBase64(wrapped_attr))?;
         if wrapped.is_empty() {
             return Err(OpenError::GarbledAttribute { name: wrapped_attr, why: "empty".into() });
@@ -310,6 +355,15 @@ impl Opener {
         let (key, prefix) = prepare(&secret);
         Ok(Arc::new(CachedKey { key, kms_key, prefix }))
     }
+}
+
+/// A visible message's attributes less the envelope's own.
+fn producer_attributes(attributes: &Attributes) -> Attributes {
+    attributes
+        .iter()
+        .filter(|(name, _)| !format::is_envelope_attribute(name))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// Refuses a message sealed more than `max_age` before `now`, or more than
@@ -329,65 +383,109 @@ fn check_age(sealed_at: SystemTime, now: SystemTime, max_age: Duration) -> Resul
 struct Envelope<'a> {
     mode: Mode,
     kms_key: &'a str,
+    /// The wrapped key (encrypt, sign), the certificate (attest) or empty (strict attest).
     wrapped: &'a str,
     /// Microseconds since the Unix epoch.
     sealed_at: u64,
-    signature: [u8; format::SIGNATURE_LEN],
+    proof: Proof<'a>,
 }
+
+/// What authenticates the message, decoded.
+enum Proof<'a> {
+    /// Encrypt mode: the AEAD tag, inside the payload.
+    Aead,
+    /// Sign mode: the HMAC tag.
+    Hmac([u8; format::SIGNATURE_LEN]),
+    /// Attest mode: the certificate's signature (base64 text) and the session key's.
+    Session { certificate_signature: &'a str, signature: [u8; format::ED25519_SIGNATURE_LEN] },
+    /// Strict attest mode: the KMS key version's own signature.
+    Kms(Vec<u8>),
+}
+
+/// The longest ASN.1 DER ECDSA P-256 signature.
+const MAX_ECDSA_SIGNATURE_LEN: usize = 72;
 
 impl<'a> Envelope<'a> {
     fn parse(attributes: &'a Attributes) -> Result<Self, OpenError> {
+        use format::{
+            ATTEST_CERT_ATTR as CERT, ATTEST_CERT_SIGNATURE_ATTR as CERT_SIGNATURE, DEK_WRAPPED_ATTR as DEK,
+            KMS_KEY_ATTR as KMS_KEY, KMS_SIGNATURE_ATTR as KMS_SIGNATURE, SEALED_AT_ATTR as SEALED_AT,
+            SIGN_KEY_WRAPPED_ATTR as SIGN_KEY, SIGNATURE_ATTR as SIGNATURE, VERSION_ATTR as VERSION,
+        };
         let get = |name: &'static str| attributes.get(name).map(String::as_str);
         let required = |name: &'static str| get(name).ok_or(OpenError::MissingAttribute(name));
-        let version = required(format::VERSION_ATTR)?;
+        let version = required(VERSION)?;
         if version != format::VERSION {
             return Err(OpenError::UnknownVersion(version.to_owned()));
         }
-        let mode = match (get(format::DEK_WRAPPED_ATTR), get(format::SIGN_KEY_WRAPPED_ATTR)) {
-            (Some(_), None) => Mode::Encrypt,
-            (None, Some(_)) => Mode::Sign,
-            (Some(_), Some(_)) => {
+        // Each mode (and attest flavour) is told by one attribute; the envelope
+        // attributes it may carry are exactly these.
+        let markers: [(&'static str, Mode, &[&str]); 4] = [
+            (DEK, Mode::Encrypt, &[VERSION, KMS_KEY, SEALED_AT, DEK]),
+            (SIGN_KEY, Mode::Sign, &[VERSION, KMS_KEY, SEALED_AT, SIGN_KEY, SIGNATURE]),
+            (CERT, Mode::Attest, &[VERSION, KMS_KEY, SEALED_AT, CERT, CERT_SIGNATURE, SIGNATURE]),
+            (KMS_SIGNATURE, Mode::Attest, &[VERSION, KMS_KEY, SEALED_AT, KMS_SIGNATURE]),
+        ];
+        let mut present = markers.iter().filter(|(marker, ..)| attributes.contains_key(*marker));
+        let (marker, mode, allowed) = match (present.next(), present.next()) {
+            (Some(found), None) => *found,
+            (Some(first), Some(second)) => {
                 return Err(OpenError::GarbledAttribute {
-                    name: format::DEK_WRAPPED_ATTR,
-                    why: "a message carries either dek_wrapped or sign_key_wrapped, not both".into(),
+                    name: first.0,
+                    why: format!(
+                        "a message carries one of {DEK}, {SIGN_KEY}, {CERT} or {KMS_SIGNATURE}, not also {}",
+                        second.0
+                    ),
                 });
             }
-            (None, None) => return Err(OpenError::MissingAttribute("dek_wrapped or sign_key_wrapped")),
+            (None, _) => {
+                return Err(OpenError::MissingAttribute("dek_wrapped, sign_key_wrapped, attest_cert or kms_signature"));
+            }
         };
-        let kms_key = required(format::KMS_KEY_ATTR)?;
-        let wrapped = required(mode.wrapped_key_attr())?;
-        let sealed_at = format::parse_sealed_at(required(format::SEALED_AT_ATTR)?).ok_or_else(|| {
-            OpenError::GarbledAttribute {
-                name: format::SEALED_AT_ATTR,
-                why: "not a decimal count of microseconds".into(),
-            }
+        let kms_key = required(KMS_KEY)?;
+        let sealed_at = format::parse_sealed_at(required(SEALED_AT)?).ok_or_else(|| OpenError::GarbledAttribute {
+            name: SEALED_AT,
+            why: "not a decimal count of microseconds".into(),
         })?;
-        let mut signature = [0; format::SIGNATURE_LEN];
-        match mode {
-            Mode::Encrypt => {
-                let envelope_attrs =
-                    [format::VERSION_ATTR, format::KMS_KEY_ATTR, format::DEK_WRAPPED_ATTR, format::SEALED_AT_ATTR];
-                if let Some(extra) = attributes.keys().find(|name| !envelope_attrs.contains(&name.as_str())) {
-                    return Err(OpenError::UnexpectedAttribute(extra.clone()));
-                }
+        let out_of_place = |name: &String| {
+            let envelope_only = mode == Mode::Encrypt || format::is_reserved(name);
+            envelope_only && !allowed.contains(&name.as_str())
+        };
+        if let Some(extra) = attributes.keys().find(|name| out_of_place(name)) {
+            return Err(OpenError::UnexpectedAttribute(extra.clone()));
+        }
+        let (wrapped, proof) = match marker {
+            DEK => (required(DEK)?, Proof::Aead),
+            SIGN_KEY => (required(SIGN_KEY)?, Proof::Hmac(decode_exact(required(SIGNATURE)?, SIGNATURE)?)),
+            CERT => {
+                let certificate_signature = required(CERT_SIGNATURE)?;
+                (
+                    required(CERT)?,
+                    Proof::Session { certificate_signature, signature: decode_exact(required(SIGNATURE)?, SIGNATURE)? },
+                )
             }
-            Mode::Sign => {
-                let stray =
-                    attributes.keys().find(|name| format::is_reserved(name) && !format::is_envelope_attribute(name));
-                if let Some(stray) = stray {
-                    return Err(OpenError::UnexpectedAttribute(stray.clone()));
-                }
-                let text = required(format::SIGNATURE_ATTR)?;
-                let len = format::decode_base64_into(text, &mut signature)
-                    .ok_or(OpenError::BadBase64(format::SIGNATURE_ATTR))?;
-                if len != format::SIGNATURE_LEN {
+            _ => {
+                let signature =
+                    format::decode_base64(required(KMS_SIGNATURE)?).ok_or(OpenError::BadBase64(KMS_SIGNATURE))?;
+                if signature.is_empty() || signature.len() > MAX_ECDSA_SIGNATURE_LEN {
                     return Err(OpenError::GarbledAttribute {
-                        name: format::SIGNATURE_ATTR,
-                        why: format!("not {} bytes", format::SIGNATURE_LEN),
+                        name: KMS_SIGNATURE,
+                        why: "not an ECDSA P-256 signature".into(),
                     });
                 }
+                ("", Proof::Kms(signature))
             }
-        }
-        Ok(Self { mode, kms_key, wrapped, sealed_at, signature })
+        };
+        Ok(Self { mode, kms_key, wrapped, sealed_at, proof })
     }
+}
+
+/// Decodes the base64 attribute `name` into exactly `N` bytes.
+fn decode_exact<const N: usize>(text: &str, name: &'static str) -> Result<[u8; N], OpenError> {
+    let mut out = [0; N];
+    let len = format::decode_base64_into(text, &mut out).ok_or(OpenError::BadBase64(name))?;
+    if len != N {
+        return Err(OpenError::GarbledAttribute { name, why: format!("not {N} bytes") });
+    }
+    Ok(out)
 }

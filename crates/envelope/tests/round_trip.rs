@@ -4,7 +4,9 @@ mod common;
 
 use bytes::Bytes;
 use common::{Fixture, TENANT_1_KEY, attrs};
-use envelope::format::{DEK_WRAPPED_ATTR, ENCRYPT_OVERHEAD, KMS_KEY_ATTR, SEALED_AT_ATTR, SIGNATURE_ATTR, VERSION_ATTR};
+use envelope::format::{
+    DEK_WRAPPED_ATTR, ENCRYPT_OVERHEAD, KMS_KEY_ATTR, SEALED_AT_ATTR, SIGNATURE_ATTR, VERSION_ATTR,
+};
 use envelope::{Attributes, Mode, OpenError};
 use proptest::prelude::*;
 

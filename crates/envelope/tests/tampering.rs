@@ -98,7 +98,11 @@ async fn dropping_any_attribute_fails_with_its_reason() {
             attributes.remove(name);
             let error = open_error(&fixture, message.data.clone(), &attributes).await;
             let expected = match name.as_str() {
-                VERSION_ATTR | KMS_KEY_ATTR | DEK_WRAPPED_ATTR | SIGN_KEY_WRAPPED_ATTR | SIGNATURE_ATTR
+                VERSION_ATTR
+                | KMS_KEY_ATTR
+                | DEK_WRAPPED_ATTR
+                | SIGN_KEY_WRAPPED_ATTR
+                | SIGNATURE_ATTR
                 | SEALED_AT_ATTR => "missing_attribute",
                 _ => "tampered",
             };
@@ -124,7 +128,7 @@ async fn wrapped_key_from_another_kms_key_is_rejected() {
     for mode in [Mode::Encrypt, Mode::Sign] {
         let victim = sealed(&fixture, TENANT_1_KEY, "tenant-1", mode).await;
         let other = sealed(&fixture, TENANT_2_KEY, "tenant-1", mode).await;
-        let wrapped = mode.wrapped_key_attr();
+        let wrapped = mode.wrapped_key_attr().unwrap();
         let mut attributes = victim.attributes.clone();
         attributes.insert(wrapped.into(), other.attributes[wrapped].clone());
         let error = open_error(&fixture, victim.data.clone(), &attributes).await;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use envelope::kms::Counted;
-use envelope::kms::local::{Keyring, LocalKms};
+use envelope::kms::local::{Keyring, LocalKms, Purpose};
 use envelope::{Attributes, KeyName, Mode, Opener, Sealer};
 
 pub const TENANT_1_KEY: &str = "projects/tenant-1/locations/us-central1/keyRings/tenant1-keyring/cryptoKeys/key1";
@@ -25,6 +25,14 @@ impl Fixture {
         keyring.create(&key(TENANT_2_KEY)).unwrap();
         keyring.save().unwrap();
         Self { kms: Arc::new(Counted::new(LocalKms::open(&path).unwrap())), _dir: dir }
+    }
+
+    /// Adds a key to the keyring; the backend reads it on first use.
+    pub fn add_key(&self, name: &str, purpose: Purpose) {
+        let path = self._dir.path().join("keyring.json");
+        let mut keyring = Keyring::load(&path).unwrap();
+        keyring.create_for(&key(name), purpose).unwrap();
+        keyring.save().unwrap();
     }
 
     pub fn sealer(&self, key_name: &str, tenant: &str, mode: Mode) -> Sealer {

@@ -1,0 +1,223 @@
+//! Attest mode: messages only the producing tenant's KMS signing key could have vouched
+//! for, checked through the library and against a hand-built message per FORMAT.md.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use common::{Fixture, attrs, key};
+use envelope::format::{ATTEST_CERT_ATTR, ATTEST_CERT_SIGNATURE_ATTR, SEALED_AT_ATTR, SIGNATURE_ATTR};
+use envelope::kms::Kms;
+use envelope::kms::local::Purpose;
+use envelope::{Attributes, Certificate, KeyVersionName, Mode, Opener, Sealer};
+
+const SIGNER_1: &str = "projects/tenant-1/locations/us-central1/keyRings/tenant1-keyring/cryptoKeys/signer";
+const SIGNER_2: &str = "projects/tenant-2/locations/us-central1/keyRings/tenant2-keyring/cryptoKeys/signer";
+
+fn version(name: &str) -> KeyVersionName {
+    KeyVersionName::new(key(name), 1).unwrap()
+}
+
+fn fixture() -> Fixture {
+    let fixture = Fixture::new();
+    fixture.add_key(SIGNER_1, Purpose::AsymmetricSign);
+    fixture.add_key(SIGNER_2, Purpose::AsymmetricSign);
+    fixture
+}
+
+fn opener(fixture: &Fixture, tenant: &str) -> Opener {
+    let trusted = envelope::TrustedKeys::from_patterns(["projects/tenant-1/*"]).unwrap();
+    Opener::builder(fixture.kms.clone()).tenant_id(tenant).trusted_keys(trusted).build()
+}
+
+async fn open_error(opener: &Opener, data: &Bytes, attributes: &Attributes) -> String {
+    opener.open(data, attributes).await.unwrap_err().reason().to_owned()
+}
+
+#[tokio::test]
+async fn a_certified_session_signs_every_message_with_one_kms_call() {
+    let fixture = fixture();
+    let mut sealer = Sealer::attest(fixture.kms.clone(), version(SIGNER_1), "tenant-1", false);
+    let opener = opener(&fixture, "tenant-1");
+    for i in 0..20 {
+        let text = format!("message {i}");
+        let sealed = sealer.seal(Bytes::from(text.clone()), attrs(&[("seq", &i.to_string())])).await.unwrap();
+        let opened = opener.open(&sealed.data, &sealed.attributes).await.unwrap();
+        assert_eq!(opened.data, text.as_bytes());
+        assert_eq!(opened.attributes, attrs(&[("seq", &i.to_string())]));
+        assert_eq!(opened.mode, Mode::Attest);
+        let attestation = opened.attestation.unwrap();
+        assert_eq!(attestation.kms_key, version(SIGNER_1));
+        assert_eq!(attestation.tenant_id.as_deref(), Some("tenant-1"));
+    }
+    assert_eq!(fixture.kms.signs(), 1, "one certificate for the session");
+    assert_eq!(fixture.kms.public_keys(), 1, "one public-key fetch for the key version");
+}
+
+#[tokio::test]
+async fn strict_mode_has_the_kms_sign_every_message() {
+    let fixture = fixture();
+    let mut sealer = Sealer::attest(fixture.kms.clone(), version(SIGNER_1), "tenant-1", true);
+    let opener = opener(&fixture, "tenant-1");
+    for i in 0..5 {
+        let sealed = sealer.seal(Bytes::from(format!("audited {i}")), Attributes::new()).await.unwrap();
+        assert!(!sealed.attributes.contains_key(ATTEST_CERT_ATTR));
+        let opened = opener.open(&sealed.data, &sealed.attributes).await.unwrap();
+        assert_eq!(opened.attestation.unwrap().tenant_id, None, "the KMS key itself vouches");
+        let mut altered = sealed.attributes.clone();
+        altered.insert("added".into(), "x".into());
+        assert_eq!(open_error(&opener, &sealed.data, &altered).await, "tampered");
+    }
+    assert_eq!(fixture.kms.signs(), 5);
+}
+
+#[tokio::test]
+async fn altered_messages_and_foreign_certificates_are_refused() {
+    let fixture = fixture();
+    let mut sealer = Sealer::attest(fixture.kms.clone(), version(SIGNER_1), "tenant-1", false);
+    let sealed = sealer.seal(Bytes::from_static(b"pay 10"), attrs(&[("to", "alice")])).await.unwrap();
+    let opener = opener(&fixture, "tenant-1");
+    assert!(opener.open(&sealed.data, &sealed.attributes).await.is_ok());
+
+    assert_eq!(open_error(&opener, &Bytes::from_static(b"pay 99"), &sealed.attributes).await, "tampered");
+    let with = |name: &str, value: String| {
+        let mut attributes = sealed.attributes.clone();
+        attributes.insert(name.into(), value);
+        attributes
+    };
+    assert_eq!(open_error(&opener, &sealed.data, &with("to", "mallory".into())).await, "tampered");
+    assert_eq!(open_error(&opener, &sealed.data, &with("extra", "x".into())).await, "tampered");
+    let stray = with(envelope::format::DEK_WRAPPED_ATTR, "AAAA".into());
+    assert_eq!(open_error(&opener, &sealed.data, &stray).await, "garbled_attribute");
+    let smuggled = with(envelope::format::KMS_SIGNATURE_ATTR, "AAAA".into());
+    assert_eq!(open_error(&opener, &sealed.data, &smuggled).await, "garbled_attribute");
+
+    // The same certificate with another key version's signature.
+    let certificate = STANDARD.decode(&sealed.attributes[ATTEST_CERT_ATTR]).unwrap();
+    let other = fixture.kms.sign(&version(SIGNER_2), &certificate).await.unwrap();
+    let forged = with(ATTEST_CERT_SIGNATURE_ATTR, STANDARD.encode(other));
+    assert_eq!(open_error(&opener, &sealed.data, &forged).await, "forged_certificate");
+    assert!(opener.open(&sealed.data, &sealed.attributes).await.is_ok(), "the good one still opens");
+
+    // A tenant-2 session, and a tenant-1 key certifying a session for another tenant.
+    let mut tenant_2 = Sealer::attest(fixture.kms.clone(), version(SIGNER_2), "tenant-2", false);
+    let theirs = tenant_2.seal(Bytes::from_static(b"x"), Attributes::new()).await.unwrap();
+    assert_eq!(open_error(&opener, &theirs.data, &theirs.attributes).await, "untrusted_key");
+    let mut other_tenant = Sealer::attest(fixture.kms.clone(), version(SIGNER_1), "tenant-2", false);
+    let for_other = other_tenant.seal(Bytes::from_static(b"x"), Attributes::new()).await.unwrap();
+    assert_eq!(open_error(&opener, &for_other.data, &for_other.attributes).await, "wrong_tenant");
+
+    let wrong_kind = Sealer::new(fixture.kms.clone(), key(SIGNER_1), "tenant-1", Mode::Attest);
+    let error = { wrong_kind }.seal(Bytes::new(), Attributes::new()).await.unwrap_err();
+    assert!(error.to_string().contains("Sealer::attest"), "{error}");
+}
+
+/// The canonical header and signed bytes of FORMAT.md, written out independently.
+fn signed_bytes(kms_key: &str, certificate: &str, sealed_at: u64, attributes: &[(&str, &str)], data: &[u8]) -> Vec<u8> {
+    let lp = |out: &mut Vec<u8>, bytes: &[u8]| {
+        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        out.extend_from_slice(bytes);
+    };
+    let mut out = b"pubsub-envelope/v1\0\x03".to_vec();
+    lp(&mut out, kms_key.as_bytes());
+    lp(&mut out, certificate.as_bytes());
+    out.extend_from_slice(&sealed_at.to_be_bytes());
+    out.extend_from_slice(&(attributes.len() as u32).to_be_bytes());
+    let mut sorted = attributes.to_vec();
+    sorted.sort();
+    for (k, v) in sorted {
+        lp(&mut out, k.as_bytes());
+        lp(&mut out, v.as_bytes());
+    }
+    out.extend_from_slice(&(data.len() as u64).to_be_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// A delegated message built by hand from FORMAT.md: a session key, its certificate
+/// signed through the KMS, the message signed by the session key.
+async fn hand_built(fixture: &Fixture, tenant: &str, validity: (u64, u64), sealed_at: u64) -> (Bytes, Attributes) {
+    let session = Ed25519KeyPair::generate().unwrap();
+    let certificate = Certificate {
+        kms_key: version(SIGNER_1),
+        tenant_id: tenant.into(),
+        public_key: session.public_key().as_ref().try_into().unwrap(),
+        not_before: validity.0,
+        not_after: validity.1,
+    }
+    .encode();
+    let certificate_signature = fixture.kms.sign(&version(SIGNER_1), &certificate).await.unwrap();
+    let certificate = STANDARD.encode(certificate);
+    let signed = signed_bytes(version(SIGNER_1).as_str(), &certificate, sealed_at, &[("k", "v")], b"hand made");
+    let attributes = attrs(&[
+        ("envelope_version", "1"),
+        ("kms_key", version(SIGNER_1).as_str()),
+        (SEALED_AT_ATTR, &sealed_at.to_string()),
+        (ATTEST_CERT_ATTR, &certificate),
+        (ATTEST_CERT_SIGNATURE_ATTR, &STANDARD.encode(certificate_signature)),
+        (SIGNATURE_ATTR, &STANDARD.encode(session.sign(&signed))),
+        ("k", "v"),
+    ]);
+    (Bytes::from_static(b"hand made"), attributes)
+}
+
+#[tokio::test]
+async fn a_message_built_from_format_md_opens_and_its_certificate_bounds_its_seal_time() {
+    let fixture = fixture();
+    let opener = opener(&fixture, "tenant-1");
+    let (data, attributes) = hand_built(&fixture, "tenant-1", (1_000, 2_000), 1_500).await;
+    let opened = opener.open(&data, &attributes).await.unwrap();
+    assert_eq!(opened.attributes, attrs(&[("k", "v")]));
+    for sealed_at in [999, 2_001] {
+        let (data, attributes) = hand_built(&fixture, "tenant-1", (1_000, 2_000), sealed_at).await;
+        assert_eq!(open_error(&opener, &data, &attributes).await, "certificate_expired", "{sealed_at}");
+    }
+    let (data, attributes) = hand_built(&fixture, "tenant-2", (1_000, 2_000), 1_500).await;
+    assert_eq!(open_error(&opener, &data, &attributes).await, "wrong_tenant");
+}
+
+#[tokio::test]
+async fn pinned_public_keys_replace_the_kms_lookup() {
+    let fixture = fixture();
+    let pem =
+        |der: Vec<u8>| format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", STANDARD.encode(der));
+    let right = pem(fixture.kms.public_key(&version(SIGNER_1)).await.unwrap());
+    let wrong = pem(fixture.kms.public_key(&version(SIGNER_2)).await.unwrap());
+    let fetched_before = fixture.kms.public_keys();
+    let mut sealer = Sealer::attest(fixture.kms.clone(), version(SIGNER_1), "tenant-1", false);
+    let sealed = sealer.seal(Bytes::from_static(b"pinned"), Attributes::new()).await.unwrap();
+    let pinned = |pem: &str| {
+        let key = envelope::parse_pinned_public_key(pem.as_bytes()).unwrap();
+        Opener::builder(fixture.kms.clone()).tenant_id("tenant-1").pinned_public_keys(vec![key]).build()
+    };
+    assert!(pinned(&right).open(&sealed.data, &sealed.attributes).await.is_ok());
+    assert_eq!(open_error(&pinned(&wrong), &sealed.data, &sealed.attributes).await, "forged_certificate");
+    assert_eq!(fixture.kms.public_keys(), fetched_before, "no public key fetched");
+    assert!(envelope::parse_pinned_public_key(b"not pem").is_err());
+}
+
+#[tokio::test]
+async fn sessions_rotate_and_every_session_is_certified_once() {
+    let fixture = fixture();
+    let clock = Arc::new(envelope::ManualClock::new());
+    let mut sealer =
+        Sealer::attest(fixture.kms.clone(), version(SIGNER_1), "tenant-1", false).with_clock(clock.clone());
+    let opener = opener(&fixture, "tenant-1");
+    let mut certificates = std::collections::HashSet::new();
+    for _ in 0..3 {
+        for _ in 0..4 {
+            let sealed = sealer.seal(Bytes::from_static(b"m"), Attributes::new()).await.unwrap();
+            assert!(opener.open(&sealed.data, &sealed.attributes).await.is_ok());
+            certificates.insert(sealed.attributes[ATTEST_CERT_ATTR].clone());
+        }
+        clock.advance(Duration::from_secs(100));
+    }
+    assert_eq!(certificates.len(), 3);
+    assert_eq!(fixture.kms.signs(), 3);
+    assert_eq!(sealer.data_keys_made(), 3);
+}
