@@ -61,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
             .tenant_id(&cli.kms.tenant_id)
             .trusted_keys(cli.trust.trusted_keys()?)
             .max_age(cli.trust.max_message_age())
+            .pinned_public_keys(cli.trust.pinned_public_keys()?)
             .accept(cli.mode.accepts())
             .build(),
     );
@@ -85,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
                         let record = serde_json::json!({
                             "message_id": id, "status": "opened", "mode": opened.mode.as_str(),
                             "kms_key": opened.kms_key.as_str(), "sealed_at": sealed_at,
+                            "attested_by": opened.attestation.as_ref().map(ToString::to_string),
                             "attributes": opened.attributes, "data": text,
                         });
                         writeln!(out, "{record}")?;
@@ -92,9 +94,13 @@ async fn main() -> anyhow::Result<()> {
                         let mut attributes: Vec<_> = opened.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
                         attributes.sort();
                         let attributes = attributes.join(", ");
+                        let attested = match &opened.attestation {
+                            Some(attestation) => format!(" attested_by=({attestation})"),
+                            None => String::new(),
+                        };
                         writeln!(
                             out,
-                            "OPENED {id} mode={} kms_key={} sealed_at={sealed_at} attributes={{{attributes}}}\n  {text}",
+                            "OPENED {id} mode={} kms_key={} sealed_at={sealed_at}{attested} attributes={{{attributes}}}\n  {text}",
                             opened.mode, opened.kms_key
                         )?;
                     }

@@ -130,6 +130,7 @@ async fn main() -> anyhow::Result<()> {
             .tenant_id(&cli.kms.tenant_id)
             .trusted_keys(trusted)
             .max_age(cli.trust.max_message_age())
+            .pinned_public_keys(cli.trust.pinned_public_keys()?)
             .accept(cli.mode.accepts())
             .cache(CacheSettings { ttl: Duration::from_secs(cli.cache_ttl_secs), capacity: cli.cache_capacity })
             .build(),

@@ -10,8 +10,9 @@ use backon::{BackoffBuilder as _, ExponentialBuilder};
 use bus::flags::KmsFlags;
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
-use envelope::kms::local::Keyring;
-use envelope::{Attributes, KeyName, Mode, RotationPolicy, Sealer};
+use envelope::kms::Kms as _;
+use envelope::kms::local::{Keyring, LocalKms, Purpose};
+use envelope::{Attributes, KeyName, KeyVersionName, Mode, RotationPolicy, Sealer};
 use google_cloud_pubsub::model::Message;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand_chacha::ChaCha8Rng;
@@ -27,9 +28,20 @@ struct Cli {
     #[command(subcommand)]
     keyring: Option<KeyringCommand>,
 
-    /// `encrypt` (AES-256-GCM, attributes sealed inside) or `sign` (HMAC-SHA256).
+    /// `encrypt` (AES-256-GCM, attributes sealed inside), `sign` (HMAC-SHA256) or
+    /// `attest` (signatures only this tenant's KMS signing key could have vouched for).
     #[arg(long, env = "PUBLISHER_MODE", default_value = "encrypt")]
     mode: PublishMode,
+
+    /// Attest mode: the KMS signing key version (`EC_SIGN_P256_SHA256`) that certifies
+    /// each session key; the key itself is named as for the other modes.
+    #[arg(long = "kms_key_version", visible_alias = "kms-key-version", env = "KMS_KEY_VERSION", default_value_t = 1)]
+    kms_key_version: u32,
+
+    /// Attest mode: have the KMS sign every message itself (one KMS call per message,
+    /// for strict audit) instead of certifying a session key per rotation.
+    #[arg(long = "kms_sign_every_message", visible_alias = "kms-sign-every-message")]
+    kms_sign_every_message: bool,
 
     #[command(flatten)]
     account: bus::flags::AccountFlags,
@@ -77,6 +89,7 @@ struct Cli {
 enum PublishMode {
     Encrypt,
     Sign,
+    Attest,
 }
 
 /// The tenant's KMS key, by parts as in the article or whole.
@@ -134,6 +147,15 @@ enum KeyringAction {
         /// Succeed without change when the key exists.
         #[arg(long = "if-missing")]
         if_missing: bool,
+        /// `encrypt` (a key encryption key, for encrypt and sign modes) or `sign` (a P-256
+        /// signing key, for attest mode).
+        #[arg(long, default_value = "encrypt")]
+        purpose: KeyPurpose,
+    },
+    /// Print a signing key version's public key (PEM), for `--trusted_public_key`.
+    PublicKey {
+        /// Key version name: projects/P/locations/L/keyRings/R/cryptoKeys/K/cryptoKeyVersions/V
+        key_version: String,
     },
     /// Add a new primary version; older versions still unwrap.
     Rotate {
@@ -144,18 +166,33 @@ enum KeyringAction {
     List,
 }
 
-fn keyring(action: KeyringAction, path: PathBuf) -> anyhow::Result<()> {
+#[derive(Clone, Copy, ValueEnum)]
+enum KeyPurpose {
+    Encrypt,
+    Sign,
+}
+
+async fn keyring(action: KeyringAction, path: PathBuf) -> anyhow::Result<()> {
     let mut keyring = Keyring::load_or_new(&path)?;
     match action {
-        KeyringAction::Create { key, if_missing } => {
+        KeyringAction::Create { key, if_missing, purpose } => {
             let name: KeyName = key.parse()?;
             if if_missing && keyring.list().iter().any(|info| info.name == name) {
                 println!("{name} exists");
                 return Ok(());
             }
-            keyring.create(&name)?;
+            let purpose = match purpose {
+                KeyPurpose::Encrypt => Purpose::EncryptDecrypt,
+                KeyPurpose::Sign => Purpose::AsymmetricSign,
+            };
+            keyring.create_for(&name, purpose)?;
             keyring.save()?;
             println!("created {name} (version 1) in {}", path.display());
+        }
+        KeyringAction::PublicKey { key_version } => {
+            let name: KeyVersionName = key_version.parse()?;
+            let der = LocalKms::open(&path)?.public_key(&name).await?;
+            print!("{}", envelope::public_key_pem(&der));
         }
         KeyringAction::Rotate { key } => {
             let name: KeyName = key.parse()?;
@@ -166,7 +203,11 @@ fn keyring(action: KeyringAction, path: PathBuf) -> anyhow::Result<()> {
         KeyringAction::List => {
             for info in keyring.list() {
                 let versions: Vec<String> = info.versions.iter().map(u32::to_string).collect();
-                println!("{}  primary={}  versions={}", info.name, info.primary, versions.join(","));
+                let purpose = match info.purpose {
+                    Purpose::EncryptDecrypt => "encrypt",
+                    Purpose::AsymmetricSign => "sign",
+                };
+                println!("{}  purpose={purpose}  primary={}  versions={}", info.name, info.primary, versions.join(","));
             }
         }
     }
@@ -233,12 +274,21 @@ async fn publish(cli: Cli) -> anyhow::Result<()> {
         }),
         ..RotationPolicy::default()
     };
-    let mode = match cli.mode {
-        PublishMode::Encrypt => Mode::Encrypt,
-        PublishMode::Sign => Mode::Sign,
-    };
     let kms = cli.kms.backend(cli.account.service_account.as_deref()).await?;
-    let mut sealer = Sealer::new(kms.clone(), key_name.clone(), cli.kms.tenant_id.clone(), mode).with_policy(policy);
+    let tenant_id = cli.kms.tenant_id.clone();
+    let (mode, sealer) = match cli.mode {
+        PublishMode::Encrypt => (Mode::Encrypt, Sealer::new(kms.clone(), key_name.clone(), tenant_id, Mode::Encrypt)),
+        PublishMode::Sign => (Mode::Sign, Sealer::new(kms.clone(), key_name.clone(), tenant_id, Mode::Sign)),
+        PublishMode::Attest => {
+            let version = KeyVersionName::new(key_name.clone(), cli.kms_key_version)?;
+            (Mode::Attest, Sealer::attest(kms.clone(), version, tenant_id, cli.kms_sign_every_message))
+        }
+    };
+    anyhow::ensure!(
+        !cli.kms_sign_every_message || mode == Mode::Attest,
+        "--kms_sign_every_message applies to --mode attest only"
+    );
+    let mut sealer = sealer.with_policy(policy);
     let pubsub = bus::PubSub::from_env(cli.account.service_account.as_deref())?;
     pubsub.ensure_topic(&topic).await?;
     let attributes: Attributes = cli.attributes.iter().cloned().collect();
@@ -323,7 +373,7 @@ async fn main() -> anyhow::Result<()> {
     bus::init_logging();
     let mut cli = Cli::parse();
     match cli.keyring.take() {
-        Some(KeyringCommand::Keyring { action, keyring: path }) => keyring(action, path),
+        Some(KeyringCommand::Keyring { action, keyring: path }) => keyring(action, path).await,
         None => publish(cli).await,
     }
 }

@@ -130,12 +130,34 @@ pub struct TrustFlags {
     /// old ones published again. Off by default.
     #[arg(long = "max_message_age", visible_alias = "max-message-age", env = "MAX_MESSAGE_AGE")]
     pub max_message_age: Option<humantime::Duration>,
+
+    /// Attest mode: verify certificates only against this public key (PEM file, as
+    /// `publisher keyring public-key` or Cloud KMS prints it; repeatable) instead of
+    /// fetching each key version's public key from the KMS.
+    #[arg(
+        long = "trusted_public_key",
+        visible_alias = "trusted-public-key",
+        env = "TRUSTED_PUBLIC_KEYS",
+        value_delimiter = ','
+    )]
+    pub trusted_public_key: Vec<PathBuf>,
 }
 
 impl TrustFlags {
     /// The trusted set the flags describe.
     pub fn trusted_keys(&self) -> anyhow::Result<envelope::TrustedKeys> {
         Ok(envelope::TrustedKeys::from_patterns(&self.trusted_kms_key)?)
+    }
+
+    /// The public keys given with `--trusted_public_key`, parsed.
+    pub fn pinned_public_keys(&self) -> anyhow::Result<Vec<envelope::TrustedPublicKey>> {
+        self.trusted_public_key
+            .iter()
+            .map(|path| {
+                let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+                envelope::TrustedPublicKey::from_pem(&pem).with_context(|| path.display().to_string())
+            })
+            .collect()
     }
 
     /// The maximum message age, if one was given.
@@ -222,6 +244,8 @@ pub enum OpenMode {
     Decrypt,
     /// Signed messages only.
     Verify,
+    /// Attested messages only.
+    Attest,
     /// Whatever each message's envelope says.
     Auto,
 }
@@ -232,7 +256,8 @@ impl OpenMode {
         match self {
             OpenMode::Decrypt => &[envelope::Mode::Encrypt],
             OpenMode::Verify => &[envelope::Mode::Sign],
-            OpenMode::Auto => &[envelope::Mode::Encrypt, envelope::Mode::Sign],
+            OpenMode::Attest => &[envelope::Mode::Attest],
+            OpenMode::Auto => &[envelope::Mode::Encrypt, envelope::Mode::Sign, envelope::Mode::Attest],
         }
     }
 }

@@ -13,12 +13,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use envelope::kms::local::Keyring;
+use envelope::kms::local::{Keyring, Purpose};
 
 /// The article's tenant key, and a second tenant's.
 pub const TENANT_1_KEY: &str = "projects/tenant-1/locations/us-central1/keyRings/tenant1-keyring/cryptoKeys/key1";
 /// Another tenant's key in the same keyring.
 pub const TENANT_2_KEY: &str = "projects/tenant-2/locations/us-central1/keyRings/tenant2-keyring/cryptoKeys/key1";
+/// Tenant 1's P-256 signing key, for attest mode.
+pub const TENANT_1_SIGNER: &str = "projects/tenant-1/locations/us-central1/keyRings/tenant1-keyring/cryptoKeys/signer";
+/// Tenant 2's signing key.
+pub const TENANT_2_SIGNER: &str = "projects/tenant-2/locations/us-central1/keyRings/tenant2-keyring/cryptoKeys/signer";
 
 /// A Pub/Sub emulator: started for this test, or shared through `PUBSUB_EMULATOR_HOST`.
 pub struct Emulator {
@@ -86,6 +90,8 @@ impl Harness {
         let mut keyring = Keyring::load_or_new(dir.path().join("keyring.json")).unwrap();
         keyring.create(&TENANT_1_KEY.parse().unwrap()).unwrap();
         keyring.create(&TENANT_2_KEY.parse().unwrap()).unwrap();
+        keyring.create_for(&TENANT_1_SIGNER.parse().unwrap(), Purpose::AsymmetricSign).unwrap();
+        keyring.create_for(&TENANT_2_SIGNER.parse().unwrap(), Purpose::AsymmetricSign).unwrap();
         keyring.save().unwrap();
         Self { emulator: Emulator::start(), project, dir }
     }
@@ -179,6 +185,21 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// The local KMS of this harness's keyring.
+    pub fn kms(&self) -> std::sync::Arc<envelope::kms::local::LocalKms> {
+        std::sync::Arc::new(envelope::kms::local::LocalKms::open(self.keyring()).unwrap())
+    }
+
+    /// Seals `data` in attest mode under version 1 of the signing key `signer`, with a
+    /// certified session key of its own.
+    pub async fn attest(&self, signer: &str, tenant: &str, data: &[u8]) -> envelope::Sealed {
+        let version = envelope::KeyVersionName::new(signer.parse().unwrap(), 1).unwrap();
+        let mut sealer = envelope::Sealer::attest(self.kms(), version, tenant, false);
+        sealer.seal(bytes::Bytes::copy_from_slice(data), envelope::Attributes::new()).await.unwrap()
+    }
+}
+
 /// A sealed message, ready to publish.
 pub fn message(sealed: envelope::Sealed) -> google_cloud_pubsub::model::Message {
     google_cloud_pubsub::model::Message::new().set_data(sealed.data).set_attributes(sealed.attributes)
@@ -260,12 +281,13 @@ impl Running {
         lines
     }
 
-    /// Sends SIGTERM and waits for a clean exit.
-    pub fn terminate(mut self) {
+    /// Sends SIGTERM, waits for a clean exit and returns the stderr log.
+    pub fn terminate(mut self) -> String {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         let status = self.child.wait().unwrap();
         assert!(status.success(), "exit status {status} after SIGTERM; log:\n{}", self.log());
+        self.log()
     }
 
     /// SIGKILL: no flush, no acks.

@@ -67,23 +67,6 @@ impl Certificate {
     }
 }
 
-/// The bytes a message signature covers, in both attest flavours: the canonical header
-/// (FORMAT.md) with the certificate text, or nothing, in the key field, then
-/// `u64(len(data)) || data`.
-pub(crate) fn signed_bytes(
-    kms_key: &str,
-    certificate: &str,
-    sealed_at: u64,
-    attributes: &Attributes,
-    data: &[u8],
-) -> Vec<u8> {
-    let mut out = format::header_prefix(format::Mode::Attest, kms_key, certificate);
-    format::header_rest(sealed_at, attributes, |chunk| out.extend_from_slice(chunk));
-    out.extend_from_slice(&(data.len() as u64).to_be_bytes());
-    out.extend_from_slice(data);
-    out
-}
-
 /// A session's signing key and its certificate.
 pub(crate) struct SessionKey {
     pair: Ed25519KeyPair,
@@ -147,7 +130,7 @@ struct Certified {
 /// certificates verified once per session.
 pub(crate) struct Verifier {
     kms: Arc<dyn Kms>,
-    pinned: Vec<ParsedPublicKey>,
+    pinned: Vec<TrustedPublicKey>,
     public_keys: Cache<String, Arc<ParsedPublicKey>>,
     certificates: Cache<String, Arc<Certified>>,
 }
@@ -155,7 +138,7 @@ pub(crate) struct Verifier {
 impl Verifier {
     /// `pinned` public keys (DER `SubjectPublicKeyInfo`), when given, are the only ones
     /// trusted, and no public key is fetched from the KMS.
-    pub(crate) fn new(kms: Arc<dyn Kms>, pinned: Vec<ParsedPublicKey>, capacity: u64) -> Self {
+    pub(crate) fn new(kms: Arc<dyn Kms>, pinned: Vec<TrustedPublicKey>, capacity: u64) -> Self {
         Self {
             kms,
             pinned,
@@ -192,8 +175,13 @@ impl Verifier {
         if !(certificate.not_before..=certificate.not_after).contains(&message.sealed_at) {
             return Err(OpenError::CertificateExpired);
         }
-        let signed =
-            signed_bytes(message.kms_key, message.certificate, message.sealed_at, message.attributes, message.data);
+        let signed = format::attest_signed_bytes(
+            message.kms_key,
+            message.certificate,
+            message.sealed_at,
+            message.attributes,
+            message.data,
+        );
         certified.session.verify_sig(&signed, signature).map_err(|_| OpenError::Tampered)?;
         Ok(Attestation { kms_key, tenant_id: Some(certificate.tenant_id.clone()) })
     }
@@ -206,7 +194,8 @@ impl Verifier {
         trusted: &TrustedKeys,
     ) -> Result<Attestation, OpenError> {
         let kms_key = trusted_version(message.kms_key, trusted)?;
-        let signed = signed_bytes(message.kms_key, "", message.sealed_at, message.attributes, message.data);
+        let signed =
+            format::attest_signed_bytes(message.kms_key, "", message.sealed_at, message.attributes, message.data);
         if !self.verify_p256(&kms_key, &signed, signature).await? {
             return Err(OpenError::Tampered);
         }
@@ -239,7 +228,7 @@ impl Verifier {
     /// public key: a pinned one, or the KMS's, fetched once per key version.
     async fn verify_p256(&self, kms_key: &KeyVersionName, message: &[u8], signature: &[u8]) -> Result<bool, OpenError> {
         if !self.pinned.is_empty() {
-            return Ok(self.pinned.iter().any(|key| key.verify_sig(message, signature).is_ok()));
+            return Ok(self.pinned.iter().any(|key| key.0.verify_sig(message, signature).is_ok()));
         }
         let fetch = async {
             let der = self.kms.public_key(kms_key).await?;
@@ -256,12 +245,39 @@ impl Verifier {
     }
 }
 
-/// Parses a pinned public key (PEM `PUBLIC KEY`, an ECDSA P-256 `SubjectPublicKeyInfo`).
-pub fn parse_pinned_public_key(pem: &[u8]) -> Result<ParsedPublicKey, String> {
-    use rustls_pki_types::SubjectPublicKeyInfoDer;
-    use rustls_pki_types::pem::PemObject as _;
-    let der = SubjectPublicKeyInfoDer::from_pem_slice(pem).map_err(|error| format!("not a PEM public key: {error}"))?;
-    ParsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, der.as_ref()).map_err(|_| "not an ECDSA P-256 public key".into())
+/// A KMS signing key's public key that a consumer was told to trust, instead of asking
+/// the KMS for it.
+#[derive(Clone)]
+pub struct TrustedPublicKey(ParsedPublicKey);
+
+/// A DER `SubjectPublicKeyInfo` as a PEM `PUBLIC KEY` block, as Cloud KMS prints it.
+pub fn public_key_pem(der: &[u8]) -> String {
+    let text = format::encode_base64(der);
+    let lines: Vec<&str> = text.as_bytes().chunks(64).map(|line| std::str::from_utf8(line).expect("ASCII")).collect();
+    format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", lines.join("\n"))
+}
+
+/// Why a file is not a [`TrustedPublicKey`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublicKeyError {
+    /// No PEM `PUBLIC KEY` block.
+    #[error("not a PEM public key: {0}")]
+    NotPem(String),
+    /// A public key of another kind.
+    #[error("not an ECDSA P-256 public key")]
+    NotP256,
+}
+
+impl TrustedPublicKey {
+    /// Parses a PEM `PUBLIC KEY` block holding an ECDSA P-256 `SubjectPublicKeyInfo`, as
+    /// Cloud KMS's GetPublicKey and `publisher keyring public-key` print it.
+    pub fn from_pem(pem: &[u8]) -> Result<Self, PublicKeyError> {
+        use rustls_pki_types::SubjectPublicKeyInfoDer;
+        use rustls_pki_types::pem::PemObject as _;
+        let der =
+            SubjectPublicKeyInfoDer::from_pem_slice(pem).map_err(|error| PublicKeyError::NotPem(error.to_string()))?;
+        ParsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, der.as_ref()).map(Self).map_err(|_| PublicKeyError::NotP256)
+    }
 }
 
 fn trusted_version(text: &str, trusted: &TrustedKeys) -> Result<KeyVersionName, OpenError> {

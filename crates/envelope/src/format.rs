@@ -247,6 +247,24 @@ pub fn header_rest(sealed_at: u64, attributes: &Attributes, mut sink: impl FnMut
     attribute_list(covered.map(|(k, v)| (k.as_str(), v.as_str())), sink);
 }
 
+/// The bytes an attest-mode signature covers: the canonical header, with the
+/// certificate's attribute text (or nothing, when the KMS signs the message itself) in
+/// the key field, then `u64(len(data)) || data`.
+pub fn attest_signed_bytes(
+    kms_key: &str,
+    certificate: &str,
+    sealed_at: u64,
+    attributes: &Attributes,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut out = header_prefix(Mode::Attest, kms_key, certificate);
+    out.reserve(12 + data.len() + 8);
+    header_rest(sealed_at, attributes, |chunk| out.extend_from_slice(chunk));
+    out.extend_from_slice(&(data.len() as u64).to_be_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
 /// The whole canonical header of an encrypted message, its AEAD associated data, from
 /// the key's [`header_prefix`].
 pub fn encrypt_header(prefix: &[u8], sealed_at: u64) -> Vec<u8> {

@@ -29,7 +29,7 @@ mod open;
 mod seal;
 mod secret;
 
-pub use attest::{Attestation, Certificate, parse_pinned_public_key};
+pub use attest::{Attestation, Certificate, PublicKeyError, TrustedPublicKey, public_key_pem};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{OpenError, SealError};
 pub use format::{Attributes, Mode};

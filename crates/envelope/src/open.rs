@@ -8,7 +8,7 @@ use bytes::Bytes;
 use moka::future::Cache;
 
 use crate::DEFAULT_TENANT_ID;
-use crate::attest::{self, Attestation, Verifier};
+use crate::attest::{self, Attestation, TrustedPublicKey, Verifier};
 use crate::clock::{Clock, SystemClock};
 use crate::crypto::{EncryptionKey, OpenFailure, SigningKey};
 use crate::error::OpenError;
@@ -68,7 +68,7 @@ pub struct OpenerBuilder {
     cache: CacheSettings,
     max_age: Option<Duration>,
     clock: Arc<dyn Clock>,
-    pinned: Vec<aws_lc_rs::signature::ParsedPublicKey>,
+    pinned: Vec<TrustedPublicKey>,
 }
 
 impl OpenerBuilder {
@@ -104,9 +104,9 @@ impl OpenerBuilder {
     }
 
     /// Verifies attest certificates (and KMS-signed messages) only against these public
-    /// keys ([`parse_pinned_public_key`](crate::parse_pinned_public_key)), never asking
-    /// the KMS for one. By default each key version's public key is fetched once.
-    pub fn pinned_public_keys(mut self, keys: Vec<aws_lc_rs::signature::ParsedPublicKey>) -> Self {
+    /// keys, never asking the KMS for one. By default each key version's public key is
+    /// fetched once.
+    pub fn pinned_public_keys(mut self, keys: Vec<TrustedPublicKey>) -> Self {
         self.pinned = keys;
         self
     }

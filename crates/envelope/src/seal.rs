@@ -5,7 +5,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::attest::{self, Certificate, SessionKey};
+use crate::attest::{Certificate, SessionKey};
 use crate::clock::{Clock, SystemClock};
 use crate::crypto::{self, EncryptionKey, SigningKey};
 use crate::error::SealError;
@@ -155,7 +155,7 @@ impl Sealer {
         if let Root::SigningEach(signing_key) = &self.root {
             let signing_key = signing_key.clone();
             let sealed_at = self.next_seal_time();
-            let signed = attest::signed_bytes(signing_key.as_str(), "", sealed_at, &attributes, &data);
+            let signed = format::attest_signed_bytes(signing_key.as_str(), "", sealed_at, &attributes, &data);
             let signature = self.kms.sign(&signing_key, &signed).await?;
             let envelope = [
                 (format::VERSION_ATTR, format::VERSION.to_owned()),
@@ -283,7 +283,7 @@ fn seal_with(key: &DataKey, sealed_at: u64, data: Bytes, producer_attributes: At
         }
         DataKeyUse::Attest(session, certificate) => {
             let kms_key = &key.envelope[1].1;
-            let signed = attest::signed_bytes(kms_key, certificate, sealed_at, &producer_attributes, &data);
+            let signed = format::attest_signed_bytes(kms_key, certificate, sealed_at, &producer_attributes, &data);
             let signature = format::encode_base64(&session.sign(&signed));
             let mut attributes = producer_attributes;
             attributes.reserve(key.envelope.len() + 2);

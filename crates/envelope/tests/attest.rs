@@ -192,13 +192,15 @@ async fn pinned_public_keys_replace_the_kms_lookup() {
     let mut sealer = Sealer::attest(fixture.kms.clone(), version(SIGNER_1), "tenant-1", false);
     let sealed = sealer.seal(Bytes::from_static(b"pinned"), Attributes::new()).await.unwrap();
     let pinned = |pem: &str| {
-        let key = envelope::parse_pinned_public_key(pem.as_bytes()).unwrap();
+        let key = envelope::TrustedPublicKey::from_pem(pem.as_bytes()).unwrap();
         Opener::builder(fixture.kms.clone()).tenant_id("tenant-1").pinned_public_keys(vec![key]).build()
     };
     assert!(pinned(&right).open(&sealed.data, &sealed.attributes).await.is_ok());
     assert_eq!(open_error(&pinned(&wrong), &sealed.data, &sealed.attributes).await, "forged_certificate");
     assert_eq!(fixture.kms.public_keys(), fetched_before, "no public key fetched");
-    assert!(envelope::parse_pinned_public_key(b"not pem").is_err());
+    assert!(envelope::TrustedPublicKey::from_pem(b"not pem").is_err());
+    let encryption_key = pem(vec![0x30, 0x03, 0x02, 0x01, 0x00]);
+    assert!(envelope::TrustedPublicKey::from_pem(encryption_key.as_bytes()).is_err());
 }
 
 #[tokio::test]

@@ -93,6 +93,9 @@ pub trait Open: Send + Sync {
 impl Open for Opener {
     async fn open(&self, message: &Message) -> Result<Text, OpenError> {
         let opened = Opener::open(self, &message.data, &message.attributes).await?;
+        if let Some(attestation) = &opened.attestation {
+            tracing::debug!(message_id = %message.message_id, %attestation, "attested message");
+        }
         Ok(Text { data: opened.data, fingerprint: opened.fingerprint })
     }
 }
