@@ -18,6 +18,8 @@ use crate::output::{Tally, tail};
 use crate::texts::Corpus;
 
 const KMS_KEY: &str = "projects/bench/locations/global/keyRings/bench/cryptoKeys/tenant";
+/// The attest cases' signing key, in the fake Cloud KMS.
+const SIGNING_KEY: &str = "projects/bench/locations/global/keyRings/bench/cryptoKeys/signer";
 
 /// Flags of `bench run`. A flag given twice takes its last value, so that scripts can
 /// pass defaults and their callers override them.
@@ -49,6 +51,10 @@ pub struct Options {
     /// Messages in each backlog of the sweep.
     #[arg(long = "sweep-messages", default_value_t = 60_000)]
     sweep_messages: u64,
+    /// Messages per attest case (`0`: none): a session key certified once against the
+    /// KMS signing every message, through a fake Cloud KMS slowed by `--slow-kms-ms`.
+    #[arg(long = "attest-messages", default_value_t = 2_000)]
+    attest_messages: u64,
     /// Publish at most this many messages per second (default: as fast as they go), so
     /// that latency is measured at a load the pipeline keeps up with.
     #[arg(long)]
@@ -66,6 +72,10 @@ enum Case {
     Sign,
     /// Encrypt and sign publishers at once, half the messages each (the soak).
     Mixed,
+    /// Attest mode with a session key, through the fake Cloud KMS.
+    Attest,
+    /// Attest mode with the KMS signing every message, through the fake Cloud KMS.
+    AttestKms,
 }
 
 impl Case {
@@ -76,7 +86,14 @@ impl Case {
             Case::Encrypt => &[Case::Encrypt],
             Case::Sign => &[Case::Sign],
             Case::Mixed => &[Case::Encrypt, Case::Sign],
+            Case::Attest => &[Case::Attest],
+            Case::AttestKms => &[Case::AttestKms],
         }
+    }
+
+    /// Whether the case uses the fake Cloud KMS rather than the local keyring.
+    fn uses_cloud_kms(self) -> bool {
+        matches!(self, Case::Attest | Case::AttestKms)
     }
 }
 
@@ -87,6 +104,8 @@ impl fmt::Display for Case {
             Case::Encrypt => "encrypt",
             Case::Sign => "sign",
             Case::Mixed => "encrypt+sign",
+            Case::Attest => "attest (session key)",
+            Case::AttestKms => "attest (KMS per message)",
         })
     }
 }
@@ -118,6 +137,8 @@ struct Bench {
     keyring: PathBuf,
     corpus: Arc<Corpus>,
     cases_run: u32,
+    /// The fake Cloud KMS of the attest cases, in this process, started on first use.
+    cloud_kms: Option<fake_kms::FakeKms>,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
@@ -134,6 +155,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         keyring,
         corpus: Arc::new(Corpus::new()),
         cases_run: 0,
+        cloud_kms: None,
         options,
     };
     let result = bench.all().await;
@@ -157,6 +179,23 @@ impl Bench {
         print_table(&rows);
         print_checks(&rows, self.options.window_secs);
         print_memory(&rows);
+
+        let attest_messages = self.options.attest_messages;
+        if attest_messages > 0 {
+            let kms_ms = self.options.slow_kms_ms;
+            let mut attest = Vec::new();
+            for case in [Case::Attest, Case::AttestKms] {
+                attest.push(self.case(case, kms_ms, streams, attest_messages, false).await?);
+            }
+            println!(
+                "\n### Attest: {attest_messages} messages of 1 KiB, through a fake Cloud KMS answering in {kms_ms} ms\n"
+            );
+            print_table(&attest);
+            println!(
+                "\nSession key vs KMS per message: {:.0}x the publish rate.",
+                attest[0].publish_per_sec / attest[1].publish_per_sec.max(1e-9)
+            );
+        }
 
         self.options.sweep.retain(|streams| *streams > 0);
         if !self.options.sweep.is_empty() {
@@ -210,6 +249,7 @@ impl Bench {
             .map(|_| tokio::spawn(tail(self.pubsub.clone(), output_subscription.clone(), tally.clone())))
             .collect();
         let emulator_before = self.options.emulator_pid.map(tree_cpu);
+        let kms_args = self.kms_args(case, kms_ms).await?;
         let pipeline_args = |streams: usize| -> Vec<String> {
             let mut args = vec![
                 format!("--input_subscription={subscription}"),
@@ -221,8 +261,7 @@ impl Bench {
             ];
             if case != Case::Plaintext {
                 args.push(format!("--input_topic={input}"));
-                args.push(format!("--kms=local:{}", self.keyring.display()));
-                args.push(format!("--local_kms_latency_ms={kms_ms}"));
+                args.extend(kms_args.clone());
             }
             args
         };
@@ -242,7 +281,7 @@ impl Bench {
             running.push(self.start_publisher(
                 publisher_case,
                 &input,
-                kms_ms,
+                &kms_args,
                 Share { messages: share, rate, index },
             )?);
         }
@@ -312,8 +351,25 @@ impl Bench {
         })
     }
 
+    /// How the binaries of `case` reach their KMS: the local keyring, or the fake Cloud
+    /// KMS (started on first use), slowed by `kms_ms` either way.
+    async fn kms_args(&mut self, case: Case, kms_ms: u64) -> anyhow::Result<Vec<String>> {
+        if !case.uses_cloud_kms() {
+            return Ok(vec![
+                format!("--kms=local:{}", self.keyring.display()),
+                format!("--local_kms_latency_ms={kms_ms}"),
+            ]);
+        }
+        if self.cloud_kms.is_none() {
+            self.cloud_kms = Some(fake_kms::FakeKms::start().await?);
+        }
+        let cloud_kms = self.cloud_kms.as_ref().expect("just started");
+        cloud_kms.set_latency(Duration::from_millis(kms_ms));
+        Ok(vec!["--kms=gcp".to_owned(), format!("--kms_endpoint={}", cloud_kms.endpoint())])
+    }
+
     /// Starts a publisher of `case` on `input` and a thread feeding it `messages` lines.
-    fn start_publisher(&self, case: Case, input: &str, kms_ms: u64, share: Share) -> anyhow::Result<Publisher> {
+    fn start_publisher(&self, case: Case, input: &str, kms_args: &[String], share: Share) -> anyhow::Result<Publisher> {
         let rate = share.rate.map(|rate| format!("--rate={rate}"));
         let (messages, index) = (share.messages, share.index);
         let mut command = match case {
@@ -325,9 +381,17 @@ impl Bench {
             Case::Encrypt | Case::Sign | Case::Mixed => {
                 let mut command = Command::new(self.bins.join("publisher"));
                 command.args(["--input", "-", "--mode", &case.to_string(), "--pubsub_topic", input]);
-                command.args(["--kms_key", KMS_KEY, "--kms"]).arg(format!("local:{}", self.keyring.display()));
-                command.arg(format!("--local_kms_latency_ms={kms_ms}"));
+                command.args(["--kms_key", KMS_KEY]).args(kms_args);
                 command.arg(format!("--key_max_messages={}", self.options.key_max_messages));
+                command
+            }
+            Case::Attest | Case::AttestKms => {
+                let mut command = Command::new(self.bins.join("publisher"));
+                command.args(["--input", "-", "--mode", "attest", "--pubsub_topic", input]);
+                command.args(["--kms_key", SIGNING_KEY]).args(kms_args);
+                if case == Case::AttestKms {
+                    command.arg("--kms_sign_every_message");
+                }
                 command
             }
         };
@@ -355,7 +419,7 @@ impl Bench {
                 command.arg("plain-pipeline");
                 command
             }
-            Case::Encrypt | Case::Sign | Case::Mixed => Command::new(self.bins.join("pipeline")),
+            _ => Command::new(self.bins.join("pipeline")),
         };
         let child = command
             .env("RUST_LOG", "info")
