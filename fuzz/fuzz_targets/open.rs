@@ -11,16 +11,18 @@ use std::sync::{Arc, LazyLock};
 use arbitrary::Arbitrary;
 use bytes::Bytes;
 use envelope::kms::Kms;
-use envelope::kms::local::{Keyring, LocalKms};
-use envelope::{Attributes, KeyName, Mode, Opener, Sealer};
+use envelope::kms::local::{Keyring, LocalKms, Purpose};
+use envelope::{Attributes, KeyName, KeyVersionName, Mode, Opener, Sealer};
 use libfuzzer_sys::fuzz_target;
 
 const KEY: &str = "projects/fuzz/locations/global/keyRings/fuzz/cryptoKeys/tenant";
 const OTHER_KEY: &str = "projects/fuzz/locations/global/keyRings/fuzz/cryptoKeys/other";
+const SIGNING_KEY: &str = "projects/fuzz/locations/global/keyRings/fuzz/cryptoKeys/signer";
 
 #[derive(Arbitrary, Debug)]
 struct Case {
-    sign: bool,
+    /// Encrypt, sign, attest with a session key, attest signed by the KMS.
+    mode: u8,
     data: Vec<u8>,
     attributes: Vec<(String, String)>,
     edits: Vec<Edit>,
@@ -28,7 +30,10 @@ struct Case {
 
 #[derive(Arbitrary, Debug)]
 enum Edit {
-    FlipBit { at: u16, bit: u8 },
+    FlipBit {
+        at: u16,
+        bit: u8,
+    },
     Truncate(u16),
     Append(Vec<u8>),
     /// Removes the attribute at this index (in name order).
@@ -53,6 +58,7 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
     let mut keyring = Keyring::load_or_new(&path).unwrap();
     keyring.create(&KEY.parse().unwrap()).unwrap();
     keyring.create(&OTHER_KEY.parse().unwrap()).unwrap();
+    keyring.create_for(&SIGNING_KEY.parse().unwrap(), Purpose::AsymmetricSign).unwrap();
     keyring.save().unwrap();
     let kms: Arc<dyn Kms> = Arc::new(LocalKms::open(&path).unwrap());
     let opener = Opener::builder(kms.clone()).build();
@@ -68,9 +74,15 @@ fn sorted_names(attributes: &Attributes) -> Vec<String> {
 fuzz_target!(|case: Case| {
     let world = &*WORLD;
     let attributes: Attributes = case.attributes.into_iter().collect();
-    let mode = if case.sign { Mode::Sign } else { Mode::Encrypt };
     let key: KeyName = KEY.parse().unwrap();
-    let mut sealer = Sealer::new(world.kms.clone(), key, "tenantKey", mode);
+    let signing_key = || KeyVersionName::new(SIGNING_KEY.parse().unwrap(), 1).unwrap();
+    let (mode, mut sealer) = match case.mode % 4 {
+        0 => (Mode::Encrypt, Sealer::new(world.kms.clone(), key, "tenantKey", Mode::Encrypt)),
+        1 => (Mode::Sign, Sealer::new(world.kms.clone(), key, "tenantKey", Mode::Sign)),
+        kms_signs_each => {
+            (Mode::Attest, Sealer::attest(world.kms.clone(), signing_key(), "tenantKey", kms_signs_each == 3))
+        }
+    };
     let data = Bytes::from(case.data);
     // Producer attributes that break the format's rules are refused at sealing.
     let Ok(sealed) = futures::executor::block_on(sealer.seal(data.clone(), attributes.clone())) else { return };

@@ -62,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
             .trusted_keys(cli.trust.trusted_keys()?)
             .max_age(cli.trust.max_message_age())
             .pinned_public_keys(cli.trust.pinned_public_keys()?)
+            .trusted_signers(cli.trust.trusted_signers())
             .accept(cli.mode.accepts())
             .build(),
     );
@@ -85,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
                     if cli.json {
                         let record = serde_json::json!({
                             "message_id": id, "status": "opened", "mode": opened.mode.as_str(),
-                            "kms_key": opened.kms_key.as_str(), "sealed_at": sealed_at,
+                            "kms_key": opened.kms_key.as_ref().map(|key| key.as_str()), "sealed_at": sealed_at,
                             "attested_by": opened.attestation.as_ref().map(ToString::to_string),
                             "attributes": opened.attributes, "data": text,
                         });
@@ -101,7 +102,8 @@ async fn main() -> anyhow::Result<()> {
                         writeln!(
                             out,
                             "OPENED {id} mode={} kms_key={} sealed_at={sealed_at}{attested} attributes={{{attributes}}}\n  {text}",
-                            opened.mode, opened.kms_key
+                            opened.mode,
+                            opened.kms_key.as_ref().map_or("-", |key| key.as_str())
                         )?;
                     }
                     handler.ack();

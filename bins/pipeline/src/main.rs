@@ -131,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
             .trusted_keys(trusted)
             .max_age(cli.trust.max_message_age())
             .pinned_public_keys(cli.trust.pinned_public_keys()?)
+            .trusted_signers(cli.trust.trusted_signers())
             .accept(cli.mode.accepts())
             .cache(CacheSettings { ttl: Duration::from_secs(cli.cache_ttl_secs), capacity: cli.cache_capacity })
             .build(),

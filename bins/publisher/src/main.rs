@@ -43,6 +43,20 @@ struct Cli {
     #[arg(long = "kms_sign_every_message", visible_alias = "kms-sign-every-message")]
     kms_sign_every_message: bool,
 
+    /// Attest mode: sign every message with the `--service_account` key itself
+    /// (RSA-SHA256, the article's way), naming the account's public certificates; no KMS.
+    #[arg(
+        long = "attest_with_service_account",
+        visible_alias = "attest-with-service-account",
+        requires = "service_account"
+    )]
+    attest_with_service_account: bool,
+
+    /// Where the account's certificates are published, if not at the key file's
+    /// `client_x509_cert_url` (Google's x509 metadata URL).
+    #[arg(long = "attest_cert_url", visible_alias = "attest-cert-url", requires = "attest_with_service_account")]
+    attest_cert_url: Option<String>,
+
     #[command(flatten)]
     account: bus::flags::AccountFlags,
 
@@ -261,7 +275,10 @@ impl Texts {
 }
 
 async fn publish(cli: Cli) -> anyhow::Result<()> {
-    let key_name = cli.key.name()?;
+    if cli.attest_with_service_account {
+        anyhow::ensure!(matches!(cli.mode, PublishMode::Attest), "--attest_with_service_account needs --mode attest");
+    }
+    let key_name = if cli.attest_with_service_account { None } else { Some(cli.key.name()?) };
     let topic = bus::names::topic(cli.account.pubsub_project_id.as_deref(), &cli.pubsub_topic)?;
     let mut texts = Texts::from_cli(&cli)?;
     let article_run = cli.message.is_empty() && cli.input.is_none();
@@ -276,11 +293,30 @@ async fn publish(cli: Cli) -> anyhow::Result<()> {
     };
     let kms = cli.kms.backend(cli.account.service_account.as_deref()).await?;
     let tenant_id = cli.kms.tenant_id.clone();
-    let (mode, sealer) = match cli.mode {
-        PublishMode::Encrypt => (Mode::Encrypt, Sealer::new(kms.clone(), key_name.clone(), tenant_id, Mode::Encrypt)),
-        PublishMode::Sign => (Mode::Sign, Sealer::new(kms.clone(), key_name.clone(), tenant_id, Mode::Sign)),
-        PublishMode::Attest => {
-            let version = KeyVersionName::new(key_name.clone(), cli.kms_key_version)?;
+    let (mode, sealer) = match (cli.mode, &key_name) {
+        (PublishMode::Attest, None) => {
+            let path = cli
+                .account
+                .service_account
+                .as_deref()
+                .context("--attest_with_service_account needs --service_account")?;
+            let json = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+            );
+            let mut signer =
+                envelope::ServiceAccountSigner::from_json(&json).with_context(|| path.display().to_string())?;
+            if let Some(url) = &cli.attest_cert_url {
+                signer = signer.with_cert_url(url);
+            }
+            (Mode::Attest, Sealer::service_account(signer))
+        }
+        (_, None) => unreachable!("only attest mode signs without a KMS key"),
+        (PublishMode::Encrypt, Some(key)) => {
+            (Mode::Encrypt, Sealer::new(kms.clone(), key.clone(), tenant_id, Mode::Encrypt))
+        }
+        (PublishMode::Sign, Some(key)) => (Mode::Sign, Sealer::new(kms.clone(), key.clone(), tenant_id, Mode::Sign)),
+        (PublishMode::Attest, Some(key)) => {
+            let version = KeyVersionName::new(key.clone(), cli.kms_key_version)?;
             (Mode::Attest, Sealer::attest(kms.clone(), version, tenant_id, cli.kms_sign_every_message))
         }
     };
@@ -315,7 +351,8 @@ async fn publish(cli: Cli) -> anyhow::Result<()> {
             Err(error) => tracing::error!(%error, "publish failed"),
         }
     });
-    tracing::info!(%topic, kms_key = %key_name, %mode, total, "publishing");
+    let signer = key_name.as_ref().map_or_else(|| "service account".to_owned(), ToString::to_string);
+    tracing::info!(%topic, kms_key = %signer, %mode, total, "publishing");
     let mut sent = 0;
     while total.is_none_or(|total| sent < total) {
         let Some(text) = texts.get(sent).await? else { break };

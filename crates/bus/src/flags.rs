@@ -141,6 +141,11 @@ pub struct TrustFlags {
         value_delimiter = ','
     )]
     pub trusted_public_key: Vec<PathBuf>,
+
+    /// Attest mode: accept messages signed by this service account (`EMAIL`, its
+    /// certificates at Google's x509 metadata URL, or `EMAIL=CERT_URL`; repeatable).
+    #[arg(long = "trusted_signer", visible_alias = "trusted-signer", env = "TRUSTED_SIGNERS", value_delimiter = ',')]
+    pub trusted_signer: Vec<String>,
 }
 
 impl TrustFlags {
@@ -158,6 +163,16 @@ impl TrustFlags {
                 envelope::TrustedPublicKey::from_pem(&pem).with_context(|| path.display().to_string())
             })
             .collect()
+    }
+
+    /// The service accounts given with `--trusted_signer`.
+    pub fn trusted_signers(&self) -> envelope::TrustedSigners {
+        self.trusted_signer.iter().fold(envelope::TrustedSigners::default(), |signers, entry| {
+            match entry.split_once('=') {
+                Some((email, url)) => signers.trust(email, Some(url.to_owned())),
+                None => signers.trust(entry.as_str(), None),
+            }
+        })
     }
 
     /// The maximum message age, if one was given.

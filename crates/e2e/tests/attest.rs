@@ -162,3 +162,57 @@ async fn bad_attestations_are_dead_lettered_with_their_reason() {
     assert_eq!(summed_counts(&lines), expected_counts(["only proven words count"]));
     pipeline.terminate();
 }
+
+const PUBLISHER_ACCOUNT: &str = "publisher@test-project.iam.gserviceaccount.com";
+const OTHER_ACCOUNT: &str = "other@test-project.iam.gserviceaccount.com";
+
+fn fixture(file: &str) -> String {
+    format!("{}/../envelope/tests/data/{file}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Publishes both accounts' certificates as Google's x509 metadata endpoint does; returns
+/// the base URL.
+async fn certificate_server() -> String {
+    let app = axum::Router::new().route(
+        "/{account}",
+        axum::routing::get(|axum::extract::Path(account): axum::extract::Path<String>| async move {
+            match account.as_str() {
+                PUBLISHER_ACCOUNT => Ok(std::fs::read_to_string(fixture("publisher-certs.json")).unwrap()),
+                OTHER_ACCOUNT => Ok(std::fs::read_to_string(fixture("other-certs.json")).unwrap()),
+                _ => Err(axum::http::StatusCode::NOT_FOUND),
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_a_trusted_service_account_signed_count_and_others_are_dead_lettered() {
+    let harness = Harness::new();
+    let certificates = certificate_server().await;
+    let pubsub = harness.pubsub();
+    let dead_letters = harness.subscribe("dead-letter-reader", "dead-letter").await;
+    let trusted = format!("{PUBLISHER_ACCOUNT}={certificates}/{PUBLISHER_ACCOUNT}");
+    let pipeline = harness.pipeline(&["--mode", "attest", "--trusted_signer", &trusted]);
+    let subscriber = harness.subscriber();
+
+    let publish_as = |key_file: &str, account: &str, text: &str| {
+        let url = format!("{certificates}/{account}");
+        let args = ["--mode", "attest", "--attest_with_service_account", "--attest_cert_url", &url];
+        harness.publish(&[&args[..], &["--service_account", &fixture(key_file), "--message", text]].concat())
+    };
+    publish_as("service-account.json", PUBLISHER_ACCOUNT, "words the publisher account vouches for");
+    publish_as("other-service-account.json", OTHER_ACCOUNT, "words nobody trusts");
+
+    let dead = receive(&pubsub, &dead_letters, 1, Duration::from_secs(60)).await;
+    assert_eq!(dead[0].attributes["reject_reason"], "untrusted_signer");
+    assert_eq!(dead[0].data, "words nobody trusts".as_bytes());
+    let expected = expected_counts(["words the publisher account vouches for"]);
+    let lines = subscriber.lines_until(Duration::from_secs(30), |lines| total(lines) >= expected.values().sum());
+    assert_eq!(summed_counts(&lines), expected);
+    let log = pipeline.terminate();
+    assert!(log.contains("fetched a service account's certificates"), "{log}");
+}

@@ -4,10 +4,13 @@
 //! sign a short [`Certificate`] for it once; each message is then signed locally. A
 //! verifier checks the certificate against the KMS key version's public key once, and
 //! each message against the certified key. Or, for strict audit, every message is
-//! signed by the KMS key version itself.
+//! signed by the KMS key version itself. Or, as the article sketches, a service account
+//! signs each message with its own private key (RSA-SHA256), and verifiers check it
+//! against the certificates Google publishes for the account.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, ED25519, Ed25519KeyPair, KeyPair as _, ParsedPublicKey};
 use moka::future::Cache;
@@ -93,18 +96,41 @@ pub(crate) fn session_verifier(certificate: &Certificate) -> ParsedPublicKey {
 
 /// Who a message in attest mode was proven to come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attestation {
-    /// The KMS signing key version that signed the session certificate, or the message.
-    pub kms_key: KeyVersionName,
-    /// The tenant the certificate names; `None` when the KMS signed the message itself.
-    pub tenant_id: Option<String>,
+pub enum Attestation {
+    /// A session key that this KMS signing key version certified for this tenant.
+    Session {
+        /// The KMS key version that signed the session certificate.
+        kms_key: KeyVersionName,
+        /// The tenant the certificate names.
+        tenant_id: String,
+    },
+    /// This KMS signing key version signed the message itself.
+    Kms(KeyVersionName),
+    /// This service account signed the message with its key.
+    ServiceAccount {
+        /// The account's email.
+        signer: String,
+        /// The id of the account key that signed.
+        key_id: String,
+    },
+}
+
+impl Attestation {
+    /// The KMS key version behind the attestation, if a KMS key made it.
+    pub fn kms_key(&self) -> Option<&KeyVersionName> {
+        match self {
+            Attestation::Session { kms_key, .. } | Attestation::Kms(kms_key) => Some(kms_key),
+            Attestation::ServiceAccount { .. } => None,
+        }
+    }
 }
 
 impl std::fmt::Display for Attestation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.tenant_id {
-            Some(tenant) => write!(f, "tenant {tenant} by {}", self.kms_key),
-            None => write!(f, "signed by {}", self.kms_key),
+        match self {
+            Attestation::Session { kms_key, tenant_id } => write!(f, "tenant {tenant_id} by {kms_key}"),
+            Attestation::Kms(kms_key) => write!(f, "signed by {kms_key}"),
+            Attestation::ServiceAccount { signer, key_id } => write!(f, "service account {signer} key {key_id}"),
         }
     }
 }
@@ -117,6 +143,13 @@ pub(crate) struct Signed<'a> {
     pub(crate) sealed_at: u64,
     pub(crate) attributes: &'a Attributes,
     pub(crate) data: &'a [u8],
+}
+
+/// What a service-account signature names.
+pub(crate) struct ServiceAccountSigned<'a> {
+    pub(crate) signer: &'a str,
+    pub(crate) key_id: &'a str,
+    pub(crate) cert_url: &'a str,
 }
 
 /// A certificate that verified, with its session key ready to use.
@@ -133,18 +166,102 @@ pub(crate) struct Verifier {
     pinned: Vec<TrustedPublicKey>,
     public_keys: Cache<String, Arc<ParsedPublicKey>>,
     certificates: Cache<String, Arc<Certified>>,
+    signers: TrustedSigners,
+    /// Each trusted signer's published certificates, by URL.
+    published: Cache<String, Arc<Published>>,
+    http: reqwest::Client,
 }
+
+/// A service account's certificates as last fetched: key id to DER.
+struct Published {
+    by_key_id: HashMap<String, Vec<u8>>,
+    fetched: Instant,
+}
+
+/// How often a signer's certificates may be fetched again for a key id they lacked
+/// (Google rotates account keys; a forger should not make us fetch per message).
+const REFETCH_AFTER: Duration = Duration::from_secs(60);
 
 impl Verifier {
     /// `pinned` public keys (DER `SubjectPublicKeyInfo`), when given, are the only ones
     /// trusted, and no public key is fetched from the KMS.
-    pub(crate) fn new(kms: Arc<dyn Kms>, pinned: Vec<TrustedPublicKey>, capacity: u64) -> Self {
+    pub(crate) fn new(
+        kms: Arc<dyn Kms>,
+        pinned: Vec<TrustedPublicKey>,
+        signers: TrustedSigners,
+        capacity: u64,
+    ) -> Self {
+        let hour = Duration::from_secs(3600);
         Self {
             kms,
             pinned,
-            public_keys: Cache::builder().max_capacity(capacity).time_to_live(Duration::from_secs(3600)).build(),
-            certificates: Cache::builder().max_capacity(capacity).time_to_live(Duration::from_secs(3600)).build(),
+            public_keys: Cache::builder().max_capacity(capacity).time_to_live(hour).build(),
+            certificates: Cache::builder().max_capacity(capacity).time_to_live(hour).build(),
+            signers,
+            published: Cache::builder().max_capacity(capacity).time_to_live(hour).build(),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("an HTTP client"),
         }
+    }
+
+    /// Checks a message a service account signed: the signer is trusted and names the
+    /// certificate URL it was trusted with; the key id is among its certificates; the
+    /// RSA-SHA256 signature verifies under that certificate's key.
+    pub(crate) async fn verify_service_account(
+        &self,
+        named: &ServiceAccountSigned<'_>,
+        message: &Signed<'_>,
+        signature: &[u8],
+    ) -> Result<Attestation, OpenError> {
+        if self.signers.cert_url(named.signer) != Some(named.cert_url) {
+            return Err(OpenError::UntrustedSigner(named.signer.to_owned()));
+        }
+        let mut published = self.published(named.cert_url, false).await?;
+        if !published.by_key_id.contains_key(named.key_id) && published.fetched.elapsed() >= REFETCH_AFTER {
+            published = self.published(named.cert_url, true).await?;
+        }
+        let der = published.by_key_id.get(named.key_id).ok_or_else(|| OpenError::UnknownSigningKey {
+            signer: named.signer.to_owned(),
+            key_id: named.key_id.to_owned(),
+        })?;
+        let certificate = rustls_pki_types::CertificateDer::from(der.as_slice());
+        let certificate = webpki::EndEntityCert::try_from(&certificate)
+            .map_err(|error| OpenError::CertificatesUnavailable(format!("{}: {error}", named.cert_url)))?;
+        let signed = format::service_account_signed_bytes(
+            named.signer,
+            named.key_id,
+            message.sealed_at,
+            message.attributes,
+            message.data,
+        );
+        certificate
+            .verify_signature(webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA256, &signed, signature)
+            .map_err(|_| OpenError::Tampered)?;
+        Ok(Attestation::ServiceAccount { signer: named.signer.to_owned(), key_id: named.key_id.to_owned() })
+    }
+
+    /// The certificates published at `url`: cached, or fetched (again, if `refresh`).
+    async fn published(&self, url: &str, refresh: bool) -> Result<Arc<Published>, OpenError> {
+        if refresh {
+            self.published.invalidate(url).await;
+        }
+        let fetch = async {
+            let unavailable = |why: String| OpenError::CertificatesUnavailable(format!("{url}: {why}"));
+            let response = self.http.get(url).send().await.map_err(|error| unavailable(error.to_string()))?;
+            let response = response.error_for_status().map_err(|error| unavailable(error.to_string()))?;
+            let text = response.text().await.map_err(|error| unavailable(error.to_string()))?;
+            let pems: HashMap<String, String> = serde_json::from_str(&text)
+                .map_err(|error| unavailable(format!("not a JSON map of certificates: {error}")))?;
+            let mut by_key_id = HashMap::new();
+            for (key_id, pem) in pems {
+                use rustls_pki_types::pem::PemObject as _;
+                let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+                    .map_err(|error| unavailable(format!("certificate {key_id}: {error}")))?;
+                by_key_id.insert(key_id, der.to_vec());
+            }
+            tracing::info!(%url, keys = by_key_id.len(), "fetched a service account's certificates");
+            Ok(Arc::new(Published { by_key_id, fetched: Instant::now() }))
+        };
+        self.published.try_get_with(url.to_owned(), fetch).await.map_err(|error: Arc<OpenError>| (*error).clone())
     }
 
     /// Checks a delegated message: its certificate (once per session), that its seal time
@@ -183,7 +300,7 @@ impl Verifier {
             message.data,
         );
         certified.session.verify_sig(&signed, signature).map_err(|_| OpenError::Tampered)?;
-        Ok(Attestation { kms_key, tenant_id: Some(certificate.tenant_id.clone()) })
+        Ok(Attestation::Session { kms_key, tenant_id: certificate.tenant_id.clone() })
     }
 
     /// Checks a message the KMS key version signed itself.
@@ -199,7 +316,7 @@ impl Verifier {
         if !self.verify_p256(&kms_key, &signed, signature).await? {
             return Err(OpenError::Tampered);
         }
-        Ok(Attestation { kms_key, tenant_id: None })
+        Ok(Attestation::Kms(kms_key))
     }
 
     async fn certify(
@@ -277,6 +394,99 @@ impl TrustedPublicKey {
         let der =
             SubjectPublicKeyInfoDer::from_pem_slice(pem).map_err(|error| PublicKeyError::NotPem(error.to_string()))?;
         ParsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, der.as_ref()).map(Self).map_err(|_| PublicKeyError::NotP256)
+    }
+}
+
+/// The service accounts a consumer accepts attest signatures from, each with the URL of
+/// its published certificates.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedSigners(HashMap<String, String>);
+
+/// Where Google publishes a service account's X.509 certificates.
+pub fn google_cert_url(email: &str) -> String {
+    format!("https://www.googleapis.com/robot/v1/metadata/x509/{}", email.replace('@', "%40"))
+}
+
+impl TrustedSigners {
+    /// Trusts `email`, whose certificates are at `cert_url` (Google's, by default:
+    /// [`google_cert_url`]).
+    pub fn trust(mut self, email: impl Into<String>, cert_url: Option<String>) -> Self {
+        let email = email.into();
+        let url = cert_url.unwrap_or_else(|| google_cert_url(&email));
+        self.0.insert(email, url);
+        self
+    }
+
+    fn cert_url(&self, email: &str) -> Option<&str> {
+        self.0.get(email).map(String::as_str)
+    }
+}
+
+/// A service account's own key, signing attest messages in its name.
+pub struct ServiceAccountSigner {
+    email: String,
+    key_id: String,
+    cert_url: String,
+    key: aws_lc_rs::signature::RsaKeyPair,
+}
+
+/// Why a service-account key file cannot sign.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a usable service-account key: {0}")]
+pub struct ServiceAccountError(String);
+
+impl ServiceAccountSigner {
+    /// Reads a service-account key file's JSON (`client_email`, `private_key_id`,
+    /// `private_key` as PKCS#8 PEM, and `client_x509_cert_url` if present).
+    pub fn from_json(json: &str) -> Result<Self, ServiceAccountError> {
+        use rustls_pki_types::PrivatePkcs8KeyDer;
+        use rustls_pki_types::pem::PemObject as _;
+        #[derive(serde::Deserialize)]
+        struct File {
+            client_email: String,
+            private_key_id: String,
+            private_key: zeroize::Zeroizing<String>,
+            client_x509_cert_url: Option<String>,
+        }
+        let file: File = serde_json::from_str(json).map_err(|error| ServiceAccountError(error.to_string()))?;
+        let der = PrivatePkcs8KeyDer::from_pem_slice(file.private_key.as_bytes())
+            .map_err(|error| ServiceAccountError(format!("private_key: {error}")))?;
+        let key = aws_lc_rs::signature::RsaKeyPair::from_pkcs8(der.secret_pkcs8_der())
+            .map_err(|error| ServiceAccountError(format!("private_key is not an RSA key: {error}")))?;
+        let cert_url = file.client_x509_cert_url.unwrap_or_else(|| google_cert_url(&file.client_email));
+        Ok(Self { email: file.client_email, key_id: file.private_key_id, cert_url, key })
+    }
+
+    /// Names `url` as where the account's certificates are published, instead of the
+    /// key file's `client_x509_cert_url` (Google's).
+    pub fn with_cert_url(mut self, url: impl Into<String>) -> Self {
+        self.cert_url = url.into();
+        self
+    }
+
+    /// The account's email.
+    pub fn email(&self) -> &str {
+        &self.email
+    }
+
+    /// The signature attributes of a message, and its RSA-SHA256 signature.
+    pub(crate) fn sign(&self, sealed_at: u64, attributes: &Attributes, data: &[u8]) -> [(&'static str, String); 4] {
+        let signed = format::service_account_signed_bytes(&self.email, &self.key_id, sealed_at, attributes, data);
+        let mut signature = vec![0; self.key.public_modulus_len()];
+        self.key
+            .sign(
+                &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+                &aws_lc_rs::rand::SystemRandom::new(),
+                &signed,
+                &mut signature,
+            )
+            .expect("RSA signs");
+        [
+            (format::ATTEST_SIGNER_ATTR, self.email.clone()),
+            (format::ATTEST_KEY_ID_ATTR, self.key_id.clone()),
+            (format::ATTEST_CERT_URL_ATTR, self.cert_url.clone()),
+            (format::SIGNATURE_ATTR, format::encode_base64(&signature)),
+        ]
     }
 }
 

@@ -70,6 +70,21 @@ pub enum OpenError {
     /// An attest certificate for another tenant than this consumer's.
     #[error("attest certificate is for tenant {0:?}, not this consumer's")]
     WrongTenant(String),
+    /// A service account this consumer was not told to trust, or one naming another
+    /// certificate URL than it was trusted with.
+    #[error("service account {0} is not a trusted signer (or names another certificate URL)")]
+    UntrustedSigner(String),
+    /// The service account's published certificates lack the key that signed.
+    #[error("service account {signer} publishes no certificate for key {key_id}")]
+    UnknownSigningKey {
+        /// The account.
+        signer: String,
+        /// The key id the message names.
+        key_id: String,
+    },
+    /// A service account's certificates could not be fetched or read.
+    #[error("cannot get the signer's certificates: {0}")]
+    CertificatesUnavailable(String),
     /// A message sealed outside its attest certificate's validity.
     #[error("message sealed outside its attest certificate's validity")]
     CertificateExpired,
@@ -99,6 +114,9 @@ impl OpenError {
             OpenError::ForgedCertificate(_) => "forged_certificate",
             OpenError::WrongTenant(_) => "wrong_tenant",
             OpenError::CertificateExpired => "certificate_expired",
+            OpenError::UntrustedSigner(_) => "untrusted_signer",
+            OpenError::UnknownSigningKey { .. } => "unknown_signing_key",
+            OpenError::CertificatesUnavailable(_) => "certificates_unavailable",
             OpenError::SealedInFuture { .. } => "sealed_in_future",
             OpenError::Kms(error) => error.reason(),
         }
@@ -106,7 +124,11 @@ impl OpenError {
 
     /// Whether trying again later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, OpenError::Kms(error) if error.is_transient())
+        match self {
+            OpenError::Kms(error) => error.is_transient(),
+            OpenError::CertificatesUnavailable(_) => true,
+            _ => false,
+        }
     }
 }
 

@@ -28,6 +28,12 @@ pub const ATTEST_CERT_ATTR: &str = "attest_cert";
 pub const ATTEST_CERT_SIGNATURE_ATTR: &str = "attest_cert_signature";
 /// Attest mode, direct: the KMS key version's signature of the message, base64.
 pub const KMS_SIGNATURE_ATTR: &str = "kms_signature";
+/// Attest mode, service account: the signing account's email.
+pub const ATTEST_SIGNER_ATTR: &str = "attest_signer";
+/// Attest mode, service account: the id of the account key that signed.
+pub const ATTEST_KEY_ID_ATTR: &str = "attest_key_id";
+/// Attest mode, service account: where the account's public certificates are published.
+pub const ATTEST_CERT_URL_ATTR: &str = "attest_cert_url";
 /// When the message was sealed: decimal microseconds since the Unix epoch, strictly
 /// increasing under one data key, so that no two messages of a sealer share it.
 pub const SEALED_AT_ATTR: &str = "envelope_sealed_at";
@@ -203,6 +209,9 @@ pub fn is_envelope_attribute(name: &str) -> bool {
             | ATTEST_CERT_ATTR
             | ATTEST_CERT_SIGNATURE_ATTR
             | KMS_SIGNATURE_ATTR
+            | ATTEST_SIGNER_ATTR
+            | ATTEST_KEY_ID_ATTR
+            | ATTEST_CERT_URL_ATTR
     )
 }
 
@@ -228,9 +237,16 @@ pub fn parse_sealed_at(text: &str) -> Option<u64> {
 /// `"pubsub-envelope/v1\0" || mode || lp(kms_key) || lp(key attribute text)`: the
 /// wrapped key in encrypt and sign mode, the certificate (or nothing) in attest mode.
 pub fn header_prefix(mode: Mode, kms_key: &str, wrapped: &str) -> Vec<u8> {
+    tagged_header_prefix(mode.tag(), kms_key, wrapped)
+}
+
+/// The header's mode byte for attest mode's service-account flavour.
+const SERVICE_ACCOUNT_TAG: u8 = 4;
+
+fn tagged_header_prefix(tag: u8, kms_key: &str, wrapped: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(CONTEXT.len() + 9 + kms_key.len() + wrapped.len());
     out.extend_from_slice(CONTEXT);
-    out.push(mode.tag());
+    out.push(tag);
     put_len_prefixed(&mut out, kms_key.as_bytes());
     put_len_prefixed(&mut out, wrapped.as_bytes());
     out
@@ -258,6 +274,24 @@ pub fn attest_signed_bytes(
     data: &[u8],
 ) -> Vec<u8> {
     let mut out = header_prefix(Mode::Attest, kms_key, certificate);
+    out.reserve(12 + data.len() + 8);
+    header_rest(sealed_at, attributes, |chunk| out.extend_from_slice(chunk));
+    out.extend_from_slice(&(data.len() as u64).to_be_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// The bytes a service account signs in attest mode: the canonical header with mode byte
+/// `0x04`, the signer's email in the key-name field and the key id in the key field, then
+/// `u64(len(data)) || data`.
+pub fn service_account_signed_bytes(
+    signer: &str,
+    key_id: &str,
+    sealed_at: u64,
+    attributes: &Attributes,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut out = tagged_header_prefix(SERVICE_ACCOUNT_TAG, signer, key_id);
     out.reserve(12 + data.len() + 8);
     header_rest(sealed_at, attributes, |chunk| out.extend_from_slice(chunk));
     out.extend_from_slice(&(data.len() as u64).to_be_bytes());

@@ -29,7 +29,10 @@ mod open;
 mod seal;
 mod secret;
 
-pub use attest::{Attestation, Certificate, PublicKeyError, TrustedPublicKey, public_key_pem};
+pub use attest::{
+    Attestation, Certificate, PublicKeyError, ServiceAccountError, ServiceAccountSigner, TrustedPublicKey,
+    TrustedSigners, google_cert_url, public_key_pem,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{OpenError, SealError};
 pub use format::{Attributes, Mode};

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use moka::future::Cache;
 
 use crate::DEFAULT_TENANT_ID;
-use crate::attest::{self, Attestation, TrustedPublicKey, Verifier};
+use crate::attest::{self, Attestation, ServiceAccountSigned, TrustedPublicKey, TrustedSigners, Verifier};
 use crate::clock::{Clock, SystemClock};
 use crate::crypto::{EncryptionKey, OpenFailure, SigningKey};
 use crate::error::OpenError;
@@ -42,8 +42,9 @@ pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
 pub struct Opened {
     /// How the message was protected.
     pub mode: Mode,
-    /// The KMS key its data key was wrapped under.
-    pub kms_key: KeyName,
+    /// The KMS key its data key was wrapped under, or (attest mode) whose version signed;
+    /// `None` for a message a service account signed.
+    pub kms_key: Option<KeyName>,
     /// When the producer sealed it (authenticated).
     pub sealed_at: SystemTime,
     /// The first 16 bytes of the message's authentication tag: the same for every copy
@@ -69,6 +70,7 @@ pub struct OpenerBuilder {
     max_age: Option<Duration>,
     clock: Arc<dyn Clock>,
     pinned: Vec<TrustedPublicKey>,
+    signers: TrustedSigners,
 }
 
 impl OpenerBuilder {
@@ -111,6 +113,12 @@ impl OpenerBuilder {
         self
     }
 
+    /// Accepts attest messages signed by these service accounts; none by default.
+    pub fn trusted_signers(mut self, signers: TrustedSigners) -> Self {
+        self.signers = signers;
+        self
+    }
+
     /// Replaces the system clock that message ages are measured by, for tests.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -126,7 +134,7 @@ impl OpenerBuilder {
             modes: self.modes,
             max_age: self.max_age,
             clock: self.clock,
-            attest: Verifier::new(self.kms.clone(), self.pinned, self.cache.capacity),
+            attest: Verifier::new(self.kms.clone(), self.pinned, self.signers, self.cache.capacity),
             encryption_keys: new_cache(self.cache),
             signing_keys: new_cache(self.cache),
             hits: AtomicU64::new(0),
@@ -198,6 +206,7 @@ impl Opener {
             max_age: None,
             clock: Arc::new(SystemClock),
             pinned: Vec::new(),
+            signers: TrustedSigners::default(),
         }
     }
 
@@ -245,7 +254,7 @@ impl Opener {
                 let tag = &data[data.len() - format::TAG_LEN..];
                 Ok(Opened {
                     mode: envelope.mode,
-                    kms_key: cached.kms_key.clone(),
+                    kms_key: Some(cached.kms_key.clone()),
                     sealed_at,
                     fingerprint: tag.try_into().expect("a 16-byte tag"),
                     attestation: None,
@@ -264,7 +273,7 @@ impl Opener {
                 cached.key.verify(envelope.sealed_at, attributes, data, signature).map_err(|_| OpenError::Tampered)?;
                 Ok(Opened {
                     mode: envelope.mode,
-                    kms_key: cached.kms_key.clone(),
+                    kms_key: Some(cached.kms_key.clone()),
                     sealed_at,
                     fingerprint: signature[..16].try_into().expect("a 32-byte signature"),
                     data: data.clone(),
@@ -291,12 +300,15 @@ impl Opener {
                     Proof::Kms(signature) => {
                         (self.attest.verify_kms_signed(&message, signature, &self.trusted).await?, &signature[..])
                     }
+                    Proof::ServiceAccount { named, signature } => {
+                        (self.attest.verify_service_account(named, &message, signature).await?, &signature[..])
+                    }
                     Proof::Aead | Proof::Hmac(_) => unreachable!("attest mode carries a signature"),
                 };
                 let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, signature);
                 Ok(Opened {
                     mode: envelope.mode,
-                    kms_key: attestation.kms_key.key().clone(),
+                    kms_key: attestation.kms_key().map(|version| version.key().clone()),
                     sealed_at,
                     fingerprint: digest.as_ref()[..16].try_into().expect("a 32-byte digest"),
                     data: data.clone(),
@@ -400,15 +412,20 @@ enum Proof<'a> {
     Session { certificate_signature: &'a str, signature: [u8; format::ED25519_SIGNATURE_LEN] },
     /// Strict attest mode: the KMS key version's own signature.
     Kms(Vec<u8>),
+    /// Attest mode by a service account: who signed, and the RSA signature.
+    ServiceAccount { named: ServiceAccountSigned<'a>, signature: Vec<u8> },
 }
 
 /// The longest ASN.1 DER ECDSA P-256 signature.
 const MAX_ECDSA_SIGNATURE_LEN: usize = 72;
+/// The longest RSA signature accepted (8192-bit keys).
+const MAX_RSA_SIGNATURE_LEN: usize = 1024;
 
 impl<'a> Envelope<'a> {
     fn parse(attributes: &'a Attributes) -> Result<Self, OpenError> {
         use format::{
-            ATTEST_CERT_ATTR as CERT, ATTEST_CERT_SIGNATURE_ATTR as CERT_SIGNATURE, DEK_WRAPPED_ATTR as DEK,
+            ATTEST_CERT_ATTR as CERT, ATTEST_CERT_SIGNATURE_ATTR as CERT_SIGNATURE, ATTEST_CERT_URL_ATTR as CERT_URL,
+            ATTEST_KEY_ID_ATTR as KEY_ID, ATTEST_SIGNER_ATTR as SIGNER, DEK_WRAPPED_ATTR as DEK,
             KMS_KEY_ATTR as KMS_KEY, KMS_SIGNATURE_ATTR as KMS_SIGNATURE, SEALED_AT_ATTR as SEALED_AT,
             SIGN_KEY_WRAPPED_ATTR as SIGN_KEY, SIGNATURE_ATTR as SIGNATURE, VERSION_ATTR as VERSION,
         };
@@ -420,11 +437,12 @@ impl<'a> Envelope<'a> {
         }
         // Each mode (and attest flavour) is told by one attribute; the envelope
         // attributes it may carry are exactly these.
-        let markers: [(&'static str, Mode, &[&str]); 4] = [
+        let markers: [(&'static str, Mode, &[&str]); 5] = [
             (DEK, Mode::Encrypt, &[VERSION, KMS_KEY, SEALED_AT, DEK]),
             (SIGN_KEY, Mode::Sign, &[VERSION, KMS_KEY, SEALED_AT, SIGN_KEY, SIGNATURE]),
             (CERT, Mode::Attest, &[VERSION, KMS_KEY, SEALED_AT, CERT, CERT_SIGNATURE, SIGNATURE]),
             (KMS_SIGNATURE, Mode::Attest, &[VERSION, KMS_KEY, SEALED_AT, KMS_SIGNATURE]),
+            (SIGNER, Mode::Attest, &[VERSION, SEALED_AT, SIGNER, KEY_ID, CERT_URL, SIGNATURE]),
         ];
         let mut present = markers.iter().filter(|(marker, ..)| attributes.contains_key(*marker));
         let (marker, mode, allowed) = match (present.next(), present.next()) {
@@ -433,16 +451,19 @@ impl<'a> Envelope<'a> {
                 return Err(OpenError::GarbledAttribute {
                     name: first.0,
                     why: format!(
-                        "a message carries one of {DEK}, {SIGN_KEY}, {CERT} or {KMS_SIGNATURE}, not also {}",
+                        "a message carries one of {DEK}, {SIGN_KEY}, {CERT}, {KMS_SIGNATURE} or {SIGNER}, not also {}",
                         second.0
                     ),
                 });
             }
             (None, _) => {
-                return Err(OpenError::MissingAttribute("dek_wrapped, sign_key_wrapped, attest_cert or kms_signature"));
+                return Err(OpenError::MissingAttribute(
+                    "dek_wrapped, sign_key_wrapped, attest_cert, kms_signature or attest_signer",
+                ));
             }
         };
-        let kms_key = required(KMS_KEY)?;
+        // A service account signs in its own name; every other kind names a KMS key.
+        let kms_key = if marker == SIGNER { "" } else { required(KMS_KEY)? };
         let sealed_at = format::parse_sealed_at(required(SEALED_AT)?).ok_or_else(|| OpenError::GarbledAttribute {
             name: SEALED_AT,
             why: "not a decimal count of microseconds".into(),
@@ -463,6 +484,18 @@ impl<'a> Envelope<'a> {
                     required(CERT)?,
                     Proof::Session { certificate_signature, signature: decode_exact(required(SIGNATURE)?, SIGNATURE)? },
                 )
+            }
+            SIGNER => {
+                let named = ServiceAccountSigned {
+                    signer: required(SIGNER)?,
+                    key_id: required(KEY_ID)?,
+                    cert_url: required(CERT_URL)?,
+                };
+                let signature = format::decode_base64(required(SIGNATURE)?).ok_or(OpenError::BadBase64(SIGNATURE))?;
+                if signature.is_empty() || signature.len() > MAX_RSA_SIGNATURE_LEN {
+                    return Err(OpenError::GarbledAttribute { name: SIGNATURE, why: "not an RSA signature".into() });
+                }
+                ("", Proof::ServiceAccount { named, signature })
             }
             _ => {
                 let signature =

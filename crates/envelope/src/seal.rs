@@ -5,7 +5,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::attest::{Certificate, SessionKey};
+use crate::attest::{Certificate, ServiceAccountSigner, SessionKey};
 use crate::clock::{Clock, SystemClock};
 use crate::crypto::{self, EncryptionKey, SigningKey};
 use crate::error::SealError;
@@ -68,11 +68,13 @@ struct DataKey {
 /// What a sealer protects messages under.
 enum Root {
     /// Data keys wrapped by this KMS key (encrypt and sign).
-    Wrapping(KeyName),
+    Wrapping(Arc<dyn Kms>, KeyName),
     /// Session keys certified by this KMS signing key version (attest).
-    Certifying(KeyVersionName),
+    Certifying(Arc<dyn Kms>, KeyVersionName),
     /// This KMS signing key version itself, one KMS call per message (strict attest).
-    SigningEach(KeyVersionName),
+    SigningEach(Arc<dyn Kms>, KeyVersionName),
+    /// A service account's own key, per message (attest, no KMS).
+    ServiceAccount(ServiceAccountSigner),
 }
 
 /// Seals messages for one tenant under one KMS key, in one mode.
@@ -81,7 +83,6 @@ enum Root {
 /// certify a new one, when the [`RotationPolicy`] retires the current key; the strict
 /// attest flavour alone calls KMS for every message.
 pub struct Sealer {
-    kms: Arc<dyn Kms>,
     root: Root,
     tenant_id: String,
     mode: Mode,
@@ -98,7 +99,7 @@ impl Sealer {
     /// [`Mode::Encrypt`] or [`Mode::Sign`]. Attest mode signs with a key version:
     /// [`Sealer::attest`].
     pub fn new(kms: Arc<dyn Kms>, key_name: KeyName, tenant_id: impl Into<String>, mode: Mode) -> Self {
-        Self::with_root(kms, Root::Wrapping(key_name), tenant_id.into(), mode)
+        Self::with_root(Root::Wrapping(kms, key_name), tenant_id.into(), mode)
     }
 
     /// A sealer in [`Mode::Attest`] for `tenant_id`, under the `EC_SIGN_P256_SHA256` KMS
@@ -110,13 +111,19 @@ impl Sealer {
         tenant_id: impl Into<String>,
         kms_signs_each: bool,
     ) -> Self {
-        let root = if kms_signs_each { Root::SigningEach(signing_key) } else { Root::Certifying(signing_key) };
-        Self::with_root(kms, root, tenant_id.into(), Mode::Attest)
+        let root =
+            if kms_signs_each { Root::SigningEach(kms, signing_key) } else { Root::Certifying(kms, signing_key) };
+        Self::with_root(root, tenant_id.into(), Mode::Attest)
     }
 
-    fn with_root(kms: Arc<dyn Kms>, root: Root, tenant_id: String, mode: Mode) -> Self {
+    /// A sealer in [`Mode::Attest`] that signs every message with a service account's
+    /// own key (RSA-SHA256), as the article sketches; no KMS is involved.
+    pub fn service_account(signer: ServiceAccountSigner) -> Self {
+        Self::with_root(Root::ServiceAccount(signer), String::new(), Mode::Attest)
+    }
+
+    fn with_root(root: Root, tenant_id: String, mode: Mode) -> Self {
         Self {
-            kms,
             root,
             tenant_id,
             mode,
@@ -152,11 +159,23 @@ impl Sealer {
     /// the sealer unchanged, so the call can be retried.
     pub async fn seal(&mut self, data: Bytes, attributes: Attributes) -> Result<Sealed, SealError> {
         format::check_producer_attributes(&attributes, self.mode)?;
-        if let Root::SigningEach(signing_key) = &self.root {
-            let signing_key = signing_key.clone();
+        if matches!(self.root, Root::ServiceAccount(_)) {
+            let sealed_at = self.next_seal_time();
+            let Root::ServiceAccount(signer) = &self.root else { unreachable!("just matched") };
+            let envelope = [
+                (format::VERSION_ATTR, format::VERSION.to_owned()),
+                (format::SEALED_AT_ATTR, format::encode_sealed_at(sealed_at)),
+            ];
+            let signature = signer.sign(sealed_at, &attributes, &data);
+            let mut attributes = attributes;
+            attributes.extend(envelope.into_iter().chain(signature).map(|(name, value)| (name.to_owned(), value)));
+            return Ok(Sealed { data, attributes });
+        }
+        if let Root::SigningEach(kms, signing_key) = &self.root {
+            let (kms, signing_key) = (kms.clone(), signing_key.clone());
             let sealed_at = self.next_seal_time();
             let signed = format::attest_signed_bytes(signing_key.as_str(), "", sealed_at, &attributes, &data);
-            let signature = self.kms.sign(&signing_key, &signed).await?;
+            let signature = kms.sign(&signing_key, &signed).await?;
             let envelope = [
                 (format::VERSION_ATTR, format::VERSION.to_owned()),
                 (format::KMS_KEY_ATTR, signing_key.to_string()),
@@ -196,16 +215,20 @@ impl Sealer {
 
     async fn new_data_key(&self, now: Instant) -> Result<DataKey, SealError> {
         let (usage, envelope) = match (&self.root, self.mode) {
-            (Root::Wrapping(key_name), Mode::Encrypt | Mode::Sign) => self.wrap_new_key(key_name).await?,
-            (Root::Certifying(signing_key), Mode::Attest) => self.certify_new_key(signing_key).await?,
+            (Root::Wrapping(kms, key_name), Mode::Encrypt | Mode::Sign) => self.wrap_new_key(kms, key_name).await?,
+            (Root::Certifying(kms, signing_key), Mode::Attest) => self.certify_new_key(kms, signing_key).await?,
             _ => return Err(SealError::KeyKind(self.mode)),
         };
         Ok(DataKey { usage, envelope, created: now, messages: 0, bytes: 0 })
     }
 
-    async fn wrap_new_key(&self, key_name: &KeyName) -> Result<(DataKeyUse, Vec<(&'static str, String)>), SealError> {
+    async fn wrap_new_key(
+        &self,
+        kms: &Arc<dyn Kms>,
+        key_name: &KeyName,
+    ) -> Result<(DataKeyUse, Vec<(&'static str, String)>), SealError> {
         let secret = SecretKey::generate();
-        let wrapped = self.kms.wrap(key_name, &secret, self.tenant_id.as_bytes()).await?;
+        let wrapped = kms.wrap(key_name, &secret, self.tenant_id.as_bytes()).await?;
         let kms_key = key_name.to_string();
         let wrapped = format::encode_base64(&wrapped);
         let prefix = format::header_prefix(self.mode, &kms_key, &wrapped);
@@ -226,6 +249,7 @@ impl Sealer {
     /// rotation policy plus a minute for the wall clock to drift from the monotonic one.
     async fn certify_new_key(
         &self,
+        kms: &Arc<dyn Kms>,
         signing_key: &KeyVersionName,
     ) -> Result<(DataKeyUse, Vec<(&'static str, String)>), SealError> {
         let session = SessionKey::generate();
@@ -239,7 +263,7 @@ impl Sealer {
             not_after: not_before.saturating_add(lifetime),
         }
         .encode();
-        let certificate_signature = self.kms.sign(signing_key, &certificate).await?;
+        let certificate_signature = kms.sign(signing_key, &certificate).await?;
         tracing::debug!(kms_key = %signing_key, "certified a new session key");
         let certificate = format::encode_base64(&certificate);
         let envelope = vec![

@@ -14,7 +14,7 @@ use common::{Fixture, attrs, key};
 use envelope::format::{ATTEST_CERT_ATTR, ATTEST_CERT_SIGNATURE_ATTR, SEALED_AT_ATTR, SIGNATURE_ATTR};
 use envelope::kms::Kms;
 use envelope::kms::local::Purpose;
-use envelope::{Attributes, Certificate, KeyVersionName, Mode, Opener, Sealer};
+use envelope::{Attestation, Attributes, Certificate, KeyVersionName, Mode, Opener, Sealer};
 
 const SIGNER_1: &str = "projects/tenant-1/locations/us-central1/keyRings/tenant1-keyring/cryptoKeys/signer";
 const SIGNER_2: &str = "projects/tenant-2/locations/us-central1/keyRings/tenant2-keyring/cryptoKeys/signer";
@@ -52,8 +52,7 @@ async fn a_certified_session_signs_every_message_with_one_kms_call() {
         assert_eq!(opened.attributes, attrs(&[("seq", &i.to_string())]));
         assert_eq!(opened.mode, Mode::Attest);
         let attestation = opened.attestation.unwrap();
-        assert_eq!(attestation.kms_key, version(SIGNER_1));
-        assert_eq!(attestation.tenant_id.as_deref(), Some("tenant-1"));
+        assert_eq!(attestation, Attestation::Session { kms_key: version(SIGNER_1), tenant_id: "tenant-1".into() });
     }
     assert_eq!(fixture.kms.signs(), 1, "one certificate for the session");
     assert_eq!(fixture.kms.public_keys(), 1, "one public-key fetch for the key version");
@@ -68,7 +67,7 @@ async fn strict_mode_has_the_kms_sign_every_message() {
         let sealed = sealer.seal(Bytes::from(format!("audited {i}")), Attributes::new()).await.unwrap();
         assert!(!sealed.attributes.contains_key(ATTEST_CERT_ATTR));
         let opened = opener.open(&sealed.data, &sealed.attributes).await.unwrap();
-        assert_eq!(opened.attestation.unwrap().tenant_id, None, "the KMS key itself vouches");
+        assert_eq!(opened.attestation, Some(Attestation::Kms(version(SIGNER_1))), "the KMS key itself vouches");
         let mut altered = sealed.attributes.clone();
         altered.insert("added".into(), "x".into());
         assert_eq!(open_error(&opener, &sealed.data, &altered).await, "tampered");

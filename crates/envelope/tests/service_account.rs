@@ -1,0 +1,149 @@
+//! Attest mode signed by a service account's own key, verified against certificates a
+//! local HTTP server publishes in the layout of Google's x509 metadata endpoint.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use common::{Fixture, attrs};
+use envelope::format::{ATTEST_CERT_URL_ATTR, ATTEST_KEY_ID_ATTR, SIGNATURE_ATTR};
+use envelope::{Attestation, Attributes, Mode, Opener, Sealer, ServiceAccountSigner, TrustedSigners};
+
+const PUBLISHER: &str = "publisher@test-project.iam.gserviceaccount.com";
+const OTHER: &str = "other@test-project.iam.gserviceaccount.com";
+
+fn data(file: &str) -> String {
+    std::fs::read_to_string(format!("{}/tests/data/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// Serves `/PUBLISHER` and `/OTHER` certificates; counts requests.
+struct CertServer {
+    url: String,
+    requests: Arc<AtomicU64>,
+}
+
+async fn cert_server() -> CertServer {
+    let requests = Arc::new(AtomicU64::new(0));
+    let counter = requests.clone();
+    let app = axum::Router::new().route(
+        "/{account}",
+        axum::routing::get(move |axum::extract::Path(account): axum::extract::Path<String>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match account.as_str() {
+                    PUBLISHER => Ok(data("publisher-certs.json")),
+                    OTHER => Ok(data("other-certs.json")),
+                    _ => Err(axum::http::StatusCode::NOT_FOUND),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    CertServer { url, requests }
+}
+
+fn signer(server: &CertServer, file: &str, email: &str) -> ServiceAccountSigner {
+    ServiceAccountSigner::from_json(&data(file)).unwrap().with_cert_url(format!("{}/{email}", server.url))
+}
+
+fn opener(fixture: &Fixture, server: &CertServer) -> Opener {
+    let trusted = TrustedSigners::default().trust(PUBLISHER, Some(format!("{}/{PUBLISHER}", server.url)));
+    Opener::builder(fixture.kms.clone()).trusted_signers(trusted).build()
+}
+
+#[tokio::test]
+async fn a_service_account_signs_and_its_published_certificate_verifies() {
+    let (fixture, server) = (Fixture::new(), cert_server().await);
+    let mut sealer = Sealer::service_account(signer(&server, "service-account.json", PUBLISHER));
+    let opener = opener(&fixture, &server);
+    for i in 0..10 {
+        let sealed = sealer.seal(Bytes::from(format!("message {i}")), attrs(&[("seq", &i.to_string())])).await.unwrap();
+        let opened = opener.open(&sealed.data, &sealed.attributes).await.unwrap();
+        assert_eq!(opened.data, format!("message {i}").as_bytes());
+        assert_eq!(opened.attributes, attrs(&[("seq", &i.to_string())]));
+        assert_eq!(opened.mode, Mode::Attest);
+        assert_eq!(opened.kms_key, None);
+        let want = Attestation::ServiceAccount { signer: PUBLISHER.into(), key_id: "k1".into() };
+        assert_eq!(opened.attestation, Some(want));
+    }
+    assert_eq!(server.requests.load(Ordering::SeqCst), 1, "certificates fetched once");
+    assert_eq!(fixture.kms.calls(), 0, "no KMS involved");
+}
+
+#[tokio::test]
+async fn untrusted_forged_and_altered_signatures_are_refused() {
+    let (fixture, server) = (Fixture::new(), cert_server().await);
+    let opener = opener(&fixture, &server);
+    let reason = |sealed: &envelope::Sealed| {
+        let (data, attributes) = (sealed.data.clone(), sealed.attributes.clone());
+        let opener = &opener;
+        async move { opener.open(&data, &attributes).await.unwrap_err().reason().to_owned() }
+    };
+    let mut publisher = Sealer::service_account(signer(&server, "service-account.json", PUBLISHER));
+    let good = publisher.seal(Bytes::from_static(b"pay 10"), attrs(&[("to", "alice")])).await.unwrap();
+
+    let mut other = Sealer::service_account(signer(&server, "other-service-account.json", OTHER));
+    let theirs = other.seal(Bytes::from_static(b"x"), Attributes::new()).await.unwrap();
+    assert_eq!(reason(&theirs).await, "untrusted_signer");
+
+    let mut elsewhere = good.clone();
+    elsewhere.attributes.insert(ATTEST_CERT_URL_ATTR.into(), format!("{}/{OTHER}", server.url));
+    assert_eq!(reason(&elsewhere).await, "untrusted_signer", "certificates from another URL");
+
+    // The other account's key signing in the publisher's name and key id.
+    let impostor = ServiceAccountSigner::from_json(
+        &data("other-service-account.json").replace(OTHER, PUBLISHER).replace("k9", "k1"),
+    )
+    .unwrap()
+    .with_cert_url(format!("{}/{PUBLISHER}", server.url));
+    let forged =
+        Sealer::service_account(impostor).seal(Bytes::from_static(b"pay 99"), Attributes::new()).await.unwrap();
+    assert_eq!(reason(&forged).await, "tampered");
+
+    let mut unknown_key = good.clone();
+    unknown_key.attributes.insert(ATTEST_KEY_ID_ATTR.into(), "k2".into());
+    assert_eq!(reason(&unknown_key).await, "unknown_signing_key");
+
+    let mut altered = good.clone();
+    altered.data = Bytes::from_static(b"pay 99");
+    assert_eq!(reason(&altered).await, "tampered");
+    let mut retargeted = good.clone();
+    retargeted.attributes.insert("to".into(), "mallory".into());
+    assert_eq!(reason(&retargeted).await, "tampered");
+    let mut stray = good.clone();
+    stray.attributes.insert("kms_key".into(), "projects/p/locations/l/keyRings/r/cryptoKeys/k".into());
+    assert_eq!(reason(&stray).await, "unexpected_attribute");
+    let mut truncated = good.clone();
+    truncated.attributes.insert(SIGNATURE_ATTR.into(), "AAAA".into());
+    assert_eq!(reason(&truncated).await, "tampered");
+    assert!(opener.open(&good.data, &good.attributes).await.is_ok(), "the good one still opens");
+}
+
+#[tokio::test]
+async fn unreachable_certificates_are_a_transient_failure() {
+    let fixture = Fixture::new();
+    let server = cert_server().await;
+    let mut sealer = Sealer::service_account(signer(&server, "service-account.json", PUBLISHER));
+    let sealed = sealer.seal(Bytes::from_static(b"x"), Attributes::new()).await.unwrap();
+    assert!(opener(&fixture, &server).open(&sealed.data, &sealed.attributes).await.is_ok());
+    let unreachable = TrustedSigners::default().trust(PUBLISHER, Some("http://127.0.0.1:9/none".into()));
+    let opener = Opener::builder(fixture.kms.clone()).trusted_signers(unreachable).build();
+    let mut pointed = sealed.clone();
+    pointed.attributes.insert(ATTEST_CERT_URL_ATTR.into(), "http://127.0.0.1:9/none".into());
+    let error = opener.open(&pointed.data, &pointed.attributes).await.unwrap_err();
+    assert_eq!(error.reason(), "certificates_unavailable");
+    assert!(error.is_transient());
+}
+
+#[test]
+fn key_files_are_checked() {
+    assert!(ServiceAccountSigner::from_json("{}").is_err());
+    let no_key = data("service-account.json").replace("BEGIN PRIVATE KEY", "BEGIN NOTHING");
+    assert!(ServiceAccountSigner::from_json(&no_key).is_err());
+    let signer = ServiceAccountSigner::from_json(&data("service-account.json")).unwrap();
+    assert_eq!(signer.email(), PUBLISHER);
+}
