@@ -275,10 +275,9 @@ impl Texts {
 }
 
 async fn publish(cli: Cli) -> anyhow::Result<()> {
-    if cli.attest_with_service_account {
-        anyhow::ensure!(matches!(cli.mode, PublishMode::Attest), "--attest_with_service_account needs --mode attest");
-    }
-    let key_name = if cli.attest_with_service_account { None } else { Some(cli.key.name()?) };
+    let attest = matches!(cli.mode, PublishMode::Attest);
+    anyhow::ensure!(!cli.attest_with_service_account || attest, "--attest_with_service_account needs --mode attest");
+    anyhow::ensure!(!cli.kms_sign_every_message || attest, "--kms_sign_every_message applies to --mode attest only");
     let topic = bus::names::topic(cli.account.pubsub_project_id.as_deref(), &cli.pubsub_topic)?;
     let mut texts = Texts::from_cli(&cli)?;
     let article_run = cli.message.is_empty() && cli.input.is_none();
@@ -293,37 +292,22 @@ async fn publish(cli: Cli) -> anyhow::Result<()> {
     };
     let kms = cli.kms.backend(cli.account.service_account.as_deref()).await?;
     let tenant_id = cli.kms.tenant_id.clone();
-    let (mode, sealer) = match (cli.mode, &key_name) {
-        (PublishMode::Attest, None) => {
-            let path = cli
-                .account
-                .service_account
-                .as_deref()
-                .context("--attest_with_service_account needs --service_account")?;
-            let json = zeroize::Zeroizing::new(
-                std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
-            );
-            let mut signer =
-                envelope::ServiceAccountSigner::from_json(&json).with_context(|| path.display().to_string())?;
-            if let Some(url) = &cli.attest_cert_url {
-                signer = signer.with_cert_url(url);
-            }
-            (Mode::Attest, Sealer::service_account(signer))
+    let (mode, signer, sealer) = match cli.mode {
+        PublishMode::Attest if cli.attest_with_service_account => {
+            let signer = service_account_signer(&cli)?;
+            (Mode::Attest, signer.email().to_owned(), Sealer::service_account(signer))
         }
-        (_, None) => unreachable!("only attest mode signs without a KMS key"),
-        (PublishMode::Encrypt, Some(key)) => {
-            (Mode::Encrypt, Sealer::new(kms.clone(), key.clone(), tenant_id, Mode::Encrypt))
+        PublishMode::Attest => {
+            let version = KeyVersionName::new(cli.key.name()?, cli.kms_key_version)?;
+            let sealer = Sealer::attest(kms.clone(), version.clone(), tenant_id, cli.kms_sign_every_message);
+            (Mode::Attest, version.to_string(), sealer)
         }
-        (PublishMode::Sign, Some(key)) => (Mode::Sign, Sealer::new(kms.clone(), key.clone(), tenant_id, Mode::Sign)),
-        (PublishMode::Attest, Some(key)) => {
-            let version = KeyVersionName::new(key.clone(), cli.kms_key_version)?;
-            (Mode::Attest, Sealer::attest(kms.clone(), version, tenant_id, cli.kms_sign_every_message))
+        PublishMode::Encrypt | PublishMode::Sign => {
+            let mode = if matches!(cli.mode, PublishMode::Encrypt) { Mode::Encrypt } else { Mode::Sign };
+            let key = cli.key.name()?;
+            (mode, key.to_string(), Sealer::new(kms.clone(), key, tenant_id, mode))
         }
     };
-    anyhow::ensure!(
-        !cli.kms_sign_every_message || mode == Mode::Attest,
-        "--kms_sign_every_message applies to --mode attest only"
-    );
     let mut sealer = sealer.with_policy(policy);
     let pubsub = bus::PubSub::from_env(cli.account.service_account.as_deref())?;
     pubsub.ensure_topic(&topic).await?;
@@ -351,8 +335,7 @@ async fn publish(cli: Cli) -> anyhow::Result<()> {
             Err(error) => tracing::error!(%error, "publish failed"),
         }
     });
-    let signer = key_name.as_ref().map_or_else(|| "service account".to_owned(), ToString::to_string);
-    tracing::info!(%topic, kms_key = %signer, %mode, total, "publishing");
+    tracing::info!(%topic, %signer, %mode, total, "publishing");
     let mut sent = 0;
     while total.is_none_or(|total| sent < total) {
         let Some(text) = texts.get(sent).await? else { break };
@@ -376,6 +359,20 @@ async fn publish(cli: Cli) -> anyhow::Result<()> {
     );
     anyhow::ensure!(failed == 0, "{failed} of {sent} messages could not be published");
     Ok(())
+}
+
+/// The `--service_account` key, to sign with in its own name.
+fn service_account_signer(cli: &Cli) -> anyhow::Result<envelope::ServiceAccountSigner> {
+    let path =
+        cli.account.service_account.as_deref().context("--attest_with_service_account needs --service_account")?;
+    let json = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+    );
+    let signer = envelope::ServiceAccountSigner::from_json(&json).with_context(|| path.display().to_string())?;
+    Ok(match &cli.attest_cert_url {
+        Some(url) => signer.with_cert_url(url),
+        None => signer,
+    })
 }
 
 /// Seals, retrying transient KMS failures with exponential backoff (200 ms doubling,

@@ -217,8 +217,9 @@ impl Opener {
     /// then is the seal time known to be the producer's.
     pub async fn open(&self, data: &Bytes, attributes: &Attributes) -> Result<Opened, OpenError> {
         let envelope = Envelope::parse(attributes)?;
-        if !self.modes.contains(&envelope.mode) {
-            return Err(OpenError::ModeNotAccepted(envelope.mode));
+        let mode = envelope.proof.mode();
+        if !self.modes.contains(&mode) {
+            return Err(OpenError::ModeNotAccepted(mode));
         }
         let opened = self.authenticate(&envelope, data, attributes).await?;
         if let Some(max_age) = self.max_age {
@@ -234,8 +235,8 @@ impl Opener {
         attributes: &Attributes,
     ) -> Result<Opened, OpenError> {
         let sealed_at = UNIX_EPOCH + Duration::from_micros(envelope.sealed_at);
-        match envelope.mode {
-            Mode::Encrypt => {
+        match &envelope.proof {
+            Proof::Aead => {
                 if data.len() < format::ENCRYPT_OVERHEAD + 4 {
                     return Err(OpenError::Truncated(data.len()));
                 }
@@ -253,7 +254,7 @@ impl Opener {
                 let (restored, offset) = format::decode_sealed_plaintext(&plaintext)?;
                 let tag = &data[data.len() - format::TAG_LEN..];
                 Ok(Opened {
-                    mode: envelope.mode,
+                    mode: Mode::Encrypt,
                     kms_key: Some(cached.kms_key.clone()),
                     sealed_at,
                     fingerprint: tag.try_into().expect("a 16-byte tag"),
@@ -262,17 +263,16 @@ impl Opener {
                     attributes: restored,
                 })
             }
-            Mode::Sign => {
+            Proof::Hmac(signature) => {
                 let cached = self
                     .data_key(&self.signing_keys, envelope, |secret| {
                         let prefix = format::header_prefix(Mode::Sign, envelope.kms_key, envelope.wrapped);
                         (SigningKey::new(secret, &prefix), Vec::new())
                     })
                     .await?;
-                let Proof::Hmac(signature) = &envelope.proof else { unreachable!("sign mode carries an HMAC") };
                 cached.key.verify(envelope.sealed_at, attributes, data, signature).map_err(|_| OpenError::Tampered)?;
                 Ok(Opened {
-                    mode: envelope.mode,
+                    mode: Mode::Sign,
                     kms_key: Some(cached.kms_key.clone()),
                     sealed_at,
                     fingerprint: signature[..16].try_into().expect("a 32-byte signature"),
@@ -281,7 +281,7 @@ impl Opener {
                     attestation: None,
                 })
             }
-            Mode::Attest => {
+            Proof::Attest(proof) => {
                 let message = attest::Signed {
                     kms_key: envelope.kms_key,
                     certificate: envelope.wrapped,
@@ -289,25 +289,24 @@ impl Opener {
                     attributes,
                     data,
                 };
-                let (attestation, signature) = match &envelope.proof {
-                    Proof::Session { certificate_signature, signature } => {
+                let (attestation, signature) = match proof {
+                    AttestProof::Session { certificate_signature, signature } => {
                         let attestation = self
                             .attest
                             .verify_session(&message, certificate_signature, signature, &self.tenant_id, &self.trusted)
                             .await?;
                         (attestation, &signature[..])
                     }
-                    Proof::Kms(signature) => {
+                    AttestProof::Kms(signature) => {
                         (self.attest.verify_kms_signed(&message, signature, &self.trusted).await?, &signature[..])
                     }
-                    Proof::ServiceAccount { named, signature } => {
+                    AttestProof::ServiceAccount { named, signature } => {
                         (self.attest.verify_service_account(named, &message, signature).await?, &signature[..])
                     }
-                    Proof::Aead | Proof::Hmac(_) => unreachable!("attest mode carries a signature"),
                 };
                 let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, signature);
                 Ok(Opened {
-                    mode: envelope.mode,
+                    mode: Mode::Attest,
                     kms_key: attestation.kms_key().map(|version| version.key().clone()),
                     sealed_at,
                     fingerprint: digest.as_ref()[..16].try_into().expect("a 32-byte digest"),
@@ -356,14 +355,17 @@ impl Opener {
         if !self.trusted.allows(&kms_key) {
             return Err(OpenError::UntrustedKey(kms_key.to_string()));
         }
-        let wrapped_attr =
-            if envelope.mode == Mode::Encrypt { format::DEK_WRAPPED_ATTR } else { format::SIGN_KEY_WRAPPED_ATTR };
+        let wrapped_attr = if envelope.proof.mode() == Mode::Encrypt {
+            format::DEK_WRAPPED_ATTR
+        } else {
+            format::SIGN_KEY_WRAPPED_ATTR
+        };
         let wrapped = format::decode_base64(envelope.wrapped).ok_or(OpenError::BadBase64(wrapped_attr))?;
         if wrapped.is_empty() {
             return Err(OpenError::GarbledAttribute { name: wrapped_attr, why: "empty".into() });
         }
         let secret = self.kms.unwrap(&kms_key, &wrapped, self.tenant_id.as_bytes()).await?;
-        tracing::debug!(%kms_key, mode = %envelope.mode, "unwrapped a data key");
+        tracing::debug!(%kms_key, mode = %envelope.proof.mode(), "unwrapped a data key");
         let (key, prefix) = prepare(&secret);
         Ok(Arc::new(CachedKey { key, kms_key, prefix }))
     }
@@ -393,7 +395,6 @@ fn check_age(sealed_at: SystemTime, now: SystemTime, max_age: Duration) -> Resul
 
 /// The envelope attributes of one message, checked for presence and shape.
 struct Envelope<'a> {
-    mode: Mode,
     kms_key: &'a str,
     /// The wrapped key (encrypt, sign), the certificate (attest) or empty (strict attest).
     wrapped: &'a str,
@@ -402,18 +403,34 @@ struct Envelope<'a> {
     proof: Proof<'a>,
 }
 
-/// What authenticates the message, decoded.
+/// What authenticates the message, decoded; it tells the mode.
 enum Proof<'a> {
     /// Encrypt mode: the AEAD tag, inside the payload.
     Aead,
     /// Sign mode: the HMAC tag.
     Hmac([u8; format::SIGNATURE_LEN]),
-    /// Attest mode: the certificate's signature (base64 text) and the session key's.
+    /// Attest mode.
+    Attest(AttestProof<'a>),
+}
+
+/// The signatures of attest mode's three flavours.
+enum AttestProof<'a> {
+    /// The certificate's signature (base64 text) and the session key's.
     Session { certificate_signature: &'a str, signature: [u8; format::ED25519_SIGNATURE_LEN] },
-    /// Strict attest mode: the KMS key version's own signature.
+    /// The KMS key version's own signature of the message.
     Kms(Vec<u8>),
-    /// Attest mode by a service account: who signed, and the RSA signature.
+    /// A service account's: who signed, and the RSA signature.
     ServiceAccount { named: ServiceAccountSigned<'a>, signature: Vec<u8> },
+}
+
+impl Proof<'_> {
+    fn mode(&self) -> Mode {
+        match self {
+            Proof::Aead => Mode::Encrypt,
+            Proof::Hmac(_) => Mode::Sign,
+            Proof::Attest(_) => Mode::Attest,
+        }
+    }
 }
 
 /// The longest ASN.1 DER ECDSA P-256 signature.
@@ -437,15 +454,15 @@ impl<'a> Envelope<'a> {
         }
         // Each mode (and attest flavour) is told by one attribute; the envelope
         // attributes it may carry are exactly these.
-        let markers: [(&'static str, Mode, &[&str]); 5] = [
-            (DEK, Mode::Encrypt, &[VERSION, KMS_KEY, SEALED_AT, DEK]),
-            (SIGN_KEY, Mode::Sign, &[VERSION, KMS_KEY, SEALED_AT, SIGN_KEY, SIGNATURE]),
-            (CERT, Mode::Attest, &[VERSION, KMS_KEY, SEALED_AT, CERT, CERT_SIGNATURE, SIGNATURE]),
-            (KMS_SIGNATURE, Mode::Attest, &[VERSION, KMS_KEY, SEALED_AT, KMS_SIGNATURE]),
-            (SIGNER, Mode::Attest, &[VERSION, SEALED_AT, SIGNER, KEY_ID, CERT_URL, SIGNATURE]),
+        let markers: [(&'static str, &[&str]); 5] = [
+            (DEK, &[VERSION, KMS_KEY, SEALED_AT, DEK]),
+            (SIGN_KEY, &[VERSION, KMS_KEY, SEALED_AT, SIGN_KEY, SIGNATURE]),
+            (CERT, &[VERSION, KMS_KEY, SEALED_AT, CERT, CERT_SIGNATURE, SIGNATURE]),
+            (KMS_SIGNATURE, &[VERSION, KMS_KEY, SEALED_AT, KMS_SIGNATURE]),
+            (SIGNER, &[VERSION, SEALED_AT, SIGNER, KEY_ID, CERT_URL, SIGNATURE]),
         ];
-        let mut present = markers.iter().filter(|(marker, ..)| attributes.contains_key(*marker));
-        let (marker, mode, allowed) = match (present.next(), present.next()) {
+        let mut present = markers.iter().filter(|(marker, _)| attributes.contains_key(*marker));
+        let (marker, allowed) = match (present.next(), present.next()) {
             (Some(found), None) => *found,
             (Some(first), Some(second)) => {
                 return Err(OpenError::GarbledAttribute {
@@ -469,7 +486,8 @@ impl<'a> Envelope<'a> {
             why: "not a decimal count of microseconds".into(),
         })?;
         let out_of_place = |name: &String| {
-            let envelope_only = mode == Mode::Encrypt || format::is_reserved(name);
+            // Encrypted messages carry nothing visible but the envelope.
+            let envelope_only = marker == DEK || format::is_reserved(name);
             envelope_only && !allowed.contains(&name.as_str())
         };
         if let Some(extra) = attributes.keys().find(|name| out_of_place(name)) {
@@ -482,7 +500,10 @@ impl<'a> Envelope<'a> {
                 let certificate_signature = required(CERT_SIGNATURE)?;
                 (
                     required(CERT)?,
-                    Proof::Session { certificate_signature, signature: decode_exact(required(SIGNATURE)?, SIGNATURE)? },
+                    Proof::Attest(AttestProof::Session {
+                        certificate_signature,
+                        signature: decode_exact(required(SIGNATURE)?, SIGNATURE)?,
+                    }),
                 )
             }
             SIGNER => {
@@ -495,7 +516,7 @@ impl<'a> Envelope<'a> {
                 if signature.is_empty() || signature.len() > MAX_RSA_SIGNATURE_LEN {
                     return Err(OpenError::GarbledAttribute { name: SIGNATURE, why: "not an RSA signature".into() });
                 }
-                ("", Proof::ServiceAccount { named, signature })
+                ("", Proof::Attest(AttestProof::ServiceAccount { named, signature }))
             }
             _ => {
                 let signature =
@@ -506,10 +527,10 @@ impl<'a> Envelope<'a> {
                         why: "not an ECDSA P-256 signature".into(),
                     });
                 }
-                ("", Proof::Kms(signature))
+                ("", Proof::Attest(AttestProof::Kms(signature)))
             }
         };
-        Ok(Self { mode, kms_key, wrapped, sealed_at, proof })
+        Ok(Self { kms_key, wrapped, sealed_at, proof })
     }
 }
 

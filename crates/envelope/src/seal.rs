@@ -159,9 +159,8 @@ impl Sealer {
     /// the sealer unchanged, so the call can be retried.
     pub async fn seal(&mut self, data: Bytes, attributes: Attributes) -> Result<Sealed, SealError> {
         format::check_producer_attributes(&attributes, self.mode)?;
-        if matches!(self.root, Root::ServiceAccount(_)) {
-            let sealed_at = self.next_seal_time();
-            let Root::ServiceAccount(signer) = &self.root else { unreachable!("just matched") };
+        if let Root::ServiceAccount(signer) = &self.root {
+            let sealed_at = next_seal_time(&mut self.last_sealed_at, self.clock.as_ref());
             let envelope = [
                 (format::VERSION_ATTR, format::VERSION.to_owned()),
                 (format::SEALED_AT_ATTR, format::encode_sealed_at(sealed_at)),
@@ -172,10 +171,9 @@ impl Sealer {
             return Ok(Sealed { data, attributes });
         }
         if let Root::SigningEach(kms, signing_key) = &self.root {
-            let (kms, signing_key) = (kms.clone(), signing_key.clone());
-            let sealed_at = self.next_seal_time();
+            let sealed_at = next_seal_time(&mut self.last_sealed_at, self.clock.as_ref());
             let signed = format::attest_signed_bytes(signing_key.as_str(), "", sealed_at, &attributes, &data);
-            let signature = kms.sign(&signing_key, &signed).await?;
+            let signature = kms.sign(signing_key, &signed).await?;
             let envelope = [
                 (format::VERSION_ATTR, format::VERSION.to_owned()),
                 (format::KMS_KEY_ATTR, signing_key.to_string()),
@@ -192,19 +190,11 @@ impl Sealer {
             self.current = Some(self.new_data_key(now).await?);
             self.rotations += 1;
         }
-        let sealed_at = self.next_seal_time();
+        let sealed_at = next_seal_time(&mut self.last_sealed_at, self.clock.as_ref());
         let key = self.current.as_mut().expect("a data key was just ensured");
         key.messages += 1;
         key.bytes += size;
         Ok(seal_with(key, sealed_at, data, attributes))
-    }
-
-    /// The next seal time: now, but strictly after the previous one even if the wall
-    /// clock stalls or steps back, so that every message is unique and an opener can
-    /// tell a copy from a new one.
-    fn next_seal_time(&mut self) -> u64 {
-        self.last_sealed_at = micros_since_epoch(self.clock.wall()).max(self.last_sealed_at + 1);
-        self.last_sealed_at
     }
 
     fn is_spent(&self, key: &DataKey, now: Instant, next_size: u64) -> bool {
@@ -278,6 +268,14 @@ impl Sealer {
 
 /// How long a session certificate outlives its key's rotation age.
 const CERTIFICATE_SLACK: Duration = Duration::from_secs(60);
+
+/// The next seal time after `last`: now, but strictly after the previous one even if the
+/// wall clock stalls or steps back, so that every message is unique and an opener can
+/// tell a copy from a new one.
+fn next_seal_time(last: &mut u64, clock: &dyn Clock) -> u64 {
+    *last = micros_since_epoch(clock.wall()).max(*last + 1);
+    *last
+}
 
 fn micros_since_epoch(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |since| u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
