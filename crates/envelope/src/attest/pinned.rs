@@ -1,0 +1,40 @@
+//! Public keys a consumer pins instead of fetching them from the KMS.
+
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, ParsedPublicKey};
+
+use crate::format;
+
+/// A KMS signing key's public key that a consumer was told to trust, instead of asking
+/// the KMS for it.
+#[derive(Clone)]
+pub struct TrustedPublicKey(pub(super) ParsedPublicKey);
+
+/// A DER `SubjectPublicKeyInfo` as a PEM `PUBLIC KEY` block, as Cloud KMS prints it.
+pub fn public_key_pem(der: &[u8]) -> String {
+    let text = format::encode_base64(der);
+    let lines: Vec<&str> = text.as_bytes().chunks(64).map(|line| std::str::from_utf8(line).expect("ASCII")).collect();
+    format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", lines.join("\n"))
+}
+
+/// Why a file is not a [`TrustedPublicKey`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublicKeyError {
+    /// No PEM `PUBLIC KEY` block.
+    #[error("not a PEM public key: {0}")]
+    NotPem(String),
+    /// A public key of another kind.
+    #[error("not an ECDSA P-256 public key")]
+    NotP256,
+}
+
+impl TrustedPublicKey {
+    /// Parses a PEM `PUBLIC KEY` block holding an ECDSA P-256 `SubjectPublicKeyInfo`, as
+    /// Cloud KMS's GetPublicKey and `publisher keyring public-key` print it.
+    pub fn from_pem(pem: &[u8]) -> Result<Self, PublicKeyError> {
+        use rustls_pki_types::SubjectPublicKeyInfoDer;
+        use rustls_pki_types::pem::PemObject as _;
+        let der =
+            SubjectPublicKeyInfoDer::from_pem_slice(pem).map_err(|error| PublicKeyError::NotPem(error.to_string()))?;
+        ParsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, der.as_ref()).map(Self).map_err(|_| PublicKeyError::NotP256)
+    }
+}

@@ -1,0 +1,98 @@
+//! The article's second way: a service account signs with its own key.
+
+use std::collections::HashMap;
+
+use crate::format::{self, Attributes};
+
+/// The service accounts a consumer accepts attest signatures from, each with the URL of
+/// its published certificates.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedSigners(HashMap<String, String>);
+
+/// Where Google publishes a service account's X.509 certificates.
+pub fn google_cert_url(email: &str) -> String {
+    format!("https://www.googleapis.com/robot/v1/metadata/x509/{}", email.replace('@', "%40"))
+}
+
+impl TrustedSigners {
+    /// Trusts `email`, whose certificates are at `cert_url` (Google's, by default:
+    /// [`google_cert_url`]).
+    pub fn trust(mut self, email: impl Into<String>, cert_url: Option<String>) -> Self {
+        let email = email.into();
+        let url = cert_url.unwrap_or_else(|| google_cert_url(&email));
+        self.0.insert(email, url);
+        self
+    }
+
+    pub(super) fn cert_url(&self, email: &str) -> Option<&str> {
+        self.0.get(email).map(String::as_str)
+    }
+}
+
+/// A service account's own key, signing attest messages in its name.
+pub struct ServiceAccountSigner {
+    email: String,
+    key_id: String,
+    cert_url: String,
+    key: aws_lc_rs::signature::RsaKeyPair,
+}
+
+/// Why a service-account key file cannot sign.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a usable service-account key: {0}")]
+pub struct ServiceAccountError(String);
+
+impl ServiceAccountSigner {
+    /// Reads a service-account key file's JSON (`client_email`, `private_key_id`,
+    /// `private_key` as PKCS#8 PEM, and `client_x509_cert_url` if present).
+    pub fn from_json(json: &str) -> Result<Self, ServiceAccountError> {
+        use rustls_pki_types::PrivatePkcs8KeyDer;
+        use rustls_pki_types::pem::PemObject as _;
+        #[derive(serde::Deserialize)]
+        struct File {
+            client_email: String,
+            private_key_id: String,
+            private_key: zeroize::Zeroizing<String>,
+            client_x509_cert_url: Option<String>,
+        }
+        let file: File = serde_json::from_str(json).map_err(|error| ServiceAccountError(error.to_string()))?;
+        let der = PrivatePkcs8KeyDer::from_pem_slice(file.private_key.as_bytes())
+            .map_err(|error| ServiceAccountError(format!("private_key: {error}")))?;
+        let key = aws_lc_rs::signature::RsaKeyPair::from_pkcs8(der.secret_pkcs8_der())
+            .map_err(|error| ServiceAccountError(format!("private_key is not an RSA key: {error}")))?;
+        let cert_url = file.client_x509_cert_url.unwrap_or_else(|| google_cert_url(&file.client_email));
+        Ok(Self { email: file.client_email, key_id: file.private_key_id, cert_url, key })
+    }
+
+    /// Names `url` as where the account's certificates are published, instead of the
+    /// key file's `client_x509_cert_url` (Google's).
+    pub fn with_cert_url(mut self, url: impl Into<String>) -> Self {
+        self.cert_url = url.into();
+        self
+    }
+
+    /// The account's email.
+    pub fn email(&self) -> &str {
+        &self.email
+    }
+
+    /// The signature attributes of a message, and its RSA-SHA256 signature.
+    pub(crate) fn sign(&self, sealed_at: u64, attributes: &Attributes, data: &[u8]) -> [(&'static str, String); 4] {
+        let signed = format::service_account_signed_bytes(&self.email, &self.key_id, sealed_at, attributes, data);
+        let mut signature = vec![0; self.key.public_modulus_len()];
+        self.key
+            .sign(
+                &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+                &aws_lc_rs::rand::SystemRandom::new(),
+                &signed,
+                &mut signature,
+            )
+            .expect("RSA signs");
+        [
+            (format::ATTEST_SIGNER_ATTR, self.email.clone()),
+            (format::ATTEST_KEY_ID_ATTR, self.key_id.clone()),
+            (format::ATTEST_CERT_URL_ATTR, self.cert_url.clone()),
+            (format::SIGNATURE_ATTR, format::encode_base64(&signature)),
+        ]
+    }
+}
