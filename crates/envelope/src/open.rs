@@ -446,24 +446,51 @@ impl<'a> Envelope<'a> {
             KMS_KEY_ATTR as KMS_KEY, KMS_SIGNATURE_ATTR as KMS_SIGNATURE, SEALED_AT_ATTR as SEALED_AT,
             SIGN_KEY_WRAPPED_ATTR as SIGN_KEY, SIGNATURE_ATTR as SIGNATURE, VERSION_ATTR as VERSION,
         };
-        let get = |name: &'static str| attributes.get(name).map(String::as_str);
-        let required = |name: &'static str| get(name).ok_or(OpenError::MissingAttribute(name));
-        let version = required(VERSION)?;
+        // One pass over the attributes instead of a hash lookup per envelope name: on
+        // the hot path this parse cost more than the lookups' worth of decryption.
+        let mut fields = Fields::default();
+        for (name, value) in attributes {
+            let slot = match name.as_str() {
+                VERSION => &mut fields.version,
+                KMS_KEY => &mut fields.kms_key,
+                SEALED_AT => &mut fields.sealed_at,
+                DEK => &mut fields.dek,
+                SIGN_KEY => &mut fields.sign_key,
+                SIGNATURE => &mut fields.signature,
+                CERT => &mut fields.cert,
+                CERT_SIGNATURE => &mut fields.cert_signature,
+                KMS_SIGNATURE => &mut fields.kms_signature,
+                SIGNER => &mut fields.signer,
+                KEY_ID => &mut fields.key_id,
+                CERT_URL => &mut fields.cert_url,
+                _ if format::is_reserved(name) => {
+                    fields.stray.get_or_insert(name);
+                    continue;
+                }
+                _ => {
+                    fields.producer.get_or_insert(name);
+                    continue;
+                }
+            };
+            *slot = Some(value.as_str());
+        }
+        let required = |value: Option<&'a str>, name: &'static str| value.ok_or(OpenError::MissingAttribute(name));
+        let version = required(fields.version, VERSION)?;
         if version != format::VERSION {
             return Err(OpenError::UnknownVersion(version.to_owned()));
         }
         // Each mode (and attest flavour) is told by one attribute; the envelope
         // attributes it may carry are exactly these.
-        let markers: [(&'static str, &[&str]); 5] = [
-            (DEK, &[VERSION, KMS_KEY, SEALED_AT, DEK]),
-            (SIGN_KEY, &[VERSION, KMS_KEY, SEALED_AT, SIGN_KEY, SIGNATURE]),
-            (CERT, &[VERSION, KMS_KEY, SEALED_AT, CERT, CERT_SIGNATURE, SIGNATURE]),
-            (KMS_SIGNATURE, &[VERSION, KMS_KEY, SEALED_AT, KMS_SIGNATURE]),
-            (SIGNER, &[VERSION, SEALED_AT, SIGNER, KEY_ID, CERT_URL, SIGNATURE]),
+        let markers: [(&'static str, Option<&str>, &[&str]); 5] = [
+            (DEK, fields.dek, &[VERSION, KMS_KEY, SEALED_AT, DEK]),
+            (SIGN_KEY, fields.sign_key, &[VERSION, KMS_KEY, SEALED_AT, SIGN_KEY, SIGNATURE]),
+            (CERT, fields.cert, &[VERSION, KMS_KEY, SEALED_AT, CERT, CERT_SIGNATURE, SIGNATURE]),
+            (KMS_SIGNATURE, fields.kms_signature, &[VERSION, KMS_KEY, SEALED_AT, KMS_SIGNATURE]),
+            (SIGNER, fields.signer, &[VERSION, SEALED_AT, SIGNER, KEY_ID, CERT_URL, SIGNATURE]),
         ];
-        let mut present = markers.iter().filter(|(marker, _)| attributes.contains_key(*marker));
+        let mut present = markers.iter().filter(|(_, value, _)| value.is_some());
         let (marker, allowed) = match (present.next(), present.next()) {
-            (Some(found), None) => *found,
+            (Some((marker, _, allowed)), None) => (*marker, *allowed),
             (Some(first), Some(second)) => {
                 return Err(OpenError::GarbledAttribute {
                     name: first.0,
@@ -480,19 +507,19 @@ impl<'a> Envelope<'a> {
             }
         };
         // A service account signs in its own name; every other kind names a KMS key.
-        let kms_key = if marker == SIGNER { "" } else { required(KMS_KEY)? };
-        let sealed_at = format::parse_sealed_at(required(SEALED_AT)?).ok_or_else(|| OpenError::GarbledAttribute {
-            name: SEALED_AT,
-            why: "not a decimal count of microseconds".into(),
+        let kms_key = if marker == SIGNER { "" } else { required(fields.kms_key, KMS_KEY)? };
+        let sealed_at = format::parse_sealed_at(required(fields.sealed_at, SEALED_AT)?).ok_or_else(|| {
+            OpenError::GarbledAttribute { name: SEALED_AT, why: "not a decimal count of microseconds".into() }
         })?;
-        let out_of_place = |name: &String| {
-            // Encrypted messages carry nothing visible but the envelope.
-            let envelope_only = marker == DEK || format::is_reserved(name);
-            envelope_only && !allowed.contains(&name.as_str())
-        };
-        if let Some(extra) = attributes.keys().find(|name| out_of_place(name)) {
-            return Err(OpenError::UnexpectedAttribute(extra.clone()));
+        // Encrypted messages carry nothing visible but the envelope; the others carry no
+        // reserved name that is not their own.
+        let misplaced = fields.present().find(|name| !allowed.contains(name));
+        let extra = misplaced.map(str::to_owned).or(fields.stray.cloned());
+        let extra = extra.or_else(|| if marker == DEK { fields.producer.cloned() } else { None });
+        if let Some(extra) = extra {
+            return Err(OpenError::UnexpectedAttribute(extra));
         }
+        let required = |name: &'static str| required(fields.get(name), name);
         let (wrapped, proof) = match marker {
             DEK => (required(DEK)?, Proof::Aead),
             SIGN_KEY => (required(SIGN_KEY)?, Proof::Hmac(decode_exact(required(SIGNATURE)?, SIGNATURE)?)),
@@ -531,6 +558,57 @@ impl<'a> Envelope<'a> {
             }
         };
         Ok(Self { kms_key, wrapped, sealed_at, proof })
+    }
+}
+
+/// The envelope attributes of a message, found in one pass, and the first other
+/// attribute of each kind.
+#[derive(Default)]
+struct Fields<'a> {
+    version: Option<&'a str>,
+    kms_key: Option<&'a str>,
+    sealed_at: Option<&'a str>,
+    dek: Option<&'a str>,
+    sign_key: Option<&'a str>,
+    signature: Option<&'a str>,
+    cert: Option<&'a str>,
+    cert_signature: Option<&'a str>,
+    kms_signature: Option<&'a str>,
+    signer: Option<&'a str>,
+    key_id: Option<&'a str>,
+    cert_url: Option<&'a str>,
+    /// A reserved name that is no envelope attribute.
+    stray: Option<&'a String>,
+    /// A producer attribute.
+    producer: Option<&'a String>,
+}
+
+impl<'a> Fields<'a> {
+    fn all(&self) -> [(&'static str, Option<&'a str>); 12] {
+        use format::*;
+        [
+            (VERSION_ATTR, self.version),
+            (KMS_KEY_ATTR, self.kms_key),
+            (SEALED_AT_ATTR, self.sealed_at),
+            (DEK_WRAPPED_ATTR, self.dek),
+            (SIGN_KEY_WRAPPED_ATTR, self.sign_key),
+            (SIGNATURE_ATTR, self.signature),
+            (ATTEST_CERT_ATTR, self.cert),
+            (ATTEST_CERT_SIGNATURE_ATTR, self.cert_signature),
+            (KMS_SIGNATURE_ATTR, self.kms_signature),
+            (ATTEST_SIGNER_ATTR, self.signer),
+            (ATTEST_KEY_ID_ATTR, self.key_id),
+            (ATTEST_CERT_URL_ATTR, self.cert_url),
+        ]
+    }
+
+    /// The names of the envelope attributes present.
+    fn present(&self) -> impl Iterator<Item = &'static str> {
+        self.all().into_iter().filter(|(_, value)| value.is_some()).map(|(name, _)| name)
+    }
+
+    fn get(&self, name: &str) -> Option<&'a str> {
+        self.all().into_iter().find(|(field, _)| *field == name).and_then(|(_, value)| value)
     }
 }
 
