@@ -339,6 +339,30 @@ pub async fn assert_nothing_arrives(pubsub: &bus::PubSub, subscription: &str, wa
     }
 }
 
+/// Publishes each `(name, reason, message)` of `catalogue` to `bus`, then asserts that
+/// each arrives once on `dead_letters` with its `reject_reason`, naming the ones that
+/// did not.
+pub async fn assert_dead_lettered(
+    pubsub: &bus::PubSub,
+    bus: &google_cloud_pubsub::client::Publisher,
+    dead_letters: &str,
+    catalogue: Vec<(&str, &str, envelope::Sealed)>,
+) {
+    let mut expected_reason = std::collections::HashMap::new();
+    for (name, reason, sealed) in catalogue {
+        expected_reason.insert(bus.publish(message(sealed)).await.unwrap(), (name, reason));
+    }
+    let rejected = receive(pubsub, dead_letters, expected_reason.len(), Duration::from_secs(60)).await;
+    let mut wrong = Vec::new();
+    for dead in &rejected {
+        let (name, reason) = expected_reason.remove(&dead.attributes["original_message_id"]).expect("each once");
+        if dead.attributes["reject_reason"] != reason {
+            wrong.push(format!("{name}: want {reason}, got {:?}", dead.attributes));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
 /// Reads `count` messages from `subscription` (acking them), or panics after `timeout`.
 pub async fn receive(
     pubsub: &bus::PubSub,
