@@ -12,7 +12,7 @@ use arbitrary::Arbitrary;
 use bytes::Bytes;
 use envelope::kms::Kms;
 use envelope::kms::local::{Keyring, LocalKms, Purpose};
-use envelope::{Attributes, KeyName, KeyVersionName, Mode, Opener, Sealer};
+use envelope::{AttestBy, Attributes, KeyName, KeyVersionName, Mode, Opener, Sealer, TrustedKeys};
 use libfuzzer_sys::fuzz_target;
 
 const KEY: &str = "projects/fuzz/locations/global/keyRings/fuzz/cryptoKeys/tenant";
@@ -61,7 +61,7 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
     keyring.create_for(&SIGNING_KEY.parse().unwrap(), Purpose::AsymmetricSign).unwrap();
     keyring.save().unwrap();
     let kms: Arc<dyn Kms> = Arc::new(LocalKms::open(&path).unwrap());
-    let opener = Opener::builder(kms.clone()).build();
+    let opener = Opener::builder("tenantKey", TrustedKeys::dangerous_any_key()).kms(kms.clone()).build().unwrap();
     World { kms, opener, _dir: dir }
 });
 
@@ -77,10 +77,11 @@ fuzz_target!(|case: Case| {
     let key: KeyName = KEY.parse().unwrap();
     let signing_key = || KeyVersionName::new(SIGNING_KEY.parse().unwrap(), 1).unwrap();
     let (mode, mut sealer) = match case.mode % 4 {
-        0 => (Mode::Encrypt, Sealer::new(world.kms.clone(), key, "tenantKey", Mode::Encrypt)),
-        1 => (Mode::Sign, Sealer::new(world.kms.clone(), key, "tenantKey", Mode::Sign)),
-        kms_signs_each => {
-            (Mode::Attest, Sealer::attest(world.kms.clone(), signing_key(), "tenantKey", kms_signs_each == 3))
+        0 => (Mode::Encrypt, Sealer::encrypt(world.kms.clone(), key, "tenantKey")),
+        1 => (Mode::Sign, Sealer::sign(world.kms.clone(), key, "tenantKey")),
+        flavour => {
+            let by = if flavour == 3 { AttestBy::KmsEachMessage } else { AttestBy::SessionKey };
+            (Mode::Attest, Sealer::attest(world.kms.clone(), signing_key(), "tenantKey", by))
         }
     };
     let data = Bytes::from(case.data);

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use bus::flags::{KmsFlags, OpenMode};
 use clap::Parser;
-use envelope::Opener;
 
 /// Read the shared topic and show each message opened, or why it was rejected.
 #[derive(Parser)]
@@ -56,16 +55,7 @@ async fn main() -> anyhow::Result<()> {
     let subscription = bus::names::subscription(project, &cli.pubsub_subscription)?;
     let project = project.or_else(|| bus::names::project_of(&subscription));
     let kms = cli.kms.backend(cli.account.service_account.as_deref()).await?;
-    let opener = Arc::new(
-        Opener::builder(kms.clone())
-            .tenant_id(&cli.kms.tenant_id)
-            .trusted_keys(cli.trust.trusted_keys()?)
-            .max_age(cli.trust.max_message_age())
-            .pinned_public_keys(cli.trust.pinned_public_keys()?)
-            .trusted_signers(cli.trust.trusted_signers())
-            .accept(cli.mode.accepts())
-            .build(),
-    );
+    let opener = Arc::new(cli.trust.opener(kms.clone(), &cli.kms.tenant_id, cli.mode.accepts())?.build()?);
     let metrics = Arc::new(bus::metrics::Metrics::new(Some((opener.clone(), kms))));
     cli.metrics.serve(&metrics);
     let pubsub = bus::PubSub::from_env(cli.account.service_account.as_deref())?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bus::flags::{DataflowFlags, KmsFlags, OpenMode};
 use clap::Parser;
-use envelope::{CacheSettings, Opener};
+use envelope::CacheSettings;
 
 /// Pull the shared topic, open each envelope, count words per window, publish the counts.
 #[derive(Parser)]
@@ -120,21 +120,12 @@ async fn main() -> anyhow::Result<()> {
         input_subscription,
     };
 
-    let trusted = cli.trust.trusted_keys()?;
-    if trusted.trusts_everything() {
-        tracing::warn!("no --trusted_kms_key given: messages under ANY KMS key this pipeline can use will be accepted");
-    }
     let kms = cli.kms.backend(cli.service_account.as_deref()).await?;
     let opener = Arc::new(
-        Opener::builder(kms.clone())
-            .tenant_id(&cli.kms.tenant_id)
-            .trusted_keys(trusted)
-            .max_age(cli.trust.max_message_age())
-            .pinned_public_keys(cli.trust.pinned_public_keys()?)
-            .trusted_signers(cli.trust.trusted_signers())
-            .accept(cli.mode.accepts())
+        cli.trust
+            .opener(kms.clone(), &cli.kms.tenant_id, cli.mode.accepts())?
             .cache(CacheSettings { ttl: Duration::from_secs(cli.cache_ttl_secs), capacity: cli.cache_capacity })
-            .build(),
+            .build()?,
     );
     let metrics = Arc::new(bus::metrics::Metrics::new(Some((opener.clone(), kms.clone()))));
     cli.metrics.serve(&metrics);

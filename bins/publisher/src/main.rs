@@ -10,9 +10,9 @@ use backon::{BackoffBuilder as _, ExponentialBuilder};
 use bus::flags::KmsFlags;
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
-use envelope::kms::Kms as _;
+use envelope::kms::KeySign as _;
 use envelope::kms::local::{Keyring, LocalKms, Purpose};
-use envelope::{Attributes, KeyName, KeyVersionName, Mode, RotationPolicy, Sealer};
+use envelope::{AttestBy, Attributes, KeyName, KeyVersionName, RotationPolicy, Sealer};
 use google_cloud_pubsub::model::Message;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand_chacha::ChaCha8Rng;
@@ -129,7 +129,7 @@ struct KeyFlags {
 impl KeyFlags {
     fn name(&self) -> anyhow::Result<KeyName> {
         if let Some(name) = &self.kms_key {
-            return Ok(name.parse()?);
+            return Ok(KeyName::from_uri_or_name(name)?);
         }
         match (&self.kms_project_id, &self.kms_key_ring_id, &self.kms_key_id) {
             (Some(project), Some(ring), Some(key)) => Ok(KeyName::from_parts(project, &self.kms_location, ring, key)?),
@@ -292,22 +292,26 @@ async fn publish(cli: Cli) -> anyhow::Result<()> {
     };
     let kms = cli.kms.backend(cli.account.service_account.as_deref()).await?;
     let tenant_id = cli.kms.tenant_id.clone();
-    let (mode, signer, sealer) = match cli.mode {
+    let (signer, sealer) = match cli.mode {
         PublishMode::Attest if cli.attest_with_service_account => {
             let signer = service_account_signer(&cli)?;
-            (Mode::Attest, signer.email().to_owned(), Sealer::service_account(signer))
+            (signer.email().to_owned(), Sealer::service_account(signer))
         }
         PublishMode::Attest => {
             let version = KeyVersionName::new(cli.key.name()?, cli.kms_key_version)?;
-            let sealer = Sealer::attest(kms.clone(), version.clone(), tenant_id, cli.kms_sign_every_message);
-            (Mode::Attest, version.to_string(), sealer)
+            let by = if cli.kms_sign_every_message { AttestBy::KmsEachMessage } else { AttestBy::SessionKey };
+            (version.to_string(), Sealer::attest(kms.clone(), version, tenant_id, by))
         }
-        PublishMode::Encrypt | PublishMode::Sign => {
-            let mode = if matches!(cli.mode, PublishMode::Encrypt) { Mode::Encrypt } else { Mode::Sign };
+        PublishMode::Encrypt => {
             let key = cli.key.name()?;
-            (mode, key.to_string(), Sealer::new(kms.clone(), key, tenant_id, mode))
+            (key.to_string(), Sealer::encrypt(kms.clone(), key, tenant_id))
+        }
+        PublishMode::Sign => {
+            let key = cli.key.name()?;
+            (key.to_string(), Sealer::sign(kms.clone(), key, tenant_id))
         }
     };
+    let mode = sealer.mode();
     let mut sealer = sealer.with_policy(policy);
     let pubsub = bus::PubSub::from_env(cli.account.service_account.as_deref())?;
     pubsub.ensure_topic(&topic).await?;

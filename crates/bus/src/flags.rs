@@ -117,7 +117,8 @@ impl KmsFlags {
 /// Which KMS keys a consumer accepts messages from.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrustFlags {
-    /// A KMS key to accept, or a prefix ending in `/*` (repeatable). None: every key.
+    /// A KMS key to accept, or a prefix ending in `/*` (repeatable). None: every key the
+    /// KMS credentials can use, with a warning (for trials only).
     #[arg(
         long = "trusted_kms_key",
         visible_alias = "trusted-kms-key",
@@ -131,16 +132,16 @@ pub struct TrustFlags {
     #[arg(long = "max_message_age", visible_alias = "max-message-age", env = "MAX_MESSAGE_AGE")]
     pub max_message_age: Option<humantime::Duration>,
 
-    /// Attest mode: verify certificates only against this public key (PEM file, as
-    /// `publisher keyring public-key` or Cloud KMS prints it; repeatable) instead of
-    /// fetching each key version's public key from the KMS.
+    /// Attest mode: `KEY_VERSION=FILE.pem`, the public key of that KMS key version (as
+    /// `publisher keyring public-key` or Cloud KMS prints it; repeatable). Once any is
+    /// given, only the pinned versions verify and no public key is fetched from the KMS.
     #[arg(
         long = "trusted_public_key",
         visible_alias = "trusted-public-key",
         env = "TRUSTED_PUBLIC_KEYS",
         value_delimiter = ','
     )]
-    pub trusted_public_key: Vec<PathBuf>,
+    pub trusted_public_key: Vec<String>,
 
     /// Attest mode: accept messages signed by this service account (`EMAIL`, its
     /// certificates at Google's x509 metadata URL, or `EMAIL=CERT_URL`; repeatable).
@@ -149,20 +150,47 @@ pub struct TrustFlags {
 }
 
 impl TrustFlags {
-    /// The trusted set the flags describe.
+    /// The trusted set the flags describe: with no `--trusted_kms_key`, every key,
+    /// which is logged as a warning.
     pub fn trusted_keys(&self) -> anyhow::Result<envelope::TrustedKeys> {
+        if self.trusted_kms_key.is_empty() {
+            tracing::warn!(
+                "no --trusted_kms_key given: messages under ANY KMS key these credentials can use will be accepted"
+            );
+            return Ok(envelope::TrustedKeys::dangerous_any_key());
+        }
         Ok(envelope::TrustedKeys::from_patterns(&self.trusted_kms_key)?)
     }
 
-    /// The public keys given with `--trusted_public_key`, parsed.
+    /// The public keys given with `--trusted_public_key`, read and parsed.
     pub fn pinned_public_keys(&self) -> anyhow::Result<Vec<envelope::TrustedPublicKey>> {
         self.trusted_public_key
             .iter()
-            .map(|path| {
-                let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-                envelope::TrustedPublicKey::from_pem(&pem).with_context(|| path.display().to_string())
+            .map(|entry| {
+                let (version, path) = entry
+                    .split_once('=')
+                    .with_context(|| format!("--trusted_public_key `{entry}` is not KEY_VERSION=FILE.pem"))?;
+                let version = envelope::KeyVersionName::from_uri_or_name(version)?;
+                let pem = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
+                envelope::TrustedPublicKey::from_pem(version, &pem).with_context(|| path.to_owned())
             })
             .collect()
+    }
+
+    /// An opener builder for `tenant_id` with everything these flags say, accepting
+    /// `modes`, unwrapping and fetching public keys through `kms`.
+    pub fn opener(
+        &self,
+        kms: Arc<dyn Kms>,
+        tenant_id: &str,
+        modes: &[envelope::Mode],
+    ) -> anyhow::Result<envelope::OpenerBuilder> {
+        Ok(envelope::Opener::builder(tenant_id, self.trusted_keys()?)
+            .kms(kms)
+            .max_age(self.max_message_age())
+            .pinned_public_keys(self.pinned_public_keys()?)
+            .trusted_signers(self.trusted_signers())
+            .accept(modes))
     }
 
     /// The service accounts given with `--trusted_signer`.

@@ -180,7 +180,13 @@ impl Harness {
     ) -> envelope::Sealed {
         let kms = std::sync::Arc::new(envelope::kms::local::LocalKms::open(self.keyring()).unwrap());
         let clock = std::sync::Arc::new(envelope::ManualClock::at(when));
-        let mut sealer = envelope::Sealer::new(kms, key.parse().unwrap(), tenant, mode).with_clock(clock);
+        let key = key.parse().unwrap();
+        let sealer = match mode {
+            envelope::Mode::Encrypt => envelope::Sealer::encrypt(kms, key, tenant),
+            envelope::Mode::Sign => envelope::Sealer::sign(kms, key, tenant),
+            envelope::Mode::Attest => panic!("attest messages are sealed with Harness::attest"),
+        };
+        let mut sealer = sealer.with_clock(clock);
         sealer.seal(bytes::Bytes::copy_from_slice(data), envelope::Attributes::new()).await.unwrap()
     }
 }
@@ -195,7 +201,7 @@ impl Harness {
     /// certified session key of its own.
     pub async fn attest(&self, signer: &str, tenant: &str, data: &[u8]) -> envelope::Sealed {
         let version = envelope::KeyVersionName::new(signer.parse().unwrap(), 1).unwrap();
-        let mut sealer = envelope::Sealer::attest(self.kms(), version, tenant, false);
+        let mut sealer = envelope::Sealer::attest(self.kms(), version, tenant, envelope::AttestBy::SessionKey);
         sealer.seal(bytes::Bytes::copy_from_slice(data), envelope::Attributes::new()).await.unwrap()
     }
 }

@@ -11,8 +11,9 @@ use e2e::{
     summed_counts, total,
 };
 use envelope::format::{self, ATTEST_CERT_ATTR, ATTEST_CERT_SIGNATURE_ATTR};
-use envelope::kms::Kms as _;
-use envelope::{Certificate, KeyVersionName, Sealed};
+use envelope::internals::Certificate;
+use envelope::kms::KeySign as _;
+use envelope::{KeyVersionName, Sealed};
 
 fn signer_1() -> KeyVersionName {
     KeyVersionName::new(TENANT_1_SIGNER.parse().unwrap(), 1).unwrap()
@@ -66,6 +67,7 @@ fn attested_messages_show_who_sent_them() {
 async fn encrypt_sign_and_attest_share_one_bus_and_all_count() {
     let harness = Harness::new();
     let pinned = pinned_key_file(&harness);
+    let pinned = format!("{}={pinned}", signer_1());
     let pipeline = harness.pipeline(&["--trusted_public_key", &pinned]);
     let subscriber = harness.subscriber();
     let texts = ["sealed words here", "signed words there", "certified words", "audited words everywhere"];
@@ -101,7 +103,14 @@ async fn signed_under_an_expired_certificate(harness: &Harness) -> Sealed {
     let certificate_signature = harness.kms().sign(&signer_1(), &certificate).await.unwrap();
     let certificate = format::encode_base64(&certificate);
     let data = b"words signed too late";
-    let signed = format::attest_signed_bytes(signer_1().as_str(), &certificate, now, &Default::default(), data);
+    let signed = format::signed_bytes(
+        format::Flavour::AttestSession,
+        signer_1().as_str(),
+        &certificate,
+        now,
+        &Default::default(),
+        data,
+    );
     let attributes = [
         (format::VERSION_ATTR, format::VERSION.to_owned()),
         (format::KMS_KEY_ATTR, signer_1().to_string()),

@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use envelope::kms::local::{Keyring, LocalKms};
-use envelope::{Attributes, KeyName, Mode, Opener, Sealer};
 use futures::executor::block_on;
+use pubsub_envelope::kms::local::{Keyring, LocalKms};
+use pubsub_envelope::{Attributes, KeyName, Mode, Opener, Sealer, TrustedKeys};
 
 const SIZES: [usize; 3] = [256, 1024, 64 * 1024];
 
@@ -34,8 +34,12 @@ fn bench(c: &mut Criterion) {
     let attributes: Attributes = [("epoch_time".to_owned(), "1541340000".to_owned())].into();
 
     for mode in [Mode::Encrypt, Mode::Sign] {
-        let mut sealer = Sealer::new(kms.clone(), key.clone(), "tenantKey", mode);
-        let opener = Opener::builder(kms.clone()).build();
+        let mut sealer = match mode {
+            Mode::Encrypt => Sealer::encrypt(kms.clone(), key.clone(), "tenantKey"),
+            _ => Sealer::sign(kms.clone(), key.clone(), "tenantKey"),
+        };
+        let trusted = TrustedKeys::from_patterns([key.as_str()]).unwrap();
+        let opener = Opener::builder("tenantKey", trusted).kms(kms.clone()).build().unwrap();
         let mut seal_group = c.benchmark_group(format!("seal/{mode}"));
         for size in SIZES {
             let data = Bytes::from(lorem(size));

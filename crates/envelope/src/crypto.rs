@@ -1,4 +1,5 @@
-//! The two primitives of format v1, keyed from a 256-bit data key.
+//! The symmetric primitives of format v1 (encrypt and sign mode), keyed from a 256-bit
+//! data key; attest mode's signatures are in `attest/`.
 //!
 //! Each primitive comes from the crate that measured fastest here (`docs/PERFORMANCE.md`):
 //! AES-256-GCM from aws-lc-rs (1.7x RustCrypto's aes-gcm at 1 KiB; the Google client
@@ -60,6 +61,12 @@ impl EncryptionKey {
     pub(crate) fn seal_in_place(&self, header: &[u8], out: &mut Vec<u8>) {
         let mut nonce = [0; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
+        self.seal_in_place_with(nonce, header, out);
+    }
+
+    /// [`seal_in_place`](Self::seal_in_place) with a given nonce: for the test vectors.
+    /// A nonce must never be used twice under one key.
+    pub(crate) fn seal_in_place_with(&self, nonce: [u8; NONCE_LEN], header: &[u8], out: &mut Vec<u8>) {
         out[..COMMITMENT_LEN].copy_from_slice(&self.commitment);
         out[COMMITMENT_LEN..PREFIX].copy_from_slice(&nonce);
         let tag = self

@@ -10,33 +10,130 @@ use base64::engine::general_purpose::STANDARD;
 /// A message's attributes, as Pub/Sub carries them.
 pub type Attributes = HashMap<String, String>;
 
-/// Names the format version; its value is [`VERSION`].
-pub const VERSION_ATTR: &str = "envelope_version";
 /// The only format version this crate writes and reads.
 pub const VERSION: &str = "1";
-/// The KMS key that wrapped the data key, as a Cloud KMS resource name.
-pub const KMS_KEY_ATTR: &str = "kms_key";
-/// The wrapped AES-256-GCM data key (encrypt mode), standard base64.
-pub const DEK_WRAPPED_ATTR: &str = "dek_wrapped";
-/// The wrapped HMAC-SHA256 key (sign mode), standard base64.
-pub const SIGN_KEY_WRAPPED_ATTR: &str = "sign_key_wrapped";
-/// The HMAC-SHA256 tag (sign mode), standard base64.
-pub const SIGNATURE_ATTR: &str = "signature";
-/// Attest mode, delegated: the session certificate, standard base64.
-pub const ATTEST_CERT_ATTR: &str = "attest_cert";
-/// Attest mode, delegated: the KMS key version's signature of the certificate, base64.
-pub const ATTEST_CERT_SIGNATURE_ATTR: &str = "attest_cert_signature";
-/// Attest mode, direct: the KMS key version's signature of the message, base64.
-pub const KMS_SIGNATURE_ATTR: &str = "kms_signature";
-/// Attest mode, service account: the signing account's email.
-pub const ATTEST_SIGNER_ATTR: &str = "attest_signer";
-/// Attest mode, service account: the id of the account key that signed.
-pub const ATTEST_KEY_ID_ATTR: &str = "attest_key_id";
-/// Attest mode, service account: where the account's public certificates are published.
-pub const ATTEST_CERT_URL_ATTR: &str = "attest_cert_url";
-/// When the message was sealed: decimal microseconds since the Unix epoch, strictly
-/// increasing under one data key, so that no two messages of a sealer share it.
-pub const SEALED_AT_ATTR: &str = "envelope_sealed_at";
+
+/// Declares the envelope's own attributes once: each one's name on the wire, what it
+/// holds, and its slot in a parsed envelope. Everything else (the reserved-name check,
+/// the one-pass parse, the constants below) is generated from this table.
+macro_rules! envelope_attributes {
+    ($($variant:ident = $name:literal, $constant:ident: $doc:literal;)*) => {
+        /// One of the envelope's own attributes.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Attr {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl Attr {
+            /// Every envelope attribute, in table order.
+            pub const ALL: &'static [Attr] = &[$(Attr::$variant),*];
+            /// How many there are.
+            pub const COUNT: usize = Attr::ALL.len();
+
+            /// The attribute's name on the wire.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Attr::$variant => $name,)*
+                }
+            }
+
+            /// The envelope attribute called `name`, if it is one.
+            pub fn from_name(name: &str) -> Option<Attr> {
+                match name {
+                    $($name => Some(Attr::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+
+        $(
+            #[doc = $doc]
+            #[allow(dead_code, reason = "the crate names some through `Attr`; tests and fuzzers use every one")]
+            pub const $constant: &str = $name;
+        )*
+    };
+}
+
+envelope_attributes! {
+    Version = "envelope_version", VERSION_ATTR: "Names the format version; its value is [`VERSION`].";
+    KmsKey = "kms_key", KMS_KEY_ATTR: "The KMS key that wrapped the data key (or, attest mode, the key version that signed), as a Cloud KMS resource name.";
+    SealedAt = "envelope_sealed_at", SEALED_AT_ATTR: "When the message was sealed: decimal microseconds since the Unix epoch, strictly increasing under one data key.";
+    DekWrapped = "dek_wrapped", DEK_WRAPPED_ATTR: "The wrapped AES-256-GCM data key (encrypt mode), standard base64.";
+    SignKeyWrapped = "sign_key_wrapped", SIGN_KEY_WRAPPED_ATTR: "The wrapped HMAC-SHA256 key (sign mode), standard base64.";
+    Signature = "signature", SIGNATURE_ATTR: "The message's tag or signature (sign mode, attest session and service-account flavours), standard base64.";
+    AttestCert = "attest_cert", ATTEST_CERT_ATTR: "Attest mode, session flavour: the session certificate, standard base64.";
+    AttestCertSignature = "attest_cert_signature", ATTEST_CERT_SIGNATURE_ATTR: "Attest mode, session flavour: the KMS key version's signature of the certificate, base64.";
+    KmsSignature = "kms_signature", KMS_SIGNATURE_ATTR: "Attest mode, strict flavour: the KMS key version's signature of the message, base64.";
+    AttestSigner = "attest_signer", ATTEST_SIGNER_ATTR: "Attest mode, service-account flavour: the signing account's email.";
+    AttestKeyId = "attest_key_id", ATTEST_KEY_ID_ATTR: "Attest mode, service-account flavour: the id of the account key that signed.";
+    AttestCertUrl = "attest_cert_url", ATTEST_CERT_URL_ATTR: "Attest mode, service-account flavour: where the account's public certificates are published.";
+}
+
+/// The five kinds of message: a mode, and in attest mode how it is attested. Each is
+/// told by one marker attribute and carries exactly its own envelope attributes (the
+/// table in `docs/FORMAT.md`, "Attributes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// Encrypt mode.
+    Encrypt,
+    /// Sign mode.
+    Sign,
+    /// Attest mode, a session key certified by a KMS key version.
+    AttestSession,
+    /// Attest mode, the KMS key version signing each message (strict).
+    AttestKms,
+    /// Attest mode, a service account's own key.
+    AttestServiceAccount,
+}
+
+impl Flavour {
+    /// Every flavour, in the order of their header bytes' first use.
+    pub const ALL: [Flavour; 5] =
+        [Flavour::Encrypt, Flavour::Sign, Flavour::AttestSession, Flavour::AttestKms, Flavour::AttestServiceAccount];
+
+    /// The attribute whose presence tells this flavour.
+    pub fn marker(self) -> Attr {
+        match self {
+            Flavour::Encrypt => Attr::DekWrapped,
+            Flavour::Sign => Attr::SignKeyWrapped,
+            Flavour::AttestSession => Attr::AttestCert,
+            Flavour::AttestKms => Attr::KmsSignature,
+            Flavour::AttestServiceAccount => Attr::AttestSigner,
+        }
+    }
+
+    /// The envelope attributes a message of this flavour carries, all required.
+    pub fn attributes(self) -> &'static [Attr] {
+        use Attr::*;
+        match self {
+            Flavour::Encrypt => &[Version, KmsKey, SealedAt, DekWrapped],
+            Flavour::Sign => &[Version, KmsKey, SealedAt, SignKeyWrapped, Signature],
+            Flavour::AttestSession => &[Version, KmsKey, SealedAt, AttestCert, AttestCertSignature, Signature],
+            Flavour::AttestKms => &[Version, KmsKey, SealedAt, KmsSignature],
+            Flavour::AttestServiceAccount => &[Version, SealedAt, AttestSigner, AttestKeyId, AttestCertUrl, Signature],
+        }
+    }
+
+    /// The mode of this flavour.
+    pub fn mode(self) -> Mode {
+        match self {
+            Flavour::Encrypt => Mode::Encrypt,
+            Flavour::Sign => Mode::Sign,
+            Flavour::AttestSession | Flavour::AttestKms | Flavour::AttestServiceAccount => Mode::Attest,
+        }
+    }
+
+    /// The flavour's byte in the canonical header.
+    pub fn header_byte(self) -> u8 {
+        match self {
+            Flavour::Encrypt => 0x01,
+            Flavour::Sign => 0x02,
+            Flavour::AttestSession => 0x03,
+            Flavour::AttestServiceAccount => 0x04,
+            Flavour::AttestKms => 0x05,
+        }
+    }
+}
 
 /// Prefix reserved for future envelope attributes.
 const RESERVED_PREFIX: &str = "envelope_";
@@ -63,6 +160,9 @@ pub const NONCE_LEN: usize = 12;
 pub const TAG_LEN: usize = 16;
 /// Bytes an encrypted payload adds to the sealed plaintext.
 pub const ENCRYPT_OVERHEAD: usize = COMMITMENT_LEN + NONCE_LEN + TAG_LEN;
+/// The shortest encrypted payload: the overhead plus the 4-byte attribute count that
+/// every sealed plaintext starts with (an empty message with no attributes).
+pub const MIN_ENCRYPTED_LEN: usize = ENCRYPT_OVERHEAD + 4;
 /// Bytes of an HMAC-SHA256 signature.
 pub const SIGNATURE_LEN: usize = 32;
 
@@ -79,32 +179,14 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// The attribute that carries this mode's wrapped key; attest mode has none.
-    pub fn wrapped_key_attr(self) -> Option<&'static str> {
-        match self {
-            Mode::Encrypt => Some(DEK_WRAPPED_ATTR),
-            Mode::Sign => Some(SIGN_KEY_WRAPPED_ATTR),
-            Mode::Attest => None,
-        }
-    }
-
-    /// The mode's byte in the canonical header.
-    fn tag(self) -> u8 {
-        match self {
-            Mode::Encrypt => 1,
-            Mode::Sign => 2,
-            Mode::Attest => 3,
-        }
-    }
-
     /// How many attributes of its own a producer may seal in this mode: Pub/Sub's
     /// [`MAX_ATTRIBUTES`], less the envelope's own where they travel side by side
     /// (5 in sign mode, at most 6 in attest mode).
     pub fn max_producer_attributes(self) -> usize {
         match self {
             Mode::Encrypt => MAX_ATTRIBUTES,
-            Mode::Sign => MAX_ATTRIBUTES - 5,
-            Mode::Attest => MAX_ATTRIBUTES - 6,
+            Mode::Sign => MAX_ATTRIBUTES - Flavour::Sign.attributes().len(),
+            Mode::Attest => MAX_ATTRIBUTES - Flavour::AttestSession.attributes().len(),
         }
     }
 
@@ -198,21 +280,7 @@ fn attribute_list<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>, mut sink:
 
 /// Whether `name` is one of the envelope's own attributes.
 pub fn is_envelope_attribute(name: &str) -> bool {
-    matches!(
-        name,
-        VERSION_ATTR
-            | KMS_KEY_ATTR
-            | DEK_WRAPPED_ATTR
-            | SIGN_KEY_WRAPPED_ATTR
-            | SIGNATURE_ATTR
-            | SEALED_AT_ATTR
-            | ATTEST_CERT_ATTR
-            | ATTEST_CERT_SIGNATURE_ATTR
-            | KMS_SIGNATURE_ATTR
-            | ATTEST_SIGNER_ATTR
-            | ATTEST_KEY_ID_ATTR
-            | ATTEST_CERT_URL_ATTR
-    )
+    Attr::from_name(name).is_some()
 }
 
 /// The text of [`SEALED_AT_ATTR`] for `micros` since the Unix epoch.
@@ -234,27 +302,23 @@ pub fn parse_sealed_at(text: &str) -> Option<u64> {
 /// key, so it is computed once per key (and, in sign mode, absorbed into the HMAC state
 /// once).
 ///
-/// `"pubsub-envelope/v1\0" || mode || lp(kms_key) || lp(key attribute text)`: the
-/// wrapped key in encrypt and sign mode, the certificate (or nothing) in attest mode.
-pub fn header_prefix(mode: Mode, kms_key: &str, wrapped: &str) -> Vec<u8> {
-    tagged_header_prefix(mode.tag(), kms_key, wrapped)
-}
-
-/// The header's mode byte for attest mode's service-account flavour.
-const SERVICE_ACCOUNT_TAG: u8 = 4;
-
-fn tagged_header_prefix(tag: u8, kms_key: &str, wrapped: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(CONTEXT.len() + 9 + kms_key.len() + wrapped.len());
+/// `"pubsub-envelope/v1\0" || flavour byte || lp(name) || lp(key)`. `name` is the
+/// `kms_key` text (the account's email in the service-account flavour); `key` is the
+/// wrapped key's text in encrypt and sign mode, the `attest_cert` text in the session
+/// flavour, the tenant id in the strict flavour and `attest_key_id` in the
+/// service-account flavour.
+pub fn header_prefix(flavour: Flavour, name: &str, key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(CONTEXT.len() + 9 + name.len() + key.len());
     out.extend_from_slice(CONTEXT);
-    out.push(tag);
-    put_len_prefixed(&mut out, kms_key.as_bytes());
-    put_len_prefixed(&mut out, wrapped.as_bytes());
+    out.push(flavour.header_byte());
+    put_len_prefixed(&mut out, name.as_bytes());
+    put_len_prefixed(&mut out, key.as_bytes());
     out
 }
 
 /// Feeds the rest of the canonical header to `sink`: the seal time, then the list of
-/// every attribute that is not the envelope's own. In sign mode these are the
-/// producer's attributes; in encrypt mode the list is empty.
+/// every attribute that is not the envelope's own. In sign and attest mode these are
+/// the producer's attributes; in encrypt mode the list is empty.
 ///
 /// `u64(sealed_at) || u32(n) || lp(key_1) || lp(value_1) || ...`
 pub fn header_rest(sealed_at: u64, attributes: &Attributes, mut sink: impl FnMut(&[u8])) {
@@ -263,35 +327,17 @@ pub fn header_rest(sealed_at: u64, attributes: &Attributes, mut sink: impl FnMut
     attribute_list(covered.map(|(k, v)| (k.as_str(), v.as_str())), sink);
 }
 
-/// The bytes an attest-mode signature covers: the canonical header, with the
-/// certificate's attribute text (or nothing, when the KMS signs the message itself) in
-/// the key field, then `u64(len(data)) || data`.
-pub fn attest_signed_bytes(
-    kms_key: &str,
-    certificate: &str,
+/// The bytes an attest-mode signature covers: the canonical header of `flavour` (see
+/// [`header_prefix`] for what `name` and `key` are), then `u64(len(data)) || data`.
+pub fn signed_bytes(
+    flavour: Flavour,
+    name: &str,
+    key: &str,
     sealed_at: u64,
     attributes: &Attributes,
     data: &[u8],
 ) -> Vec<u8> {
-    let mut out = header_prefix(Mode::Attest, kms_key, certificate);
-    out.reserve(12 + data.len() + 8);
-    header_rest(sealed_at, attributes, |chunk| out.extend_from_slice(chunk));
-    out.extend_from_slice(&(data.len() as u64).to_be_bytes());
-    out.extend_from_slice(data);
-    out
-}
-
-/// The bytes a service account signs in attest mode: the canonical header with mode byte
-/// `0x04`, the signer's email in the key-name field and the key id in the key field, then
-/// `u64(len(data)) || data`.
-pub fn service_account_signed_bytes(
-    signer: &str,
-    key_id: &str,
-    sealed_at: u64,
-    attributes: &Attributes,
-    data: &[u8],
-) -> Vec<u8> {
-    let mut out = tagged_header_prefix(SERVICE_ACCOUNT_TAG, signer, key_id);
+    let mut out = header_prefix(flavour, name, key);
     out.reserve(12 + data.len() + 8);
     header_rest(sealed_at, attributes, |chunk| out.extend_from_slice(chunk));
     out.extend_from_slice(&(data.len() as u64).to_be_bytes());
@@ -333,6 +379,9 @@ pub enum PayloadError {
     /// The same key appears twice.
     #[error("sealed attribute `{0}` appears twice")]
     Duplicate(String),
+    /// A key that does not sort after the one before it (by bytes).
+    #[error("sealed attribute `{0}` is out of order")]
+    Unsorted(String),
     /// The attributes break the format's rules.
     #[error(transparent)]
     Attribute(#[from] AttributeError),
@@ -346,12 +395,20 @@ pub fn decode_sealed_plaintext(plaintext: &[u8]) -> Result<(Attributes, usize), 
         return Err(AttributeError::TooMany { count, max: MAX_ATTRIBUTES, mode: Mode::Encrypt }.into());
     }
     let mut attributes = Attributes::with_capacity(count);
+    let mut previous: Option<String> = None;
     for _ in 0..count {
-        let key = reader.string(MAX_ATTRIBUTE_KEY_LEN)?;
-        let value = reader.string(MAX_ATTRIBUTE_VALUE_LEN)?;
-        if attributes.contains_key(&key) {
-            return Err(PayloadError::Duplicate(key));
+        let key = reader.string()?;
+        let value = reader.string()?;
+        // The list is canonical: strictly ascending by key bytes, so each set of
+        // attributes has exactly one encoding (and no key appears twice).
+        if let Some(previous) = &previous {
+            match previous.as_bytes().cmp(key.as_bytes()) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => return Err(PayloadError::Duplicate(key)),
+                std::cmp::Ordering::Greater => return Err(PayloadError::Unsorted(key)),
+            }
         }
+        previous = Some(key.clone());
         attributes.insert(key, value);
     }
     check_producer_attributes(&attributes, Mode::Encrypt)?;
@@ -376,11 +433,8 @@ impl Reader<'_> {
         Ok(u32::from_be_bytes(bytes.try_into().expect("took 4 bytes")))
     }
 
-    fn string(&mut self, max_len: usize) -> Result<String, PayloadError> {
+    fn string(&mut self) -> Result<String, PayloadError> {
         let len = self.u32()? as usize;
-        if len > max_len {
-            return Err(PayloadError::Truncated);
-        }
         let bytes = self.take(len)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| PayloadError::NotUtf8)
     }
@@ -416,34 +470,34 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
-    fn header(mode: Mode, attributes: &Attributes) -> Vec<u8> {
-        let mut out = header_prefix(mode, &attributes[KMS_KEY_ATTR], &attributes[mode.wrapped_key_attr().unwrap()]);
+    fn header(flavour: Flavour, attributes: &Attributes) -> Vec<u8> {
+        let mut out = header_prefix(flavour, &attributes[KMS_KEY_ATTR], &attributes[flavour.marker().name()]);
         header_rest(7, attributes, |chunk| out.extend_from_slice(chunk));
         out
     }
 
-    fn envelope(mode: Mode, extra: &[(&str, &str)]) -> Attributes {
+    fn envelope(flavour: Flavour, extra: &[(&str, &str)]) -> Attributes {
         let mut all =
             attrs(&[(KMS_KEY_ATTR, "projects/p/locations/l/keyRings/r/cryptoKeys/k"), (VERSION_ATTR, VERSION)]);
-        all.insert(mode.wrapped_key_attr().unwrap().into(), "AAAA".into());
+        all.insert(flavour.marker().name().into(), "AAAA".into());
         all.extend(attrs(extra));
         all
     }
 
     #[test]
     fn header_is_independent_of_insertion_order_and_ignores_signature() {
-        let a = envelope(Mode::Sign, &[("b", "2"), ("a", "1")]);
-        let b = envelope(Mode::Sign, &[("a", "1"), ("b", "2"), (SIGNATURE_ATTR, "x"), (SEALED_AT_ATTR, "9")]);
-        assert_eq!(header(Mode::Sign, &a), header(Mode::Sign, &b));
+        let a = envelope(Flavour::Sign, &[("b", "2"), ("a", "1")]);
+        let b = envelope(Flavour::Sign, &[("a", "1"), ("b", "2"), (SIGNATURE_ATTR, "x"), (SEALED_AT_ATTR, "9")]);
+        assert_eq!(header(Flavour::Sign, &a), header(Flavour::Sign, &b));
     }
 
     #[test]
     fn header_separates_mode_and_boundaries() {
-        let a = envelope(Mode::Sign, &[("ab", "c")]);
-        let b = envelope(Mode::Sign, &[("a", "bc")]);
-        assert_ne!(header(Mode::Sign, &a), header(Mode::Sign, &b));
-        assert_ne!(header_prefix(Mode::Sign, "k", "w"), header_prefix(Mode::Encrypt, "k", "w"));
-        assert_ne!(header_prefix(Mode::Sign, "kw", ""), header_prefix(Mode::Sign, "k", "w"));
+        let a = envelope(Flavour::Sign, &[("ab", "c")]);
+        let b = envelope(Flavour::Sign, &[("a", "bc")]);
+        assert_ne!(header(Flavour::Sign, &a), header(Flavour::Sign, &b));
+        assert_ne!(header_prefix(Flavour::Sign, "k", "w"), header_prefix(Flavour::Encrypt, "k", "w"));
+        assert_ne!(header_prefix(Flavour::Sign, "kw", ""), header_prefix(Flavour::Sign, "k", "w"));
     }
 
     #[test]
@@ -452,12 +506,12 @@ mod tests {
         want.extend_from_slice(&[2, 0, 0, 0, 1, b'k', 0, 0, 0, 1, b'w']);
         want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 1, 0]);
         want.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, b'a', 0, 0, 0, 2, b'v', b'v']);
-        let mut got = header_prefix(Mode::Sign, "k", "w");
+        let mut got = header_prefix(Flavour::Sign, "k", "w");
         header_rest(256, &attrs(&[("a", "vv"), (VERSION_ATTR, "1")]), |chunk| got.extend_from_slice(chunk));
         assert_eq!(got, want);
         let mut encrypt = b"pubsub-envelope/v1\0".to_vec();
         encrypt.extend_from_slice(&[1, 0, 0, 0, 1, b'k', 0, 0, 0, 1, b'w', 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]);
-        assert_eq!(encrypt_header(&header_prefix(Mode::Encrypt, "k", "w"), 1), encrypt);
+        assert_eq!(encrypt_header(&header_prefix(Flavour::Encrypt, "k", "w"), 1), encrypt);
     }
 
     #[test]
@@ -469,6 +523,57 @@ mod tests {
         let (back, offset) = decode_sealed_plaintext(&sealed).unwrap();
         assert_eq!(back, a);
         assert_eq!(&sealed[offset..], b"hello");
+    }
+
+    #[test]
+    fn sealed_plaintext_must_be_canonical() {
+        // Strictly ascending by key bytes: one encoding per set of attributes.
+        let list = |pairs: &[(&str, &str)]| {
+            let mut out = (pairs.len() as u32).to_be_bytes().to_vec();
+            for (k, v) in pairs {
+                put_len_prefixed(&mut out, k.as_bytes());
+                put_len_prefixed(&mut out, v.as_bytes());
+            }
+            out
+        };
+        assert!(decode_sealed_plaintext(&list(&[("a", "1"), ("b", "2")])).is_ok());
+        assert_eq!(decode_sealed_plaintext(&list(&[("b", "2"), ("a", "1")])), Err(PayloadError::Unsorted("a".into())));
+        assert_eq!(decode_sealed_plaintext(&list(&[("a", "1"), ("a", "2")])), Err(PayloadError::Duplicate("a".into())));
+        assert_eq!(
+            decode_sealed_plaintext(&list(&[("B", "1"), ("a", "2")])).map(|(a, _)| a.len()),
+            Ok(2),
+            "byte order, not case-folded"
+        );
+        let mut not_utf8 = list(&[("a", "1")]);
+        *not_utf8.last_mut().unwrap() = 0xff;
+        assert_eq!(decode_sealed_plaintext(&not_utf8), Err(PayloadError::NotUtf8));
+        assert_eq!(
+            decode_sealed_plaintext(&list(&[("", "1")])),
+            Err(PayloadError::Attribute(AttributeError::BadKeyLength(0)))
+        );
+        assert_eq!(
+            decode_sealed_plaintext(&list(&[(KMS_KEY_ATTR, "1")])),
+            Err(PayloadError::Attribute(AttributeError::Reserved(KMS_KEY_ATTR.into())))
+        );
+    }
+
+    #[test]
+    fn one_table_names_every_envelope_attribute() {
+        assert_eq!(Attr::COUNT, 12);
+        for attr in Attr::ALL {
+            assert_eq!(Attr::from_name(attr.name()), Some(*attr));
+            assert!(is_reserved(attr.name()));
+        }
+        assert_eq!(Attr::from_name("envelope_other"), None);
+        assert!(is_reserved("envelope_other") && is_reserved("googclient_x") && !is_reserved("kms_keys"));
+        let mut bytes: Vec<u8> = Flavour::ALL.iter().map(|f| f.header_byte()).collect();
+        bytes.dedup();
+        assert_eq!(bytes, [1, 2, 3, 5, 4], "each flavour its own header byte");
+        for flavour in Flavour::ALL {
+            assert!(flavour.attributes().contains(&flavour.marker()));
+            let others = Flavour::ALL.iter().filter(|f| **f != flavour);
+            assert!(others.into_iter().all(|other| !flavour.attributes().contains(&other.marker())));
+        }
     }
 
     #[test]

@@ -4,11 +4,16 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-/// The prefix of Tink-style key URIs, accepted wherever a key name is.
+/// The prefix of Tink-style key URIs, accepted from people (flags, trust patterns) but
+/// never in a message: see [`KeyName::from_uri_or_name`].
 const TINK_PREFIX: &str = "gcp-kms://";
 
 /// A Cloud KMS crypto key: `projects/P/locations/L/keyRings/R/cryptoKeys/K`.
 ///
+/// Parsing (`str::parse`) takes the canonical resource name only, as a message's
+/// `kms_key` must carry it: each id 1 to 63 of `A-Z a-z 0-9 _ -` (Cloud KMS's rule
+/// for key rings and keys), except that a project id may also hold `.` and `:`
+/// (domain-scoped projects such as `example.com:project`).
 /// The local keyring backend uses the same names, so a deployment can move between the
 /// two without touching its configuration. Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -21,16 +26,27 @@ pub struct KeyNameError(String);
 
 const LITERALS: [&str; 4] = ["projects", "locations", "keyRings", "cryptoKeys"];
 
-fn is_valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 255
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+/// Longest id of any segment, in bytes.
+const MAX_ID_LEN: usize = 63;
+
+fn is_valid_id(id: &str, literal: &str) -> bool {
+    let project = literal == "projects";
+    (1..=MAX_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (project && matches!(b, b'.' | b':')))
 }
 
 impl KeyName {
     /// Builds a key name from its four ids, as the article's `--kms_*` flags give them.
     pub fn from_parts(project: &str, location: &str, key_ring: &str, key: &str) -> Result<Self, KeyNameError> {
         format!("projects/{project}/locations/{location}/keyRings/{key_ring}/cryptoKeys/{key}").parse()
+    }
+
+    /// Parses a name as people write it: the resource name, or the Tink URI form
+    /// `gcp-kms://` + resource name (the article's). Messages never carry the prefix.
+    pub fn from_uri_or_name(text: &str) -> Result<Self, KeyNameError> {
+        text.strip_prefix(TINK_PREFIX).unwrap_or(text).parse().map_err(|_| KeyNameError(text.to_owned()))
     }
 
     /// The resource name, without any URI prefix.
@@ -43,11 +59,13 @@ impl FromStr for KeyName {
     type Err = KeyNameError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let name = text.strip_prefix(TINK_PREFIX).unwrap_or(text);
-        let segments: Vec<&str> = name.split('/').collect();
+        let segments: Vec<&str> = text.split('/').collect();
         let well_formed = segments.len() == 8
-            && segments.chunks(2).zip(LITERALS).all(|(pair, literal)| pair[0] == literal && is_valid_id(pair[1]));
-        if well_formed { Ok(Self(name.into())) } else { Err(KeyNameError(text.to_owned())) }
+            && segments
+                .chunks(2)
+                .zip(LITERALS)
+                .all(|(pair, literal)| pair[0] == literal && is_valid_id(pair[1], literal));
+        if well_formed { Ok(Self(text.into())) } else { Err(KeyNameError(text.to_owned())) }
     }
 }
 
@@ -84,6 +102,12 @@ impl KeyVersionName {
             return Err(KeyVersionNameError(text.to_string()));
         }
         Ok(Self { key, version, text })
+    }
+
+    /// Parses a version name as people write it: the resource name, or the Tink URI
+    /// form `gcp-kms://` + resource name. Messages never carry the prefix.
+    pub fn from_uri_or_name(text: &str) -> Result<Self, KeyVersionNameError> {
+        text.strip_prefix(TINK_PREFIX).unwrap_or(text).parse().map_err(|_| KeyVersionNameError(text.to_owned()))
     }
 
     /// The key this is a version of.
@@ -123,17 +147,28 @@ impl fmt::Display for KeyVersionName {
 /// The KMS keys a consumer accepts messages from.
 ///
 /// Each entry is an exact key name or a prefix ending in `/*` (for example
-/// `projects/tenant-1/*`). An empty list trusts every key; callers should warn about it.
+/// `projects/tenant-1/*`). The set is what it says: an empty one trusts no key (an
+/// opener of service-account messages only needs none). Trusting every key the
+/// opener's KMS credentials can use is possible, but only by name:
+/// [`dangerous_any_key`](Self::dangerous_any_key).
 #[derive(Debug, Clone, Default)]
 pub struct TrustedKeys {
     exact: Vec<KeyName>,
     prefixes: Vec<String>,
+    any: bool,
 }
 
 impl TrustedKeys {
-    /// Trusts every key.
-    pub fn any() -> Self {
+    /// Trusts no KMS key.
+    pub fn none() -> Self {
         Self::default()
+    }
+
+    /// Trusts every KMS key, so that any producer whose key the opener's credentials
+    /// can use is accepted: for trials and debugging only. Every binary that makes this
+    /// choice warns about it at start-up.
+    pub fn dangerous_any_key() -> Self {
+        Self { any: true, ..Self::default() }
     }
 
     /// Parses entries as the `--trusted_kms_key` flag takes them.
@@ -157,16 +192,19 @@ impl TrustedKeys {
         Ok(trusted)
     }
 
-    /// Whether no restriction is configured.
-    pub fn trusts_everything(&self) -> bool {
-        self.exact.is_empty() && self.prefixes.is_empty()
+    /// Whether this was made by [`dangerous_any_key`](Self::dangerous_any_key).
+    pub fn trusts_any_key(&self) -> bool {
+        self.any
+    }
+
+    /// Whether no key at all is trusted.
+    pub fn is_empty(&self) -> bool {
+        !self.any && self.exact.is_empty() && self.prefixes.is_empty()
     }
 
     /// Whether messages wrapped under `key` may be opened.
     pub fn allows(&self, key: &KeyName) -> bool {
-        self.trusts_everything()
-            || self.exact.contains(key)
-            || self.prefixes.iter().any(|prefix| key.as_str().starts_with(prefix))
+        self.any || self.exact.contains(key) || self.prefixes.iter().any(|prefix| key.as_str().starts_with(prefix))
     }
 }
 
@@ -179,8 +217,9 @@ mod tests {
     #[test]
     fn parses_resource_names_and_tink_uris() {
         let plain: KeyName = KEY.parse().unwrap();
-        let tink: KeyName = format!("gcp-kms://{KEY}").parse().unwrap();
+        let tink = KeyName::from_uri_or_name(&format!("gcp-kms://{KEY}")).unwrap();
         assert_eq!(plain, tink);
+        assert!(format!("gcp-kms://{KEY}").parse::<KeyName>().is_err(), "a message carries the bare name");
         assert_eq!(tink.as_str(), KEY);
         assert_eq!(KeyName::from_parts("tenant-1", "us-central1", "tenant1-keyring", "key1").unwrap(), plain);
     }
@@ -194,9 +233,23 @@ mod tests {
             "projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1",
             "projects/p/locations/l/keyrings/r/cryptoKeys/k",
             "projects/p q/locations/l/keyRings/r/cryptoKeys/k",
+            "projects/p/locations/l/keyRings/r.x/cryptoKeys/k",
+            "projects/p/locations/l/keyRings/r/cryptoKeys/k:1",
+            "projects/p/locations/l/keyRings/r/cryptoKeys/k/",
+            "/projects/p/locations/l/keyRings/r/cryptoKeys/k",
         ] {
             assert!(bad.parse::<KeyName>().is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn ids_are_1_to_63_of_the_cloud_kms_alphabet() {
+        let with_key = |id: &str| format!("projects/p/locations/l/keyRings/r/cryptoKeys/{id}");
+        assert!(with_key(&"k".repeat(63)).parse::<KeyName>().is_ok());
+        assert!(with_key(&"k".repeat(64)).parse::<KeyName>().is_err());
+        assert!(with_key("A-z_09").parse::<KeyName>().is_ok());
+        assert!("projects/example.com:p/locations/l/keyRings/r/cryptoKeys/k".parse::<KeyName>().is_ok());
+        assert!("projects/p/locations/l.x/keyRings/r/cryptoKeys/k".parse::<KeyName>().is_err());
     }
 
     #[test]
@@ -205,8 +258,9 @@ mod tests {
         assert_eq!(name.key().as_str(), KEY);
         assert_eq!(name.version(), 3);
         assert_eq!(name.to_string(), format!("{KEY}/cryptoKeyVersions/3"));
-        let tink: KeyVersionName = format!("gcp-kms://{KEY}/cryptoKeyVersions/3").parse().unwrap();
+        let tink = KeyVersionName::from_uri_or_name(&format!("gcp-kms://{KEY}/cryptoKeyVersions/3")).unwrap();
         assert_eq!(tink, name);
+        assert!(format!("gcp-kms://{KEY}/cryptoKeyVersions/3").parse::<KeyVersionName>().is_err());
         for bad in ["0", "01", "", "x", "-1", "4294967296"] {
             assert!(format!("{KEY}/cryptoKeyVersions/{bad}").parse::<KeyVersionName>().is_err(), "{bad:?}");
         }
@@ -217,7 +271,9 @@ mod tests {
     fn trust_by_exact_name_and_prefix() {
         let key: KeyName = KEY.parse().unwrap();
         let other: KeyName = "projects/tenant-2/locations/l/keyRings/r/cryptoKeys/k".parse().unwrap();
-        assert!(TrustedKeys::any().allows(&other));
+        assert!(TrustedKeys::dangerous_any_key().allows(&other));
+        assert!(!TrustedKeys::none().allows(&other) && TrustedKeys::none().is_empty());
+        assert!(TrustedKeys::from_patterns(Vec::<String>::new()).unwrap().is_empty(), "no pattern trusts no key");
         let exact = TrustedKeys::from_patterns([KEY]).unwrap();
         assert!(exact.allows(&key) && !exact.allows(&other));
         let prefix = TrustedKeys::from_patterns(["projects/tenant-1/*"]).unwrap();

@@ -7,14 +7,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use moka::future::Cache;
 
-use crate::DEFAULT_TENANT_ID;
 use crate::attest::{self, Attestation, ServiceAccountSigned, TrustedPublicKey, TrustedSigners, Verifier};
 use crate::clock::{Clock, SystemClock};
 use crate::crypto::{EncryptionKey, OpenFailure, SigningKey};
-use crate::error::OpenError;
-use crate::format::{self, Attributes, Mode};
+use crate::error::{Forged, Malformed, OpenError, Refused};
+use crate::format::{self, Attr, Attributes, Flavour, Mode};
 use crate::key_name::{KeyName, TrustedKeys};
-use crate::kms::Kms;
+use crate::kms::{KeySign, KeyWrap, Kms};
 use crate::secret::SecretKey;
 
 /// How long unwrapped data keys are kept, and how many.
@@ -60,11 +59,12 @@ pub struct Opened {
     pub attributes: Attributes,
 }
 
-/// Configures an [`Opener`].
+/// Configures an [`Opener`]; made by [`Opener::builder`].
 pub struct OpenerBuilder {
-    kms: Arc<dyn Kms>,
     tenant_id: String,
     trusted: TrustedKeys,
+    unwrapper: Option<Arc<dyn KeyWrap>>,
+    public_keys: Option<Arc<dyn KeySign>>,
     modes: Vec<Mode>,
     cache: CacheSettings,
     max_age: Option<Duration>,
@@ -73,16 +73,39 @@ pub struct OpenerBuilder {
     signers: TrustedSigners,
 }
 
+/// Why an [`OpenerBuilder`] cannot make an opener.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The opener would accept encrypt or sign messages with nothing to unwrap their
+    /// data keys: give it a [`KeyWrap`] ([`OpenerBuilder::kms`] or
+    /// [`OpenerBuilder::unwrap_with`]), or accept only attest mode.
+    #[error("{0} messages need a KMS to unwrap their data keys (OpenerBuilder::kms or unwrap_with)")]
+    NoUnwrapper(Mode),
+    /// Neither a KMS key nor a service account is trusted: every message would be
+    /// refused.
+    #[error("nothing is trusted: name trusted KMS keys or service accounts")]
+    NothingTrusted,
+}
+
 impl OpenerBuilder {
-    /// The tenant id bound into every KMS unwrap; [`DEFAULT_TENANT_ID`] by default.
-    pub fn tenant_id(mut self, tenant_id: impl Into<String>) -> Self {
-        self.tenant_id = tenant_id.into();
+    /// Unwraps data keys and fetches attest public keys through `kms`: a backend that
+    /// does both, as Cloud KMS and the local keyring do.
+    pub fn kms(self, kms: Arc<dyn Kms>) -> Self {
+        self.unwrap_with(kms.clone()).public_keys_from(kms)
+    }
+
+    /// Unwraps the data keys of encrypt and sign messages through `kms`.
+    pub fn unwrap_with(mut self, kms: Arc<dyn KeyWrap>) -> Self {
+        self.unwrapper = Some(kms);
         self
     }
 
-    /// Only messages under these KMS keys open; every key by default.
-    pub fn trusted_keys(mut self, trusted: TrustedKeys) -> Self {
-        self.trusted = trusted;
+    /// Fetches each attest key version's public key from `kms` (once per version),
+    /// unless keys are [pinned](Self::pinned_public_keys). Without either, attest
+    /// messages that name a KMS key version are refused (`untrusted_key`).
+    pub fn public_keys_from(mut self, kms: Arc<dyn KeySign>) -> Self {
+        self.public_keys = Some(kms);
         self
     }
 
@@ -98,16 +121,16 @@ impl OpenerBuilder {
         self
     }
 
-    /// Refuses messages sealed longer ago than `max_age` ([`OpenError::TooOld`]), or
-    /// more than [`MAX_CLOCK_SKEW`] in the future. No limit by default.
+    /// Refuses messages sealed longer ago than `max_age` (`too_old`), or more than
+    /// [`MAX_CLOCK_SKEW`] in the future. No limit by default.
     pub fn max_age(mut self, max_age: Option<Duration>) -> Self {
         self.max_age = max_age;
         self
     }
 
     /// Verifies attest certificates (and KMS-signed messages) only against these public
-    /// keys, never asking the KMS for one. By default each key version's public key is
-    /// fetched once.
+    /// keys, each for its own key version, never asking the KMS for one. By default
+    /// each key version's public key is fetched once.
     pub fn pinned_public_keys(mut self, keys: Vec<TrustedPublicKey>) -> Self {
         self.pinned = keys;
         self
@@ -125,21 +148,29 @@ impl OpenerBuilder {
         self
     }
 
-    /// Builds the opener.
-    pub fn build(self) -> Opener {
-        Opener {
-            kms: self.kms.clone(),
+    /// Builds the opener, refusing a configuration that could open nothing it accepts.
+    pub fn build(self) -> Result<Opener, BuildError> {
+        if let Some(mode) = self.modes.iter().find(|mode| **mode != Mode::Attest)
+            && self.unwrapper.is_none()
+        {
+            return Err(BuildError::NoUnwrapper(*mode));
+        }
+        if self.trusted.is_empty() && self.signers.is_empty() {
+            return Err(BuildError::NothingTrusted);
+        }
+        Ok(Opener {
+            unwrapper: self.unwrapper,
             tenant_id: self.tenant_id,
             trusted: self.trusted,
             modes: self.modes,
             max_age: self.max_age,
             clock: self.clock,
-            attest: Verifier::new(self.kms.clone(), self.pinned, self.signers, self.cache.capacity),
+            attest: Verifier::new(self.public_keys, self.pinned, self.signers, self.cache.capacity),
             encryption_keys: new_cache(self.cache),
             signing_keys: new_cache(self.cache),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
-        }
+        })
     }
 }
 
@@ -147,7 +178,8 @@ fn new_cache<V: Clone + Send + Sync + 'static>(settings: CacheSettings) -> Cache
     Cache::builder().max_capacity(settings.capacity).time_to_live(settings.ttl).build()
 }
 
-/// Opens messages sealed by any [`Sealer`](crate::Sealer) of the tenant.
+/// Opens messages sealed by any [`Sealer`](crate::Sealer) of the tenant, under the
+/// keys it trusts.
 ///
 /// Unwrapped data keys are cached under their wrapped-key attribute text. Everything
 /// that follows from the `kms_key` and wrapped-key texts alone (the key name's shape,
@@ -156,7 +188,7 @@ fn new_cache<V: Clone + Send + Sync + 'static>(settings: CacheSettings) -> Cache
 /// `try_get_with` coalesces them), so a burst of messages under a new data key costs one
 /// unwrap, not one per message as in the original.
 pub struct Opener {
-    kms: Arc<dyn Kms>,
+    unwrapper: Option<Arc<dyn KeyWrap>>,
     tenant_id: String,
     trusted: TrustedKeys,
     modes: Vec<Mode>,
@@ -195,12 +227,18 @@ impl Opener {
         CacheStats { hits: self.hits.load(Ordering::Relaxed), misses: self.misses.load(Ordering::Relaxed) }
     }
 
-    /// Starts configuring an opener that unwraps through `kms`.
-    pub fn builder(kms: Arc<dyn Kms>) -> OpenerBuilder {
+    /// Starts configuring an opener for `tenant_id` (bound into every unwrap and named
+    /// by every attest certificate; the original's was `tenantKey`) that opens messages
+    /// under the `trusted` KMS keys only.
+    ///
+    /// Both are required: an opener that quietly trusted every key, or used a default
+    /// tenant, would accept what its operator never meant to.
+    pub fn builder(tenant_id: impl Into<String>, trusted: TrustedKeys) -> OpenerBuilder {
         OpenerBuilder {
-            kms,
-            tenant_id: DEFAULT_TENANT_ID.to_owned(),
-            trusted: TrustedKeys::any(),
+            tenant_id: tenant_id.into(),
+            trusted,
+            unwrapper: None,
+            public_keys: None,
             modes: vec![Mode::Encrypt, Mode::Sign, Mode::Attest],
             cache: CacheSettings::default(),
             max_age: None,
@@ -217,9 +255,9 @@ impl Opener {
     /// then is the seal time known to be the producer's.
     pub async fn open(&self, data: &Bytes, attributes: &Attributes) -> Result<Opened, OpenError> {
         let envelope = Envelope::parse(attributes)?;
-        let mode = envelope.proof.mode();
+        let mode = envelope.flavour.mode();
         if !self.modes.contains(&mode) {
-            return Err(OpenError::ModeNotAccepted(mode));
+            return Err(Refused::ModeNotAccepted(mode).into());
         }
         let opened = self.authenticate(&envelope, data, attributes).await?;
         if let Some(max_age) = self.max_age {
@@ -237,19 +275,19 @@ impl Opener {
         let sealed_at = UNIX_EPOCH + Duration::from_micros(envelope.sealed_at);
         match &envelope.proof {
             Proof::Aead => {
-                if data.len() < format::ENCRYPT_OVERHEAD + 4 {
-                    return Err(OpenError::Truncated(data.len()));
+                if data.len() < format::MIN_ENCRYPTED_LEN {
+                    return Err(Malformed::Truncated(data.len()).into());
                 }
                 let cached = self
                     .data_key(&self.encryption_keys, envelope, |secret| {
-                        let prefix = format::header_prefix(Mode::Encrypt, envelope.kms_key, envelope.wrapped);
+                        let prefix = format::header_prefix(Flavour::Encrypt, envelope.kms_key, envelope.wrapped);
                         (EncryptionKey::derive(secret), prefix)
                     })
                     .await?;
                 let header = format::encrypt_header(&cached.prefix, envelope.sealed_at);
                 let plaintext = cached.key.open(&header, data).map_err(|failure| match failure {
-                    OpenFailure::Truncated => OpenError::Truncated(data.len()),
-                    OpenFailure::Forged => OpenError::Tampered,
+                    OpenFailure::Truncated => OpenError::from(Malformed::Truncated(data.len())),
+                    OpenFailure::Forged => OpenError::from(Forged::Tampered),
                 })?;
                 let (restored, offset) = format::decode_sealed_plaintext(&plaintext)?;
                 let tag = &data[data.len() - format::TAG_LEN..];
@@ -266,11 +304,11 @@ impl Opener {
             Proof::Hmac(signature) => {
                 let cached = self
                     .data_key(&self.signing_keys, envelope, |secret| {
-                        let prefix = format::header_prefix(Mode::Sign, envelope.kms_key, envelope.wrapped);
+                        let prefix = format::header_prefix(Flavour::Sign, envelope.kms_key, envelope.wrapped);
                         (SigningKey::new(secret, &prefix), Vec::new())
                     })
                     .await?;
-                cached.key.verify(envelope.sealed_at, attributes, data, signature).map_err(|_| OpenError::Tampered)?;
+                cached.key.verify(envelope.sealed_at, attributes, data, signature).map_err(|_| Forged::Tampered)?;
                 Ok(Opened {
                     mode: Mode::Sign,
                     kms_key: Some(cached.kms_key.clone()),
@@ -297,9 +335,10 @@ impl Opener {
                             .await?;
                         (attestation, &signature[..])
                     }
-                    AttestProof::Kms(signature) => {
-                        (self.attest.verify_kms_signed(&message, signature, &self.trusted).await?, &signature[..])
-                    }
+                    AttestProof::Kms(signature) => (
+                        self.attest.verify_kms_signed(&message, signature, &self.tenant_id, &self.trusted).await?,
+                        &signature[..],
+                    ),
                     AttestProof::ServiceAccount { named, signature } => {
                         (self.attest.verify_service_account(named, &message, signature).await?, &signature[..])
                     }
@@ -350,22 +389,20 @@ impl Opener {
         prepare: impl FnOnce(&SecretKey) -> (T, Vec<u8>),
     ) -> Result<Arc<CachedKey<T>>, OpenError> {
         let kms_key: KeyName = envelope.kms_key.parse().map_err(|error: crate::KeyNameError| {
-            OpenError::GarbledAttribute { name: format::KMS_KEY_ATTR, why: error.to_string() }
+            Malformed::GarbledAttribute { name: format::KMS_KEY_ATTR, why: error.to_string() }
         })?;
         if !self.trusted.allows(&kms_key) {
-            return Err(OpenError::UntrustedKey(kms_key.to_string()));
+            return Err(Refused::UntrustedKey(kms_key).into());
         }
-        let wrapped_attr = if envelope.proof.mode() == Mode::Encrypt {
-            format::DEK_WRAPPED_ATTR
-        } else {
-            format::SIGN_KEY_WRAPPED_ATTR
-        };
-        let wrapped = format::decode_base64(envelope.wrapped).ok_or(OpenError::BadBase64(wrapped_attr))?;
+        let wrapped_attr = envelope.flavour.marker().name();
+        let wrapped = format::decode_base64(envelope.wrapped).ok_or(Malformed::BadBase64(wrapped_attr))?;
         if wrapped.is_empty() {
-            return Err(OpenError::GarbledAttribute { name: wrapped_attr, why: "empty".into() });
+            return Err(Malformed::GarbledAttribute { name: wrapped_attr, why: "empty".into() }.into());
         }
-        let secret = self.kms.unwrap(&kms_key, &wrapped, self.tenant_id.as_bytes()).await?;
-        tracing::debug!(%kms_key, mode = %envelope.proof.mode(), "unwrapped a data key");
+        // `build` refuses an opener that accepts these modes without an unwrapper.
+        let unwrapper = self.unwrapper.as_ref().expect("an opener of encrypt or sign messages has an unwrapper");
+        let secret = unwrapper.unwrap(&kms_key, &wrapped, self.tenant_id.as_bytes()).await?;
+        tracing::debug!(%kms_key, mode = %envelope.flavour.mode(), "unwrapped a data key");
         let (key, prefix) = prepare(&secret);
         Ok(Arc::new(CachedKey { key, kms_key, prefix }))
     }
@@ -384,10 +421,12 @@ fn producer_attributes(attributes: &Attributes) -> Attributes {
 /// [`MAX_CLOCK_SKEW`] after it.
 fn check_age(sealed_at: SystemTime, now: SystemTime, max_age: Duration) -> Result<(), OpenError> {
     match now.duration_since(sealed_at) {
-        Ok(age) if age > max_age => Err(OpenError::TooOld { age_secs: age.as_secs(), max_secs: max_age.as_secs() }),
+        Ok(age) if age > max_age => {
+            Err(Refused::TooOld { age_secs: age.as_secs(), max_secs: max_age.as_secs() }.into())
+        }
         Ok(_) => Ok(()),
         Err(ahead) if ahead.duration() > MAX_CLOCK_SKEW => {
-            Err(OpenError::SealedInFuture { ahead_secs: ahead.duration().as_secs() })
+            Err(Refused::SealedInFuture { ahead_secs: ahead.duration().as_secs() }.into())
         }
         Err(_) => Ok(()),
     }
@@ -395,15 +434,17 @@ fn check_age(sealed_at: SystemTime, now: SystemTime, max_age: Duration) -> Resul
 
 /// The envelope attributes of one message, checked for presence and shape.
 struct Envelope<'a> {
+    flavour: Flavour,
     kms_key: &'a str,
-    /// The wrapped key (encrypt, sign), the certificate (attest) or empty (strict attest).
+    /// The marker attribute's text in encrypt and sign mode (the wrapped key) and in
+    /// the attest session flavour (the certificate); empty otherwise.
     wrapped: &'a str,
     /// Microseconds since the Unix epoch.
     sealed_at: u64,
     proof: Proof<'a>,
 }
 
-/// What authenticates the message, decoded; it tells the mode.
+/// What authenticates the message, decoded.
 enum Proof<'a> {
     /// Encrypt mode: the AEAD tag, inside the payload.
     Aead,
@@ -423,201 +464,111 @@ enum AttestProof<'a> {
     ServiceAccount { named: ServiceAccountSigned<'a>, signature: Vec<u8> },
 }
 
-impl Proof<'_> {
-    fn mode(&self) -> Mode {
-        match self {
-            Proof::Aead => Mode::Encrypt,
-            Proof::Hmac(_) => Mode::Sign,
-            Proof::Attest(_) => Mode::Attest,
+impl<'a> Envelope<'a> {
+    fn parse(attributes: &'a Attributes) -> Result<Self, OpenError> {
+        // One pass over the attributes instead of a hash lookup per envelope name: on
+        // the hot path this parse cost more than the lookups' worth of decryption.
+        let mut fields: [Option<&'a str>; Attr::COUNT] = [None; Attr::COUNT];
+        let mut stray: Option<&'a String> = None;
+        let mut producer: Option<&'a String> = None;
+        for (name, value) in attributes {
+            match Attr::from_name(name) {
+                Some(attr) => fields[attr as usize] = Some(value.as_str()),
+                None if format::is_reserved(name) => _ = stray.get_or_insert(name),
+                None => _ = producer.get_or_insert(name),
+            }
         }
+        let field = |attr: Attr| fields[attr as usize];
+        let required = |attr: Attr| field(attr).ok_or(Malformed::MissingAttribute(attr.name()));
+        let version = required(Attr::Version)?;
+        if version != format::VERSION {
+            return Err(Malformed::UnknownVersion(version.to_owned()).into());
+        }
+        // Each flavour is told by one marker attribute, and carries exactly its own
+        // envelope attributes.
+        let mut present = Flavour::ALL.into_iter().filter(|flavour| field(flavour.marker()).is_some());
+        let flavour = match (present.next(), present.next()) {
+            (Some(flavour), None) => flavour,
+            (Some(first), Some(second)) => {
+                return Err(Malformed::GarbledAttribute {
+                    name: first.marker().name(),
+                    why: format!("a message carries one of {}, not also {}", MARKERS, second.marker().name()),
+                }
+                .into());
+            }
+            (None, _) => return Err(Malformed::MissingAttribute(MARKERS).into()),
+        };
+        let own = flavour.attributes();
+        // A service account signs in its own name; every other kind names a KMS key.
+        let kms_key = if own.contains(&Attr::KmsKey) { required(Attr::KmsKey)? } else { "" };
+        let sealed_at =
+            format::parse_sealed_at(required(Attr::SealedAt)?).ok_or_else(|| Malformed::GarbledAttribute {
+                name: format::SEALED_AT_ATTR,
+                why: "not a decimal count of microseconds".into(),
+            })?;
+        // Encrypted messages carry nothing visible but the envelope; the others carry no
+        // reserved name that is not their own.
+        let misplaced = Attr::ALL.iter().find(|attr| field(**attr).is_some() && !own.contains(attr));
+        let extra = misplaced.map(|attr| attr.name().to_owned()).or(stray.cloned());
+        let extra = extra.or_else(|| if flavour == Flavour::Encrypt { producer.cloned() } else { None });
+        if let Some(extra) = extra {
+            return Err(Malformed::UnexpectedAttribute(extra).into());
+        }
+        let (wrapped, proof) = match flavour {
+            Flavour::Encrypt => (required(Attr::DekWrapped)?, Proof::Aead),
+            Flavour::Sign => (
+                required(Attr::SignKeyWrapped)?,
+                Proof::Hmac(decode_exact(required(Attr::Signature)?, Attr::Signature)?),
+            ),
+            Flavour::AttestSession => {
+                let certificate_signature = required(Attr::AttestCertSignature)?;
+                decode_bounded(certificate_signature, Attr::AttestCertSignature, MAX_ECDSA_SIGNATURE_LEN)?;
+                let signature = decode_exact(required(Attr::Signature)?, Attr::Signature)?;
+                (required(Attr::AttestCert)?, Proof::Attest(AttestProof::Session { certificate_signature, signature }))
+            }
+            Flavour::AttestKms => {
+                let signature =
+                    decode_bounded(required(Attr::KmsSignature)?, Attr::KmsSignature, MAX_ECDSA_SIGNATURE_LEN)?;
+                ("", Proof::Attest(AttestProof::Kms(signature)))
+            }
+            Flavour::AttestServiceAccount => {
+                let named = ServiceAccountSigned {
+                    signer: required(Attr::AttestSigner)?,
+                    key_id: required(Attr::AttestKeyId)?,
+                    cert_url: required(Attr::AttestCertUrl)?,
+                };
+                let signature = decode_bounded(required(Attr::Signature)?, Attr::Signature, MAX_RSA_SIGNATURE_LEN)?;
+                ("", Proof::Attest(AttestProof::ServiceAccount { named, signature }))
+            }
+        };
+        Ok(Self { flavour, kms_key, wrapped, sealed_at, proof })
     }
 }
+
+/// The marker attributes, as error messages name them.
+const MARKERS: &str = "dek_wrapped, sign_key_wrapped, attest_cert, kms_signature or attest_signer";
 
 /// The longest ASN.1 DER ECDSA P-256 signature.
 const MAX_ECDSA_SIGNATURE_LEN: usize = 72;
 /// The longest RSA signature accepted (8192-bit keys).
 const MAX_RSA_SIGNATURE_LEN: usize = 1024;
 
-impl<'a> Envelope<'a> {
-    fn parse(attributes: &'a Attributes) -> Result<Self, OpenError> {
-        use format::{
-            ATTEST_CERT_ATTR as CERT, ATTEST_CERT_SIGNATURE_ATTR as CERT_SIGNATURE, ATTEST_CERT_URL_ATTR as CERT_URL,
-            ATTEST_KEY_ID_ATTR as KEY_ID, ATTEST_SIGNER_ATTR as SIGNER, DEK_WRAPPED_ATTR as DEK,
-            KMS_KEY_ATTR as KMS_KEY, KMS_SIGNATURE_ATTR as KMS_SIGNATURE, SEALED_AT_ATTR as SEALED_AT,
-            SIGN_KEY_WRAPPED_ATTR as SIGN_KEY, SIGNATURE_ATTR as SIGNATURE, VERSION_ATTR as VERSION,
-        };
-        // One pass over the attributes instead of a hash lookup per envelope name: on
-        // the hot path this parse cost more than the lookups' worth of decryption.
-        let mut fields = Fields::default();
-        for (name, value) in attributes {
-            let slot = match name.as_str() {
-                VERSION => &mut fields.version,
-                KMS_KEY => &mut fields.kms_key,
-                SEALED_AT => &mut fields.sealed_at,
-                DEK => &mut fields.dek,
-                SIGN_KEY => &mut fields.sign_key,
-                SIGNATURE => &mut fields.signature,
-                CERT => &mut fields.cert,
-                CERT_SIGNATURE => &mut fields.cert_signature,
-                KMS_SIGNATURE => &mut fields.kms_signature,
-                SIGNER => &mut fields.signer,
-                KEY_ID => &mut fields.key_id,
-                CERT_URL => &mut fields.cert_url,
-                _ if format::is_reserved(name) => {
-                    fields.stray.get_or_insert(name);
-                    continue;
-                }
-                _ => {
-                    fields.producer.get_or_insert(name);
-                    continue;
-                }
-            };
-            *slot = Some(value.as_str());
-        }
-        let required = |value: Option<&'a str>, name: &'static str| value.ok_or(OpenError::MissingAttribute(name));
-        let version = required(fields.version, VERSION)?;
-        if version != format::VERSION {
-            return Err(OpenError::UnknownVersion(version.to_owned()));
-        }
-        // Each mode (and attest flavour) is told by one attribute; the envelope
-        // attributes it may carry are exactly these.
-        let markers: [(&'static str, Option<&str>, &[&str]); 5] = [
-            (DEK, fields.dek, &[VERSION, KMS_KEY, SEALED_AT, DEK]),
-            (SIGN_KEY, fields.sign_key, &[VERSION, KMS_KEY, SEALED_AT, SIGN_KEY, SIGNATURE]),
-            (CERT, fields.cert, &[VERSION, KMS_KEY, SEALED_AT, CERT, CERT_SIGNATURE, SIGNATURE]),
-            (KMS_SIGNATURE, fields.kms_signature, &[VERSION, KMS_KEY, SEALED_AT, KMS_SIGNATURE]),
-            (SIGNER, fields.signer, &[VERSION, SEALED_AT, SIGNER, KEY_ID, CERT_URL, SIGNATURE]),
-        ];
-        let mut present = markers.iter().filter(|(_, value, _)| value.is_some());
-        let (marker, allowed) = match (present.next(), present.next()) {
-            (Some((marker, _, allowed)), None) => (*marker, *allowed),
-            (Some(first), Some(second)) => {
-                return Err(OpenError::GarbledAttribute {
-                    name: first.0,
-                    why: format!(
-                        "a message carries one of {DEK}, {SIGN_KEY}, {CERT}, {KMS_SIGNATURE} or {SIGNER}, not also {}",
-                        second.0
-                    ),
-                });
-            }
-            (None, _) => {
-                return Err(OpenError::MissingAttribute(
-                    "dek_wrapped, sign_key_wrapped, attest_cert, kms_signature or attest_signer",
-                ));
-            }
-        };
-        // A service account signs in its own name; every other kind names a KMS key.
-        let kms_key = if marker == SIGNER { "" } else { required(fields.kms_key, KMS_KEY)? };
-        let sealed_at = format::parse_sealed_at(required(fields.sealed_at, SEALED_AT)?).ok_or_else(|| {
-            OpenError::GarbledAttribute { name: SEALED_AT, why: "not a decimal count of microseconds".into() }
-        })?;
-        // Encrypted messages carry nothing visible but the envelope; the others carry no
-        // reserved name that is not their own.
-        let misplaced = fields.present().find(|name| !allowed.contains(name));
-        let extra = misplaced.map(str::to_owned).or(fields.stray.cloned());
-        let extra = extra.or_else(|| if marker == DEK { fields.producer.cloned() } else { None });
-        if let Some(extra) = extra {
-            return Err(OpenError::UnexpectedAttribute(extra));
-        }
-        let required = |name: &'static str| required(fields.get(name), name);
-        let (wrapped, proof) = match marker {
-            DEK => (required(DEK)?, Proof::Aead),
-            SIGN_KEY => (required(SIGN_KEY)?, Proof::Hmac(decode_exact(required(SIGNATURE)?, SIGNATURE)?)),
-            CERT => {
-                let certificate_signature = required(CERT_SIGNATURE)?;
-                (
-                    required(CERT)?,
-                    Proof::Attest(AttestProof::Session {
-                        certificate_signature,
-                        signature: decode_exact(required(SIGNATURE)?, SIGNATURE)?,
-                    }),
-                )
-            }
-            SIGNER => {
-                let named = ServiceAccountSigned {
-                    signer: required(SIGNER)?,
-                    key_id: required(KEY_ID)?,
-                    cert_url: required(CERT_URL)?,
-                };
-                let signature = format::decode_base64(required(SIGNATURE)?).ok_or(OpenError::BadBase64(SIGNATURE))?;
-                if signature.is_empty() || signature.len() > MAX_RSA_SIGNATURE_LEN {
-                    return Err(OpenError::GarbledAttribute { name: SIGNATURE, why: "not an RSA signature".into() });
-                }
-                ("", Proof::Attest(AttestProof::ServiceAccount { named, signature }))
-            }
-            _ => {
-                let signature =
-                    format::decode_base64(required(KMS_SIGNATURE)?).ok_or(OpenError::BadBase64(KMS_SIGNATURE))?;
-                if signature.is_empty() || signature.len() > MAX_ECDSA_SIGNATURE_LEN {
-                    return Err(OpenError::GarbledAttribute {
-                        name: KMS_SIGNATURE,
-                        why: "not an ECDSA P-256 signature".into(),
-                    });
-                }
-                ("", Proof::Attest(AttestProof::Kms(signature)))
-            }
-        };
-        Ok(Self { kms_key, wrapped, sealed_at, proof })
-    }
-}
-
-/// The envelope attributes of a message, found in one pass, and the first other
-/// attribute of each kind.
-#[derive(Default)]
-struct Fields<'a> {
-    version: Option<&'a str>,
-    kms_key: Option<&'a str>,
-    sealed_at: Option<&'a str>,
-    dek: Option<&'a str>,
-    sign_key: Option<&'a str>,
-    signature: Option<&'a str>,
-    cert: Option<&'a str>,
-    cert_signature: Option<&'a str>,
-    kms_signature: Option<&'a str>,
-    signer: Option<&'a str>,
-    key_id: Option<&'a str>,
-    cert_url: Option<&'a str>,
-    /// A reserved name that is no envelope attribute.
-    stray: Option<&'a String>,
-    /// A producer attribute.
-    producer: Option<&'a String>,
-}
-
-impl<'a> Fields<'a> {
-    fn all(&self) -> [(&'static str, Option<&'a str>); 12] {
-        use format::*;
-        [
-            (VERSION_ATTR, self.version),
-            (KMS_KEY_ATTR, self.kms_key),
-            (SEALED_AT_ATTR, self.sealed_at),
-            (DEK_WRAPPED_ATTR, self.dek),
-            (SIGN_KEY_WRAPPED_ATTR, self.sign_key),
-            (SIGNATURE_ATTR, self.signature),
-            (ATTEST_CERT_ATTR, self.cert),
-            (ATTEST_CERT_SIGNATURE_ATTR, self.cert_signature),
-            (KMS_SIGNATURE_ATTR, self.kms_signature),
-            (ATTEST_SIGNER_ATTR, self.signer),
-            (ATTEST_KEY_ID_ATTR, self.key_id),
-            (ATTEST_CERT_URL_ATTR, self.cert_url),
-        ]
-    }
-
-    /// The names of the envelope attributes present.
-    fn present(&self) -> impl Iterator<Item = &'static str> {
-        self.all().into_iter().filter(|(_, value)| value.is_some()).map(|(name, _)| name)
-    }
-
-    fn get(&self, name: &str) -> Option<&'a str> {
-        self.all().into_iter().find(|(field, _)| *field == name).and_then(|(_, value)| value)
-    }
-}
-
-/// Decodes the base64 attribute `name` into exactly `N` bytes.
-fn decode_exact<const N: usize>(text: &str, name: &'static str) -> Result<[u8; N], OpenError> {
+/// Decodes the base64 attribute `attr` into exactly `N` bytes.
+fn decode_exact<const N: usize>(text: &str, attr: Attr) -> Result<[u8; N], OpenError> {
     let mut out = [0; N];
-    let len = format::decode_base64_into(text, &mut out).ok_or(OpenError::BadBase64(name))?;
+    let len = format::decode_base64_into(text, &mut out).ok_or(Malformed::BadBase64(attr.name()))?;
     if len != N {
-        return Err(OpenError::GarbledAttribute { name, why: format!("not {N} bytes") });
+        return Err(Malformed::GarbledAttribute { name: attr.name(), why: format!("not {N} bytes") }.into());
     }
     Ok(out)
+}
+
+/// Decodes the base64 attribute `attr`, of 1 to `max` bytes.
+fn decode_bounded(text: &str, attr: Attr, max: usize) -> Result<Vec<u8>, OpenError> {
+    let bytes = format::decode_base64(text).ok_or(Malformed::BadBase64(attr.name()))?;
+    if bytes.is_empty() || bytes.len() > max {
+        let why = format!("a signature of {} bytes (must be 1 to {max})", bytes.len());
+        return Err(Malformed::GarbledAttribute { name: attr.name(), why }.into());
+    }
+    Ok(bytes)
 }

@@ -9,9 +9,9 @@ use crate::attest::{Certificate, ServiceAccountSigner, SessionKey};
 use crate::clock::{Clock, SystemClock};
 use crate::crypto::{self, EncryptionKey, SigningKey};
 use crate::error::SealError;
-use crate::format::{self, Attributes, Mode};
+use crate::format::{self, Attributes, Flavour, Mode};
 use crate::key_name::{KeyName, KeyVersionName};
-use crate::kms::Kms;
+use crate::kms::{KeySign, KeyWrap};
 use crate::secret::SecretKey;
 
 /// When a producer replaces its data key.
@@ -46,10 +46,23 @@ pub struct Sealed {
     pub attributes: Attributes,
 }
 
-enum DataKeyUse {
+/// How an attest-mode sealer has its tenant's KMS signing key vouch for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttestBy {
+    /// The KMS key version certifies an Ed25519 session key once per rotation, and the
+    /// session key signs each message: one KMS call per rotation.
+    SessionKey,
+    /// The KMS key version signs every message itself (strict audit): one KMS call per
+    /// message, so a sealer's rate is bounded by the KMS's latency.
+    KmsEachMessage,
+}
+
+/// The key that seals messages until the next rotation.
+enum KeyMaterial {
     /// The AEAD key and the canonical header's prefix, the same for every message under
     /// the key.
     Encrypt(EncryptionKey, Vec<u8>),
+    /// The HMAC key, with the header's prefix absorbed.
     Sign(SigningKey),
     /// The session's signing key and the text of its certificate attribute.
     Attest(SessionKey, String),
@@ -57,80 +70,92 @@ enum DataKeyUse {
 
 /// The current data key (or attest session key) and how much it has been used.
 struct DataKey {
-    usage: DataKeyUse,
-    /// Version, key name and wrapped key or certificate, added to every message.
-    envelope: Vec<(&'static str, String)>,
+    material: KeyMaterial,
+    /// The `kms_key` attribute's text.
+    kms_key: String,
+    /// The envelope attributes every message under this key carries (all but the seal
+    /// time and the signature).
+    attributes: Vec<(&'static str, String)>,
     created: Instant,
     messages: u64,
     bytes: u64,
 }
 
-/// What a sealer protects messages under.
-enum Root {
+/// Who vouches for a sealer's messages, and so what it calls to rotate or to sign.
+enum Authority {
     /// Data keys wrapped by this KMS key (encrypt and sign).
-    Wrapping(Arc<dyn Kms>, KeyName),
+    Wrapping(Arc<dyn KeyWrap>, KeyName),
     /// Session keys certified by this KMS signing key version (attest).
-    Certifying(Arc<dyn Kms>, KeyVersionName),
+    Certifying(Arc<dyn KeySign>, KeyVersionName),
     /// This KMS signing key version itself, one KMS call per message (strict attest).
-    SigningEach(Arc<dyn Kms>, KeyVersionName),
+    SigningEach(Arc<dyn KeySign>, KeyVersionName),
     /// A service account's own key, per message (attest, no KMS).
     ServiceAccount(ServiceAccountSigner),
 }
 
 /// Seals messages for one tenant under one KMS key, in one mode.
 ///
-/// Holds one data key (or attest session key) at a time and calls KMS only to wrap or
-/// certify a new one, when the [`RotationPolicy`] retires the current key; the strict
-/// attest flavour alone calls KMS for every message.
+/// Each mode has its own constructor, taking the kind of key that mode needs, so that
+/// a sealer cannot be built for a mode its key cannot serve. A sealer holds one data
+/// key (or attest session key) at a time and calls the KMS only to wrap or certify a
+/// new one, when the [`RotationPolicy`] retires the current key; the strict attest
+/// flavour ([`AttestBy::KmsEachMessage`]) alone calls the KMS for every message.
 pub struct Sealer {
-    root: Root,
+    authority: Authority,
     tenant_id: String,
     mode: Mode,
     policy: RotationPolicy,
     clock: Arc<dyn Clock>,
     current: Option<DataKey>,
-    rotations: u64,
+    data_keys_made: u64,
     /// The seal time of the last message, which the next one must exceed.
     last_sealed_at: u64,
 }
 
 impl Sealer {
-    /// A sealer that wraps its data keys under `key_name`, binding `tenant_id`, in
-    /// [`Mode::Encrypt`] or [`Mode::Sign`]. Attest mode signs with a key version:
-    /// [`Sealer::attest`].
-    pub fn new(kms: Arc<dyn Kms>, key_name: KeyName, tenant_id: impl Into<String>, mode: Mode) -> Self {
-        Self::with_root(Root::Wrapping(kms, key_name), tenant_id.into(), mode)
+    /// A sealer in [`Mode::Encrypt`]: AES-256-GCM data keys wrapped under `key`,
+    /// binding `tenant_id`.
+    pub fn encrypt(kms: Arc<dyn KeyWrap>, key: KeyName, tenant_id: impl Into<String>) -> Self {
+        Self::with_authority(Authority::Wrapping(kms, key), tenant_id.into(), Mode::Encrypt)
     }
 
-    /// A sealer in [`Mode::Attest`] for `tenant_id`, under the `EC_SIGN_P256_SHA256` KMS
-    /// key version `signing_key`: by default it certifies a session key per rotation;
-    /// with `kms_signs_each` the KMS signs every message itself (one call per message).
+    /// A sealer in [`Mode::Sign`]: HMAC-SHA256 data keys wrapped under `key`, binding
+    /// `tenant_id`.
+    pub fn sign(kms: Arc<dyn KeyWrap>, key: KeyName, tenant_id: impl Into<String>) -> Self {
+        Self::with_authority(Authority::Wrapping(kms, key), tenant_id.into(), Mode::Sign)
+    }
+
+    /// A sealer in [`Mode::Attest`] for `tenant_id`, under the `EC_SIGN_P256_SHA256`
+    /// KMS key version `signing_key`, which vouches for messages as `by` says.
     pub fn attest(
-        kms: Arc<dyn Kms>,
+        kms: Arc<dyn KeySign>,
         signing_key: KeyVersionName,
         tenant_id: impl Into<String>,
-        kms_signs_each: bool,
+        by: AttestBy,
     ) -> Self {
-        let root =
-            if kms_signs_each { Root::SigningEach(kms, signing_key) } else { Root::Certifying(kms, signing_key) };
-        Self::with_root(root, tenant_id.into(), Mode::Attest)
+        let authority = match by {
+            AttestBy::SessionKey => Authority::Certifying(kms, signing_key),
+            AttestBy::KmsEachMessage => Authority::SigningEach(kms, signing_key),
+        };
+        Self::with_authority(authority, tenant_id.into(), Mode::Attest)
     }
 
     /// A sealer in [`Mode::Attest`] that signs every message with a service account's
-    /// own key (RSA-SHA256), as the article sketches; no KMS is involved.
+    /// own key (RSA-SHA256), as the article sketches; no KMS and no tenant id are
+    /// involved: the account is the identity.
     pub fn service_account(signer: ServiceAccountSigner) -> Self {
-        Self::with_root(Root::ServiceAccount(signer), String::new(), Mode::Attest)
+        Self::with_authority(Authority::ServiceAccount(signer), String::new(), Mode::Attest)
     }
 
-    fn with_root(root: Root, tenant_id: String, mode: Mode) -> Self {
+    fn with_authority(authority: Authority, tenant_id: String, mode: Mode) -> Self {
         Self {
-            root,
+            authority,
             tenant_id,
             mode,
             policy: RotationPolicy::default(),
             clock: Arc::new(SystemClock),
             current: None,
-            rotations: 0,
+            data_keys_made: 0,
             last_sealed_at: 0,
         }
     }
@@ -147,10 +172,15 @@ impl Sealer {
         self
     }
 
+    /// The mode this sealer seals in.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
     /// How many data keys (or attest session keys) this sealer has made, and so how many
     /// KMS wrap or certify calls succeeded.
     pub fn data_keys_made(&self) -> u64 {
-        self.rotations
+        self.data_keys_made
     }
 
     /// Seals `data` with the producer's `attributes`.
@@ -159,42 +189,56 @@ impl Sealer {
     /// the sealer unchanged, so the call can be retried.
     pub async fn seal(&mut self, data: Bytes, attributes: Attributes) -> Result<Sealed, SealError> {
         format::check_producer_attributes(&attributes, self.mode)?;
-        if let Root::ServiceAccount(signer) = &self.root {
-            let sealed_at = next_seal_time(&mut self.last_sealed_at, self.clock.as_ref());
-            let envelope = [
-                (format::VERSION_ATTR, format::VERSION.to_owned()),
-                (format::SEALED_AT_ATTR, format::encode_sealed_at(sealed_at)),
-            ];
-            let signature = signer.sign(sealed_at, &attributes, &data);
-            let mut attributes = attributes;
-            attributes.extend(envelope.into_iter().chain(signature).map(|(name, value)| (name.to_owned(), value)));
-            return Ok(Sealed { data, attributes });
-        }
-        if let Root::SigningEach(kms, signing_key) = &self.root {
-            let sealed_at = next_seal_time(&mut self.last_sealed_at, self.clock.as_ref());
-            let signed = format::attest_signed_bytes(signing_key.as_str(), "", sealed_at, &attributes, &data);
-            let signature = kms.sign(signing_key, &signed).await?;
-            let envelope = [
-                (format::VERSION_ATTR, format::VERSION.to_owned()),
-                (format::KMS_KEY_ATTR, signing_key.to_string()),
-                (format::SEALED_AT_ATTR, format::encode_sealed_at(sealed_at)),
-                (format::KMS_SIGNATURE_ATTR, format::encode_base64(&signature)),
-            ];
-            let mut attributes = attributes;
-            attributes.extend(envelope.map(|(name, value)| (name.to_owned(), value)));
-            return Ok(Sealed { data, attributes });
-        }
+        let (kms, signing_key) = match &self.authority {
+            Authority::ServiceAccount(signer) => {
+                let sealed_at = next_seal_time(&mut self.last_sealed_at, self.clock.as_ref());
+                let envelope = [
+                    (format::VERSION_ATTR, format::VERSION.to_owned()),
+                    (format::SEALED_AT_ATTR, format::encode_sealed_at(sealed_at)),
+                ];
+                let signature = signer.sign(sealed_at, &attributes, &data);
+                return Ok(Sealed {
+                    attributes: with_envelope(attributes, envelope.into_iter().chain(signature)),
+                    data,
+                });
+            }
+            Authority::SigningEach(kms, signing_key) => (kms, signing_key),
+            Authority::Wrapping(..) | Authority::Certifying(..) => {
+                return self.seal_under_data_key(data, attributes).await;
+            }
+        };
+        let sealed_at = next_seal_time(&mut self.last_sealed_at, self.clock.as_ref());
+        let signed = format::signed_bytes(
+            Flavour::AttestKms,
+            signing_key.as_str(),
+            &self.tenant_id,
+            sealed_at,
+            &attributes,
+            &data,
+        );
+        let signature = kms.sign(signing_key, &signed).await?;
+        let envelope = [
+            (format::VERSION_ATTR, format::VERSION.to_owned()),
+            (format::KMS_KEY_ATTR, signing_key.to_string()),
+            (format::SEALED_AT_ATTR, format::encode_sealed_at(sealed_at)),
+            (format::KMS_SIGNATURE_ATTR, format::encode_base64(&signature)),
+        ];
+        Ok(Sealed { attributes: with_envelope(attributes, envelope), data })
+    }
+
+    /// Seals under the current data key or session key, replacing it first if spent.
+    async fn seal_under_data_key(&mut self, data: Bytes, attributes: Attributes) -> Result<Sealed, SealError> {
         let now = self.clock.now();
         let size = data.len() as u64;
         if self.current.as_ref().is_none_or(|key| self.is_spent(key, now, size)) {
             self.current = Some(self.new_data_key(now).await?);
-            self.rotations += 1;
+            self.data_keys_made += 1;
         }
         let sealed_at = next_seal_time(&mut self.last_sealed_at, self.clock.as_ref());
         let key = self.current.as_mut().expect("a data key was just ensured");
         key.messages += 1;
         key.bytes += size;
-        Ok(seal_with(key, sealed_at, data, attributes))
+        Ok(seal_with(key, sealed_at, data, attributes, None))
     }
 
     fn is_spent(&self, key: &DataKey, now: Instant, next_size: u64) -> bool {
@@ -204,44 +248,43 @@ impl Sealer {
     }
 
     async fn new_data_key(&self, now: Instant) -> Result<DataKey, SealError> {
-        let (usage, envelope) = match (&self.root, self.mode) {
-            (Root::Wrapping(kms, key_name), Mode::Encrypt | Mode::Sign) => self.wrap_new_key(kms, key_name).await?,
-            (Root::Certifying(kms, signing_key), Mode::Attest) => self.certify_new_key(kms, signing_key).await?,
-            _ => return Err(SealError::KeyKind(self.mode)),
+        let (material, kms_key, attributes) = match &self.authority {
+            Authority::Wrapping(kms, key_name) => self.wrap_new_key(kms.as_ref(), key_name).await?,
+            Authority::Certifying(kms, signing_key) => self.certify_new_key(kms.as_ref(), signing_key).await?,
+            Authority::SigningEach(..) | Authority::ServiceAccount(_) => {
+                unreachable!("seal only asks for data keys of wrapping and certifying sealers")
+            }
         };
-        Ok(DataKey { usage, envelope, created: now, messages: 0, bytes: 0 })
+        Ok(DataKey { material, kms_key, attributes, created: now, messages: 0, bytes: 0 })
     }
 
-    async fn wrap_new_key(
-        &self,
-        kms: &Arc<dyn Kms>,
-        key_name: &KeyName,
-    ) -> Result<(DataKeyUse, Vec<(&'static str, String)>), SealError> {
+    async fn wrap_new_key(&self, kms: &dyn KeyWrap, key_name: &KeyName) -> Result<NewKey, SealError> {
         let secret = SecretKey::generate();
         let wrapped = kms.wrap(key_name, &secret, self.tenant_id.as_bytes()).await?;
         let kms_key = key_name.to_string();
         let wrapped = format::encode_base64(&wrapped);
-        let prefix = format::header_prefix(self.mode, &kms_key, &wrapped);
-        let (usage, wrapped_attr) = match self.mode {
-            Mode::Encrypt => (DataKeyUse::Encrypt(EncryptionKey::derive(&secret), prefix), format::DEK_WRAPPED_ATTR),
-            _ => (DataKeyUse::Sign(SigningKey::new(&secret, &prefix)), format::SIGN_KEY_WRAPPED_ATTR),
+        let (material, flavour) = match self.mode {
+            Mode::Encrypt => {
+                let prefix = format::header_prefix(Flavour::Encrypt, &kms_key, &wrapped);
+                (KeyMaterial::Encrypt(EncryptionKey::derive(&secret), prefix), Flavour::Encrypt)
+            }
+            _ => {
+                let prefix = format::header_prefix(Flavour::Sign, &kms_key, &wrapped);
+                (KeyMaterial::Sign(SigningKey::new(&secret, &prefix)), Flavour::Sign)
+            }
         };
         tracing::debug!(%kms_key, mode = %self.mode, "made a new data key");
-        let envelope = vec![
+        let attributes = vec![
             (format::VERSION_ATTR, format::VERSION.to_owned()),
-            (format::KMS_KEY_ATTR, kms_key),
-            (wrapped_attr, wrapped),
+            (format::KMS_KEY_ATTR, kms_key.clone()),
+            (flavour.marker().name(), wrapped),
         ];
-        Ok((usage, envelope))
+        Ok((material, kms_key, attributes))
     }
 
     /// A fresh session key and its certificate, valid for the key's whole life under the
     /// rotation policy plus a minute for the wall clock to drift from the monotonic one.
-    async fn certify_new_key(
-        &self,
-        kms: &Arc<dyn Kms>,
-        signing_key: &KeyVersionName,
-    ) -> Result<(DataKeyUse, Vec<(&'static str, String)>), SealError> {
+    async fn certify_new_key(&self, kms: &dyn KeySign, signing_key: &KeyVersionName) -> Result<NewKey, SealError> {
         let session = SessionKey::generate();
         let not_before = micros_since_epoch(self.clock.wall()).max(self.last_sealed_at + 1);
         let lifetime = u64::try_from((self.policy.max_age + CERTIFICATE_SLACK).as_micros()).unwrap_or(u64::MAX);
@@ -256,14 +299,24 @@ impl Sealer {
         let certificate_signature = kms.sign(signing_key, &certificate).await?;
         tracing::debug!(kms_key = %signing_key, "certified a new session key");
         let certificate = format::encode_base64(&certificate);
-        let envelope = vec![
+        let kms_key = signing_key.to_string();
+        let attributes = vec![
             (format::VERSION_ATTR, format::VERSION.to_owned()),
-            (format::KMS_KEY_ATTR, signing_key.to_string()),
+            (format::KMS_KEY_ATTR, kms_key.clone()),
             (format::ATTEST_CERT_ATTR, certificate.clone()),
             (format::ATTEST_CERT_SIGNATURE_ATTR, format::encode_base64(&certificate_signature)),
         ];
-        Ok((DataKeyUse::Attest(session, certificate), envelope))
+        Ok((KeyMaterial::Attest(session, certificate), kms_key, attributes))
     }
+}
+
+/// A new key: what seals, the `kms_key` text, and the envelope attributes it adds.
+type NewKey = (KeyMaterial, String, Vec<(&'static str, String)>);
+
+/// The producer's attributes with the envelope's added.
+fn with_envelope(mut attributes: Attributes, envelope: impl IntoIterator<Item = (&'static str, String)>) -> Attributes {
+    attributes.extend(envelope.into_iter().map(|(name, value)| (name.to_owned(), value)));
+    attributes
 }
 
 /// How long a session certificate outlives its key's rotation age.
@@ -281,37 +334,107 @@ fn micros_since_epoch(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |since| u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
 }
 
-fn seal_with(key: &DataKey, sealed_at: u64, data: Bytes, producer_attributes: Attributes) -> Sealed {
+/// Seals one message under `key`; `nonce` is fixed only by the test vectors (else a
+/// fresh random one is drawn).
+fn seal_with(
+    key: &DataKey,
+    sealed_at: u64,
+    data: Bytes,
+    producer_attributes: Attributes,
+    nonce: Option<[u8; format::NONCE_LEN]>,
+) -> Sealed {
     let envelope = || {
-        let sealed_at = (format::SEALED_AT_ATTR.to_owned(), format::encode_sealed_at(sealed_at));
-        key.envelope.iter().map(|(name, value)| ((*name).to_owned(), value.clone())).chain([sealed_at])
+        let sealed_at = (format::SEALED_AT_ATTR, format::encode_sealed_at(sealed_at));
+        key.attributes.iter().map(|(name, value)| (*name, value.clone())).chain([sealed_at])
     };
-    match &key.usage {
-        DataKeyUse::Encrypt(aead, prefix) => {
+    match &key.material {
+        KeyMaterial::Encrypt(aead, prefix) => {
             let plaintext_len = format::sealed_plaintext_len(&data, &producer_attributes);
             let mut payload = Vec::with_capacity(crypto::PREFIX + plaintext_len + format::TAG_LEN);
             payload.resize(crypto::PREFIX, 0);
             format::put_sealed_plaintext(&mut payload, &data, &producer_attributes);
-            aead.seal_in_place(&format::encrypt_header(prefix, sealed_at), &mut payload);
-            Sealed { data: payload.into(), attributes: envelope().collect() }
+            let header = format::encrypt_header(prefix, sealed_at);
+            match nonce {
+                Some(nonce) => aead.seal_in_place_with(nonce, &header, &mut payload),
+                None => aead.seal_in_place(&header, &mut payload),
+            }
+            Sealed { data: payload.into(), attributes: with_envelope(Attributes::new(), envelope()) }
         }
-        DataKeyUse::Sign(mac) => {
+        KeyMaterial::Sign(mac) => {
             let signature = format::encode_base64(&mac.sign(sealed_at, &producer_attributes, &data));
-            let mut attributes = producer_attributes;
-            attributes.reserve(key.envelope.len() + 2);
-            attributes.extend(envelope());
-            attributes.insert(format::SIGNATURE_ATTR.to_owned(), signature);
-            Sealed { data, attributes }
+            let signature = (format::SIGNATURE_ATTR, signature);
+            Sealed { attributes: with_envelope(producer_attributes, envelope().chain([signature])), data }
         }
-        DataKeyUse::Attest(session, certificate) => {
-            let kms_key = &key.envelope[1].1;
-            let signed = format::attest_signed_bytes(kms_key, certificate, sealed_at, &producer_attributes, &data);
-            let signature = format::encode_base64(&session.sign(&signed));
-            let mut attributes = producer_attributes;
-            attributes.reserve(key.envelope.len() + 2);
-            attributes.extend(envelope());
-            attributes.insert(format::SIGNATURE_ATTR.to_owned(), signature);
-            Sealed { data, attributes }
+        KeyMaterial::Attest(session, certificate) => {
+            let signed = format::signed_bytes(
+                Flavour::AttestSession,
+                &key.kms_key,
+                certificate,
+                sealed_at,
+                &producer_attributes,
+                &data,
+            );
+            let signature = (format::SIGNATURE_ATTR, format::encode_base64(&session.sign(&signed)));
+            Sealed { attributes: with_envelope(producer_attributes, envelope().chain([signature])), data }
         }
+    }
+}
+
+/// Deterministic sealing from given keys, nonce and seal time, through the same code as
+/// [`Sealer::seal`]: what the test vectors are made and checked with.
+#[cfg(feature = "internals")]
+#[allow(missing_docs, reason = "test-vector hooks; each variant says what its fields are")]
+pub(crate) mod fixed {
+    use super::*;
+
+    /// What a fixed seal is made from.
+    pub enum FixedKey<'a> {
+        /// Encrypt mode: the data key, the `kms_key` text and the wrapped key's bytes.
+        Encrypt { data_key: &'a SecretKey, kms_key: &'a str, wrapped: &'a [u8], nonce: [u8; format::NONCE_LEN] },
+        /// Sign mode: the data key, the `kms_key` text and the wrapped key's bytes.
+        Sign { data_key: &'a SecretKey, kms_key: &'a str, wrapped: &'a [u8] },
+        /// Attest session flavour: the session's Ed25519 seed, the key version, the
+        /// certificate and its signature, as bytes.
+        AttestSession { seed: &'a [u8; 32], kms_key: &'a str, certificate: &'a [u8], certificate_signature: &'a [u8] },
+    }
+
+    /// Seals `data` and `attributes` at `sealed_at` under `key`.
+    pub fn seal(key: FixedKey<'_>, sealed_at: u64, data: Bytes, attributes: Attributes) -> Sealed {
+        let envelope = |kms_key: &str, marker: &'static str, text: String| {
+            vec![
+                (format::VERSION_ATTR, format::VERSION.to_owned()),
+                (format::KMS_KEY_ATTR, kms_key.to_owned()),
+                (marker, text),
+            ]
+        };
+        let (material, kms_key, attributes_of_key, nonce) = match key {
+            FixedKey::Encrypt { data_key, kms_key, wrapped, nonce } => {
+                let wrapped = format::encode_base64(wrapped);
+                let prefix = format::header_prefix(Flavour::Encrypt, kms_key, &wrapped);
+                let material = KeyMaterial::Encrypt(EncryptionKey::derive(data_key), prefix);
+                (material, kms_key, envelope(kms_key, format::DEK_WRAPPED_ATTR, wrapped), Some(nonce))
+            }
+            FixedKey::Sign { data_key, kms_key, wrapped } => {
+                let wrapped = format::encode_base64(wrapped);
+                let prefix = format::header_prefix(Flavour::Sign, kms_key, &wrapped);
+                let material = KeyMaterial::Sign(SigningKey::new(data_key, &prefix));
+                (material, kms_key, envelope(kms_key, format::SIGN_KEY_WRAPPED_ATTR, wrapped), None)
+            }
+            FixedKey::AttestSession { seed, kms_key, certificate, certificate_signature } => {
+                let certificate = format::encode_base64(certificate);
+                let mut attributes = envelope(kms_key, format::ATTEST_CERT_ATTR, certificate.clone());
+                attributes.push((format::ATTEST_CERT_SIGNATURE_ATTR, format::encode_base64(certificate_signature)));
+                (KeyMaterial::Attest(SessionKey::from_seed(seed), certificate), kms_key, attributes, None)
+            }
+        };
+        let key = DataKey {
+            material,
+            kms_key: kms_key.to_owned(),
+            attributes: attributes_of_key,
+            created: Instant::now(),
+            messages: 0,
+            bytes: 0,
+        };
+        seal_with(&key, sealed_at, data, attributes, nonce)
     }
 }

@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use common::{Fixture, TENANT_1_KEY, attrs};
-use envelope::format::SEALED_AT_ATTR;
-use envelope::{Clock, MAX_CLOCK_SKEW, ManualClock, Mode, Opener, Sealed};
+use pubsub_envelope::format::SEALED_AT_ATTR;
+use pubsub_envelope::{Clock, MAX_CLOCK_SKEW, ManualClock, Mode, Opener, Sealed};
 
 const MAX_AGE: Duration = Duration::from_secs(300);
 
@@ -18,7 +18,7 @@ async fn sealed_at(fixture: &Fixture, mode: Mode, clock: Arc<ManualClock>) -> Se
 }
 
 fn opener(fixture: &Fixture, clock: Arc<ManualClock>) -> Opener {
-    Opener::builder(fixture.kms.clone()).tenant_id("tenant-1").max_age(Some(MAX_AGE)).clock(clock).build()
+    fixture.opener_builder("tenant-1").max_age(Some(MAX_AGE)).clock(clock).build().unwrap()
 }
 
 #[tokio::test]
@@ -45,7 +45,7 @@ async fn identical_messages_sealed_in_the_same_instant_differ() {
     for mode in [Mode::Encrypt, Mode::Sign] {
         let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", mode).with_clock(clock.clone());
         let opener = fixture.opener("tenant-1");
-        let mut previous: Option<envelope::Opened> = None;
+        let mut previous: Option<pubsub_envelope::Opened> = None;
         for _ in 0..3 {
             let message = sealer.seal(Bytes::from_static(b"same"), attrs(&[("a", "1")])).await.unwrap();
             let opened = opener.open(&message.data, &message.attributes).await.unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{Fixture, TENANT_1_KEY};
-use envelope::{Attributes, CacheSettings, CacheStats, Mode, Opener};
+use pubsub_envelope::{Attributes, CacheSettings, CacheStats, Mode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hundred_concurrent_opens_of_a_new_key_make_one_kms_call() {
@@ -44,10 +44,11 @@ async fn expired_entries_are_unwrapped_again() {
     let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", Mode::Sign);
     let message = sealer.seal(Bytes::from_static(b"x"), Attributes::new()).await.unwrap();
     let data = message.data.clone();
-    let opener = Opener::builder(fixture.kms.clone())
-        .tenant_id("tenant-1")
+    let opener = fixture
+        .opener_builder("tenant-1")
         .cache(CacheSettings { ttl: Duration::from_millis(200), capacity: 10 })
-        .build();
+        .build()
+        .unwrap();
     opener.open(&data, &message.attributes).await.unwrap();
     opener.open(&data, &message.attributes).await.unwrap();
     assert_eq!(fixture.kms.unwraps(), 1);
@@ -81,7 +82,7 @@ async fn a_cached_wrapped_key_under_another_key_name_is_checked_again() {
     opener.open(&data, &message.attributes).await.unwrap();
 
     let mut renamed = message.attributes.clone();
-    renamed.insert(envelope::format::KMS_KEY_ATTR.into(), common::TENANT_2_KEY.into());
+    renamed.insert(pubsub_envelope::format::KMS_KEY_ATTR.into(), common::TENANT_2_KEY.into());
     let error = opener.open(&data, &renamed).await.unwrap_err();
     assert_eq!(error.reason(), "unwrap_rejected", "{error}");
     assert_eq!(fixture.kms.unwraps(), 2, "the renamed key went to KMS, not to the cache");

@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use envelope::kms::gcp::{CredentialSource, GcpKms};
-use envelope::kms::{Kms, KmsError};
-use envelope::{Attributes, KeyName, Mode, Opener, Sealer, SecretKey};
 use fake_kms::{Behaviour, FakeKms};
+use pubsub_envelope::kms::gcp::{CredentialSource, GcpKms};
+use pubsub_envelope::kms::{KeySign, KeyWrap, Kms, KmsError};
+use pubsub_envelope::{Attributes, KeyName, Opener, Sealer, SecretKey, TrustedKeys};
 
 const KEY: &str = "projects/tenant-1/locations/us-central1/keyRings/tenant1-keyring/cryptoKeys/key1";
 
@@ -19,6 +19,10 @@ async fn backend(fake: &FakeKms, timeout: Duration) -> GcpKms {
         .build()
         .await
         .unwrap()
+}
+
+fn trusted() -> TrustedKeys {
+    TrustedKeys::from_patterns([KEY]).unwrap()
 }
 
 fn key() -> KeyName {
@@ -41,8 +45,8 @@ async fn wraps_and_unwraps_binding_the_tenant() {
 async fn envelope_round_trip_through_cloud_kms() {
     let fake = FakeKms::start().await.unwrap();
     let kms: Arc<dyn Kms> = Arc::new(backend(&fake, Duration::from_secs(5)).await);
-    let mut sealer = Sealer::new(kms.clone(), key(), "tenant-1", Mode::Encrypt);
-    let opener = Opener::builder(kms).tenant_id("tenant-1").build();
+    let mut sealer = Sealer::encrypt(kms.clone(), key(), "tenant-1");
+    let opener = Opener::builder("tenant-1", trusted()).kms(kms).build().unwrap();
     for i in 0..10 {
         let sealed = sealer.seal(Bytes::from(format!("message {i}")), Attributes::new()).await.unwrap();
         let opened = opener.open(&sealed.data, &sealed.attributes).await.unwrap();
@@ -120,10 +124,10 @@ async fn unreachable_kms_is_transient() {
 async fn pipeline_view_of_a_kms_outage() {
     let fake = FakeKms::start().await.unwrap();
     let kms: Arc<dyn Kms> = Arc::new(backend(&fake, Duration::from_secs(5)).await);
-    let mut sealer = Sealer::new(kms.clone(), key(), "tenant-1", Mode::Sign);
+    let mut sealer = Sealer::sign(kms.clone(), key(), "tenant-1");
     let sealed = sealer.seal(Bytes::from_static(b"words"), Attributes::new()).await.unwrap();
     let data = sealed.data.clone();
-    let opener = Opener::builder(kms).tenant_id("tenant-1").build();
+    let opener = Opener::builder("tenant-1", trusted()).kms(kms).build().unwrap();
     fake.set_behaviour(Behaviour::Fail(503));
     let error = opener.open(&data, &sealed.attributes).await.unwrap_err();
     assert!(error.is_transient(), "{error}");
@@ -136,13 +140,13 @@ async fn signs_with_a_key_version_and_serves_its_public_key_with_checksums() {
     use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
     let fake = FakeKms::start().await.unwrap();
     let kms = backend(&fake, Duration::from_secs(5)).await;
-    let version: envelope::KeyVersionName = format!("{KEY}/cryptoKeyVersions/1").parse().unwrap();
+    let version: pubsub_envelope::KeyVersionName = format!("{KEY}/cryptoKeyVersions/1").parse().unwrap();
     let signature = kms.sign(&version, b"a certificate").await.unwrap();
     let public = kms.public_key(&version).await.unwrap();
     let verifier = UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &public);
     assert!(verifier.verify(b"a certificate", &signature).is_ok(), "KMS signs SHA-256 of the message");
     assert!(verifier.verify(b"another", &signature).is_err());
-    let other: envelope::KeyVersionName = format!("{KEY}/cryptoKeyVersions/2").parse().unwrap();
+    let other: pubsub_envelope::KeyVersionName = format!("{KEY}/cryptoKeyVersions/2").parse().unwrap();
     assert_ne!(kms.public_key(&other).await.unwrap(), public, "each version has its own key");
 
     fake.set_behaviour(Behaviour::Corrupt);

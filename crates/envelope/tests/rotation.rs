@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Fixture, TENANT_1_KEY};
-use envelope::format::DEK_WRAPPED_ATTR;
-use envelope::{Attributes, ManualClock, Mode, RotationPolicy, Sealer};
+use pubsub_envelope::format::DEK_WRAPPED_ATTR;
+use pubsub_envelope::{Attributes, ManualClock, Mode, RotationPolicy, Sealer};
 
 fn sealer(fixture: &Fixture, policy: RotationPolicy, clock: Arc<ManualClock>) -> Sealer {
     fixture.sealer(TENANT_1_KEY, "tenant-1", Mode::Encrypt).with_policy(policy).with_clock(clock)
@@ -76,12 +76,8 @@ async fn rotates_by_bytes() {
 #[tokio::test]
 async fn failed_rotation_leaves_the_sealer_usable() {
     let fixture = Fixture::new();
-    let mut broken = Sealer::new(
-        fixture.kms.clone(),
-        common::key("projects/p/locations/l/keyRings/r/cryptoKeys/absent"),
-        "t",
-        Mode::Sign,
-    );
+    let mut broken =
+        Sealer::sign(fixture.kms.clone(), common::key("projects/p/locations/l/keyRings/r/cryptoKeys/absent"), "t");
     let error = broken.seal(Bytes::from_static(b"x"), Attributes::new()).await.unwrap_err();
     assert!(!error.is_transient(), "{error}");
     assert_eq!(broken.data_keys_made(), 0);

@@ -4,11 +4,11 @@ mod common;
 
 use bytes::Bytes;
 use common::{Fixture, TENANT_1_KEY, attrs};
-use envelope::format::{
+use proptest::prelude::*;
+use pubsub_envelope::format::{
     DEK_WRAPPED_ATTR, ENCRYPT_OVERHEAD, KMS_KEY_ATTR, SEALED_AT_ATTR, SIGNATURE_ATTR, VERSION_ATTR,
 };
-use envelope::{Attributes, Mode, OpenError};
-use proptest::prelude::*;
+use pubsub_envelope::{Attributes, Mode, OpenError, Refused};
 
 async fn round_trip(mode: Mode, data: &[u8], attributes: &Attributes) {
     let fixture = Fixture::new();
@@ -70,16 +70,15 @@ async fn opener_accepts_only_configured_modes() {
     let fixture = Fixture::new();
     let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", Mode::Sign);
     let sealed = sealer.seal(Bytes::from_static(b"x"), Attributes::new()).await.unwrap();
-    let decrypt_only =
-        envelope::Opener::builder(fixture.kms.clone()).tenant_id("tenant-1").accept(&[Mode::Encrypt]).build();
+    let decrypt_only = fixture.opener_builder("tenant-1").accept(&[Mode::Encrypt]).build().unwrap();
     let error = decrypt_only.open(&sealed.data, &sealed.attributes).await.unwrap_err();
-    assert!(matches!(error, OpenError::ModeNotAccepted(Mode::Sign)));
+    assert!(matches!(error, OpenError::Refused(Refused::ModeNotAccepted(Mode::Sign))));
     assert_eq!(error.reason(), "mode_not_accepted");
 }
 
 fn attribute_map() -> impl Strategy<Value = Attributes> {
     proptest::collection::hash_map("[a-z][a-z0-9_.-]{0,20}", "\\PC{0,40}", 0..8)
-        .prop_filter("reserved names", |map| map.keys().all(|k| !envelope::format::is_reserved(k)))
+        .prop_filter("reserved names", |map| map.keys().all(|k| !pubsub_envelope::format::is_reserved(k)))
 }
 
 proptest! {
@@ -105,7 +104,11 @@ async fn the_most_attributes_a_mode_allows_fit_pubsubs_limit() {
         let max = mode.max_producer_attributes();
         let many = |n: usize| -> Attributes { (0..n).map(|i| (format!("k{i}"), "v".to_owned())).collect() };
         let sealed = sealer.seal(Bytes::new(), many(max)).await.unwrap();
-        assert!(sealed.attributes.len() <= envelope::format::MAX_ATTRIBUTES, "{mode}: {}", sealed.attributes.len());
+        assert!(
+            sealed.attributes.len() <= pubsub_envelope::format::MAX_ATTRIBUTES,
+            "{mode}: {}",
+            sealed.attributes.len()
+        );
         let opened = fixture.opener("tenant-1").open(&sealed.data, &sealed.attributes).await.unwrap();
         assert_eq!(opened.attributes, many(max));
         let error = sealer.seal(Bytes::new(), many(max + 1)).await.unwrap_err();

@@ -8,8 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use common::{Fixture, attrs};
-use envelope::format::{ATTEST_CERT_URL_ATTR, ATTEST_KEY_ID_ATTR, SIGNATURE_ATTR};
-use envelope::{Attestation, Attributes, Mode, Opener, Sealer, ServiceAccountSigner, TrustedSigners};
+use pubsub_envelope::format::{ATTEST_CERT_URL_ATTR, ATTEST_KEY_ID_ATTR, SIGNATURE_ATTR};
+use pubsub_envelope::{
+    Attestation, Attributes, Mode, Opener, Sealer, ServiceAccountSigner, TrustedKeys, TrustedSigners,
+};
 
 const PUBLISHER: &str = "publisher@test-project.iam.gserviceaccount.com";
 const OTHER: &str = "other@test-project.iam.gserviceaccount.com";
@@ -52,7 +54,7 @@ fn signer(server: &CertServer, file: &str, email: &str) -> ServiceAccountSigner 
 
 fn opener(fixture: &Fixture, server: &CertServer) -> Opener {
     let trusted = TrustedSigners::default().trust(PUBLISHER, Some(format!("{}/{PUBLISHER}", server.url)));
-    Opener::builder(fixture.kms.clone()).trusted_signers(trusted).build()
+    Opener::builder("tenant-1", TrustedKeys::none()).kms(fixture.kms.clone()).trusted_signers(trusted).build().unwrap()
 }
 
 #[tokio::test]
@@ -78,7 +80,7 @@ async fn a_service_account_signs_and_its_published_certificate_verifies() {
 async fn untrusted_forged_and_altered_signatures_are_refused() {
     let (fixture, server) = (Fixture::new(), cert_server().await);
     let opener = opener(&fixture, &server);
-    let reason = |sealed: &envelope::Sealed| {
+    let reason = |sealed: &pubsub_envelope::Sealed| {
         let (data, attributes) = (sealed.data.clone(), sealed.attributes.clone());
         let opener = &opener;
         async move { opener.open(&data, &attributes).await.unwrap_err().reason().to_owned() }
@@ -131,7 +133,11 @@ async fn unreachable_certificates_are_a_transient_failure() {
     let sealed = sealer.seal(Bytes::from_static(b"x"), Attributes::new()).await.unwrap();
     assert!(opener(&fixture, &server).open(&sealed.data, &sealed.attributes).await.is_ok());
     let unreachable = TrustedSigners::default().trust(PUBLISHER, Some("http://127.0.0.1:9/none".into()));
-    let opener = Opener::builder(fixture.kms.clone()).trusted_signers(unreachable).build();
+    let opener = Opener::builder("tenant-1", TrustedKeys::none())
+        .accept(&[Mode::Attest])
+        .trusted_signers(unreachable)
+        .build()
+        .unwrap();
     let mut pointed = sealed.clone();
     pointed.attributes.insert(ATTEST_CERT_URL_ATTR.into(), "http://127.0.0.1:9/none".into());
     let error = opener.open(&pointed.data, &pointed.attributes).await.unwrap_err();

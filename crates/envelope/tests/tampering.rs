@@ -4,10 +4,10 @@ mod common;
 
 use bytes::Bytes;
 use common::{Fixture, TENANT_1_KEY, TENANT_2_KEY, attrs};
-use envelope::format::{
+use pubsub_envelope::format::{
     DEK_WRAPPED_ATTR, KMS_KEY_ATTR, SEALED_AT_ATTR, SIGN_KEY_WRAPPED_ATTR, SIGNATURE_ATTR, VERSION_ATTR,
 };
-use envelope::{Attributes, Mode, OpenError, Sealed};
+use pubsub_envelope::{Attributes, Mode, OpenError, Sealed};
 
 const WORDS: &[u8] = b"the quick brown fox jumps over the lazy dog";
 
@@ -59,13 +59,16 @@ async fn flipping_any_byte_of_any_envelope_attribute_fails() {
         let message = sealed(&fixture, TENANT_1_KEY, "tenant-1", mode).await;
         for (name, value) in &message.attributes {
             let is_binary = [DEK_WRAPPED_ATTR, SIGN_KEY_WRAPPED_ATTR, SIGNATURE_ATTR].contains(&name.as_str());
-            let raw =
-                if is_binary { envelope::format::decode_base64(value).unwrap() } else { value.clone().into_bytes() };
+            let raw = if is_binary {
+                pubsub_envelope::format::decode_base64(value).unwrap()
+            } else {
+                value.clone().into_bytes()
+            };
             for index in 0..raw.len() {
                 let mut altered = raw.clone();
                 altered[index] ^= 0x01;
                 let text = if is_binary {
-                    envelope::format::encode_base64(&altered)
+                    pubsub_envelope::format::encode_base64(&altered)
                 } else {
                     String::from_utf8(altered).unwrap()
                 };
@@ -74,9 +77,9 @@ async fn flipping_any_byte_of_any_envelope_attribute_fails() {
                 let error = open_error(&fixture, message.data.clone(), &attributes).await;
                 let expected: &[&str] = match name.as_str() {
                     VERSION_ATTR => &["unknown_version"],
-                    // A changed key name is either malformed, untrusted elsewhere, or a key
+                    // A changed key name is either malformed, untrusted, or a key
                     // this keyring does not hold.
-                    KMS_KEY_ATTR => &["garbled_attribute", "kms_key_not_found"],
+                    KMS_KEY_ATTR => &["garbled_attribute", "untrusted_key", "kms_key_not_found"],
                     DEK_WRAPPED_ATTR | SIGN_KEY_WRAPPED_ATTR => &["unwrap_rejected"],
                     // A first digit of 1 becomes a leading 0.
                     SEALED_AT_ATTR if index == 0 => &["garbled_attribute"],
@@ -128,7 +131,7 @@ async fn wrapped_key_from_another_kms_key_is_rejected() {
     for mode in [Mode::Encrypt, Mode::Sign] {
         let victim = sealed(&fixture, TENANT_1_KEY, "tenant-1", mode).await;
         let other = sealed(&fixture, TENANT_2_KEY, "tenant-1", mode).await;
-        let wrapped = mode.wrapped_key_attr().unwrap();
+        let wrapped = if mode == Mode::Encrypt { DEK_WRAPPED_ATTR } else { SIGN_KEY_WRAPPED_ATTR };
         let mut attributes = victim.attributes.clone();
         attributes.insert(wrapped.into(), other.attributes[wrapped].clone());
         let error = open_error(&fixture, victim.data.clone(), &attributes).await;
@@ -202,8 +205,8 @@ async fn garbled_envelopes_name_what_is_wrong() {
 async fn untrusted_keys_are_refused_without_a_kms_call() {
     let fixture = Fixture::new();
     let message = sealed(&fixture, TENANT_2_KEY, "tenant-1", Mode::Encrypt).await;
-    let trusted = envelope::TrustedKeys::from_patterns(["projects/tenant-1/*"]).unwrap();
-    let opener = envelope::Opener::builder(fixture.kms.clone()).tenant_id("tenant-1").trusted_keys(trusted).build();
+    let trusted = pubsub_envelope::TrustedKeys::from_patterns(["projects/tenant-1/*"]).unwrap();
+    let opener = pubsub_envelope::Opener::builder("tenant-1", trusted).kms(fixture.kms.clone()).build().unwrap();
     let error = opener.open(&message.data, &message.attributes).await.unwrap_err();
     assert_eq!(error.reason(), "untrusted_key");
     assert_eq!(fixture.kms.unwraps(), 0);

@@ -3,11 +3,19 @@
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, ParsedPublicKey};
 
 use crate::format;
+use crate::key_name::KeyVersionName;
 
-/// A KMS signing key's public key that a consumer was told to trust, instead of asking
-/// the KMS for it.
+/// The public key of one KMS signing key version, which a consumer was told to trust
+/// instead of asking the KMS for it.
+///
+/// A pinned key vouches only for messages and certificates that name its own key
+/// version: a message naming another version is refused (`untrusted_key`) by an opener
+/// that pins keys, never checked against whichever pinned key happens to verify.
 #[derive(Clone)]
-pub struct TrustedPublicKey(pub(super) ParsedPublicKey);
+pub struct TrustedPublicKey {
+    pub(super) version: KeyVersionName,
+    pub(super) key: ParsedPublicKey,
+}
 
 /// A DER `SubjectPublicKeyInfo` as a PEM `PUBLIC KEY` block, as Cloud KMS prints it.
 pub fn public_key_pem(der: &[u8]) -> String {
@@ -28,13 +36,20 @@ pub enum PublicKeyError {
 }
 
 impl TrustedPublicKey {
-    /// Parses a PEM `PUBLIC KEY` block holding an ECDSA P-256 `SubjectPublicKeyInfo`, as
-    /// Cloud KMS's GetPublicKey and `publisher keyring public-key` print it.
-    pub fn from_pem(pem: &[u8]) -> Result<Self, PublicKeyError> {
+    /// The public key of `version`: a PEM `PUBLIC KEY` block holding an ECDSA P-256
+    /// `SubjectPublicKeyInfo`, as Cloud KMS's GetPublicKey and `publisher keyring
+    /// public-key` print it.
+    pub fn from_pem(version: KeyVersionName, pem: &[u8]) -> Result<Self, PublicKeyError> {
         use rustls_pki_types::SubjectPublicKeyInfoDer;
         use rustls_pki_types::pem::PemObject as _;
         let der =
             SubjectPublicKeyInfoDer::from_pem_slice(pem).map_err(|error| PublicKeyError::NotPem(error.to_string()))?;
-        ParsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, der.as_ref()).map(Self).map_err(|_| PublicKeyError::NotP256)
+        let key = ParsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, der.as_ref()).map_err(|_| PublicKeyError::NotP256)?;
+        Ok(Self { version, key })
+    }
+
+    /// The key version this key belongs to.
+    pub fn version(&self) -> &KeyVersionName {
+        &self.version
     }
 }

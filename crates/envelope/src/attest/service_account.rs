@@ -24,6 +24,11 @@ impl TrustedSigners {
         self
     }
 
+    /// Whether no account is trusted.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub(super) fn cert_url(&self, email: &str) -> Option<&str> {
         self.0.get(email).map(String::as_str)
     }
@@ -78,7 +83,14 @@ impl ServiceAccountSigner {
 
     /// The signature attributes of a message, and its RSA-SHA256 signature.
     pub(crate) fn sign(&self, sealed_at: u64, attributes: &Attributes, data: &[u8]) -> [(&'static str, String); 4] {
-        let signed = format::service_account_signed_bytes(&self.email, &self.key_id, sealed_at, attributes, data);
+        let signed = format::signed_bytes(
+            format::Flavour::AttestServiceAccount,
+            &self.email,
+            &self.key_id,
+            sealed_at,
+            attributes,
+            data,
+        );
         let mut signature = vec![0; self.key.public_modulus_len()];
         self.key
             .sign(

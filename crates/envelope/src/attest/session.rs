@@ -65,6 +65,12 @@ impl SessionKey {
         Self { pair: Ed25519KeyPair::generate().expect("Ed25519 key generation") }
     }
 
+    /// The session key of a fixed 32-byte seed (RFC 8032), for the test vectors.
+    #[cfg(feature = "internals")]
+    pub(crate) fn from_seed(seed: &[u8; 32]) -> Self {
+        Self { pair: Ed25519KeyPair::from_seed_unchecked(seed).expect("any 32 bytes seed a key") }
+    }
+
     pub(crate) fn public_key(&self) -> [u8; PUBLIC_KEY_LEN] {
         self.pair.public_key().as_ref().try_into().expect("32-byte Ed25519 public key")
     }

@@ -9,15 +9,15 @@ use moka::future::Cache;
 
 use super::session::{Certificate, session_verifier};
 use super::{Attestation, TrustedPublicKey, TrustedSigners};
-use crate::error::OpenError;
-use crate::format::{self, Attributes};
+use crate::error::{Forged, Infrastructure, Malformed, OpenError, Refused};
+use crate::format::{self, Attributes, Flavour};
 use crate::key_name::{KeyVersionName, TrustedKeys};
-use crate::kms::{Kms, KmsError};
+use crate::kms::{KeySign, KmsError};
 
 /// The message parts attest verification needs.
 pub(crate) struct Signed<'a> {
     pub(crate) kms_key: &'a str,
-    /// The certificate attribute's text; empty for a message the KMS signed itself.
+    /// The certificate attribute's text (session flavour); unused otherwise.
     pub(crate) certificate: &'a str,
     pub(crate) sealed_at: u64,
     pub(crate) attributes: &'a Attributes,
@@ -41,8 +41,10 @@ struct Certified {
 /// Verifies attest-mode messages: public keys fetched once per key version (or pinned),
 /// certificates verified once per session.
 pub(crate) struct Verifier {
-    kms: Arc<dyn Kms>,
-    pinned: Vec<TrustedPublicKey>,
+    /// Where key versions' public keys come from when none is pinned.
+    kms: Option<Arc<dyn KeySign>>,
+    /// Pinned public keys, by the key version each belongs to.
+    pinned: HashMap<KeyVersionName, ParsedPublicKey>,
     public_keys: Cache<String, Arc<ParsedPublicKey>>,
     certificates: Cache<String, Arc<Certified>>,
     signers: TrustedSigners,
@@ -62,10 +64,10 @@ struct Published {
 const REFETCH_AFTER: Duration = Duration::from_secs(60);
 
 impl Verifier {
-    /// `pinned` public keys (DER `SubjectPublicKeyInfo`), when given, are the only ones
-    /// trusted, and no public key is fetched from the KMS.
+    /// `pinned` public keys, when given, are the only ones trusted, each for its own
+    /// key version, and no public key is fetched from `kms`.
     pub(crate) fn new(
-        kms: Arc<dyn Kms>,
+        kms: Option<Arc<dyn KeySign>>,
         pinned: Vec<TrustedPublicKey>,
         signers: TrustedSigners,
         capacity: u64,
@@ -73,7 +75,7 @@ impl Verifier {
         let hour = Duration::from_secs(3600);
         Self {
             kms,
-            pinned,
+            pinned: pinned.into_iter().map(|pinned| (pinned.version, pinned.key)).collect(),
             public_keys: Cache::builder().max_capacity(capacity).time_to_live(hour).build(),
             certificates: Cache::builder().max_capacity(capacity).time_to_live(hour).build(),
             signers,
@@ -92,20 +94,21 @@ impl Verifier {
         signature: &[u8],
     ) -> Result<Attestation, OpenError> {
         if self.signers.cert_url(named.signer) != Some(named.cert_url) {
-            return Err(OpenError::UntrustedSigner(named.signer.to_owned()));
+            return Err(Refused::UntrustedSigner(named.signer.to_owned()).into());
         }
         let mut published = self.published(named.cert_url, false).await?;
         if !published.by_key_id.contains_key(named.key_id) && published.fetched.elapsed() >= REFETCH_AFTER {
             published = self.published(named.cert_url, true).await?;
         }
-        let der = published.by_key_id.get(named.key_id).ok_or_else(|| OpenError::UnknownSigningKey {
+        let der = published.by_key_id.get(named.key_id).ok_or_else(|| Forged::UnknownSigningKey {
             signer: named.signer.to_owned(),
             key_id: named.key_id.to_owned(),
         })?;
         let certificate = rustls_pki_types::CertificateDer::from(der.as_slice());
         let certificate = webpki::EndEntityCert::try_from(&certificate)
-            .map_err(|error| OpenError::CertificatesUnavailable(format!("{}: {error}", named.cert_url)))?;
-        let signed = format::service_account_signed_bytes(
+            .map_err(|error| Infrastructure::CertificatesUnavailable(format!("{}: {error}", named.cert_url)))?;
+        let signed = format::signed_bytes(
+            Flavour::AttestServiceAccount,
             named.signer,
             named.key_id,
             message.sealed_at,
@@ -114,7 +117,7 @@ impl Verifier {
         );
         certificate
             .verify_signature(webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA256, &signed, signature)
-            .map_err(|_| OpenError::Tampered)?;
+            .map_err(|_| Forged::Tampered)?;
         Ok(Attestation::ServiceAccount { signer: named.signer.to_owned(), key_id: named.key_id.to_owned() })
     }
 
@@ -124,7 +127,8 @@ impl Verifier {
             self.published.invalidate(url).await;
         }
         let fetch = async {
-            let unavailable = |why: String| OpenError::CertificatesUnavailable(format!("{url}: {why}"));
+            let unavailable =
+                |why: String| OpenError::from(Infrastructure::CertificatesUnavailable(format!("{url}: {why}")));
             let response = self.http.get(url).send().await.map_err(|error| unavailable(error.to_string()))?;
             let response = response.error_for_status().map_err(|error| unavailable(error.to_string()))?;
             let text = response.text().await.map_err(|error| unavailable(error.to_string()))?;
@@ -166,34 +170,43 @@ impl Verifier {
         };
         let certificate = &certified.certificate;
         if certificate.tenant_id != tenant_id {
-            return Err(OpenError::WrongTenant(certificate.tenant_id.clone()));
+            return Err(Refused::WrongTenant(certificate.tenant_id.clone()).into());
         }
         if !(certificate.not_before..=certificate.not_after).contains(&message.sealed_at) {
-            return Err(OpenError::CertificateExpired);
+            return Err(Refused::CertificateExpired.into());
         }
-        let signed = format::attest_signed_bytes(
+        let signed = format::signed_bytes(
+            Flavour::AttestSession,
             message.kms_key,
             message.certificate,
             message.sealed_at,
             message.attributes,
             message.data,
         );
-        certified.session.verify_sig(&signed, signature).map_err(|_| OpenError::Tampered)?;
+        certified.session.verify_sig(&signed, signature).map_err(|_| Forged::Tampered)?;
         Ok(Attestation::Session { kms_key, tenant_id: certificate.tenant_id.clone() })
     }
 
-    /// Checks a message the KMS key version signed itself.
+    /// Checks a message the KMS key version signed itself, for `tenant_id` (bound into
+    /// the signed header, so that a message signed for one tenant opens for no other).
     pub(crate) async fn verify_kms_signed(
         &self,
         message: &Signed<'_>,
         signature: &[u8],
+        tenant_id: &str,
         trusted: &TrustedKeys,
     ) -> Result<Attestation, OpenError> {
         let kms_key = trusted_version(message.kms_key, trusted)?;
-        let signed =
-            format::attest_signed_bytes(message.kms_key, "", message.sealed_at, message.attributes, message.data);
+        let signed = format::signed_bytes(
+            Flavour::AttestKms,
+            message.kms_key,
+            tenant_id,
+            message.sealed_at,
+            message.attributes,
+            message.data,
+        );
         if !self.verify_p256(&kms_key, &signed, signature).await? {
-            return Err(OpenError::Tampered);
+            return Err(Forged::Tampered.into());
         }
         Ok(Attestation::Kms(kms_key))
     }
@@ -204,16 +217,16 @@ impl Verifier {
         text: &str,
         signature_text: &str,
     ) -> Result<Certified, OpenError> {
-        let bytes = format::decode_base64(text).ok_or(OpenError::BadBase64(format::ATTEST_CERT_ATTR))?;
-        let garbled = |why: &str| OpenError::GarbledAttribute { name: format::ATTEST_CERT_ATTR, why: why.into() };
+        let bytes = format::decode_base64(text).ok_or(Malformed::BadBase64(format::ATTEST_CERT_ATTR))?;
+        let garbled = |why: &str| Malformed::GarbledAttribute { name: format::ATTEST_CERT_ATTR, why: why.into() };
         let certificate = Certificate::decode(&bytes).ok_or_else(|| garbled("not a certificate"))?;
         if certificate.kms_key != *kms_key {
-            return Err(garbled("certified by another key version than kms_key names"));
+            return Err(garbled("certified by another key version than kms_key names").into());
         }
         let signature =
-            format::decode_base64(signature_text).ok_or(OpenError::BadBase64(format::ATTEST_CERT_SIGNATURE_ATTR))?;
+            format::decode_base64(signature_text).ok_or(Malformed::BadBase64(format::ATTEST_CERT_SIGNATURE_ATTR))?;
         if !self.verify_p256(kms_key, &bytes, &signature).await? {
-            return Err(OpenError::ForgedCertificate(kms_key.to_string()));
+            return Err(Forged::ForgedCertificate(kms_key.to_string()).into());
         }
         tracing::info!(%kms_key, tenant = %certificate.tenant_id, "verified a producer's session certificate");
         let session = session_verifier(&certificate);
@@ -221,13 +234,20 @@ impl Verifier {
     }
 
     /// Whether `signature` (ECDSA P-256, DER) over `message` verifies under `kms_key`'s
-    /// public key: a pinned one, or the KMS's, fetched once per key version.
+    /// public key: the one pinned for that version, or the KMS's, fetched once per key
+    /// version. Where keys are pinned, a version without one is not trusted; so is every
+    /// version when there is neither a pinned key nor a KMS to ask.
     async fn verify_p256(&self, kms_key: &KeyVersionName, message: &[u8], signature: &[u8]) -> Result<bool, OpenError> {
-        if !self.pinned.is_empty() {
-            return Ok(self.pinned.iter().any(|key| key.0.verify_sig(message, signature).is_ok()));
-        }
+        let kms = match &self.kms {
+            _ if !self.pinned.is_empty() => {
+                let pinned = self.pinned.get(kms_key).ok_or_else(|| Refused::UntrustedKey(kms_key.key().clone()))?;
+                return Ok(pinned.verify_sig(message, signature).is_ok());
+            }
+            Some(kms) => kms,
+            None => return Err(Refused::UntrustedKey(kms_key.key().clone()).into()),
+        };
         let fetch = async {
-            let der = self.kms.public_key(kms_key).await?;
+            let der = kms.public_key(kms_key).await?;
             ParsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, der)
                 .map(Arc::new)
                 .map_err(|_| KmsError::Rejected(format!("the public key of {kms_key} is not an ECDSA P-256 key")))
@@ -236,17 +256,17 @@ impl Verifier {
             .public_keys
             .try_get_with(kms_key.to_string(), fetch)
             .await
-            .map_err(|error: Arc<KmsError>| OpenError::Kms((*error).clone()))?;
+            .map_err(|error: Arc<KmsError>| OpenError::from((*error).clone()))?;
         Ok(key.verify_sig(message, signature).is_ok())
     }
 }
 
 fn trusted_version(text: &str, trusted: &TrustedKeys) -> Result<KeyVersionName, OpenError> {
     let kms_key: KeyVersionName = text.parse().map_err(|error: crate::KeyVersionNameError| {
-        OpenError::GarbledAttribute { name: format::KMS_KEY_ATTR, why: error.to_string() }
+        Malformed::GarbledAttribute { name: format::KMS_KEY_ATTR, why: error.to_string() }
     })?;
     if !trusted.allows(kms_key.key()) {
-        return Err(OpenError::UntrustedKey(kms_key.to_string()));
+        return Err(Refused::UntrustedKey(kms_key.key().clone()).into());
     }
     Ok(kms_key)
 }

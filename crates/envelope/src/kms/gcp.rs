@@ -16,7 +16,7 @@ use google_cloud_gax::retry_policy::NeverRetry;
 use google_cloud_kms_v1::client::KeyManagementService;
 use zeroize::Zeroize as _;
 
-use super::{Kms, KmsError};
+use super::{KeySign, KeyWrap, KmsError};
 use crate::key_name::{KeyName, KeyVersionName};
 use crate::secret::SecretKey;
 
@@ -151,7 +151,7 @@ fn classify(error: &GaxError, key: &dyn std::fmt::Display, unwrapping: bool, tim
 }
 
 #[async_trait]
-impl Kms for GcpKms {
+impl KeyWrap for GcpKms {
     async fn wrap(&self, name: &KeyName, key: &SecretKey, aad: &[u8]) -> Result<Vec<u8>, KmsError> {
         let plaintext = Bytes::copy_from_slice(key.expose());
         let request = self
@@ -203,7 +203,10 @@ impl Kms for GcpKms {
         }
         key.ok_or_else(|| KmsError::Rejected(format!("{name} unwrapped something that is not a 256-bit key")))
     }
+}
 
+#[async_trait]
+impl KeySign for GcpKms {
     async fn sign(&self, name: &KeyVersionName, message: &[u8]) -> Result<Vec<u8>, KmsError> {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, message);
         let request = self

@@ -35,7 +35,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{Kms, KmsError};
+use super::{KeySign, KeyWrap, KmsError};
 use crate::format::{decode_base64, encode_base64};
 use crate::key_name::{KeyName, KeyVersionName};
 use crate::secret::{KEY_LEN, SecretKey};
@@ -322,7 +322,32 @@ impl Loaded {
     }
 }
 
-/// The local keyring as a [`Kms`] backend.
+/// `u32(version) || nonce || AES-256-GCM(kek, nonce, aad, key) || tag`.
+fn seal_wrapped(kek: &LessSafeKey, version: u32, nonce: [u8; NONCE_LEN], key: &SecretKey, aad: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(WRAPPED_LEN);
+    out.extend_from_slice(&version.to_be_bytes());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(key.expose());
+    let tag = kek
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut out[VERSION_LEN + NONCE_LEN..],
+        )
+        .expect("AES-GCM seals 32 bytes");
+    out.extend_from_slice(tag.as_ref());
+    out
+}
+
+/// The wrapped key the local backend makes of `key` under version `version` of a key
+/// whose material is `kek`, with a given nonce: for the test vectors.
+#[cfg(feature = "internals")]
+pub fn wrap_with(kek: &[u8; KEY_LEN], version: u32, nonce: [u8; NONCE_LEN], key: &SecretKey, aad: &[u8]) -> Vec<u8> {
+    let kek = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, kek).expect("a 32-byte key"));
+    seal_wrapped(&kek, version, nonce, key, aad)
+}
+
+/// The local keyring as a KMS backend: it wraps ([`KeyWrap`]) and signs ([`KeySign`]).
 ///
 /// When asked to unwrap under a key or version it does not hold, it reads the file again
 /// once, so a consumer picks up a key created or rotated after it started.
@@ -394,7 +419,7 @@ impl LocalKms {
 }
 
 #[async_trait]
-impl Kms for LocalKms {
+impl KeyWrap for LocalKms {
     async fn wrap(&self, name: &KeyName, key: &SecretKey, aad: &[u8]) -> Result<Vec<u8>, KmsError> {
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
@@ -406,34 +431,7 @@ impl Kms for LocalKms {
             return Err(KmsError::Rejected(format!("{name} is a signing key, not an encryption key")));
         }
         let (primary, versions) = loaded.keys.get(name).ok_or_else(|| KmsError::KeyNotFound(name.to_string()))?;
-        let mut out = Vec::with_capacity(WRAPPED_LEN);
-        out.extend_from_slice(&primary.to_be_bytes());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(key.expose());
-        let tag = versions[primary]
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                &mut out[VERSION_LEN + NONCE_LEN..],
-            )
-            .expect("AES-GCM seals 32 bytes");
-        out.extend_from_slice(tag.as_ref());
-        Ok(out)
-    }
-
-    async fn sign(&self, name: &KeyVersionName, message: &[u8]) -> Result<Vec<u8>, KmsError> {
-        self.with_signing_key(name, |pair| {
-            let signature = pair.sign(&SystemRandom::new(), message).expect("ECDSA P-256 signs");
-            signature.as_ref().to_vec()
-        })
-        .await
-    }
-
-    async fn public_key(&self, name: &KeyVersionName) -> Result<Vec<u8>, KmsError> {
-        self.with_signing_key(name, |pair| {
-            pair.public_key().as_der().expect("a P-256 public key encodes").as_ref().to_vec()
-        })
-        .await
+        Ok(seal_wrapped(&versions[primary], *primary, nonce, key, aad))
     }
 
     async fn unwrap(&self, name: &KeyName, wrapped: &[u8], aad: &[u8]) -> Result<SecretKey, KmsError> {
@@ -452,6 +450,24 @@ impl Kms for LocalKms {
                 KmsError::KeyNotFound(name.to_string())
             })
         })
+    }
+}
+
+#[async_trait]
+impl KeySign for LocalKms {
+    async fn sign(&self, name: &KeyVersionName, message: &[u8]) -> Result<Vec<u8>, KmsError> {
+        self.with_signing_key(name, |pair| {
+            let signature = pair.sign(&SystemRandom::new(), message).expect("ECDSA P-256 signs");
+            signature.as_ref().to_vec()
+        })
+        .await
+    }
+
+    async fn public_key(&self, name: &KeyVersionName) -> Result<Vec<u8>, KmsError> {
+        self.with_signing_key(name, |pair| {
+            pair.public_key().as_der().expect("a P-256 public key encodes").as_ref().to_vec()
+        })
+        .await
     }
 }
 

@@ -1,10 +1,12 @@
 //! Key management: the trait every backend implements, and the backends.
 //!
-//! A backend wraps (encrypts) and unwraps (decrypts) 256-bit data keys under a named key
-//! encryption key, binding additional authenticated data: the tenant id. For attest mode
-//! it also signs with an asymmetric P-256 key version and hands out its public key. It
-//! is called once per data key or signing session, never per message (unless a
-//! publisher asks for a KMS signature on every message).
+//! Two one-job traits, so that a backend (or a test double) implements what it can:
+//! [`KeyWrap`] wraps (encrypts) and unwraps (decrypts) 256-bit data keys under a named
+//! key encryption key, binding additional authenticated data, the tenant id (encrypt
+//! and sign mode); [`KeySign`] signs with an asymmetric P-256 key version and hands out
+//! its public key (attest mode). [`Kms`] is both. A backend is called once per data key
+//! or signing session, never per message (unless a publisher asks for a KMS signature
+//! on every message).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,15 +19,21 @@ use crate::secret::SecretKey;
 pub mod gcp;
 pub mod local;
 
-/// A key management service that can wrap and unwrap data keys.
+/// Wraps and unwraps data keys under a named key encryption key: what encrypt and
+/// sign mode need of a KMS (as Tink's `KmsAead`).
 #[async_trait]
-pub trait Kms: Send + Sync {
+pub trait KeyWrap: Send + Sync {
     /// Encrypts `key` under the key encryption key `name`, binding `aad`.
     async fn wrap(&self, name: &KeyName, key: &SecretKey, aad: &[u8]) -> Result<Vec<u8>, KmsError>;
 
     /// Decrypts a key produced by [`wrap`](Self::wrap) under the same `name` and `aad`.
     async fn unwrap(&self, name: &KeyName, wrapped: &[u8], aad: &[u8]) -> Result<SecretKey, KmsError>;
+}
 
+/// Signs with an asymmetric key version and hands out its public key: what attest mode
+/// needs of a KMS.
+#[async_trait]
+pub trait KeySign: Send + Sync {
     /// Signs `message` with the `EC_SIGN_P256_SHA256` key version `name`: ECDSA P-256
     /// over SHA-256(`message`), ASN.1 DER encoded.
     async fn sign(&self, name: &KeyVersionName, message: &[u8]) -> Result<Vec<u8>, KmsError>;
@@ -34,8 +42,15 @@ pub trait Kms: Send + Sync {
     async fn public_key(&self, name: &KeyVersionName) -> Result<Vec<u8>, KmsError>;
 }
 
+/// A backend that does both, as Cloud KMS and the local keyring do. Implemented for
+/// every type that implements [`KeyWrap`] and [`KeySign`]; an `Arc<dyn Kms>` converts
+/// to either half.
+pub trait Kms: KeyWrap + KeySign {}
+
+impl<K: KeyWrap + KeySign + ?Sized> Kms for K {}
+
 #[async_trait]
-impl<K: Kms + ?Sized> Kms for Arc<K> {
+impl<K: KeyWrap + ?Sized> KeyWrap for Arc<K> {
     async fn wrap(&self, name: &KeyName, key: &SecretKey, aad: &[u8]) -> Result<Vec<u8>, KmsError> {
         (**self).wrap(name, key, aad).await
     }
@@ -43,7 +58,10 @@ impl<K: Kms + ?Sized> Kms for Arc<K> {
     async fn unwrap(&self, name: &KeyName, wrapped: &[u8], aad: &[u8]) -> Result<SecretKey, KmsError> {
         (**self).unwrap(name, wrapped, aad).await
     }
+}
 
+#[async_trait]
+impl<K: KeySign + ?Sized> KeySign for Arc<K> {
     async fn sign(&self, name: &KeyVersionName, message: &[u8]) -> Result<Vec<u8>, KmsError> {
         (**self).sign(name, message).await
     }
@@ -159,7 +177,7 @@ impl<K> Counted<K> {
 }
 
 #[async_trait]
-impl<K: Kms> Kms for Counted<K> {
+impl<K: KeyWrap> KeyWrap for Counted<K> {
     async fn wrap(&self, name: &KeyName, key: &SecretKey, aad: &[u8]) -> Result<Vec<u8>, KmsError> {
         self.wraps.fetch_add(1, Ordering::Relaxed);
         self.inner.wrap(name, key, aad).await
@@ -169,7 +187,10 @@ impl<K: Kms> Kms for Counted<K> {
         self.unwraps.fetch_add(1, Ordering::Relaxed);
         self.inner.unwrap(name, wrapped, aad).await
     }
+}
 
+#[async_trait]
+impl<K: KeySign> KeySign for Counted<K> {
     async fn sign(&self, name: &KeyVersionName, message: &[u8]) -> Result<Vec<u8>, KmsError> {
         self.signs.fetch_add(1, Ordering::Relaxed);
         self.inner.sign(name, message).await

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use envelope::kms::Counted;
-use envelope::kms::local::{Keyring, LocalKms, Purpose};
-use envelope::{Attributes, KeyName, Mode, Opener, Sealer};
+use pubsub_envelope::kms::Counted;
+use pubsub_envelope::kms::local::{Keyring, LocalKms, Purpose};
+use pubsub_envelope::{Attributes, KeyName, Mode, Opener, OpenerBuilder, Sealer, TrustedKeys};
 
 pub const TENANT_1_KEY: &str = "projects/tenant-1/locations/us-central1/keyRings/tenant1-keyring/cryptoKeys/key1";
 pub const TENANT_2_KEY: &str = "projects/tenant-2/locations/us-central1/keyRings/tenant2-keyring/cryptoKeys/key1";
@@ -35,13 +35,27 @@ impl Fixture {
         keyring.save().unwrap();
     }
 
+    /// A sealer in encrypt or sign mode.
     pub fn sealer(&self, key_name: &str, tenant: &str, mode: Mode) -> Sealer {
-        Sealer::new(self.kms.clone(), key(key_name), tenant, mode)
+        match mode {
+            Mode::Encrypt => Sealer::encrypt(self.kms.clone(), key(key_name), tenant),
+            Mode::Sign => Sealer::sign(self.kms.clone(), key(key_name), tenant),
+            _ => panic!("attest sealers take a key version: Sealer::attest"),
+        }
     }
 
+    /// An opener for `tenant` that trusts both tenants' keys.
     pub fn opener(&self, tenant: &str) -> Opener {
-        Opener::builder(self.kms.clone()).tenant_id(tenant).build()
+        self.opener_builder(tenant).build().unwrap()
     }
+
+    pub fn opener_builder(&self, tenant: &str) -> OpenerBuilder {
+        Opener::builder(tenant, both_tenants()).kms(self.kms.clone())
+    }
+}
+
+pub fn both_tenants() -> TrustedKeys {
+    TrustedKeys::from_patterns(["projects/tenant-1/*", "projects/tenant-2/*"]).unwrap()
 }
 
 pub fn key(name: &str) -> KeyName {
