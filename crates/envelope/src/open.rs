@@ -164,8 +164,8 @@ impl OpenerBuilder {
             trusted: self.trusted,
             modes: self.modes,
             max_age: self.max_age,
-            clock: self.clock,
-            attest: Verifier::new(self.public_keys, self.pinned, self.signers, self.cache.capacity),
+            clock: self.clock.clone(),
+            attest: Verifier::new(self.public_keys, self.pinned, self.signers, self.cache.capacity, self.clock),
             encryption_keys: new_cache(self.cache),
             signing_keys: new_cache(self.cache),
             hits: AtomicU64::new(0),
@@ -201,12 +201,14 @@ pub struct Opener {
     misses: AtomicU64,
 }
 
-/// How often opens found their data key in the cache.
+/// How often opens found their key in the cache: the data key in encrypt and sign
+/// mode, the verified session certificate in attest mode.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStats {
-    /// Opens that found their data key cached.
+    /// Opens that found their key cached.
     pub hits: u64,
-    /// Opens that had to unwrap (or wait for another open's unwrap of the same key).
+    /// Opens that had to unwrap or verify a certificate (or wait for another open's
+    /// unwrap of the same key).
     pub misses: u64,
 }
 
@@ -224,7 +226,11 @@ struct CachedKey<T> {
 impl Opener {
     /// Cache hits and misses so far.
     pub fn cache_stats(&self) -> CacheStats {
-        CacheStats { hits: self.hits.load(Ordering::Relaxed), misses: self.misses.load(Ordering::Relaxed) }
+        let certificates = (&self.attest.certificate_hits, &self.attest.certificate_misses);
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed) + certificates.0.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed) + certificates.1.load(Ordering::Relaxed),
+        }
     }
 
     /// Starts configuring an opener for `tenant_id` (bound into every unwrap and named

@@ -83,7 +83,8 @@ async fn messages_older_than_the_maximum_age_are_refused() {
 #[tokio::test]
 async fn messages_from_the_future_are_refused_beyond_the_clock_skew() {
     let fixture = Fixture::new();
-    let now = Arc::new(ManualClock::new());
+    // A whole second, so that a seal time exactly MAX_CLOCK_SKEW ahead is exactly that.
+    let now = Arc::new(ManualClock::at(SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_338_830)));
     let opener = opener(&fixture, now.clone());
     for mode in [Mode::Encrypt, Mode::Sign] {
         let skewed = Arc::new(ManualClock::at(now.wall() + MAX_CLOCK_SKEW));

@@ -11,7 +11,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use common::{Fixture, attrs, key};
-use pubsub_envelope::format::{ATTEST_CERT_ATTR, ATTEST_CERT_SIGNATURE_ATTR, SEALED_AT_ATTR, SIGNATURE_ATTR};
+use pubsub_envelope::format::{
+    ATTEST_CERT_ATTR, ATTEST_CERT_SIGNATURE_ATTR, KMS_SIGNATURE_ATTR, SEALED_AT_ATTR, SIGNATURE_ATTR,
+};
 use pubsub_envelope::internals::Certificate;
 use pubsub_envelope::kms::KeySign;
 use pubsub_envelope::kms::local::Purpose;
@@ -57,6 +59,54 @@ async fn a_certified_session_signs_every_message_with_one_kms_call() {
     }
     assert_eq!(fixture.kms.signs(), 1, "one certificate for the session");
     assert_eq!(fixture.kms.public_keys(), 1, "one public-key fetch for the key version");
+    let certificates = opener.cache_stats();
+    assert_eq!((certificates.hits, certificates.misses), (19, 1), "the certificate is verified once, then cached");
+}
+
+/// Tenant B's own session, presented under tenant A's key name, where both keys are
+/// trusted and both tenants use one tenant id: the certificate names B's key version, so
+/// it must not vouch for a message naming A's, whether or not it was verified before.
+#[tokio::test]
+async fn a_certificate_never_vouches_for_another_key_version_cold_or_warm() {
+    use pubsub_envelope::internals::{FixedKey, seal};
+    let fixture = fixture();
+    let both = pubsub_envelope::TrustedKeys::from_patterns(["projects/tenant-1/*", "projects/tenant-2/*"]).unwrap();
+    let opener = || Opener::builder("shared", both.clone()).kms(fixture.kms.clone()).build().unwrap();
+    // Tenant B certifies a session key it holds, with its own KMS key version.
+    let seed = [9u8; 32];
+    let session = aws_lc_rs::signature::Ed25519KeyPair::from_seed_unchecked(&seed).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
+    let certificate = Certificate {
+        kms_key: version(SIGNER_2),
+        tenant_id: "shared".into(),
+        public_key: aws_lc_rs::signature::KeyPair::public_key(&session).as_ref().try_into().unwrap(),
+        not_before: now - 1_000_000,
+        not_after: now + 100_000_000,
+    }
+    .encode();
+    let certificate_signature = fixture.kms.sign(&version(SIGNER_2), &certificate).await.unwrap();
+    let sealed_by_b = |name: &str, at: u64| {
+        let key = FixedKey::AttestSession {
+            seed: &seed,
+            kms_key: name,
+            certificate: &certificate,
+            certificate_signature: &certificate_signature,
+        };
+        seal(key, at, Bytes::from_static(b"pay mallory"), Attributes::new())
+    };
+    let a_name = version(SIGNER_1).to_string();
+    let b_name = version(SIGNER_2).to_string();
+
+    let cold = opener();
+    let impersonation = sealed_by_b(&a_name, now);
+    assert_eq!(open_error(&cold, &impersonation.data, &impersonation.attributes).await, "garbled_attribute");
+
+    let warm = opener();
+    let honest = sealed_by_b(&b_name, now);
+    let opened = warm.open(&honest.data, &honest.attributes).await.unwrap();
+    assert_eq!(opened.attestation.unwrap().kms_key(), Some(&version(SIGNER_2)), "B's own message opens as B's");
+    let impersonation = sealed_by_b(&a_name, now + 1);
+    assert_eq!(open_error(&warm, &impersonation.data, &impersonation.attributes).await, "garbled_attribute");
 }
 
 #[tokio::test]
@@ -74,6 +124,14 @@ async fn strict_mode_has_the_kms_sign_every_message() {
         assert_eq!(open_error(&opener, &sealed.data, &altered).await, "tampered");
     }
     assert_eq!(fixture.kms.signs(), 5);
+    // ECDSA P-256 DER signatures are 1 to 72 bytes: within, a wrong one is tampered;
+    // outside, the message is malformed.
+    let sealed = sealer.seal(Bytes::from_static(b"bounds"), Attributes::new()).await.unwrap();
+    for (len, reason) in [(0, "garbled_attribute"), (1, "tampered"), (72, "tampered"), (73, "garbled_attribute")] {
+        let mut bad = sealed.attributes.clone();
+        bad.insert(KMS_SIGNATURE_ATTR.into(), pubsub_envelope::format::encode_base64(&vec![0x30; len]));
+        assert_eq!(open_error(&opener, &sealed.data, &bad).await, reason, "{len} bytes");
+    }
 }
 
 #[tokio::test]

@@ -125,6 +125,54 @@ async fn untrusted_forged_and_altered_signatures_are_refused() {
     assert!(opener.open(&good.data, &good.attributes).await.is_ok(), "the good one still opens");
 }
 
+/// A key id the account does not publish costs one fetch, not one per message; after a
+/// minute the list is fetched again (Google rotates account keys), once.
+#[tokio::test]
+async fn unknown_key_ids_refetch_at_most_once_a_minute() {
+    let (fixture, server) = (Fixture::new(), cert_server().await);
+    let clock = Arc::new(pubsub_envelope::ManualClock::new());
+    let trusted = TrustedSigners::default().trust(PUBLISHER, Some(format!("{}/{PUBLISHER}", server.url)));
+    let opener = Opener::builder("tenant-1", TrustedKeys::none())
+        .kms(fixture.kms.clone())
+        .trusted_signers(trusted)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let mut sealer = Sealer::service_account(signer(&server, "service-account.json", PUBLISHER));
+    let good = sealer.seal(Bytes::from_static(b"x"), Attributes::new()).await.unwrap();
+    let mut unknown = good.clone();
+    unknown.attributes.insert(ATTEST_KEY_ID_ATTR.into(), "k2".into());
+    let fetches = || server.requests.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        assert_eq!(opener.open(&unknown.data, &unknown.attributes).await.unwrap_err().reason(), "unknown_signing_key");
+    }
+    assert!(opener.open(&good.data, &good.attributes).await.is_ok());
+    assert_eq!(fetches(), 1, "within a minute, the cached list answers");
+    clock.advance(std::time::Duration::from_secs(59));
+    assert_eq!(opener.open(&unknown.data, &unknown.attributes).await.unwrap_err().reason(), "unknown_signing_key");
+    assert_eq!(fetches(), 1);
+    clock.advance(std::time::Duration::from_secs(1));
+    assert_eq!(opener.open(&unknown.data, &unknown.attributes).await.unwrap_err().reason(), "unknown_signing_key");
+    assert_eq!(fetches(), 2, "a minute on, a missing key id fetches again");
+    assert!(opener.open(&good.data, &good.attributes).await.is_ok());
+    assert_eq!(fetches(), 2, "a known key id never refetches");
+}
+
+/// RSA signatures are 1 to 1024 bytes (keys up to 8192 bits); outside that the message
+/// is malformed before any certificate is fetched, inside it a wrong one is tampered.
+#[tokio::test]
+async fn rsa_signature_lengths_are_bounded() {
+    let (fixture, server) = (Fixture::new(), cert_server().await);
+    let opener = opener(&fixture, &server);
+    let mut sealer = Sealer::service_account(signer(&server, "service-account.json", PUBLISHER));
+    let good = sealer.seal(Bytes::from_static(b"x"), Attributes::new()).await.unwrap();
+    for (len, reason) in [(0, "garbled_attribute"), (1, "tampered"), (1024, "tampered"), (1025, "garbled_attribute")] {
+        let mut bad = good.clone();
+        bad.attributes.insert(SIGNATURE_ATTR.into(), pubsub_envelope::format::encode_base64(&vec![1; len]));
+        assert_eq!(opener.open(&bad.data, &bad.attributes).await.unwrap_err().reason(), reason, "{len} bytes");
+    }
+}
+
 #[tokio::test]
 async fn unreachable_certificates_are_a_transient_failure() {
     let fixture = Fixture::new();

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, ParsedPublicKey};
@@ -9,6 +10,7 @@ use moka::future::Cache;
 
 use super::session::{Certificate, session_verifier};
 use super::{Attestation, TrustedPublicKey, TrustedSigners};
+use crate::clock::Clock;
 use crate::error::{Forged, Infrastructure, Malformed, OpenError, Refused};
 use crate::format::{self, Attributes, Flavour};
 use crate::key_name::{KeyVersionName, TrustedKeys};
@@ -51,6 +53,11 @@ pub(crate) struct Verifier {
     /// Each trusted signer's published certificates, by URL.
     published: Cache<String, Arc<Published>>,
     http: reqwest::Client,
+    /// Measures when certificates were fetched, for [`REFETCH_AFTER`].
+    clock: Arc<dyn Clock>,
+    /// Session certificates found verified in the cache, and verified afresh.
+    pub(crate) certificate_hits: AtomicU64,
+    pub(crate) certificate_misses: AtomicU64,
 }
 
 /// A service account's certificates as last fetched: key id to DER.
@@ -71,6 +78,7 @@ impl Verifier {
         pinned: Vec<TrustedPublicKey>,
         signers: TrustedSigners,
         capacity: u64,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         let hour = Duration::from_secs(3600);
         Self {
@@ -81,6 +89,9 @@ impl Verifier {
             signers,
             published: Cache::builder().max_capacity(capacity).time_to_live(hour).build(),
             http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("an HTTP client"),
+            clock,
+            certificate_hits: AtomicU64::new(0),
+            certificate_misses: AtomicU64::new(0),
         }
     }
 
@@ -97,7 +108,8 @@ impl Verifier {
             return Err(Refused::UntrustedSigner(named.signer.to_owned()).into());
         }
         let mut published = self.published(named.cert_url, false).await?;
-        if !published.by_key_id.contains_key(named.key_id) && published.fetched.elapsed() >= REFETCH_AFTER {
+        let age = self.clock.now().saturating_duration_since(published.fetched);
+        if !published.by_key_id.contains_key(named.key_id) && age >= REFETCH_AFTER {
             published = self.published(named.cert_url, true).await?;
         }
         let der = published.by_key_id.get(named.key_id).ok_or_else(|| Forged::UnknownSigningKey {
@@ -142,7 +154,7 @@ impl Verifier {
                 by_key_id.insert(key_id, der.to_vec());
             }
             tracing::info!(%url, keys = by_key_id.len(), "fetched a service account's certificates");
-            Ok(Arc::new(Published { by_key_id, fetched: Instant::now() }))
+            Ok(Arc::new(Published { by_key_id, fetched: self.clock.now() }))
         };
         self.published.try_get_with(url.to_owned(), fetch).await.map_err(|error: Arc<OpenError>| (*error).clone())
     }
@@ -158,11 +170,16 @@ impl Verifier {
         trusted: &TrustedKeys,
     ) -> Result<Attestation, OpenError> {
         let kms_key = trusted_version(message.kms_key, trusted)?;
+        // A certificate verified before vouches only for messages that name the same
+        // key version and carry the same signature of it: a tenant's own certificate must
+        // not vouch for a message that names another tenant's trusted key.
         let certified = match self.certificates.get(message.certificate).await {
             Some(hit) if hit.certificate_signature == certificate_signature && hit.certificate.kms_key == kms_key => {
+                self.certificate_hits.fetch_add(1, Ordering::Relaxed);
                 hit
             }
             _ => {
+                self.certificate_misses.fetch_add(1, Ordering::Relaxed);
                 let fresh = Arc::new(self.certify(&kms_key, message.certificate, certificate_signature).await?);
                 self.certificates.insert(message.certificate.to_owned(), fresh.clone()).await;
                 fresh
