@@ -323,6 +323,14 @@ fn altered(base: &Message, edit: impl FnOnce(&mut Vec<u8>, &mut BTreeMap<String,
     Message { data: b64(&data), attributes }
 }
 
+/// `base` with the attribute `name` set to what `value` makes of its current value.
+fn replaced(base: &Message, name: &str, value: impl FnOnce(&str) -> String) -> Message {
+    altered(base, |_, a| {
+        let new = value(a.get(name).map_or("", String::as_str));
+        a.insert(name.into(), new);
+    })
+}
+
 fn invalid(name: &str, sealed: Message, reason: &str) -> Invalid {
     Invalid { name: name.into(), sealed, reason: reason.into() }
 }
@@ -339,10 +347,7 @@ fn common_invalid(base: &Message) -> Vec<Invalid> {
         invalid("no envelope_sealed_at", altered(base, |_, a| _ = a.remove(SEALED_AT_ATTR)), "missing_attribute"),
         invalid(
             "seal time with a leading zero",
-            altered(base, |_, a| {
-                let text = format!("0{}", a[SEALED_AT_ATTR]);
-                a.insert(SEALED_AT_ATTR.into(), text);
-            }),
+            replaced(base, SEALED_AT_ATTR, |old| format!("0{}", old)),
             "garbled_attribute",
         ),
         invalid(
@@ -355,18 +360,12 @@ fn common_invalid(base: &Message) -> Vec<Invalid> {
         ),
         invalid(
             "kms_key as a Tink URI (gcp-kms:// is never written into a message)",
-            altered(base, |_, a| {
-                let uri = format!("gcp-kms://{}", a[KMS_KEY_ATTR]);
-                a.insert(KMS_KEY_ATTR.into(), uri);
-            }),
+            replaced(base, KMS_KEY_ATTR, |old| format!("gcp-kms://{}", old)),
             "garbled_attribute",
         ),
         invalid(
             "kms_key of an untrusted project",
-            altered(base, |_, a| {
-                let other = a[KMS_KEY_ATTR].replacen("tenant-1", "tenant-2", 1);
-                a.insert(KMS_KEY_ATTR.into(), other);
-            }),
+            replaced(base, KMS_KEY_ATTR, |old| old.replacen("tenant-1", "tenant-2", 1)),
             "untrusted_key",
         ),
         invalid(
@@ -637,10 +636,7 @@ async fn attest_session_file(signing: &SigningKms, other: &SigningKms) -> File {
         ),
         invalid(
             "kms_key names another version than the certificate",
-            altered(&base, |_, a| {
-                let other = a[KMS_KEY_ATTR].replace("cryptoKeyVersions/1", "cryptoKeyVersions/2");
-                a.insert(KMS_KEY_ATTR.into(), other);
-            }),
+            replaced(&base, KMS_KEY_ATTR, |old| old.replace("cryptoKeyVersions/1", "cryptoKeyVersions/2")),
             "garbled_attribute",
         ),
         invalid(
@@ -727,10 +723,7 @@ async fn attest_kms_file(signing: Arc<SigningKms>) -> File {
         ),
         invalid(
             "kms_key names a version whose public key the KMS lacks",
-            altered(&base, |_, a| {
-                let other = a[KMS_KEY_ATTR].replace("cryptoKeyVersions/1", "cryptoKeyVersions/2");
-                a.insert(KMS_KEY_ATTR.into(), other);
-            }),
+            replaced(&base, KMS_KEY_ATTR, |old| old.replace("cryptoKeyVersions/1", "cryptoKeyVersions/2")),
             "kms_key_not_found",
         ),
     ]);
