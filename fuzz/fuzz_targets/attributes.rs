@@ -1,7 +1,8 @@
 //! Parses what arrives in attributes and sealed payloads: the sealed attribute list,
 //! key names, trust patterns and base64. Properties: no panics; a sealed list that
-//! parses re-encodes to one that parses to the same attributes and data; base64 and seal
-//! times are strict (what decodes re-encodes to the same text).
+//! parses re-encodes to exactly the same bytes (the list is canonical: strictly
+//! ascending keys); base64 and seal times are strict (what decodes re-encodes to the
+//! same text).
 #![no_main]
 
 use envelope::format::{
@@ -18,6 +19,7 @@ fuzz_target!(|bytes: &[u8]| {
         let (reparsed, reoffset) = decode_sealed_plaintext(&again).expect("a re-encoded list parses");
         assert_eq!(reparsed, attributes);
         assert_eq!(&again[reoffset..], data);
+        assert_eq!(again, bytes, "only the canonical encoding of a list parses");
     }
     let Ok(text) = std::str::from_utf8(bytes) else { return };
     if let Ok(name) = text.parse::<KeyName>() {
