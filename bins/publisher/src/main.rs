@@ -15,8 +15,6 @@ use envelope::kms::local::{Keyring, LocalKms, Purpose};
 use envelope::{AttestBy, Attributes, KeyName, KeyVersionName, RotationPolicy, Sealer};
 use google_cloud_pubsub::model::Message;
 use indicatif::{ProgressBar, ProgressStyle};
-use rand_chacha::ChaCha8Rng;
-use rand_chacha::rand_core::SeedableRng as _;
 
 /// Seal messages under a tenant's KMS key and publish them to the shared topic.
 ///
@@ -243,10 +241,12 @@ impl Texts {
             return Ok(Texts::Cycled(cli.message.clone()));
         }
         let Some(path) = &cli.input else {
-            // A fresh seed per run, so runs differ; lipsum wants rand 0.8's traits, which
-            // its own rand_chacha provides.
-            let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
-            let paragraphs = (0..10).map(|i| lipsum::lipsum_words_with_rng(ChaCha8Rng::seed_from_u64(seed + i), 60));
+            // Ten of the lorem paragraphs in `lorem.txt` (made once with the lipsum crate,
+            // kept as data so that no text generator ships in the publisher), drawn
+            // afresh each run so that runs differ.
+            let corpus: Vec<&str> = include_str!("lorem.txt").lines().collect();
+            let paragraphs = rand::seq::index::sample(&mut rand::rng(), corpus.len(), 10).into_iter();
+            let paragraphs = paragraphs.map(|i| corpus[i].to_owned());
             return Ok(Texts::Cycled(paragraphs.collect()));
         };
         if path.as_os_str() == "-" {

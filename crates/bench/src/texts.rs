@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rand_chacha::ChaCha8Rng;
-use rand_chacha::rand_core::SeedableRng as _;
+/// The publisher's lorem paragraphs (60 words each), one per line.
+const LOREM: &str = include_str!("../../../bins/publisher/src/lorem.txt");
 
 /// Size of a message's text, stamp included.
 const MESSAGE_BYTES: usize = 1024;
@@ -39,7 +39,9 @@ impl Corpus {
     pub fn new() -> Self {
         let paragraphs: Vec<String> = (0..PARAGRAPHS as u64)
             .map(|seed| {
-                let words = lipsum::lipsum_words_with_rng(ChaCha8Rng::seed_from_u64(seed), 400);
+                // Consecutive paragraphs of the corpus, from a different one each time.
+                let lines: Vec<&str> = LOREM.lines().collect();
+                let words = (0..8).map(|i| lines[(seed as usize + i) % lines.len()]).collect::<Vec<_>>().join(" ");
                 let room = MESSAGE_BYTES - stamp(SystemTime::now()).len() - 1;
                 let cut = words[..room].rfind(' ').unwrap_or(room);
                 words[..cut].to_owned()

@@ -9,8 +9,8 @@
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::{constant_time, hkdf};
-use hmac::{Hmac, Mac};
-use rand::RngCore;
+use hmac::{Hmac, KeyInit, Mac};
+use rand::Rng as _;
 use sha2::Sha256;
 
 use crate::format::{self, Attributes, COMMITMENT_LEN, NONCE_LEN, SIGNATURE_LEN, TAG_LEN};
@@ -117,7 +117,7 @@ pub(crate) struct SigningKey(Hmac<Sha256>);
 
 impl SigningKey {
     pub(crate) fn new(key: &SecretKey, header_prefix: &[u8]) -> Self {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.expose()).expect("HMAC takes any key length");
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose()).expect("HMAC takes any key length");
         mac.update(header_prefix);
         Self(mac)
     }

@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use rand::TryRngCore;
-use rand::rngs::OsRng;
+use rand::TryRng as _;
+use rand::rngs::SysRng;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// Length in bytes of every symmetric key this crate makes or unwraps.
@@ -20,7 +20,7 @@ impl SecretKey {
     /// A fresh key from the operating system's CSPRNG.
     pub fn generate() -> Self {
         let mut key = [0u8; KEY_LEN];
-        OsRng.try_fill_bytes(&mut key).expect("the operating system's random number generator failed");
+        SysRng.try_fill_bytes(&mut key).expect("the operating system's random number generator failed");
         Self(key)
     }
 

@@ -25,7 +25,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use rand::RngCore;
+use rand::Rng as _;
 use serde_json::{Value, json};
 
 /// How the fake answers.
