@@ -1,6 +1,7 @@
 //! `debug-subscriber`: reads the shared topic directly and shows each message opened, or
 //! why it was rejected. Rejected messages are acked so that they do not loop; transient
 //! failures are nacked for another try.
+#![cfg_attr(test, allow(unused_crate_dependencies, reason = "unit tests build with the dev-dependencies too"))]
 
 use std::io::Write as _;
 use std::sync::Arc;

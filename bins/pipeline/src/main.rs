@@ -1,6 +1,7 @@
 //! `pipeline`: streaming-pulls the shared topic, opens each envelope, counts words per
 //! fixed window and publishes `word: count` to the output topic. See the `pipeline`
 //! crate for the guarantees.
+#![cfg_attr(test, allow(unused_crate_dependencies, reason = "unit tests build with the dev-dependencies too"))]
 
 use std::path::PathBuf;
 use std::sync::Arc;

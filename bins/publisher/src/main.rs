@@ -1,5 +1,6 @@
 //! `publisher`: seals messages under a tenant's KMS key and publishes them to the shared
 //! topic. Never publishes a message unprotected.
+#![cfg_attr(test, allow(unused_crate_dependencies, reason = "unit tests build with the dev-dependencies too"))]
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::PathBuf;

@@ -1,5 +1,6 @@
 //! `subscriber` (the article's df_subscriber): tails the pipeline's output topic and
 //! prints each `word: count` as it arrives.
+#![cfg_attr(test, allow(unused_crate_dependencies, reason = "unit tests build with the dev-dependencies too"))]
 
 use std::collections::HashSet;
 use std::io::Write as _;

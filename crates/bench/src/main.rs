@@ -5,6 +5,7 @@
 //! code (`bus::send::Sender`, `pipeline::run`) with no envelope, played by this binary's
 //! own `plain-publish` and `plain-pipeline` roles. Every case checks that the counts
 //! are exact and the run fails otherwise.
+#![cfg_attr(test, allow(unused_crate_dependencies, reason = "unit tests build with the dev-dependencies too"))]
 #![forbid(unsafe_code)]
 
 mod measure;

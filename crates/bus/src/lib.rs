@@ -10,6 +10,7 @@
 //! * [`metrics::Metrics`] counts what a consumer does and serves it to Prometheus.
 //! * [`flags`] holds the command-line flags every binary shares, in the article's
 //!   spelling and in kebab case, each also settable from the environment.
+#![cfg_attr(test, allow(unused_crate_dependencies, reason = "unit tests build with the dev-dependencies too"))]
 #![forbid(unsafe_code)]
 
 pub mod flags;

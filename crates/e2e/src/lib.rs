@@ -3,6 +3,7 @@
 //!
 //! The binaries come from the same target directory as the test (`cargo build
 //! --workspace` first; `scripts/test.sh` does).
+#![cfg_attr(test, allow(unused_crate_dependencies, reason = "unit tests build with the dev-dependencies too"))]
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;

@@ -1,5 +1,6 @@
 //! Attest mode through the real binaries: who sent each message is proven and shown,
 //! mixed modes share one bus, and every kind of bad attestation is dead-lettered.
+#![allow(unused_crate_dependencies, reason = "each test target uses a share of its package's dependencies")]
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

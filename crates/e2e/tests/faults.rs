@@ -1,4 +1,5 @@
 //! KMS faults: nothing is lost while KMS is down, and nothing goes out unprotected.
+#![allow(unused_crate_dependencies, reason = "each test target uses a share of its package's dependencies")]
 
 use std::process::Command;
 use std::time::{Duration, Instant};

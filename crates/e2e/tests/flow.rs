@@ -1,4 +1,5 @@
 //! The article's flow through the four real binaries on a real emulator.
+#![allow(unused_crate_dependencies, reason = "each test target uses a share of its package's dependencies")]
 
 use std::time::{Duration, SystemTime};
 

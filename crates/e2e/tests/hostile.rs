@@ -1,6 +1,7 @@
 //! The catalogue of bad messages in docs/THREATS.md, through a real pipeline: each lands
 //! in the dead-letter topic with its reason, nothing of it is counted, and the pipeline
 //! goes on with the next message; a good message published twice counts once.
+#![allow(unused_crate_dependencies, reason = "each test target uses a share of its package's dependencies")]
 
 use std::time::{Duration, SystemTime};
 

@@ -1,4 +1,5 @@
 //! `--metrics_addr`: the counters move as the pipeline works.
+#![allow(unused_crate_dependencies, reason = "each test target uses a share of its package's dependencies")]
 
 use std::io::{Read as _, Write as _};
 use std::time::Duration;

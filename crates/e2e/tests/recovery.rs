@@ -1,4 +1,5 @@
 //! Nothing is lost when the pipeline dies or is away.
+#![allow(unused_crate_dependencies, reason = "each test target uses a share of its package's dependencies")]
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -1,4 +1,5 @@
 //! Scale-out: several pipeline replicas share one subscription.
+#![allow(unused_crate_dependencies, reason = "each test target uses a share of its package's dependencies")]
 
 use std::collections::BTreeSet;
 use std::time::Duration;

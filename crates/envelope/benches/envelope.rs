@@ -8,6 +8,7 @@
 //! iteration that no awaiting task pays. The caller's attribute map is built, and the
 //! result dropped, outside the timed region (`iter_batched`, `iter_with_large_drop`):
 //! both belong to the caller, as they do for `openssl speed`.
+#![allow(unused_crate_dependencies, reason = "each test target uses a share of its package's dependencies")]
 
 use std::sync::Arc;
 
@@ -49,7 +50,7 @@ fn bench(c: &mut Criterion) {
                     || attributes.clone(),
                     |attributes| block_on(sealer.seal(data.clone(), attributes)).unwrap(),
                     BatchSize::SmallInput,
-                )
+                );
             });
         }
         seal_group.finish();
@@ -61,7 +62,7 @@ fn bench(c: &mut Criterion) {
             block_on(opener.open(&data, &sealed.attributes)).unwrap();
             open_group.throughput(Throughput::Bytes(size as u64));
             open_group.bench_with_input(BenchmarkId::from_parameter(size), &data, |b, data| {
-                b.iter_with_large_drop(|| block_on(opener.open(data, &sealed.attributes)).unwrap())
+                b.iter_with_large_drop(|| block_on(opener.open(data, &sealed.attributes)).unwrap());
             });
         }
         open_group.finish();

@@ -183,7 +183,7 @@ impl TrustedKeys {
             let bare = pattern.strip_prefix(TINK_PREFIX).unwrap_or(pattern);
             match bare.strip_suffix('*') {
                 Some(prefix) if prefix.ends_with('/') && prefix.starts_with("projects/") => {
-                    trusted.prefixes.push(prefix.to_owned())
+                    trusted.prefixes.push(prefix.to_owned());
                 }
                 Some(_) => return Err(KeyNameError(pattern.to_owned())),
                 None => trusted.exact.push(bare.parse()?),

@@ -52,6 +52,7 @@
 //! # Ok(())
 //! # }
 //! ```
+#![cfg_attr(test, allow(unused_crate_dependencies, reason = "unit tests build with the dev-dependencies too"))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

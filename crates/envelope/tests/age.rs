@@ -1,4 +1,5 @@
 //! Seal times: authenticated, unique per message, and checked against a maximum age.
+#![allow(unused_crate_dependencies, reason = "each test target uses a share of its package's dependencies")]
 
 mod common;
 

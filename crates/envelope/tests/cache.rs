@@ -1,4 +1,5 @@
 //! Consumers unwrap each data key once, however many messages share it.
+#![allow(unused_crate_dependencies, reason = "each test target uses a share of its package's dependencies")]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! The Cloud KMS backend against a local fake of the REST API.
+#![allow(unused_crate_dependencies, reason = "each test target uses a share of its package's dependencies")]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,4 +1,5 @@
 //! Producers rotate data keys by age, count and bytes, calling KMS only then.
+#![allow(unused_crate_dependencies, reason = "each test target uses a share of its package's dependencies")]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Messages come back exactly as they were sealed, in both modes.
+#![allow(unused_crate_dependencies, reason = "each test target uses a share of its package's dependencies")]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Attest mode signed by a service account's own key, verified against certificates a
 //! local HTTP server publishes in the layout of Google's x509 metadata endpoint.
+#![allow(unused_crate_dependencies, reason = "each test target uses a share of its package's dependencies")]
 
 mod common;
 

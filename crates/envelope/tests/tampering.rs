@@ -1,4 +1,5 @@
 //! Every alteration, omission or splice is a permanent error with the right reason.
+#![allow(unused_crate_dependencies, reason = "each test target uses a share of its package's dependencies")]
 
 mod common;
 

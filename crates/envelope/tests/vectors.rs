@@ -4,6 +4,7 @@
 //!
 //! The files are made by `WRITE_VECTORS=1 cargo test -p pubsub-envelope --test vectors
 //! -- --ignored write_vectors`; `docs/FORMAT.md` ("Test vectors") describes them.
+#![allow(unused_crate_dependencies, reason = "each test target uses a share of its package's dependencies")]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -226,7 +227,7 @@ async fn check(name: &str, mode: Mode) {
     for vector in &file.invalid {
         let data = Bytes::from(unb64(&vector.sealed.data));
         let error = opener.open(&data, &to_attributes(&vector.sealed.attributes)).await.err();
-        let reason = error.as_ref().map(|error| error.reason());
+        let reason = error.as_ref().map(pubsub_envelope::OpenError::reason);
         assert_eq!(reason, Some(vector.reason.as_str()), "{name} {}: {error:?}", vector.name);
     }
 }

@@ -6,6 +6,7 @@
 //! every CRC32C field as Cloud KMS does, and can be told to fail: answer an HTTP status
 //! (503, 403, ...), hang, or slow down, to exercise a client's handling of transient and
 //! permanent failures and to stand in for a remote KMS in benchmarks.
+#![cfg_attr(test, allow(unused_crate_dependencies, reason = "unit tests build with the dev-dependencies too"))]
 #![forbid(unsafe_code)]
 // Handlers return ready-made error responses; their size is irrelevant in a test fake.
 #![allow(clippy::result_large_err)]

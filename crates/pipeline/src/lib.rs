@@ -11,6 +11,7 @@
 //!   redelivery after a pause, so that an outage does not become a busy loop.
 //!
 //! On shutdown every open pane is flushed, published and acked before returning.
+#![cfg_attr(test, allow(unused_crate_dependencies, reason = "unit tests build with the dev-dependencies too"))]
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, HashMap};

@@ -8,6 +8,7 @@
 //! Each pane carries *holds* of type `H` (the pipeline's ack handles): they are handed
 //! back with the pane when it is emitted, so that input is acknowledged only once the
 //! counts it contributed to are safely published.
+#![cfg_attr(test, allow(unused_crate_dependencies, reason = "unit tests build with the dev-dependencies too"))]
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
