@@ -7,8 +7,8 @@ use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus::flags::{KmsFlags, OpenMode};
 use clap::Parser;
+use cli::flags::{KmsFlags, OpenMode};
 
 /// Read the shared topic and show each message opened, or why it was rejected.
 #[derive(Parser)]
@@ -19,7 +19,7 @@ struct Cli {
     mode: OpenMode,
 
     #[command(flatten)]
-    account: bus::flags::AccountFlags,
+    account: cli::flags::AccountFlags,
 
     /// A subscription on the shared topic of this tool's own.
     #[arg(
@@ -38,28 +38,29 @@ struct Cli {
     kms: KmsFlags,
 
     #[command(flatten)]
-    trust: bus::flags::TrustFlags,
+    trust: cli::flags::TrustFlags,
 
     /// One JSON object per line instead of text.
     #[arg(long)]
     json: bool,
 
     #[command(flatten)]
-    metrics: bus::flags::MetricsFlags,
+    metrics: cli::flags::MetricsFlags,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    bus::init_logging();
+    cli::init_logging();
     let cli = Cli::parse();
     let project = cli.account.pubsub_project_id.as_deref();
     let subscription = bus::names::subscription(project, &cli.pubsub_subscription)?;
     let project = project.or_else(|| bus::names::project_of(&subscription));
-    let kms = cli.kms.backend(cli.account.service_account.as_deref()).await?;
+    let account = cli.account.account();
+    let kms = cli.kms.backend(&account).await?;
     let opener = Arc::new(cli.trust.opener(kms.clone(), &cli.kms.tenant_id, cli.mode.accepts())?.build()?);
-    let metrics = Arc::new(bus::metrics::Metrics::new(Some((opener.clone(), kms))));
+    let metrics = Arc::new(cli::metrics::Metrics::new(Some((opener.clone(), kms))));
     cli.metrics.serve(&metrics);
-    let pubsub = bus::PubSub::from_env(cli.account.service_account.as_deref())?;
+    let pubsub = bus::PubSub::from_env(|| account.credentials())?;
     pubsub
         .ensure_subscription(&subscription, &bus::names::topic(project, &cli.pubsub_topic)?, Duration::from_secs(10))
         .await?;
@@ -67,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut out = std::io::stdout().lock();
     pubsub
-        .tail(&subscription, async |message, handler| {
+        .tail(&subscription, cli::shutdown_signal(), async |message, handler| {
             let id = &message.message_id;
             metrics.received();
             match opener.open(&message.data, &message.attributes).await {

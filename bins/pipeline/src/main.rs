@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus::flags::{DataflowFlags, KmsFlags, OpenMode};
 use clap::Parser;
+use cli::flags::{DataflowFlags, KmsFlags, OpenMode};
 use envelope::CacheSettings;
 
 /// Pull the shared topic, open each envelope, count words per window, publish the counts.
@@ -61,7 +61,7 @@ struct Cli {
     kms: KmsFlags,
 
     #[command(flatten)]
-    trust: bus::flags::TrustFlags,
+    trust: cli::flags::TrustFlags,
 
     /// Seconds an unwrapped data key stays cached.
     #[arg(long = "cache_ttl_secs", visible_alias = "cache-ttl-secs", default_value_t = 200)]
@@ -86,7 +86,7 @@ struct Cli {
     lease_extension_secs: u64,
 
     #[command(flatten)]
-    metrics: bus::flags::MetricsFlags,
+    metrics: cli::flags::MetricsFlags,
 
     #[command(flatten)]
     dataflow: DataflowFlags,
@@ -99,7 +99,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    bus::init_logging();
+    cli::init_logging();
     let cli = Cli::parse();
     cli.dataflow.warn_if_given();
     let project = cli.project.as_deref();
@@ -121,22 +121,23 @@ async fn main() -> anyhow::Result<()> {
         input_subscription,
     };
 
-    let kms = cli.kms.backend(cli.service_account.as_deref()).await?;
+    let account = cli::flags::Account::new(cli.service_account.clone());
+    let kms = cli.kms.backend(&account).await?;
     let opener = Arc::new(
         cli.trust
             .opener(kms.clone(), &cli.kms.tenant_id, cli.mode.accepts())?
             .cache(CacheSettings { ttl: Duration::from_secs(cli.cache_ttl_secs), capacity: cli.cache_capacity })
             .build()?,
     );
-    let metrics = Arc::new(bus::metrics::Metrics::new(Some((opener.clone(), kms.clone()))));
+    let metrics = Arc::new(cli::metrics::Metrics::new(Some((opener.clone(), kms.clone()))));
     cli.metrics.serve(&metrics);
 
-    let pubsub = bus::PubSub::from_env(cli.service_account.as_deref())?;
+    let pubsub = bus::PubSub::from_env(|| account.credentials())?;
     let input_topic = bus::names::topic(project, &cli.input_topic)?;
     pubsub.ensure_subscription(&config.input_subscription, &input_topic, config.lease_extension).await?;
     pubsub.ensure_topic(&config.output_topic).await?;
     pubsub.ensure_topic(&config.dead_letter_topic).await?;
-    pipeline::run(&pubsub, opener, config, metrics, bus::shutdown_signal()).await?;
+    pipeline::run(&pubsub, opener, config, metrics, cli::shutdown_signal()).await?;
     tracing::info!(kms_calls = kms.calls(), "KMS calls made");
     Ok(())
 }

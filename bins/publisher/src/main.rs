@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use backon::{BackoffBuilder as _, ExponentialBuilder};
-use bus::flags::KmsFlags;
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
+use cli::flags::KmsFlags;
 use envelope::kms::KeySign as _;
 use envelope::kms::local::{Keyring, LocalKms, Purpose};
 use envelope::{AttestBy, Attributes, KeyName, KeyVersionName, RotationPolicy, Sealer};
@@ -57,7 +57,7 @@ struct Cli {
     attest_cert_url: Option<String>,
 
     #[command(flatten)]
-    account: bus::flags::AccountFlags,
+    account: cli::flags::AccountFlags,
 
     /// The shared topic: an id in `--pubsub_project_id`, or a full name.
     #[arg(long = "pubsub_topic", visible_alias = "pubsub-topic", env = "PUBSUB_TOPIC", default_value = "common-topic")]
@@ -86,7 +86,7 @@ struct Cli {
     rate: Option<f64>,
 
     /// An attribute sent with every message, `key=value` (repeatable).
-    #[arg(long = "attribute", value_parser = bus::flags::key_value)]
+    #[arg(long = "attribute", value_parser = cli::flags::key_value)]
     attributes: Vec<(String, String)>,
 
     /// Rotate the data key after this many seconds.
@@ -251,7 +251,7 @@ impl Texts {
             return Ok(Texts::Cycled(paragraphs.collect()));
         };
         if path.as_os_str() == "-" {
-            return Ok(Texts::Stdin(bus::send::stdin_lines()));
+            return Ok(Texts::Stdin(cli::stdin_lines()));
         }
         let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let lines: Vec<String> = std::io::BufReader::new(file).lines().collect::<Result<_, _>>()?;
@@ -291,11 +291,12 @@ async fn publish(cli: Cli) -> anyhow::Result<()> {
         }),
         ..RotationPolicy::default()
     };
-    let kms = cli.kms.backend(cli.account.service_account.as_deref()).await?;
+    let account = cli.account.account();
+    let kms = cli.kms.backend(&account).await?;
     let tenant_id = cli.kms.tenant_id.clone();
     let (signer, sealer) = match cli.mode {
         PublishMode::Attest if cli.attest_with_service_account => {
-            let signer = service_account_signer(&cli)?;
+            let signer = service_account_signer(&cli, &account)?;
             (signer.email().to_owned(), Sealer::service_account(signer))
         }
         PublishMode::Attest => {
@@ -314,7 +315,7 @@ async fn publish(cli: Cli) -> anyhow::Result<()> {
     };
     let mode = sealer.mode();
     let mut sealer = sealer.with_policy(policy);
-    let pubsub = bus::PubSub::from_env(cli.account.service_account.as_deref())?;
+    let pubsub = bus::PubSub::from_env(|| account.credentials())?;
     pubsub.ensure_topic(&topic).await?;
     let attributes: Attributes = cli.attributes.iter().cloned().collect();
 
@@ -367,13 +368,10 @@ async fn publish(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// The `--service_account` key, to sign with in its own name.
-fn service_account_signer(cli: &Cli) -> anyhow::Result<envelope::ServiceAccountSigner> {
-    let path =
-        cli.account.service_account.as_deref().context("--attest_with_service_account needs --service_account")?;
-    let json = zeroize::Zeroizing::new(
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
-    );
-    let signer = envelope::ServiceAccountSigner::from_json(&json).with_context(|| path.display().to_string())?;
+fn service_account_signer(cli: &Cli, account: &cli::flags::Account) -> anyhow::Result<envelope::ServiceAccountSigner> {
+    let json = account.key_file()?.context("--attest_with_service_account needs --service_account")?;
+    let path = account.key_file_path().expect("a key file has a path").display();
+    let signer = envelope::ServiceAccountSigner::from_json(json).with_context(|| path.to_string())?;
     Ok(match &cli.attest_cert_url {
         Some(url) => signer.with_cert_url(url),
         None => signer,
@@ -409,7 +407,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    bus::init_logging();
+    cli::init_logging();
     let mut cli = Cli::parse();
     match cli.keyring.take() {
         Some(KeyringCommand::Keyring { action, keyring: path }) => keyring(action, path).await,

@@ -13,7 +13,7 @@ use clap::Parser;
 #[command(version)]
 struct Cli {
     #[command(flatten)]
-    account: bus::flags::AccountFlags,
+    account: cli::flags::AccountFlags,
 
     /// Subscription on the pipeline's output topic.
     #[arg(
@@ -35,12 +35,13 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    bus::init_logging();
+    cli::init_logging();
     let cli = Cli::parse();
     let project = cli.account.pubsub_project_id.as_deref();
     let subscription = bus::names::subscription(project, &cli.pubsub_subscription)?;
     let project = project.or_else(|| bus::names::project_of(&subscription));
-    let pubsub = bus::PubSub::from_env(cli.account.service_account.as_deref())?;
+    let account = cli.account.account();
+    let pubsub = bus::PubSub::from_env(|| account.credentials())?;
     pubsub
         .ensure_subscription(&subscription, &bus::names::topic(project, &cli.pubsub_topic)?, Duration::from_secs(10))
         .await?;
@@ -50,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
     let mut seen = HashSet::new();
     let mut out = std::io::stdout().lock();
     pubsub
-        .tail(&subscription, async |message, handler| {
+        .tail(&subscription, cli::shutdown_signal(), async |message, handler| {
             let attribute = |name: &str| message.attributes.get(name).cloned().unwrap_or_default();
             let text = String::from_utf8_lossy(&message.data);
             let (word, count) = text.rsplit_once(": ").unwrap_or((&text, ""));

@@ -38,7 +38,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    bus::init_logging();
+    cli::init_logging();
     match Cli::parse().command {
         Command::Run(options) => run::run(options).await,
         Command::PlainPublish(options) => plain::publish(options).await,

@@ -22,10 +22,10 @@ pub struct PublishOptions {
 
 /// Publishes each stdin line unprotected, through the publisher's own [`bus::send::Sender`].
 pub async fn publish(options: PublishOptions) -> anyhow::Result<()> {
-    let pubsub = bus::PubSub::from_env(None)?;
+    let pubsub = bus::PubSub::from_env(|| anyhow::bail!("the benchmark runs on the emulator only"))?;
     pubsub.ensure_topic(&options.topic).await?;
     let mut sender = bus::send::Sender::new(pubsub.publisher(&options.topic).await?, options.rate, |_| {});
-    let mut received = bus::send::stdin_lines();
+    let mut received = cli::stdin_lines();
     let mut sent = 0u64;
     while let Some(line) = received.recv().await {
         sender.send(Message::new().set_data(Bytes::from(line?))).await;
@@ -67,7 +67,7 @@ impl pipeline::Open for Plaintext {
 
 /// Runs `pipeline::run` with no envelope until SIGTERM.
 pub async fn pipeline(options: PipelineOptions) -> anyhow::Result<()> {
-    let pubsub = bus::PubSub::from_env(None)?;
+    let pubsub = bus::PubSub::from_env(|| anyhow::bail!("the benchmark runs on the emulator only"))?;
     let config = pipeline::Config {
         input_subscription: options.input_subscription,
         output_topic: options.output_topic,
@@ -80,7 +80,7 @@ pub async fn pipeline(options: PipelineOptions) -> anyhow::Result<()> {
     };
     pubsub.ensure_topic(&config.output_topic).await?;
     pubsub.ensure_topic(&config.dead_letter_topic).await?;
-    let metrics = Arc::new(bus::metrics::Metrics::new(None));
-    pipeline::run(&pubsub, Arc::new(Plaintext), config, metrics, bus::shutdown_signal()).await?;
+    let metrics = Arc::new(cli::metrics::Metrics::new(None));
+    pipeline::run(&pubsub, Arc::new(Plaintext), config, metrics, cli::shutdown_signal()).await?;
     Ok(())
 }

@@ -12,21 +12,6 @@ use tokio::time::Interval;
 /// a fast source cannot grow memory without end.
 const MAX_IN_FLIGHT: usize = 10_000;
 
-/// The lines of stdin as they arrive, read on a thread of their own so that a caller
-/// can await them (`publisher --input -`, the benchmark's floor).
-pub fn stdin_lines() -> tokio::sync::mpsc::Receiver<std::io::Result<String>> {
-    use std::io::BufRead as _;
-    let (lines, receiver) = tokio::sync::mpsc::channel(1024);
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            if lines.blocking_send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receiver
-}
-
 /// Sends messages through one [`Publisher`] and reports each result.
 ///
 /// The Google client batches behind [`Publisher::publish`]; this only paces the caller

@@ -14,13 +14,15 @@
 #![cfg_attr(test, allow(unused_crate_dependencies, reason = "unit tests build with the dev-dependencies too"))]
 #![forbid(unsafe_code)]
 
+pub mod dead_letter;
+
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bus::metrics::Metrics;
 use bytes::Bytes;
+use cli::metrics::Metrics;
 use envelope::{OpenError, Opener};
 use google_cloud_pubsub::client::Publisher;
 use google_cloud_pubsub::model::Message;
@@ -276,7 +278,7 @@ async fn handle(
             }
             Err(_) => {
                 tracing::warn!(%message_id, reason = "not_utf8", "rejected: data is not UTF-8 text");
-                let rejected = bus::reject(&message, "not_utf8", "the opened data is not UTF-8 text");
+                let rejected = dead_letter::copy(&message, "not_utf8", "the opened data is not UTF-8 text");
                 Outcome::DeadLetter(rejected, handler, "not_utf8")
             }
         },
@@ -294,7 +296,7 @@ async fn handle(
         }
         Err(error) => {
             tracing::warn!(%message_id, reason = error.reason(), %error, "rejected");
-            let rejected = bus::reject(&message, error.reason(), &error.to_string());
+            let rejected = dead_letter::copy(&message, error.reason(), &error.to_string());
             Outcome::DeadLetter(rejected, handler, error.reason())
         }
     }

@@ -30,6 +30,8 @@ pub enum CredentialSource {
     ServiceAccountFile(PathBuf),
     /// No credentials, for a local fake of the API.
     Anonymous,
+    /// Credentials already built, shared with the process's other Google clients.
+    Credentials(Credentials),
 }
 
 /// Why the Cloud KMS client could not be built.
@@ -116,6 +118,7 @@ fn load_credentials(source: &CredentialSource) -> Result<Credentials, GcpKmsBuil
             service_account::Builder::new(json).build().map_err(|e| failed(e.to_string()))
         }
         CredentialSource::Anonymous => Ok(anonymous::Builder::new().build()),
+        CredentialSource::Credentials(credentials) => Ok(credentials.clone()),
     }
 }
 

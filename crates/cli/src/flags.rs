@@ -3,15 +3,17 @@
 //! Each flag takes the article's spelling (`--tenant_id`) and kebab case
 //! (`--tenant-id`), and an environment variable, as `--help` shows.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use envelope::kms::gcp::{CredentialSource, GcpKms};
 use envelope::kms::local::LocalKms;
 use envelope::kms::{Counted, Kms};
+use google_cloud_auth::credentials::{self, Credentials, service_account};
+use zeroize::Zeroizing;
 
 /// Credentials, and the project of names given as short ids, in the article's spelling.
 #[derive(Debug, Clone, clap::Args)]
@@ -23,6 +25,64 @@ pub struct AccountFlags {
     /// Project of the topic or subscription when given as a short id.
     #[arg(long = "pubsub_project_id", visible_alias = "pubsub-project-id", env = "PUBSUB_PROJECT_ID")]
     pub pubsub_project_id: Option<String>,
+}
+
+impl AccountFlags {
+    /// The account these flags name, its key file not read yet.
+    pub fn account(&self) -> Account {
+        Account::new(self.service_account.clone())
+    }
+}
+
+/// Who a process is to Google: a service-account key file, or Application Default
+/// Credentials. The key file is read once, and its credentials built once, for every
+/// client of the process (Pub/Sub, Cloud KMS) and for attest signing.
+pub struct Account {
+    path: Option<PathBuf>,
+    key_file: OnceLock<Zeroizing<String>>,
+    credentials: OnceLock<Credentials>,
+}
+
+impl Account {
+    /// The account of `service_account` (a key file), or Application Default Credentials.
+    pub fn new(service_account: Option<PathBuf>) -> Self {
+        Self { path: service_account, key_file: OnceLock::new(), credentials: OnceLock::new() }
+    }
+
+    /// The key file's path, if one was given.
+    pub fn key_file_path(&self) -> Option<&std::path::Path> {
+        self.path.as_deref()
+    }
+
+    /// The key file's text (zeroized when dropped), read on first use.
+    pub fn key_file(&self) -> anyhow::Result<Option<&str>> {
+        let Some(path) = &self.path else { return Ok(None) };
+        if self.key_file.get().is_none() {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read service account file {}", path.display()))?;
+            _ = self.key_file.set(Zeroizing::new(text));
+        }
+        Ok(self.key_file.get().map(|text| text.as_str()))
+    }
+
+    /// Credentials for Google's clients: the key file's, else Application Default
+    /// Credentials; built on first use.
+    pub fn credentials(&self) -> anyhow::Result<Credentials> {
+        if let Some(credentials) = self.credentials.get() {
+            return Ok(credentials.clone());
+        }
+        let built = match self.key_file()? {
+            Some(text) => {
+                let path = self.path.as_ref().expect("a key file has a path").display();
+                let json = serde_json::from_str(text).with_context(|| format!("{path} is not JSON"))?;
+                service_account::Builder::new(json)
+                    .build()
+                    .with_context(|| format!("{path} is not a service account key"))?
+            }
+            None => credentials::Builder::default().build().context("no Application Default Credentials")?,
+        };
+        Ok(self.credentials.get_or_init(|| built).clone())
+    }
 }
 
 /// Which KMS backend wraps and unwraps data keys.
@@ -83,14 +143,13 @@ pub struct KmsFlags {
 }
 
 impl KmsFlags {
-    /// Builds the chosen backend, counting its calls. Cloud KMS uses `service_account`
-    /// when given, else Application Default Credentials; a custom endpoint gets anonymous
-    /// credentials.
-    pub async fn backend(&self, service_account: Option<&Path>) -> anyhow::Result<Arc<Counted<Arc<dyn Kms>>>> {
-        Ok(Arc::new(Counted::new(self.uncounted_backend(service_account).await?)))
+    /// Builds the chosen backend, counting its calls. Cloud KMS uses the `account`'s
+    /// credentials; a custom endpoint gets anonymous credentials.
+    pub async fn backend(&self, account: &Account) -> anyhow::Result<Arc<Counted<Arc<dyn Kms>>>> {
+        Ok(Arc::new(Counted::new(self.uncounted_backend(account).await?)))
     }
 
-    async fn uncounted_backend(&self, service_account: Option<&Path>) -> anyhow::Result<Arc<dyn Kms>> {
+    async fn uncounted_backend(&self, account: &Account) -> anyhow::Result<Arc<dyn Kms>> {
         match &self.kms {
             KmsChoice::Local(path) => {
                 let kms = LocalKms::open(path).with_context(|| {
@@ -103,10 +162,9 @@ impl KmsFlags {
             }
             KmsChoice::Gcp => {
                 let mut builder = GcpKms::builder().timeout(Duration::from_secs(self.kms_timeout_secs));
-                builder = match (&self.kms_endpoint, service_account) {
-                    (Some(endpoint), _) => builder.endpoint(endpoint).credentials(CredentialSource::Anonymous),
-                    (None, Some(path)) => builder.credentials(CredentialSource::ServiceAccountFile(path.to_owned())),
-                    (None, None) => builder.credentials(CredentialSource::ApplicationDefault),
+                builder = match &self.kms_endpoint {
+                    Some(endpoint) => builder.endpoint(endpoint).credentials(CredentialSource::Anonymous),
+                    None => builder.credentials(CredentialSource::Credentials(account.credentials()?)),
                 };
                 Ok(Arc::new(builder.build().await?))
             }

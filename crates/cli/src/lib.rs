@@ -1,0 +1,46 @@
+//! What the four binaries share, so that each `main` only dispatches (as ripgrep's
+//! `crates/cli` and `hiargs.rs`).
+//!
+//! * [`flags`] holds the command-line flags several binaries take, in the article's
+//!   spelling and in kebab case, each also settable from the environment, and turns
+//!   them into ready objects: credentials, a KMS backend, an opener.
+//! * [`metrics::Metrics`] counts what a consumer does and serves it to Prometheus.
+//! * [`init_logging`], [`shutdown_signal`] and [`stdin_lines`]: a process's edges.
+#![cfg_attr(test, allow(unused_crate_dependencies, reason = "unit tests build with the dev-dependencies too"))]
+
+pub mod flags;
+pub mod metrics;
+
+/// Sets up logging to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("cannot listen for SIGTERM");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// The lines of stdin as they arrive, read on a thread of their own so that a caller
+/// can await them (`publisher --input -`, the benchmark's floor).
+pub fn stdin_lines() -> tokio::sync::mpsc::Receiver<std::io::Result<String>> {
+    use std::io::BufRead as _;
+    let (lines, receiver) = tokio::sync::mpsc::channel(1024);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            if lines.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}

@@ -1,0 +1,100 @@
+//! Dead letters: the copy of a message that could not be opened, with why.
+
+use std::collections::HashMap;
+
+use bus::{MAX_ATTRIBUTES, MAX_MESSAGE_BYTES};
+use google_cloud_pubsub::model::Message;
+use sha2::{Digest as _, Sha256};
+
+/// Room left under [`MAX_MESSAGE_BYTES`] for the request's own framing.
+const FRAMING_BYTES: usize = 4096;
+
+/// A copy of a message that could not be opened, for the dead-letter topic: its
+/// original data and attributes, plus `reject_reason` (a stable code), `reject_detail`
+/// (a sentence) and `original_message_id`.
+///
+/// A hostile message can sit right at Pub/Sub's limits, so that the copy with three more
+/// attributes would not publish, and would be nacked forever. Such a copy keeps the
+/// reject attributes and `original_data_bytes`, `original_data_sha256` and
+/// `original_attribute_count`, then as many of the original attributes (in key order)
+/// and as much of the data as still fit.
+pub fn copy(original: &Message, reason: &str, detail: &str) -> Message {
+    // Inserted last, so that an original attribute of the same name cannot pose as them.
+    let mut ours = vec![
+        ("reject_reason".to_owned(), reason.to_owned()),
+        ("reject_detail".to_owned(), detail.chars().take(1000).collect()),
+        ("original_message_id".to_owned(), original.message_id.clone()),
+    ];
+    let whole =
+        attribute_bytes(ours.iter().map(|(k, v)| (k, v))) + attribute_bytes(&original.attributes) + original.data.len();
+    if ours.len() + original.attributes.len() <= MAX_ATTRIBUTES && whole <= MAX_MESSAGE_BYTES - FRAMING_BYTES {
+        let mut attributes = original.attributes.clone();
+        attributes.extend(ours);
+        return Message::new().set_data(original.data.clone()).set_attributes(attributes);
+    }
+    let digest: String = Sha256::digest(&original.data).iter().map(|byte| format!("{byte:02x}")).collect();
+    ours.push(("original_data_bytes".to_owned(), original.data.len().to_string()));
+    ours.push(("original_data_sha256".to_owned(), digest));
+    ours.push(("original_attribute_count".to_owned(), original.attributes.len().to_string()));
+    let mut kept: Vec<_> = original.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    kept.sort_unstable();
+    kept.truncate(MAX_ATTRIBUTES - ours.len());
+    let mut attributes: HashMap<String, String> = kept.into_iter().collect();
+    attributes.extend(ours);
+    let room = (MAX_MESSAGE_BYTES - FRAMING_BYTES).saturating_sub(attribute_bytes(&attributes));
+    let data = original.data.slice(..original.data.len().min(room));
+    Message::new().set_data(data).set_attributes(attributes)
+}
+
+fn attribute_bytes<'a>(pairs: impl IntoIterator<Item = (&'a String, &'a String)>) -> usize {
+    pairs.into_iter().map(|(key, value)| key.len() + value.len()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(data: Vec<u8>, attributes: usize) -> Message {
+        let attributes: HashMap<_, _> = (0..attributes).map(|i| (format!("k{i:03}"), "v".to_owned())).collect();
+        Message::new().set_data(data).set_attributes(attributes).set_message_id("42")
+    }
+
+    fn bytes_of(message: &Message) -> usize {
+        message.data.len() + attribute_bytes(&message.attributes)
+    }
+
+    #[test]
+    fn a_dead_letter_is_the_whole_message_with_the_reason() {
+        let mut original = message(b"payload".to_vec(), 3);
+        original.attributes.insert("reject_reason".into(), "forged by the sender".into());
+        let dead = copy(&original, "tampered", "message failed authentication");
+        assert_eq!(dead.data, original.data);
+        assert_eq!(dead.attributes["reject_reason"], "tampered", "the sender cannot choose the reason");
+        assert_eq!(dead.attributes["original_message_id"], "42");
+        assert_eq!(dead.attributes["k002"], "v");
+        assert!(!dead.attributes.contains_key("original_data_sha256"), "nothing was cut");
+    }
+
+    #[test]
+    fn a_dead_letter_of_a_message_at_the_size_limit_still_fits() {
+        let original = message(vec![7; MAX_MESSAGE_BYTES - 100], 2);
+        let dead = copy(&original, "tampered", "detail");
+        assert!(bytes_of(&dead) <= MAX_MESSAGE_BYTES - FRAMING_BYTES, "{}", bytes_of(&dead));
+        assert_eq!(dead.attributes["original_data_bytes"], (MAX_MESSAGE_BYTES - 100).to_string());
+        let digest: String = Sha256::digest(&original.data).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(dead.attributes["original_data_sha256"], digest);
+        assert_eq!(dead.attributes["k001"], "v", "the attributes are kept");
+        assert_eq!(&dead.data[..], &original.data[..dead.data.len()], "a prefix of the data");
+    }
+
+    #[test]
+    fn a_dead_letter_of_a_message_with_every_attribute_pubsub_allows_still_fits() {
+        let original = message(b"payload".to_vec(), MAX_ATTRIBUTES);
+        let dead = copy(&original, "tampered", "detail");
+        assert_eq!(dead.attributes.len(), MAX_ATTRIBUTES);
+        assert_eq!(dead.attributes["original_attribute_count"], "100");
+        assert_eq!(dead.attributes["reject_reason"], "tampered");
+        assert_eq!(dead.data, original.data, "the data fits whole");
+        assert!(dead.attributes.contains_key("k000") && !dead.attributes.contains_key("k099"), "kept in key order");
+    }
+}
