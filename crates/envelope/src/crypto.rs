@@ -167,6 +167,19 @@ mod tests {
     }
 
     #[test]
+    fn payloads_too_short_for_commitment_nonce_and_tag_are_truncated() {
+        let key = EncryptionKey::derive(&SecretKey::generate());
+        for len in [0, 1, PREFIX, PREFIX + TAG_LEN - 1] {
+            assert_eq!(key.open(b"h", &vec![0; len]), Err(OpenFailure::Truncated), "{len} bytes");
+        }
+        let mut exactly = vec![0; PREFIX + TAG_LEN];
+        exactly[..COMMITMENT_LEN].copy_from_slice(&key.commitment);
+        assert_eq!(key.open(b"h", &exactly), Err(OpenFailure::Forged), "long enough, then authenticated");
+        assert_eq!(sealed(&key, b"h", b"").len(), PREFIX + TAG_LEN);
+        assert_eq!(key.open(b"h", &sealed(&key, b"h", b"")).unwrap(), b"");
+    }
+
+    #[test]
     fn commitment_differs_per_key_and_is_checked() {
         let a = EncryptionKey::derive(&SecretKey::generate());
         let b = EncryptionKey::derive(&SecretKey::generate());

@@ -52,6 +52,7 @@ impl Attestation {
     }
 }
 
+/// How debug-subscriber and the logs name who vouched for a message.
 impl std::fmt::Display for Attestation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -59,5 +60,23 @@ impl std::fmt::Display for Attestation {
             Attestation::Kms(kms_key) => write!(f, "signed by {kms_key}"),
             Attestation::ServiceAccount { signer, key_id } => write!(f, "service account {signer} key {key_id}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attestations_name_who_vouched() {
+        let version: KeyVersionName =
+            "projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/2".parse().unwrap();
+        let session = Attestation::Session { kms_key: version.clone(), tenant_id: "t".into() };
+        assert_eq!(session.to_string(), format!("tenant t by {version}"));
+        assert_eq!(session.kms_key(), Some(&version));
+        assert_eq!(Attestation::Kms(version.clone()).to_string(), format!("signed by {version}"));
+        let account = Attestation::ServiceAccount { signer: "a@p.iam".into(), key_id: "k1".into() };
+        assert_eq!(account.to_string(), "service account a@p.iam key k1");
+        assert_eq!(account.kms_key(), None);
     }
 }
