@@ -1,0 +1,142 @@
+//! The publish loop: seal each text, publish it, print its id, and say what was done.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use backon::{BackoffBuilder as _, ExponentialBuilder};
+use bytes::Bytes;
+use envelope::{AttestBy, Attributes, KeyVersionName, Mode, RotationPolicy, Sealer};
+use google_cloud_pubsub::model::Message;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::args::Cli;
+use crate::texts::Texts;
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let attest = cli.mode == Mode::Attest;
+    anyhow::ensure!(!cli.attest_with_service_account || attest, "--attest_with_service_account needs --mode attest");
+    anyhow::ensure!(!cli.kms_sign_every_message || attest, "--kms_sign_every_message applies to --mode attest only");
+    let topic = bus::names::topic(cli.account.pubsub_project_id.as_deref(), &cli.pubsub_topic)?;
+    let mut texts = Texts::from_cli(&cli)?;
+    let article_run = cli.message.is_empty() && cli.input.is_none();
+    let policy = RotationPolicy {
+        max_age: Duration::from_secs(cli.key_max_age_secs),
+        max_messages: cli.key_max_messages.unwrap_or(if article_run {
+            5
+        } else {
+            RotationPolicy::default().max_messages
+        }),
+        ..RotationPolicy::default()
+    };
+    let account = cli.account.account();
+    let kms = cli.kms.backend(&account).await?;
+    let tenant_id = cli.kms.tenant_id.clone();
+    let (signer, sealer) = match cli.mode {
+        Mode::Attest if cli.attest_with_service_account => {
+            let signer = service_account_signer(&cli, &account)?;
+            (signer.email().to_owned(), Sealer::service_account(signer))
+        }
+        Mode::Attest => {
+            let version = KeyVersionName::new(cli.key.name()?, cli.kms_key_version)?;
+            let by = if cli.kms_sign_every_message { AttestBy::KmsEachMessage } else { AttestBy::SessionKey };
+            (version.to_string(), Sealer::attest(kms.clone(), version, tenant_id, by))
+        }
+        Mode::Encrypt => {
+            let key = cli.key.name()?;
+            (key.to_string(), Sealer::encrypt(kms.clone(), key, tenant_id))
+        }
+        Mode::Sign => {
+            let key = cli.key.name()?;
+            (key.to_string(), Sealer::sign(kms.clone(), key, tenant_id))
+        }
+    };
+    let mode = sealer.mode();
+    let mut sealer = sealer.with_policy(policy);
+    let pubsub = bus::PubSub::from_env(|| account.credentials())?;
+    pubsub.ensure_topic(&topic).await?;
+    let attributes: Attributes = cli.attributes.iter().cloned().collect();
+
+    let total = texts.total(cli.count);
+    let progress = match total {
+        Some(total) if std::io::stderr().is_terminal() && total >= 100 => {
+            let bar = ProgressBar::new(total);
+            let style = ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}");
+            bar.set_style(style.expect("valid template"));
+            bar
+        }
+        _ => ProgressBar::hidden(),
+    };
+    // One line per message id; buffered unless someone is watching, as a write per
+    // line cost more than the sealing.
+    let interactive = std::io::stdout().is_terminal();
+    let mut ids = std::io::BufWriter::new(std::io::stdout());
+    let mut sender = bus::send::Sender::new(pubsub.publisher(&topic).await?, cli.rate, |result| {
+        progress.inc(1);
+        match result {
+            Ok(id) if interactive => progress.suspend(|| println!("{id}")),
+            Ok(id) => writeln!(ids, "{id}").unwrap_or_else(|error| tracing::warn!(%error, "cannot print a message id")),
+            Err(error) => tracing::error!(%error, "publish failed"),
+        }
+    });
+    tracing::info!(%topic, %signer, %mode, total, "publishing");
+    let mut sent = 0;
+    while total.is_none_or(|total| sent < total) {
+        let Some(text) = texts.get(sent).await? else { break };
+        // KMS is only called when the data key rotates; a transient failure there is
+        // retried with backoff, and past the last try the run fails without publishing.
+        let sealed = seal_with_retries(&mut sealer, Bytes::from(text), &attributes)
+            .await
+            .with_context(|| format!("cannot seal message {sent}"))?;
+        sender.send(Message::new().set_data(sealed.data).set_attributes(sealed.attributes)).await;
+        sent += 1;
+    }
+    let failed = sender.finish().await;
+    ids.flush()?;
+    progress.finish_and_clear();
+    tracing::info!(
+        data_keys = sealer.data_keys_made(),
+        kms_calls = kms.calls(),
+        published = sent - failed,
+        failed,
+        "done"
+    );
+    anyhow::ensure!(failed == 0, "{failed} of {sent} messages could not be published");
+    Ok(())
+}
+
+/// The `--service_account` key, to sign with in its own name.
+fn service_account_signer(cli: &Cli, account: &cli::flags::Account) -> anyhow::Result<envelope::ServiceAccountSigner> {
+    let json = account.key_file()?.context("--attest_with_service_account needs --service_account")?;
+    let path = account.key_file_path().expect("a key file has a path").display();
+    let signer = envelope::ServiceAccountSigner::from_json(json).with_context(|| path.to_string())?;
+    Ok(match &cli.attest_cert_url {
+        Some(url) => signer.with_cert_url(url),
+        None => signer,
+    })
+}
+
+/// Seals, retrying transient KMS failures with exponential backoff (200 ms doubling,
+/// 5 retries); a permanent failure, or the last transient one, is returned.
+async fn seal_with_retries(
+    sealer: &mut Sealer,
+    data: Bytes,
+    attributes: &Attributes,
+) -> Result<envelope::Sealed, envelope::SealError> {
+    let mut delays = ExponentialBuilder::default().with_min_delay(Duration::from_millis(200)).with_max_times(5).build();
+    loop {
+        match sealer.seal(data.clone(), attributes.clone()).await {
+            Err(error) if error.is_transient() => match delays.next() {
+                Some(delay) => {
+                    tracing::warn!(%error, ?delay, "KMS failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                None => return Err(error),
+            },
+            result => return result,
+        }
+    }
+}
+
+// Publishing is allocation-heavy (the Google client copies each message into its
+// protobuf batch); mimalloc halves what glibc's allocator spent on it.
