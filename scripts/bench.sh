@@ -16,7 +16,7 @@ EMULATOR_STATE_DIR=$(mktemp -d)
 export EMULATOR_STATE_DIR
 trap 'scripts/emulator.sh stop; rm -rf "$EMULATOR_STATE_DIR"' EXIT
 
-cargo build --release --locked -p bench -p publisher -p pipeline-bin >&2
+cargo build --release --locked -p bench -p publisher -p pipeline >&2
 eval "$(scripts/emulator.sh start)"
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB; emulator at $PUBSUB_EMULATOR_HOST"
 RUST_LOG=${RUST_LOG:-warn} target/release/bench run --emulator-pid "$(cat "$EMULATOR_STATE_DIR/pid")" "$@"

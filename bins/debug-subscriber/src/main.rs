@@ -53,8 +53,8 @@ async fn main() -> anyhow::Result<()> {
     cli::init_logging();
     let cli = Cli::parse();
     let project = cli.account.pubsub_project_id.as_deref();
-    let subscription = bus::names::subscription(project, &cli.pubsub_subscription)?;
-    let project = project.or_else(|| bus::names::project_of(&subscription));
+    let (subscription, project) = bus::names::subscription_and_project(project, &cli.pubsub_subscription)?;
+    let project = project.as_deref();
     let account = cli.account.account();
     let kms = cli.kms.backend(&account).await?;
     let opener = Arc::new(cli.trust.opener(kms.clone(), &cli.kms.tenant_id, cli.mode.accepts())?.build()?);

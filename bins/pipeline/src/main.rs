@@ -103,10 +103,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     cli.dataflow.warn_if_given();
     let project = cli.project.as_deref();
-    let input_subscription = bus::names::subscription(project, &cli.input_subscription)?;
-    let project = project.or_else(|| bus::names::project_of(&input_subscription)).map(str::to_owned);
+    let (input_subscription, project) = bus::names::subscription_and_project(project, &cli.input_subscription)?;
     let project = project.as_deref();
-    let config = pipeline::Config {
+    let config = runner::Config {
         output_topic: bus::names::topic(project, &cli.output_topic)?,
         dead_letter_topic: bus::names::topic(project, &cli.dead_letter_topic)?,
         window: Duration::from_secs(cli.window_secs.max(1)),
@@ -137,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
     pubsub.ensure_subscription(&config.input_subscription, &input_topic, config.lease_extension).await?;
     pubsub.ensure_topic(&config.output_topic).await?;
     pubsub.ensure_topic(&config.dead_letter_topic).await?;
-    pipeline::run(&pubsub, opener, config, metrics, cli::shutdown_signal()).await?;
+    runner::run(&pubsub, opener, config, metrics, cli::shutdown_signal()).await?;
     tracing::info!(kms_calls = kms.calls(), "KMS calls made");
     Ok(())
 }

@@ -38,8 +38,8 @@ async fn main() -> anyhow::Result<()> {
     cli::init_logging();
     let cli = Cli::parse();
     let project = cli.account.pubsub_project_id.as_deref();
-    let subscription = bus::names::subscription(project, &cli.pubsub_subscription)?;
-    let project = project.or_else(|| bus::names::project_of(&subscription));
+    let (subscription, project) = bus::names::subscription_and_project(project, &cli.pubsub_subscription)?;
+    let project = project.as_deref();
     let account = cli.account.account();
     let pubsub = bus::PubSub::from_env(|| account.credentials())?;
     pubsub
@@ -55,22 +55,18 @@ async fn main() -> anyhow::Result<()> {
             let attribute = |name: &str| message.attributes.get(name).cloned().unwrap_or_default();
             let text = String::from_utf8_lossy(&message.data);
             let (word, count) = text.rsplit_once(": ").unwrap_or((&text, ""));
-            let window_start = attribute(pipeline::WINDOW_START_ATTR);
-            let identity = (
-                attribute(pipeline::REPLICA_ATTR),
-                window_start.clone(),
-                attribute(pipeline::PANE_ATTR),
-                word.to_owned(),
-            );
+            let window_start = attribute(runner::WINDOW_START_ATTR);
+            let identity =
+                (attribute(runner::REPLICA_ATTR), window_start.clone(), attribute(runner::PANE_ATTR), word.to_owned());
             if seen.insert(identity) {
                 if cli.json {
                     let record = serde_json::json!({
                         "word": word,
                         "count": count.parse::<u64>().ok(),
                         "window_start": window_start,
-                        "window_end": attribute(pipeline::WINDOW_END_ATTR),
-                        "pane": attribute(pipeline::PANE_ATTR).parse::<u32>().ok(),
-                        "replica": attribute(pipeline::REPLICA_ATTR),
+                        "window_end": attribute(runner::WINDOW_END_ATTR),
+                        "pane": attribute(runner::PANE_ATTR).parse::<u32>().ok(),
+                        "replica": attribute(runner::REPLICA_ATTR),
                     });
                     writeln!(out, "{record}")?;
                 } else {

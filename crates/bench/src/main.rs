@@ -2,7 +2,7 @@
 //!
 //! `bench run` measures, on one emulator and side by side, the real `publisher` and
 //! `pipeline` binaries in each mode against a plaintext floor: the same Pub/Sub client
-//! code (`bus::send::Sender`, `pipeline::run`) with no envelope, played by this binary's
+//! code (`bus::send::Sender`, `runner::run`) with no envelope, played by this binary's
 //! own `plain-publish` and `plain-pipeline` roles. Every case checks that the counts
 //! are exact and the run fails otherwise.
 #![cfg_attr(test, allow(unused_crate_dependencies, reason = "unit tests build with the dev-dependencies too"))]
@@ -28,7 +28,7 @@ enum Command {
     Run(run::Options),
     /// The plaintext floor's publisher: each stdin line published as it is.
     PlainPublish(plain::PublishOptions),
-    /// The plaintext floor's pipeline: `pipeline::run` with no envelope to open.
+    /// The plaintext floor's pipeline: `runner::run` with no envelope to open.
     PlainPipeline(plain::PipelineOptions),
 }
 

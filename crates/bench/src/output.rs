@@ -57,9 +57,9 @@ pub async fn tail(pubsub: bus::PubSub, subscription: String, tally: Arc<Mutex<Ta
         let (word, count) = text.rsplit_once(": ").ok_or_else(|| anyhow::anyhow!("not `word: count`: {text}"))?;
         let attribute = |name: &str| message.attributes.get(name).map(String::as_str).unwrap_or_default();
         tally.lock().expect("tally lock").add(
-            attribute(pipeline::REPLICA_ATTR),
-            attribute(pipeline::WINDOW_START_ATTR),
-            attribute(pipeline::PANE_ATTR),
+            attribute(runner::REPLICA_ATTR),
+            attribute(runner::WINDOW_START_ATTR),
+            attribute(runner::PANE_ATTR),
             word,
             count.parse()?,
             now,

@@ -57,18 +57,18 @@ pub struct PipelineOptions {
 /// Takes a message's data as its text, fingerprinted by its message id.
 struct Plaintext;
 
-impl pipeline::Open for Plaintext {
-    async fn open(&self, message: &Message) -> Result<pipeline::Text, OpenError> {
+impl runner::Open for Plaintext {
+    async fn open(&self, message: &Message) -> Result<runner::Text, OpenError> {
         let hash = |seed| foldhash::fast::FixedState::with_seed(seed).hash_one(&message.message_id);
         let fingerprint = ((u128::from(hash(1)) << 64) | u128::from(hash(2))).to_be_bytes();
-        Ok(pipeline::Text { data: message.data.clone(), fingerprint })
+        Ok(runner::Text { data: message.data.clone(), fingerprint })
     }
 }
 
-/// Runs `pipeline::run` with no envelope until SIGTERM.
+/// Runs `runner::run` with no envelope until SIGTERM.
 pub async fn pipeline(options: PipelineOptions) -> anyhow::Result<()> {
     let pubsub = bus::PubSub::from_env(|| anyhow::bail!("the benchmark runs on the emulator only"))?;
-    let config = pipeline::Config {
+    let config = runner::Config {
         input_subscription: options.input_subscription,
         output_topic: options.output_topic,
         dead_letter_topic: options.dead_letter_topic,
@@ -81,6 +81,6 @@ pub async fn pipeline(options: PipelineOptions) -> anyhow::Result<()> {
     pubsub.ensure_topic(&config.output_topic).await?;
     pubsub.ensure_topic(&config.dead_letter_topic).await?;
     let metrics = Arc::new(cli::metrics::Metrics::new(None));
-    pipeline::run(&pubsub, Arc::new(Plaintext), config, metrics, cli::shutdown_signal()).await?;
+    runner::run(&pubsub, Arc::new(Plaintext), config, metrics, cli::shutdown_signal()).await?;
     Ok(())
 }

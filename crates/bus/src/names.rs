@@ -29,6 +29,15 @@ fn full(project: Option<&str>, kind: &str, name: &str) -> anyhow::Result<String>
     Ok(format!("projects/{project}/{kind}/{name}"))
 }
 
+/// The full name of the subscription `name`, and the project for the topic names that
+/// go with it: `project` if given, else the subscription's own (a consumer given only
+/// `projects/P/subscriptions/S` finds its topics in `P`).
+pub fn subscription_and_project(project: Option<&str>, name: &str) -> anyhow::Result<(String, Option<String>)> {
+    let subscription = subscription(project, name)?;
+    let project = project.or_else(|| project_of(&subscription)).map(str::to_owned);
+    Ok((subscription, project))
+}
+
 /// The project of a full resource name.
 pub fn project_of(name: &str) -> Option<&str> {
     name.strip_prefix("projects/")?.split('/').next()
@@ -46,5 +55,9 @@ mod tests {
         assert!(topic(None, "common-topic").is_err());
         assert!(topic(Some("p"), "projects/q/subscriptions/s").is_err());
         assert_eq!(project_of("projects/q/topics/t"), Some("q"));
+        let (full, project) = subscription_and_project(None, "projects/q/subscriptions/s").unwrap();
+        assert_eq!((full.as_str(), project.as_deref()), ("projects/q/subscriptions/s", Some("q")));
+        let (_, project) = subscription_and_project(Some("p"), "projects/q/subscriptions/s").unwrap();
+        assert_eq!(project.as_deref(), Some("p"), "a given project wins");
     }
 }

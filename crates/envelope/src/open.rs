@@ -286,7 +286,7 @@ impl Opener {
                 }
                 let cached = self
                     .data_key(&self.encryption_keys, envelope, |secret| {
-                        let prefix = format::header_prefix(Flavour::Encrypt, envelope.kms_key, envelope.wrapped);
+                        let prefix = format::header_prefix(Flavour::Encrypt, envelope.kms_key, envelope.marker_text);
                         (EncryptionKey::derive(secret), prefix)
                     })
                     .await?;
@@ -310,7 +310,7 @@ impl Opener {
             Proof::Hmac(signature) => {
                 let cached = self
                     .data_key(&self.signing_keys, envelope, |secret| {
-                        let prefix = format::header_prefix(Flavour::Sign, envelope.kms_key, envelope.wrapped);
+                        let prefix = format::header_prefix(Flavour::Sign, envelope.kms_key, envelope.marker_text);
                         (SigningKey::new(secret, &prefix), Vec::new())
                     })
                     .await?;
@@ -328,7 +328,7 @@ impl Opener {
             Proof::Attest(proof) => {
                 let message = attest::Signed {
                     kms_key: envelope.kms_key,
-                    certificate: envelope.wrapped,
+                    certificate: envelope.marker_text,
                     sealed_at: envelope.sealed_at,
                     attributes,
                     data,
@@ -373,7 +373,7 @@ impl Opener {
     where
         T: Send + Sync + 'static,
     {
-        let hit = cache.get(envelope.wrapped).await;
+        let hit = cache.get(envelope.marker_text).await;
         let counter = if hit.is_some() { &self.hits } else { &self.misses };
         counter.fetch_add(1, Ordering::Relaxed);
         match hit {
@@ -382,7 +382,7 @@ impl Opener {
             // and the KMS will refuse it. Check it without touching the good entry.
             Some(_) => self.unwrap_checked(envelope, prepare).await,
             None => cache
-                .try_get_with(envelope.wrapped.to_owned(), self.unwrap_checked(envelope, prepare))
+                .try_get_with(envelope.marker_text.to_owned(), self.unwrap_checked(envelope, prepare))
                 .await
                 .map_err(|error: Arc<OpenError>| (*error).clone()),
         }
@@ -401,7 +401,7 @@ impl Opener {
             return Err(Refused::UntrustedKey(kms_key).into());
         }
         let wrapped_attr = envelope.flavour.marker().name();
-        let wrapped = format::decode_base64(envelope.wrapped).ok_or(Malformed::BadBase64(wrapped_attr))?;
+        let wrapped = format::decode_base64(envelope.marker_text).ok_or(Malformed::BadBase64(wrapped_attr))?;
         if wrapped.is_empty() {
             return Err(Malformed::GarbledAttribute { name: wrapped_attr, why: "empty".into() }.into());
         }
@@ -442,9 +442,9 @@ fn check_age(sealed_at: SystemTime, now: SystemTime, max_age: Duration) -> Resul
 struct Envelope<'a> {
     flavour: Flavour,
     kms_key: &'a str,
-    /// The marker attribute's text in encrypt and sign mode (the wrapped key) and in
-    /// the attest session flavour (the certificate); empty otherwise.
-    wrapped: &'a str,
+    /// The marker attribute's text where the header's key field carries it: the
+    /// wrapped key (encrypt, sign) or the certificate (attest session); empty otherwise.
+    marker_text: &'a str,
     /// Microseconds since the Unix epoch.
     sealed_at: u64,
     proof: Proof<'a>,
@@ -520,7 +520,7 @@ impl<'a> Envelope<'a> {
         if let Some(extra) = extra {
             return Err(Malformed::UnexpectedAttribute(extra).into());
         }
-        let (wrapped, proof) = match flavour {
+        let (marker_text, proof) = match flavour {
             Flavour::Encrypt => (required(Attr::DekWrapped)?, Proof::Aead),
             Flavour::Sign => (
                 required(Attr::SignKeyWrapped)?,
@@ -547,7 +547,7 @@ impl<'a> Envelope<'a> {
                 ("", Proof::Attest(AttestProof::ServiceAccount { named, signature }))
             }
         };
-        Ok(Self { flavour, kms_key, wrapped, sealed_at, proof })
+        Ok(Self { flavour, kms_key, marker_text, sealed_at, proof })
     }
 }
 

@@ -1,4 +1,4 @@
-//! The streaming word-count pipeline: pull from the bus, open each envelope, count words
+//! What the `pipeline` binary runs: pull from the bus, open each envelope, count words
 //! per fixed window of publish time, publish `word: count` per window, then ack.
 //!
 //! Nothing is acknowledged before its result is safe:
