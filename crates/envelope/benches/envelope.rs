@@ -1,4 +1,4 @@
-//! Seal and open throughput at 256 B, 1 KiB and 64 KiB in both modes.
+//! Seal and open throughput at 256 B, 1 KiB and 64 KiB in encrypt and sign mode.
 //!
 //! Opening is measured on the cache-hit path, which is what every message but the first
 //! under a data key takes. `scripts/bench-envelope.sh` runs this beside `openssl speed`.

@@ -1,4 +1,4 @@
-//! Messages come back exactly as they were sealed, in both modes.
+//! Messages come back exactly as they were sealed, in encrypt and sign mode (attest mode: tests/attest.rs), and openers that could open nothing are not built.
 #![allow(unused_crate_dependencies, reason = "each test target uses a share of its package's dependencies")]
 
 mod common;
@@ -116,4 +116,19 @@ async fn the_most_attributes_a_mode_allows_fit_pubsubs_limit() {
         assert!(error.to_string().contains(&format!("more than the {max}")), "{error}");
     }
     assert_eq!(Mode::Sign.max_producer_attributes(), 95);
+}
+
+/// An opener that could open nothing it accepts is refused when built, not discovered
+/// one dead letter at a time.
+#[test]
+fn openers_that_could_open_nothing_are_not_built() {
+    use pubsub_envelope::{BuildError, Opener, TrustedKeys, TrustedSigners};
+    let fixture = Fixture::new();
+    let nothing = Opener::builder("tenant-1", TrustedKeys::none()).kms(fixture.kms.clone()).build();
+    assert_eq!(nothing.err(), Some(BuildError::NothingTrusted));
+    let no_unwrapper = Opener::builder("tenant-1", common::both_tenants()).build();
+    assert_eq!(no_unwrapper.err(), Some(BuildError::NoUnwrapper(Mode::Encrypt)));
+    let signers = TrustedSigners::default().trust("a@p.iam.gserviceaccount.com", None);
+    let attest_only = Opener::builder("tenant-1", TrustedKeys::none()).accept(&[Mode::Attest]).trusted_signers(signers);
+    assert!(attest_only.build().is_ok(), "service accounts alone, attest only: no KMS needed");
 }

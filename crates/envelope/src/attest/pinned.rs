@@ -53,3 +53,25 @@ impl TrustedPublicKey {
         &self.version
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_printed_public_key_pins_again() {
+        use aws_lc_rs::encoding::AsDer as _;
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
+        let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).unwrap();
+        let der = pair.public_key().as_der().unwrap();
+        let pem = public_key_pem(der.as_ref());
+        assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n") && pem.ends_with("-----END PUBLIC KEY-----\n"));
+        assert!(pem.lines().all(|line| line.len() <= 64), "64-character lines, as Cloud KMS prints them");
+        let version: KeyVersionName =
+            "projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1".parse().unwrap();
+        let pinned = TrustedPublicKey::from_pem(version.clone(), pem.as_bytes()).unwrap();
+        assert_eq!(pinned.version(), &version);
+        let signature = pair.sign(&aws_lc_rs::rand::SystemRandom::new(), b"m").unwrap();
+        assert!(pinned.key.verify_sig(b"m", signature.as_ref()).is_ok(), "the same key comes back");
+    }
+}

@@ -108,3 +108,22 @@ impl ServiceAccountSigner {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn google_publishes_an_accounts_certificates_at_its_x509_metadata_url() {
+        assert_eq!(
+            google_cert_url("publisher@p.iam.gserviceaccount.com"),
+            "https://www.googleapis.com/robot/v1/metadata/x509/publisher%40p.iam.gserviceaccount.com"
+        );
+        let trusted = TrustedSigners::default().trust("a@p.iam.gserviceaccount.com", None);
+        assert_eq!(
+            trusted.cert_url("a@p.iam.gserviceaccount.com"),
+            Some(google_cert_url("a@p.iam.gserviceaccount.com").as_str())
+        );
+        assert!(!trusted.is_empty() && TrustedSigners::default().is_empty());
+    }
+}
