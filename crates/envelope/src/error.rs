@@ -9,7 +9,7 @@
 //! infrastructure failures can be transient.
 
 use crate::format::{AttributeError, Mode, PayloadError};
-use crate::key_name::{KeyName, KeyNameError};
+use crate::key_name::KeyName;
 use crate::kms::KmsError;
 
 /// Why a message could not be opened.
@@ -244,9 +244,6 @@ pub enum SealError {
     /// The producer's attributes break the format's rules.
     #[error("cannot seal these attributes: {0}")]
     Attributes(#[from] AttributeError),
-    /// The KMS key name is malformed.
-    #[error(transparent)]
-    KeyName(#[from] KeyNameError),
     /// Wrapping a new data key, or signing, failed.
     #[error(transparent)]
     Kms(#[from] KmsError),

@@ -255,14 +255,12 @@ impl Verifier {
     /// version. Where keys are pinned, a version without one is not trusted; so is every
     /// version when there is neither a pinned key nor a KMS to ask.
     async fn verify_p256(&self, kms_key: &KeyVersionName, message: &[u8], signature: &[u8]) -> Result<bool, OpenError> {
-        let kms = match &self.kms {
-            _ if !self.pinned.is_empty() => {
-                let pinned = self.pinned.get(kms_key).ok_or_else(|| Refused::UntrustedKey(kms_key.key().clone()))?;
-                return Ok(pinned.verify_sig(message, signature).is_ok());
-            }
-            Some(kms) => kms,
-            None => return Err(Refused::UntrustedKey(kms_key.key().clone()).into()),
-        };
+        let untrusted = || Refused::UntrustedKey(kms_key.key().clone());
+        if !self.pinned.is_empty() {
+            let pinned = self.pinned.get(kms_key).ok_or_else(untrusted)?;
+            return Ok(pinned.verify_sig(message, signature).is_ok());
+        }
+        let Some(kms) = &self.kms else { return Err(untrusted().into()) };
         let fetch = async {
             let der = kms.public_key(kms_key).await?;
             ParsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, der)
