@@ -44,7 +44,7 @@ $bin/publisher --mode encrypt "${tenant_flags[@]}" 2>&1 | grep -v '^[0-9]*$' | s
 echo "== publisher --mode sign: 10 more"
 $bin/publisher --mode sign "${tenant_flags[@]}" 2>&1 | grep -v '^[0-9]*$' | sed 's/^/   /' || true
 
-echo "== word counts (pane by pane, as the subscriber prints them)"
+echo "== word counts (each window summed over replicas and panes, as the subscriber prints them)"
 sleep $((window + 2))
 kill -TERM "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
 sleep 2

@@ -67,8 +67,9 @@ struct Cli {
     #[arg(long = "cache_ttl_secs", visible_alias = "cache-ttl-secs", default_value_t = 200)]
     cache_ttl_secs: u64,
 
-    /// Data keys cached at most, per mode.
-    #[arg(long = "cache_capacity", visible_alias = "cache-capacity", default_value_t = 100)]
+    /// Data keys cached at most, per mode (a few hundred bytes each): enough that keys
+    /// in use are never evicted, even when every producer rotates every few messages.
+    #[arg(long = "cache_capacity", visible_alias = "cache-capacity", default_value_t = CacheSettings::default().capacity)]
     cache_capacity: u64,
 
     /// Messages held unacknowledged at most; must cover a window's input.
@@ -85,6 +86,10 @@ struct Cli {
     #[arg(long = "lease_extension_secs", visible_alias = "lease-extension-secs", default_value_t = 60)]
     lease_extension_secs: u64,
 
+    /// Threads that open and count messages (default: one per core).
+    #[arg(long, env = "PIPELINE_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
+
     #[command(flatten)]
     metrics: cli::flags::MetricsFlags,
 
@@ -97,10 +102,21 @@ struct Cli {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     cli::init_logging();
     let cli = Cli::parse();
+    let workers = match cli.workers {
+        Some(workers) => workers.into(),
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?
+        .block_on(run(cli, workers))
+}
+
+async fn run(cli: Cli, workers: usize) -> anyhow::Result<()> {
     cli.dataflow.warn_if_given();
     let project = cli.project.as_deref();
     let (input_subscription, project) = bus::names::subscription_and_project(project, &cli.input_subscription)?;
@@ -112,6 +128,7 @@ async fn main() -> anyhow::Result<()> {
         max_outstanding_messages: cli.max_outstanding_messages,
         streams: cli.streams.into(),
         lease_extension: Duration::from_secs(cli.lease_extension_secs),
+        workers,
         replica: format!(
             "{}-{}",
             std::process::id(),

@@ -1,14 +1,19 @@
 //! `subscriber` (the article's df_subscriber): tails the pipeline's output topic and
-//! prints each `word: count` as it arrives.
+//! prints each window's word counts, summed over the replicas and panes that counted
+//! parts of it, updated as late panes arrive.
 #![cfg_attr(test, allow(unused_crate_dependencies, reason = "unit tests build with the dev-dependencies too"))]
 
-use std::collections::HashSet;
+mod totals;
+
 use std::io::Write as _;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use clap::Parser;
+use totals::{Added, Totals};
 
-/// Tail the pipeline's output topic and print the word counts.
+/// Tail the pipeline's output topic and print each window's word counts, summed over
+/// replicas and panes.
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
@@ -28,9 +33,15 @@ struct Cli {
     #[arg(long = "pubsub_topic", visible_alias = "pubsub-topic", env = "PUBSUB_TOPIC", default_value = "df_out")]
     pubsub_topic: String,
 
-    /// One JSON object per line instead of text.
+    /// One JSON record per window update (`window_start`, `window_end`, `total`,
+    /// `replicas`, `panes`, `counts`) instead of text.
     #[arg(long)]
     json: bool,
+
+    /// Forget a window once no part of it has arrived for this many seconds, so that
+    /// memory stays flat however long the subscriber runs.
+    #[arg(long = "forget_after_secs", visible_alias = "forget-after-secs", default_value_t = 3600)]
+    forget_after_secs: u64,
 }
 
 #[tokio::main]
@@ -47,36 +58,64 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     tracing::info!("listening for messages on {subscription}");
 
-    // Pub/Sub delivers at least once: a count already printed is acked and skipped.
-    let mut seen = HashSet::new();
-    let mut out = std::io::stdout().lock();
-    pubsub
+    let totals = Arc::new(Mutex::new(Totals::new(Duration::from_secs(cli.forget_after_secs))));
+    // Parts of a pane arrive one word at a time: windows are printed when their sums
+    // changed, at most every PRINT_EVERY, rather than once per word.
+    let printer = tokio::spawn(print_changes(totals.clone(), cli.json));
+    let mut skipped = 0u64;
+    let tailed = pubsub
         .tail(&subscription, cli::shutdown_signal(), async |message, handler| {
-            let attribute = |name: &str| message.attributes.get(name).cloned().unwrap_or_default();
-            let text = String::from_utf8_lossy(&message.data);
-            let (word, count) = text.rsplit_once(": ").unwrap_or((&text, ""));
-            let window_start = attribute(runner::WINDOW_START_ATTR);
-            let identity =
-                (attribute(runner::REPLICA_ATTR), window_start.clone(), attribute(runner::PANE_ATTR), word.to_owned());
-            if seen.insert(identity) {
-                if cli.json {
-                    let record = serde_json::json!({
-                        "word": word,
-                        "count": count.parse::<u64>().ok(),
-                        "window_start": window_start,
-                        "window_end": attribute(runner::WINDOW_END_ATTR),
-                        "pane": attribute(runner::PANE_ATTR).parse::<u32>().ok(),
-                        "replica": attribute(runner::REPLICA_ATTR),
-                    });
-                    writeln!(out, "{record}")?;
-                } else {
-                    let now = humantime::format_rfc3339_millis(SystemTime::now());
-                    writeln!(out, "{now} INFO {word}: {count}  [window {window_start}]")?;
+            let added = lock(&totals).add(&message.attributes, &message.data, Instant::now());
+            if added == Added::NotPipelineOutput {
+                if skipped == 0 {
+                    tracing::warn!(
+                        message_id = %message.message_id,
+                        "skipping messages that are not pipeline output (no window attributes, or not `word: count`): \
+                         is --pubsub_subscription on the pipeline's output topic?"
+                    );
                 }
-                out.flush()?;
+                skipped += 1;
             }
             handler.ack();
             Ok(())
         })
-        .await
+        .await;
+    printer.abort();
+    print(&mut lock(&totals), cli.json)?;
+    let forgotten = lock(&totals).forgotten;
+    tracing::info!(skipped, forgotten_windows = forgotten, "stopped");
+    tailed
+}
+
+/// How often changed windows are printed.
+const PRINT_EVERY: Duration = Duration::from_millis(500);
+
+async fn print_changes(totals: Arc<Mutex<Totals>>, json: bool) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(PRINT_EVERY);
+    loop {
+        tick.tick().await;
+        let mut totals = lock(&totals);
+        print(&mut totals, json)?;
+        let forgotten = totals.forget_quiet(Instant::now());
+        if forgotten > 0 {
+            tracing::info!(forgotten, held = totals.len(), "forgot windows no part reached for --forget_after_secs");
+        }
+    }
+}
+
+fn print(totals: &mut Totals, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for snapshot in totals.take_changed() {
+        if json {
+            writeln!(out, "{}", snapshot.json())?;
+        } else {
+            write!(out, "{}", snapshot.text())?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn lock(totals: &Mutex<Totals>) -> std::sync::MutexGuard<'_, Totals> {
+    totals.lock().expect("the printer does not panic holding the lock")
 }

@@ -8,6 +8,7 @@
 #![cfg_attr(test, allow(unused_crate_dependencies, reason = "unit tests build with the dev-dependencies too"))]
 #![forbid(unsafe_code)]
 
+mod inproc;
 mod measure;
 mod output;
 mod plain;
@@ -26,6 +27,8 @@ struct Cli {
 enum Command {
     /// Run the benchmark and print its tables.
     Run(run::Options),
+    /// The pipeline's core alone, in this process, fed pre-sealed messages.
+    Pipeline(inproc::Options),
     /// The plaintext floor's publisher: each stdin line published as it is.
     PlainPublish(plain::PublishOptions),
     /// The plaintext floor's pipeline: `runner::run` with no envelope to open.
@@ -36,12 +39,19 @@ enum Command {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     cli::init_logging();
-    match Cli::parse().command {
-        Command::Run(options) => run::run(options).await,
-        Command::PlainPublish(options) => plain::publish(options).await,
-        Command::PlainPipeline(options) => plain::pipeline(options).await,
+    let command = Cli::parse().command;
+    // `bench pipeline` builds a runtime per worker count; the rest share one.
+    if let Command::Pipeline(options) = command {
+        return inproc::run(options);
     }
+    tokio::runtime::Runtime::new()?.block_on(async {
+        match command {
+            Command::Run(options) => run::run(options).await,
+            Command::PlainPublish(options) => plain::publish(options).await,
+            Command::PlainPipeline(options) => plain::pipeline(options).await,
+            Command::Pipeline(_) => unreachable!("run above"),
+        }
+    })
 }

@@ -76,6 +76,7 @@ pub async fn pipeline(options: PipelineOptions) -> anyhow::Result<()> {
         max_outstanding_messages: options.max_outstanding_messages,
         streams: options.streams,
         lease_extension: Duration::from_secs(60),
+        workers: std::thread::available_parallelism().map_or(1, usize::from),
         replica: std::process::id().to_string(),
     };
     pubsub.ensure_topic(&config.output_topic).await?;

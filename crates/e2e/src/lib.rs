@@ -322,12 +322,24 @@ pub fn expected_counts<'a>(texts: impl IntoIterator<Item = &'a str>) -> BTreeMap
     counts
 }
 
-/// Sums `subscriber --json` lines over windows and panes.
-pub fn summed_counts(lines: &[String]) -> BTreeMap<String, u64> {
-    let mut counts = BTreeMap::new();
+/// The latest `subscriber --json` record of each window (each record is a window's
+/// whole sum so far), by window start.
+pub fn window_totals(lines: &[String]) -> BTreeMap<String, serde_json::Value> {
+    let mut windows = BTreeMap::new();
     for line in lines {
         let record: serde_json::Value = serde_json::from_str(line).unwrap();
-        *counts.entry(record["word"].as_str().unwrap().to_owned()).or_default() += record["count"].as_u64().unwrap();
+        windows.insert(record["window_start"].as_str().unwrap().to_owned(), record);
+    }
+    windows
+}
+
+/// Word counts over every window, from the latest `subscriber --json` record of each.
+pub fn summed_counts(lines: &[String]) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for record in window_totals(lines).values() {
+        for (word, count) in record["counts"].as_object().unwrap() {
+            *counts.entry(word.clone()).or_default() += count.as_u64().unwrap();
+        }
     }
     counts
 }

@@ -470,6 +470,18 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
+    #[test]
+    fn modes_are_named_as_the_flags_spell_them_and_leave_room_for_the_envelope() {
+        // The names are what the command lines accept and the logs print; a producer
+        // keeps what Pub/Sub allows less the envelope attributes beside its own.
+        let names: Vec<String> = [Mode::Encrypt, Mode::Sign, Mode::Attest].iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["encrypt", "sign", "attest"]);
+        assert_eq!(Mode::Sign.as_str(), "sign");
+        let room: Vec<usize> =
+            [Mode::Encrypt, Mode::Sign, Mode::Attest].into_iter().map(Mode::max_producer_attributes).collect();
+        assert_eq!(room, [100, 95, 94]);
+    }
+
     fn header(flavour: Flavour, attributes: &Attributes) -> Vec<u8> {
         let mut out = header_prefix(flavour, &attributes[KMS_KEY_ATTR], &attributes[flavour.marker().name()]);
         header_rest(7, attributes, |chunk| out.extend_from_slice(chunk));

@@ -22,13 +22,17 @@ pub struct CacheSettings {
     /// Time to live of an entry from when it was unwrapped; 200 s by default, as the
     /// article's `ExpiringDict(max_len=100, max_age_seconds=200)`.
     pub ttl: Duration,
-    /// Most data keys held per mode; 100 by default.
+    /// Most data keys held per mode; 100,000 by default. The article's 100 was a proof
+    /// of concept's number: a consumer that reads several streams sees keys out of
+    /// order, and producers that rotate every few messages bring thousands of keys a
+    /// second, so a small cache evicted keys still in use and unwrapped them again. An
+    /// entry is a few hundred bytes, so the default bounds the cache near 50 MB.
     pub capacity: u64,
 }
 
 impl Default for CacheSettings {
     fn default() -> Self {
-        Self { ttl: Duration::from_secs(200), capacity: 100 }
+        Self { ttl: Duration::from_secs(200), capacity: 100_000 }
     }
 }
 

@@ -11,6 +11,13 @@
 //!   redelivery after a pause, so that an outage does not become a busy loop.
 //!
 //! On shutdown every open pane is flushed, published and acked before returning.
+//!
+//! Every core works: each message is opened and counted on a task of its own (at most
+//! [`Settings::max_in_flight`] at once), so the runtime spreads them over its worker
+//! threads, and a message waiting on the KMS for its key holds up no other. The counts
+//! live in [`Windows`], sharded by fingerprint so that workers rarely share a lock, and
+//! each window is still emitted as one pane. [`process`] is that core, fed by any source
+//! of deliveries; [`run`] feeds it from Pub/Sub.
 #![cfg_attr(test, allow(unused_crate_dependencies, reason = "unit tests build with the dev-dependencies too"))]
 #![forbid(unsafe_code)]
 
@@ -63,6 +70,8 @@ pub struct Config {
     pub lease_extension: Duration,
     /// This process's id in the output, unique per run.
     pub replica: String,
+    /// Threads that open and count; see [`Settings::workers`].
+    pub workers: usize,
 }
 
 /// A window's first pane is emitted this long after the window ends.
@@ -85,7 +94,7 @@ pub struct Text {
 
 /// How the pipeline gets at a message's text: [`Opener`] in the product; the
 /// benchmark's plaintext floor passes the data through untouched.
-pub trait Open: Send + Sync {
+pub trait Open: Send + Sync + 'static {
     /// The message's text once authenticated (and decrypted), or why it cannot be.
     fn open(&self, message: &Message) -> impl Future<Output = Result<Text, OpenError>> + Send;
 }
@@ -128,19 +137,74 @@ impl Summary {
     }
 }
 
+/// Acknowledgement of one delivery: Pub/Sub's [`Handler`] in the product, a counter in
+/// the benchmark.
+pub trait Ack: Send + 'static {
+    /// The message is done with: never deliver it again.
+    fn ack(self);
+    /// The message was not dealt with: deliver it again.
+    fn nack(self);
+}
+
+impl Ack for Handler {
+    fn ack(self) {
+        Handler::ack(self);
+    }
+
+    fn nack(self) {
+        Handler::nack(self);
+    }
+}
+
+/// Where panes and dead letters are published: a Pub/Sub [`Publisher`] in the product.
+pub trait Output: Clone + Send + Sync + 'static {
+    /// Publishes `message`; `Ok` once it is safely stored.
+    fn publish(&self, message: Message) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+impl Output for Publisher {
+    async fn publish(&self, message: Message) -> Result<(), String> {
+        Publisher::publish(self, message).await.map(drop).map_err(|error| error.to_string())
+    }
+}
+
+/// One message as the bus delivered it, with its acknowledgement; or why the delivery
+/// stream failed.
+pub type Delivery<A> = anyhow::Result<(Message, A)>;
+
+/// How the core of the pipeline counts, whatever delivers its input.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Fixed window size.
+    pub window: Duration,
+    /// This process's id in the output, unique per run.
+    pub replica: String,
+    /// Threads that open and count (the runtime's worker threads); the windows are
+    /// sharded so that this many can count at once.
+    pub workers: usize,
+    /// Messages being opened and counted at once, at most. Messages waiting on a slow
+    /// KMS call count here, so this must be well above what one slow key holds back;
+    /// memory is bounded anyway by the subscription's flow control.
+    pub max_in_flight: usize,
+}
+
+/// Messages opened at once by default: enough that a key whose KMS call takes seconds
+/// holds back only its own messages, few enough to bound the tasks waiting.
+pub const MAX_IN_FLIGHT: usize = 4096;
+
 /// Runs the pipeline until `shutdown` resolves or the stream ends, then flushes.
 pub async fn run(
     pubsub: &bus::PubSub,
     opener: Arc<impl Open>,
     config: Config,
     metrics: Arc<Metrics>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Summary> {
     let streams = config.streams.max(1);
     let subscriber = pubsub.subscriber(streams).await?;
     // `MessageStream::next` is not cancel-safe, so one task owns each stream and hands
-    // messages over a shared channel, which the loop below can select on safely.
-    let (deliveries, mut received) = tokio::sync::mpsc::channel(1024);
+    // messages over a shared channel, which the core can select on safely.
+    let (deliveries, received) = tokio::sync::mpsc::channel(1024);
     let mut stop_streams = Vec::with_capacity(streams);
     let mut pullers = JoinSet::new();
     for _ in 0..streams {
@@ -155,6 +219,7 @@ pub async fn run(
         let deliveries = deliveries.clone();
         pullers.spawn(async move {
             while let Some(delivery) = stream.next().await {
+                let delivery = delivery.map_err(anyhow::Error::from);
                 if deliveries.send(delivery).await.is_err() {
                     break;
                 }
@@ -164,49 +229,107 @@ pub async fn run(
     drop(deliveries);
     let output = pubsub.publisher(&config.output_topic).await?;
     let dead_letter = pubsub.publisher(&config.dead_letter_topic).await?;
-    let mut windows: Windows<Handler> = Windows::new(config.window, GRACE, SETTLE);
+    tracing::info!(subscription = %config.input_subscription, output = %config.output_topic, window = ?config.window, streams, workers = config.workers, replica = %config.replica, "pipeline started");
+
+    // On shutdown the streams stop pulling and end, which ends the core's input; what
+    // was already delivered is still counted, published and acked by the core.
+    let done = Arc::new(tokio::sync::Notify::new());
+    let stopper = tokio::spawn({
+        let done = done.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = done.notified() => {}
+            }
+            futures_util::future::join_all(stop_streams.iter().map(ShutdownToken::shutdown)).await;
+        }
+    });
+    let settings = Settings {
+        window: config.window,
+        replica: config.replica,
+        workers: config.workers,
+        max_in_flight: MAX_IN_FLIGHT,
+    };
+    // On a worker thread rather than the thread that blocks on `run`, so that one worker
+    // does all the work without waking another thread for every message.
+    let summary = tokio::spawn(process(received, output, dead_letter, opener, settings, metrics)).await?;
+    // Whether it ended by shutdown or not, stop the streams; this completes once each
+    // message they still held is acked or nacked.
+    done.notify_one();
+    stopper.await?;
+    while let Some(puller) = pullers.join_next().await {
+        puller?;
+    }
+    let summary =
+        summary.map_err(|error| error.context(format!("streaming pull from {}", config.input_subscription)))?;
+    tracing::info!(?summary, messages_per_sec = summary.messages_per_sec() as u64, "pipeline stopped");
+    Ok(summary)
+}
+
+/// The pipeline's core: opens and counts what `deliveries` brings, on as many tasks at
+/// once as `settings` allows, publishes each ready pane to `output` and each message
+/// that can never open to `dead_letter`, and acks each message once its result is
+/// published. Returns once `deliveries` has ended and everything it brought is settled.
+pub async fn process<A: Ack, O: Output>(
+    mut deliveries: tokio::sync::mpsc::Receiver<Delivery<A>>,
+    output: O,
+    dead_letter: O,
+    opener: Arc<impl Open>,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Summary> {
+    let windows = Arc::new(Windows::new(settings.window, GRACE, SETTLE, settings.workers));
+    let (outcomes, mut finished) = tokio::sync::mpsc::unbounded_channel();
     let mut summary = Summary::default();
     let mut publishing = JoinSet::new();
     let mut tick = tokio::time::interval(TICK);
-    tokio::pin!(shutdown);
-    tracing::info!(subscription = %config.input_subscription, output = %config.output_topic, window = ?config.window, streams, replica = %config.replica, "pipeline started");
-
+    let mut in_flight = 0;
+    let mut input_open = true;
     let mut first_received = None;
     let mut last_settled = None;
-    let mut stopping = None;
-    loop {
+    while input_open || in_flight > 0 {
         tokio::select! {
-            () = &mut shutdown, if stopping.is_none() => {
-                // Stop pulling; what was already delivered is still counted below.
-                stopping = Some(tokio::spawn(shut_down(stop_streams.clone())));
+            Some(outcome) = finished.recv() => {
+                in_flight -= 1;
+                record(&mut summary, &metrics, &outcome);
+                if let Outcome::DeadLetter(message, ack, _) = outcome {
+                    publishing.spawn(publish_dead_letter(dead_letter.clone(), message, ack, metrics.clone()));
+                }
             }
             _ = tick.tick() => {
                 for pane in windows.take_ready(SystemTime::now()) {
                     summary.panes += 1;
-                    publishing.spawn(publish_pane(output.clone(), pane, config.replica.clone(), metrics.clone()));
+                    publishing.spawn(publish_pane(output.clone(), pane, settings.replica.clone(), metrics.clone()));
                 }
             }
             Some(_) = publishing.join_next(), if !publishing.is_empty() => last_settled = Some(Instant::now()),
-            delivery = received.recv() => match delivery {
-                None => break,
-                Some(Err(error)) => anyhow::bail!("streaming pull from {} failed: {error}", config.input_subscription),
-                Some(Ok((message, handler))) => {
+            delivery = deliveries.recv(), if input_open && in_flight < settings.max_in_flight => match delivery {
+                None => input_open = false,
+                Some(Err(error)) => return Err(error),
+                Some(Ok((message, ack))) => {
                     first_received.get_or_insert_with(Instant::now);
                     metrics.received();
-                    let outcome = handle(opener.as_ref(), &mut windows, message, handler, &metrics).await;
-                    record(&mut summary, &metrics, &outcome);
-                    if let Outcome::DeadLetter(message, handler, _) = outcome {
-                        publishing.spawn(publish_dead_letter(dead_letter.clone(), message, handler, metrics.clone()));
-                    }
+                    in_flight += 1;
+                    // A task per message: a message waiting on the KMS holds up no other,
+                    // and the runtime spreads opening and counting over its workers.
+                    let (opener, windows, metrics, outcomes) = (opener.clone(), windows.clone(), metrics.clone(), outcomes.clone());
+                    let task = async move {
+                        // Boxed: the task's own future stays small, so spawning moves a
+                        // few hundred bytes instead of the whole open-and-count state.
+                        let outcome = Box::pin(handle(opener.as_ref(), &windows, message, ack, &metrics)).await;
+                        // The receiver lives until every outcome is in.
+                        let _ = outcomes.send(outcome);
+                    };
+                    tokio::spawn(task);
                 }
             },
         }
     }
 
-    tracing::info!(held = windows.held(), "stream ended: flushing open windows");
+    tracing::info!(held = windows.held(), "input ended: flushing open windows");
     for pane in windows.take_all() {
         summary.panes += 1;
-        publishing.spawn(publish_pane(output.clone(), pane, config.replica.clone(), metrics.clone()));
+        publishing.spawn(publish_pane(output.clone(), pane, settings.replica.clone(), metrics.clone()));
     }
     while publishing.join_next().await.is_some() {
         last_settled = Some(Instant::now());
@@ -214,31 +337,18 @@ pub async fn run(
     if let (Some(first), Some(last)) = (first_received, last_settled) {
         summary.active = last.saturating_duration_since(first);
     }
-    while let Some(puller) = pullers.join_next().await {
-        puller?;
-    }
-    match stopping {
-        Some(stopping) => stopping.await?,
-        None => shut_down(stop_streams).await,
-    }
-    tracing::info!(?summary, messages_per_sec = summary.messages_per_sec() as u64, "pipeline stopped");
     Ok(summary)
 }
 
-/// Shuts every stream down; completes once each held message is acked or nacked.
-async fn shut_down(streams: Vec<ShutdownToken>) {
-    futures_util::future::join_all(streams.iter().map(ShutdownToken::shutdown)).await;
-}
-
 #[allow(clippy::large_enum_variant)] // one per message, never stored
-enum Outcome {
+enum Outcome<A> {
     Counted,
     Duplicate,
-    DeadLetter(Message, Handler, &'static str),
+    DeadLetter(Message, A, &'static str),
     Retry(&'static str),
 }
 
-fn record(summary: &mut Summary, metrics: &Metrics, outcome: &Outcome) {
+fn record<A>(summary: &mut Summary, metrics: &Metrics, outcome: &Outcome<A>) {
     match outcome {
         Outcome::Counted => {
             summary.counted += 1;
@@ -259,19 +369,19 @@ fn record(summary: &mut Summary, metrics: &Metrics, outcome: &Outcome) {
     }
 }
 
-async fn handle(
+async fn handle<A: Ack>(
     opener: &impl Open,
-    windows: &mut Windows<Handler>,
+    windows: &Windows<A>,
     message: Message,
-    handler: Handler,
+    ack: A,
     metrics: &Arc<Metrics>,
-) -> Outcome {
+) -> Outcome<A> {
     let message_id = &message.message_id;
     match opener.open(&message).await {
         Ok(opened) => match std::str::from_utf8(&opened.data) {
             Ok(text) => {
                 let published = publish_time(&message);
-                match windows.add(published, opened.fingerprint, text, handler, SystemTime::now()) {
+                match windows.add(published, opened.fingerprint, text, ack, SystemTime::now()) {
                     wordcount::Added::Counted => Outcome::Counted,
                     wordcount::Added::Duplicate => Outcome::Duplicate,
                 }
@@ -279,7 +389,7 @@ async fn handle(
             Err(_) => {
                 tracing::warn!(%message_id, reason = "not_utf8", "rejected: data is not UTF-8 text");
                 let rejected = dead_letter::copy(&message, "not_utf8", "the opened data is not UTF-8 text");
-                Outcome::DeadLetter(rejected, handler, "not_utf8")
+                Outcome::DeadLetter(rejected, ack, "not_utf8")
             }
         },
         Err(error) if error.is_transient() => {
@@ -289,7 +399,7 @@ async fn handle(
             let metrics = metrics.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(RETRY_AFTER).await;
-                handler.nack();
+                ack.nack();
                 metrics.settled(1);
             });
             Outcome::Retry(error.reason())
@@ -297,7 +407,7 @@ async fn handle(
         Err(error) => {
             tracing::warn!(%message_id, reason = error.reason(), %error, "rejected");
             let rejected = dead_letter::copy(&message, error.reason(), &error.to_string());
-            Outcome::DeadLetter(rejected, handler, error.reason())
+            Outcome::DeadLetter(rejected, ack, error.reason())
         }
     }
 }
@@ -310,12 +420,12 @@ fn publish_time(message: &Message) -> SystemTime {
         .unwrap_or_else(SystemTime::now)
 }
 
-async fn publish_dead_letter(dead_letter: Publisher, message: Message, handler: Handler, metrics: Arc<Metrics>) {
+async fn publish_dead_letter<A: Ack>(dead_letter: impl Output, message: Message, ack: A, metrics: Arc<Metrics>) {
     match dead_letter.publish(message).await {
-        Ok(_) => handler.ack(),
+        Ok(()) => ack.ack(),
         Err(error) => {
             tracing::error!(%error, "could not publish to the dead-letter topic; nacking");
-            handler.nack();
+            ack.nack();
         }
     }
     metrics.settled(1);
@@ -325,7 +435,7 @@ fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
 
-async fn publish_pane(output: Publisher, pane: Pane<Handler>, replica: String, metrics: Arc<Metrics>) {
+async fn publish_pane<A: Ack>(output: impl Output, pane: Pane<A>, replica: String, metrics: Arc<Metrics>) {
     let attributes = HashMap::from([
         (WINDOW_START_ATTR.to_owned(), rfc3339(pane.window.start())),
         (WINDOW_END_ATTR.to_owned(), rfc3339(pane.window.end())),
@@ -345,10 +455,10 @@ async fn publish_pane(output: Publisher, pane: Pane<Handler>, replica: String, m
         tracing::info!(window_start = %start, pane = pane.number, words = pane.counts.len(), messages = pane.holds.len(), "published pane");
         metrics.window_emitted(SystemTime::now().duration_since(pane.window.end()).unwrap_or_default().as_secs_f64());
         metrics.settled(pane.holds.len());
-        pane.holds.into_iter().for_each(Handler::ack);
+        pane.holds.into_iter().for_each(Ack::ack);
     } else {
         tracing::error!(window_start = %start, pane = pane.number, failures, "could not publish the pane; nacking its messages for a recount");
         metrics.settled(pane.holds.len());
-        pane.holds.into_iter().for_each(Handler::nack);
+        pane.holds.into_iter().for_each(Ack::nack);
     }
 }

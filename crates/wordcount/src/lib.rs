@@ -11,24 +11,80 @@
 #![cfg_attr(test, allow(unused_crate_dependencies, reason = "unit tests build with the dev-dependencies too"))]
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 // Seeded per process: the words come from other tenants' messages, so an unseeded
 // hash would let one of them flood a bucket.
-use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
+use foldhash::{HashMap, HashMapExt as _, HashSet};
 
-/// Whether `c` belongs to the original tokenizer's class `[\w']` (Unicode `\w`, as the
-/// regex crate defines it). ASCII, nearly all of the input, is decided here without
-/// a table lookup; the regex crate's own tables decide the rest.
-fn is_word_char(c: char) -> bool {
-    if c.is_ascii() { c.is_ascii_alphanumeric() || c == '_' || c == '\'' } else { regex_syntax::is_word_character(c) }
+/// Bytes of `[\w']` among ASCII: `[0-9A-Za-z_']`.
+const ASCII_WORD: [bool; 128] = {
+    let mut table = [false; 128];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'_' || c == b'\'';
+        b += 1;
+    }
+    table
+};
+
+/// Whether the character starting at byte `at` of `text` belongs to the original
+/// tokenizer's class `[\w']` (Unicode `\w`, as the regex crate defines it), and its
+/// length in bytes. ASCII, nearly all of the input, is one table lookup with no UTF-8
+/// decoding; the regex crate's own tables decide the rest.
+#[inline]
+fn word_char_at(text: &str, at: usize) -> (bool, usize) {
+    let byte = text.as_bytes()[at];
+    if byte.is_ascii() {
+        return (ASCII_WORD[usize::from(byte)], 1);
+    }
+    let c = text[at..].chars().next().expect("`at` is on a character boundary");
+    (regex_syntax::is_word_character(c), c.len_utf8())
 }
 
-/// The words of `text`, as the original pipeline's `[\w']+` split them; a scan instead
-/// of a regex search, which cost two DFA passes per word.
-pub fn words(text: &str) -> impl Iterator<Item = &str> {
-    text.split(|c: char| !is_word_char(c)).filter(|word| !word.is_empty())
+/// The words of `text`, as the original pipeline's `[\w']+` split them; a byte scan
+/// instead of a regex search (which cost two DFA passes per word) or a `char` split
+/// (which decodes every character).
+pub fn words(text: &str) -> Words<'_> {
+    Words { text, at: 0 }
+}
+
+/// The iterator [`words`] returns.
+#[derive(Debug, Clone)]
+pub struct Words<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Iterator for Words<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let end = self.text.len();
+        let start = loop {
+            if self.at >= end {
+                return None;
+            }
+            let (word, len) = word_char_at(self.text, self.at);
+            if word {
+                break self.at;
+            }
+            self.at += len;
+        };
+        self.at += word_char_at(self.text, start).1;
+        while self.at < end {
+            let (word, len) = word_char_at(self.text, self.at);
+            if !word {
+                break;
+            }
+            self.at += len;
+        }
+        Some(&self.text[start..self.at])
+    }
 }
 
 /// A fixed window `[start, end)` in milliseconds since the Unix epoch.
@@ -60,11 +116,9 @@ impl Window {
     }
 }
 
-/// One pane being filled.
+/// One counting shard's part of a pane being filled.
 struct OpenPane<H> {
-    number: u32,
     counts: HashMap<String, u64>,
-    fingerprints: HashSet<Fingerprint>,
     holds: Vec<H>,
     ready_at: SystemTime,
 }
@@ -96,43 +150,81 @@ pub enum Added {
     Duplicate,
 }
 
-/// Panes being filled, by window.
+/// Panes being filled, by window, shared by every worker of a pipeline.
+///
+/// Two kinds of shard, each behind its own lock, let workers count at once:
+/// * which messages a pane has counted is sharded by fingerprint, so that copies of a
+///   message (one fingerprint) meet in one shard and count once;
+/// * the counts themselves are sharded by worker thread, so that the large word tables
+///   stay in the cache of the core that fills them instead of moving between cores
+///   with every message.
+///
+/// A window is emitted from every shard at once, as one pane with the shards' counts
+/// summed, so sharding never shows in the output.
 pub struct Windows<H> {
     size: Duration,
     grace: Duration,
     settle: Duration,
-    open: BTreeMap<Window, OpenPane<H>>,
+    /// Fingerprints counted in each open window. Locked before a counting shard (and
+    /// held while the message is counted, so that a message's fingerprint and its counts
+    /// always land in the same pane); all of them are locked, in order, to emit.
+    seen: Box<[Mutex<Seen>]>,
+    counting: Box<[Mutex<Counting<H>>]>,
     /// Next pane number of windows already emitted, so late data gets a further pane.
-    next_pane: BTreeMap<Window, u32>,
+    /// Only emitting touches it.
+    next_pane: Mutex<BTreeMap<Window, u32>>,
 }
+
+/// One fingerprint shard: the fingerprints counted per open window.
+type Seen = BTreeMap<Window, HashSet<Fingerprint>>;
+/// One counting shard: its part of each open pane.
+type Counting<H> = BTreeMap<Window, OpenPane<H>>;
 
 /// How long emitted windows are remembered, to number their late panes.
 const REMEMBER: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// Each thread's counting shard, modulo the shard count: threads number themselves in
+/// the order they first count, so a runtime's workers get distinct shards.
+fn thread_slot() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    SLOT.with(|slot| *slot)
+}
+
 impl<H> Windows<H> {
-    /// Windows of `size`. A window's first pane is emitted `grace` after the window ends;
-    /// a pane whose first message arrived later than that waits `settle` from that
-    /// message, so that a backlog is counted in a few panes rather than one per message.
-    pub fn new(size: Duration, grace: Duration, settle: Duration) -> Self {
-        Self { size, grace, settle, open: BTreeMap::new(), next_pane: BTreeMap::new() }
+    /// Windows of `size`, counted by up to `workers` threads at once (more work, just
+    /// with more waiting on locks). A window's first pane is emitted `grace` after the
+    /// window ends; a pane whose first message arrived later than that waits `settle`
+    /// from that message, so that a backlog is counted in a few panes rather than one
+    /// per message.
+    pub fn new(size: Duration, grace: Duration, settle: Duration, workers: usize) -> Self {
+        let workers = workers.max(1);
+        // A few fingerprint shards per worker, so that two rarely want one lock.
+        let seen = (0..workers * 4).map(|_| Mutex::new(BTreeMap::new())).collect();
+        let counting = (0..workers).map(|_| Mutex::new(BTreeMap::new())).collect();
+        Self { size, grace, settle, seen, counting, next_pane: Mutex::new(BTreeMap::new()) }
     }
 
     /// Counts the words of `text`, published at `published`, into its window's open pane.
-    pub fn add(&mut self, published: SystemTime, id: Fingerprint, text: &str, hold: H, now: SystemTime) -> Added {
+    pub fn add(&self, published: SystemTime, id: Fingerprint, text: &str, hold: H, now: SystemTime) -> Added {
         let window = Window::containing(published, self.size);
-        let (grace, settle) = (self.grace, self.settle);
-        let next_pane = &self.next_pane;
-        let pane = self.open.entry(window).or_insert_with(|| OpenPane {
-            number: next_pane.get(&window).copied().unwrap_or(0),
+        let key = u64::from_le_bytes(id[..8].try_into().expect("8 bytes"));
+        // Fingerprints are hashes (or MACs), uniform in their first bytes.
+        let mut seen = lock(&self.seen[(key % self.seen.len() as u64) as usize]);
+        let new = seen.entry(window).or_default().insert(id);
+        let mut counting = lock(&self.counting[thread_slot() % self.counting.len()]);
+        let pane = counting.entry(window).or_insert_with(|| OpenPane {
             counts: HashMap::new(),
-            fingerprints: HashSet::new(),
             holds: Vec::new(),
-            ready_at: (window.end() + grace).max(now + settle),
+            ready_at: (window.end() + self.grace).max(now + self.settle),
         });
         pane.holds.push(hold);
-        if !pane.fingerprints.insert(id) {
+        if !new {
             return Added::Duplicate;
         }
+        drop(seen);
         for word in words(text) {
             match pane.counts.get_mut(word) {
                 Some(count) => *count += 1,
@@ -144,37 +236,92 @@ impl<H> Windows<H> {
         Added::Counted
     }
 
-    /// Removes and returns the panes ready at `now`.
-    pub fn take_ready(&mut self, now: SystemTime) -> Vec<Pane<H>> {
-        let ready: Vec<Window> = self.open.iter().filter(|(_, pane)| pane.ready_at <= now).map(|(w, _)| *w).collect();
-        let panes = ready.into_iter().map(|window| self.emit(window)).collect();
+    /// Removes and returns the panes ready at `now`: every window that is ready in any
+    /// shard, taken from all of them.
+    pub fn take_ready(&self, now: SystemTime) -> Vec<Pane<H>> {
+        let mut ready = BTreeSet::new();
+        for shard in &self.counting {
+            let shard = lock(shard);
+            ready.extend(shard.iter().filter(|(_, pane)| pane.ready_at <= now).map(|(window, _)| *window));
+        }
+        let panes = self.take(&ready);
         self.forget_before(now);
         panes
     }
 
     /// Removes and returns every open pane, ready or not: for a clean shutdown.
-    pub fn take_all(&mut self) -> Vec<Pane<H>> {
-        let windows: Vec<Window> = self.open.keys().copied().collect();
-        windows.into_iter().map(|window| self.emit(window)).collect()
+    pub fn take_all(&self) -> Vec<Pane<H>> {
+        let mut windows = BTreeSet::new();
+        for shard in &self.counting {
+            windows.extend(lock(shard).keys().copied());
+        }
+        self.take(&windows)
     }
 
     /// Holds in open panes.
     pub fn held(&self) -> usize {
-        self.open.values().map(|pane| pane.holds.len()).sum()
+        self.counting.iter().map(|shard| lock(shard).values().map(|pane| pane.holds.len()).sum::<usize>()).sum()
     }
 
-    fn emit(&mut self, window: Window) -> Pane<H> {
-        let pane = self.open.remove(&window).expect("emitting an open window");
-        self.next_pane.insert(window, pane.number + 1);
-        let mut counts: Vec<(String, u64)> = pane.counts.into_iter().collect();
-        counts.sort_unstable();
-        Pane { window, number: pane.number, counts, holds: pane.holds }
+    /// Takes `windows` out of every shard, each as one pane.
+    fn take(&self, windows: &BTreeSet<Window>) -> Vec<Pane<H>> {
+        if windows.is_empty() {
+            return Vec::new();
+        }
+        // Every fingerprint shard is held until the counts are out, so that no message
+        // is between its fingerprint and its counts meanwhile: both leave together.
+        let mut seen: Vec<_> = self.seen.iter().map(lock).collect();
+        for shard in &mut seen {
+            shard.retain(|window, _| !windows.contains(window));
+        }
+        let mut parts: BTreeMap<Window, Vec<OpenPane<H>>> = BTreeMap::new();
+        for shard in &self.counting {
+            let mut shard = lock(shard);
+            for window in windows {
+                if let Some(part) = shard.remove(window) {
+                    parts.entry(*window).or_default().push(part);
+                }
+            }
+        }
+        drop(seen);
+        let mut next_pane = lock(&self.next_pane);
+        parts
+            .into_iter()
+            .map(|(window, parts)| {
+                let number = next_pane.get(&window).copied().unwrap_or(0);
+                next_pane.insert(window, number + 1);
+                merge(window, number, parts)
+            })
+            .collect()
     }
 
-    fn forget_before(&mut self, now: SystemTime) {
+    fn forget_before(&self, now: SystemTime) {
         let horizon = now.checked_sub(REMEMBER).unwrap_or(UNIX_EPOCH);
-        self.next_pane.retain(|window, _| window.end() > horizon);
+        lock(&self.next_pane).retain(|window, _| window.end() > horizon);
     }
+}
+
+/// One pane from the shards' parts of it: counts summed, holds together.
+fn merge<H>(window: Window, number: u32, parts: Vec<OpenPane<H>>) -> Pane<H> {
+    let mut parts = parts.into_iter();
+    let first = parts.next().expect("a window is taken from at least one shard");
+    let (mut counts, mut holds) = (first.counts, first.holds);
+    for part in parts {
+        holds.extend(part.holds);
+        for (word, count) in part.counts {
+            *counts.entry(word).or_default() += count;
+        }
+    }
+    let mut counts: Vec<(String, u64)> = counts.into_iter().collect();
+    counts.sort_unstable();
+    Pane { window, number, counts, holds }
+}
+
+/// Locks `mutex`. A worker that panicked while counting may have left a message half
+/// counted beside its hold: rather than publish and ack that, the pipeline stops here,
+/// and what it held is redelivered and counted again.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().expect("a worker panicked while counting")
 }
 
 #[cfg(test)]
@@ -191,8 +338,13 @@ mod tests {
         [tag; 16]
     }
 
+    fn sorted(mut holds: Vec<u32>) -> Vec<u32> {
+        holds.sort_unstable();
+        holds
+    }
+
     fn windows() -> Windows<u32> {
-        Windows::new(SIZE, Duration::from_millis(500), Duration::from_secs(1))
+        Windows::new(SIZE, Duration::from_millis(500), Duration::from_secs(1), 4)
     }
 
     proptest::proptest! {
@@ -218,7 +370,7 @@ mod tests {
 
     #[test]
     fn counts_per_window_and_emits_after_the_end() {
-        let mut windows = windows();
+        let windows = windows();
         windows.add(at(1_000_005), id(b'1'), "a b a", 1, at(1_000_005));
         windows.add(at(1_000_019), id(b'2'), "b", 2, at(1_000_019));
         windows.add(at(1_000_020), id(b'3'), "c", 3, at(1_000_020));
@@ -226,14 +378,14 @@ mod tests {
         let panes = windows.take_ready(at(1_000_021));
         assert_eq!(panes.len(), 1);
         assert_eq!(panes[0].counts, [("a".to_owned(), 2), ("b".to_owned(), 2)]);
-        assert_eq!(panes[0].holds, [1, 2]);
+        assert_eq!(sorted(panes[0].holds.clone()), [1, 2]);
         assert_eq!(panes[0].number, 0);
         assert_eq!(windows.held(), 1);
     }
 
     #[test]
     fn late_data_opens_a_further_pane_and_nothing_is_dropped() {
-        let mut windows = windows();
+        let windows = windows();
         windows.add(at(1_000_005), id(b'1'), "x", 1, at(1_000_005));
         assert_eq!(windows.take_ready(at(1_000_030)).len(), 1);
         windows.add(at(1_000_006), id(b'2'), "x y", 2, at(1_000_031));
@@ -246,11 +398,95 @@ mod tests {
 
     #[test]
     fn redelivered_messages_are_held_but_counted_once() {
-        let mut windows = windows();
+        let windows = windows();
         assert_eq!(windows.add(at(1_000_005), id(b'm'), "w", 1, at(1_000_005)), Added::Counted);
         assert_eq!(windows.add(at(1_000_005), id(b'm'), "w", 2, at(1_000_006)), Added::Duplicate);
         let panes = windows.take_all();
         assert_eq!(panes[0].counts, [("w".to_owned(), 1)]);
         assert_eq!(panes[0].holds, [1, 2], "both deliveries are acked with the pane");
+    }
+
+    #[test]
+    fn shards_sum_into_one_pane_per_window() {
+        // Messages spread over every shard still come out as one pane per window, with
+        // the counts of all shards summed and every hold handed back.
+        let windows = windows();
+        std::thread::scope(|scope| {
+            for thread in 0..4u8 {
+                let windows = &windows;
+                scope.spawn(move || {
+                    for tag in (0..=255u8).filter(|tag| tag % 4 == thread) {
+                        let mut id = [0; 16];
+                        id[0] = tag;
+                        windows.add(at(1_000_005), id, "w w x", u32::from(tag), at(1_000_005));
+                    }
+                });
+            }
+        });
+        let panes = windows.take_all();
+        assert_eq!(panes.len(), 1);
+        assert_eq!(panes[0].counts, [("w".to_owned(), 512), ("x".to_owned(), 256)]);
+        assert_eq!(sorted(panes[0].holds.clone()), (0..=255).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_window_ready_in_one_shard_is_taken_from_all() {
+        // A late message arriving in one shard after another shard's part became ready
+        // does not split the window into two panes: the ready part takes the rest along.
+        let windows = windows();
+        let (early, late) = ([0; 16], [1; 16]);
+        // From two threads, so into two counting shards.
+        std::thread::scope(|scope| {
+            scope.spawn(|| windows.add(at(1_000_005), early, "a", 1, at(1_000_005)));
+        });
+        std::thread::scope(|scope| {
+            scope.spawn(|| windows.add(at(1_000_006), late, "b", 2, at(1_000_020)));
+        });
+        let panes = windows.take_ready(at(1_000_020) + Duration::from_millis(600));
+        assert_eq!(panes.len(), 1);
+        assert_eq!(panes[0].counts, [("a".to_owned(), 1), ("b".to_owned(), 1)]);
+        assert_eq!(windows.held(), 0);
+    }
+
+    #[test]
+    fn late_panes_are_numbered_per_window_whatever_the_shard() {
+        // Pane numbers count the window's emissions, not a shard's: a late message
+        // landing in a shard that never saw the window still gets pane 1.
+        let windows = windows();
+        windows.add(at(1_000_005), [0; 16], "x", 1, at(1_000_005));
+        assert_eq!(windows.take_ready(at(1_000_030))[0].number, 0);
+        windows.add(at(1_000_005), [3; 16], "x", 2, at(1_000_031));
+        let late = windows.take_all();
+        assert_eq!((late[0].number, late[0].holds.as_slice()), (1, &[2][..]));
+    }
+
+    #[test]
+    fn workers_counting_at_once_count_what_one_would() {
+        // Four threads adding interleaved messages, with every message delivered twice,
+        // produce exactly the counts of one thread adding each message once.
+        let windows = std::sync::Arc::new(windows());
+        let threads: Vec<_> = (0..4u32)
+            .map(|thread| {
+                let windows = windows.clone();
+                std::thread::spawn(move || {
+                    for n in 0..2_000u32 {
+                        let message = n % 1_000 * 4 + thread;
+                        let mut id = [0; 16];
+                        id[..4].copy_from_slice(&message.to_le_bytes());
+                        let text = format!("all t{thread} m{}", message % 7);
+                        windows.add(at(1_000_005 + u64::from(message % 30)), id, &text, message, at(1_000_000));
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|thread| thread.join().unwrap());
+        let panes = windows.take_all();
+        assert_eq!(panes.len(), 2, "30 s of publish times from a window's start: two 15 s windows");
+        let total = |word: &str| -> u64 {
+            panes.iter().flat_map(|pane| &pane.counts).filter(|(w, _)| w == word).map(|(_, c)| c).sum()
+        };
+        assert_eq!(total("all"), 4_000);
+        assert_eq!((0..4).map(|t| total(&format!("t{t}"))).collect::<Vec<_>>(), [1_000; 4]);
+        assert_eq!(panes.iter().map(|pane| pane.holds.len()).sum::<usize>(), 8_000, "every delivery held");
     }
 }

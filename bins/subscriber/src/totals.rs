@@ -1,0 +1,282 @@
+//! Window totals: the pipeline's partial counts (one per replica, window, pane and word)
+//! summed per window, each part once, and forgotten once a window has been quiet long
+//! enough that no more parts are expected.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// What became of one message of the output topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    /// A new part: the window's total changed.
+    Counted,
+    /// A part already summed (Pub/Sub delivers at least once).
+    Repeat,
+    /// Not a pipeline's output (no window attributes, or not `word: count`).
+    NotPipelineOutput,
+}
+
+/// The sums of every window seen and not yet forgotten.
+pub struct Totals {
+    /// A window is forgotten once no part has arrived for this long.
+    forget_after: Duration,
+    windows: BTreeMap<String, Window>,
+    /// Windows forgotten so far.
+    pub forgotten: u64,
+}
+
+/// One window's sum.
+struct Window {
+    end: String,
+    counts: HashMap<String, u64>,
+    /// (replica, pane, word) of each part summed, so that a repeat is summed once.
+    parts: HashSet<(String, u32, String)>,
+    panes: BTreeSet<(String, u32)>,
+    changed: bool,
+    updated: Instant,
+}
+
+/// A window's sum as it stands, for printing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub window_start: String,
+    pub window_end: String,
+    /// Words counted in the window, all replicas and panes together.
+    pub total: u64,
+    pub replicas: usize,
+    pub panes: usize,
+    /// Word counts, most frequent first, then by word.
+    pub counts: Vec<(String, u64)>,
+}
+
+impl Totals {
+    pub fn new(forget_after: Duration) -> Self {
+        Self { forget_after, windows: BTreeMap::new(), forgotten: 0 }
+    }
+
+    /// Sums one message of the output topic into its window.
+    pub fn add(&mut self, attributes: &HashMap<String, String>, data: &[u8], now: Instant) -> Added {
+        let Some(part) = Part::parse(attributes, data) else { return Added::NotPipelineOutput };
+        let window = self.windows.entry(part.window_start.to_owned()).or_insert_with(|| Window {
+            end: part.window_end.to_owned(),
+            counts: HashMap::new(),
+            parts: HashSet::new(),
+            panes: BTreeSet::new(),
+            changed: false,
+            updated: now,
+        });
+        if !window.parts.insert((part.replica.to_owned(), part.pane, part.word.to_owned())) {
+            return Added::Repeat;
+        }
+        window.panes.insert((part.replica.to_owned(), part.pane));
+        *window.counts.entry(part.word.to_owned()).or_default() += part.count;
+        window.changed = true;
+        window.updated = now;
+        Added::Counted
+    }
+
+    /// The windows whose sums changed since the last call, oldest window first.
+    pub fn take_changed(&mut self) -> Vec<Snapshot> {
+        let mut changed = Vec::new();
+        for (start, window) in &mut self.windows {
+            if std::mem::take(&mut window.changed) {
+                changed.push(window.snapshot(start));
+            }
+        }
+        changed
+    }
+
+    /// Forgets the windows no part has reached for `forget_after`; returns how many.
+    pub fn forget_quiet(&mut self, now: Instant) -> usize {
+        let before = self.windows.len();
+        let forget_after = self.forget_after;
+        self.windows.retain(|_, window| now.saturating_duration_since(window.updated) < forget_after);
+        let forgotten = before - self.windows.len();
+        self.forgotten += forgotten as u64;
+        forgotten
+    }
+
+    /// Windows held.
+    pub fn len(&self) -> usize {
+        self.windows.len()
+    }
+}
+
+impl Window {
+    fn snapshot(&self, start: &str) -> Snapshot {
+        let mut counts: Vec<(String, u64)> = self.counts.iter().map(|(word, count)| (word.clone(), *count)).collect();
+        counts.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Snapshot {
+            window_start: start.to_owned(),
+            window_end: self.end.clone(),
+            total: self.counts.values().sum(),
+            replicas: self.panes.iter().map(|(replica, _)| replica).collect::<BTreeSet<_>>().len(),
+            panes: self.panes.len(),
+            counts,
+        }
+    }
+}
+
+impl Snapshot {
+    /// The window as a person reads it: a heading, then a line per word.
+    pub fn text(&self) -> String {
+        let plural = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let mut text = format!(
+            "window {} .. {}: {} words ({}, {})\n",
+            self.window_start,
+            self.window_end,
+            self.total,
+            plural(self.replicas, "replica", "replicas"),
+            plural(self.panes, "pane", "panes"),
+        );
+        for (word, count) in &self.counts {
+            text.push_str(&format!("  {word}: {count}\n"));
+        }
+        text
+    }
+
+    /// The window as one JSON record.
+    pub fn json(&self) -> serde_json::Value {
+        let counts: serde_json::Map<String, serde_json::Value> =
+            self.counts.iter().map(|(word, count)| (word.clone(), (*count).into())).collect();
+        serde_json::json!({
+            "window_start": self.window_start,
+            "window_end": self.window_end,
+            "total": self.total,
+            "replicas": self.replicas,
+            "panes": self.panes,
+            "counts": counts,
+        })
+    }
+}
+
+/// One `word: count` of one pane, as the pipeline publishes it.
+struct Part<'a> {
+    window_start: &'a str,
+    window_end: &'a str,
+    replica: &'a str,
+    pane: u32,
+    word: &'a str,
+    count: u64,
+}
+
+impl<'a> Part<'a> {
+    fn parse(attributes: &'a HashMap<String, String>, data: &'a [u8]) -> Option<Self> {
+        let text = std::str::from_utf8(data).ok()?;
+        let (word, count) = text.rsplit_once(": ")?;
+        Some(Self {
+            window_start: attributes.get(runner::WINDOW_START_ATTR)?,
+            window_end: attributes.get(runner::WINDOW_END_ATTR)?,
+            replica: attributes.get(runner::REPLICA_ATTR)?,
+            pane: attributes.get(runner::PANE_ATTR)?.parse().ok()?,
+            word,
+            count: count.parse().ok()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(replica: &str, start: &str, pane: u32) -> HashMap<String, String> {
+        HashMap::from([
+            (runner::WINDOW_START_ATTR.to_owned(), start.to_owned()),
+            (runner::WINDOW_END_ATTR.to_owned(), format!("{start}+15s")),
+            (runner::REPLICA_ATTR.to_owned(), replica.to_owned()),
+            (runner::PANE_ATTR.to_owned(), pane.to_string()),
+        ])
+    }
+
+    #[test]
+    fn replicas_and_late_panes_sum_into_one_total_each_part_once() {
+        // Two replicas' partials and a late pane add up; a repeated delivery does not.
+        let mut totals = Totals::new(Duration::from_secs(60));
+        let now = Instant::now();
+        assert_eq!(totals.add(&part("r1", "w1", 0), b"alpha: 600", now), Added::Counted);
+        assert_eq!(totals.add(&part("r2", "w1", 0), b"alpha: 400", now), Added::Counted);
+        assert_eq!(totals.add(&part("r2", "w1", 0), b"alpha: 400", now), Added::Repeat);
+        assert_eq!(totals.add(&part("r2", "w1", 0), b"beta: 7", now), Added::Counted);
+        let first = totals.take_changed();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].counts, [("alpha".to_owned(), 1000), ("beta".to_owned(), 7)]);
+        assert_eq!((first[0].total, first[0].replicas, first[0].panes), (1007, 2, 2));
+        assert!(totals.take_changed().is_empty(), "nothing changed since");
+
+        assert_eq!(totals.add(&part("r1", "w1", 1), b"alpha: 5", now), Added::Counted);
+        let updated = totals.take_changed();
+        assert_eq!(updated[0].counts[0], ("alpha".to_owned(), 1005));
+        assert_eq!((updated[0].replicas, updated[0].panes), (2, 3));
+    }
+
+    #[test]
+    fn windows_are_kept_apart_and_words_with_colons_keep_them() {
+        // A word is what precedes the last ": ", so counts of odd words are not mangled.
+        let mut totals = Totals::new(Duration::from_secs(60));
+        let now = Instant::now();
+        totals.add(&part("r1", "w1", 0), b"a: b: 3", now);
+        totals.add(&part("r1", "w2", 0), b"a: b: 4", now);
+        let changed = totals.take_changed();
+        assert_eq!(
+            changed.iter().map(|s| (s.window_start.as_str(), s.counts[0].1)).collect::<Vec<_>>(),
+            [("w1", 3), ("w2", 4)]
+        );
+        assert_eq!(changed[0].counts[0].0, "a: b");
+    }
+
+    #[test]
+    fn anything_but_pipeline_output_is_refused() {
+        // Ciphertext on the bus, a message without window attributes or a count that is
+        // not a number is never summed.
+        let mut totals = Totals::new(Duration::from_secs(60));
+        let now = Instant::now();
+        assert_eq!(totals.add(&HashMap::new(), b"alpha: 1", now), Added::NotPipelineOutput);
+        assert_eq!(totals.add(&part("r1", "w1", 0), b"alpha", now), Added::NotPipelineOutput);
+        assert_eq!(totals.add(&part("r1", "w1", 0), b"alpha: many", now), Added::NotPipelineOutput);
+        assert_eq!(totals.add(&part("r1", "w1", 0), &[0xff, b':', b' ', b'1'], now), Added::NotPipelineOutput);
+        let mut bad_pane = part("r1", "w1", 0);
+        bad_pane.insert(runner::PANE_ATTR.to_owned(), "first".to_owned());
+        assert_eq!(totals.add(&bad_pane, b"alpha: 1", now), Added::NotPipelineOutput);
+        assert_eq!(totals.len(), 0);
+    }
+
+    #[test]
+    fn quiet_windows_are_forgotten_and_memory_stays_bounded() {
+        // A window with no new part for the bound is dropped and counted; one still
+        // receiving parts is kept.
+        let mut totals = Totals::new(Duration::from_secs(60));
+        let start = Instant::now();
+        totals.add(&part("r1", "old", 0), b"x: 1", start);
+        totals.add(&part("r1", "busy", 0), b"x: 1", start);
+        totals.add(&part("r1", "busy", 1), b"x: 1", start + Duration::from_secs(50));
+        assert_eq!(totals.forget_quiet(start + Duration::from_secs(59)), 0);
+        assert_eq!(totals.forget_quiet(start + Duration::from_secs(60)), 1);
+        assert_eq!((totals.len(), totals.forgotten), (1, 1));
+        for n in 0..1000u64 {
+            let now = start + Duration::from_secs(100 + n);
+            totals.add(&part("r1", &format!("w{n}"), 0), b"x: 1", now);
+            totals.forget_quiet(now);
+            assert!(totals.len() <= 61, "held {} windows", totals.len());
+        }
+    }
+
+    #[test]
+    fn snapshots_read_as_text_and_as_json() {
+        // The text names the window and its sizes; the JSON record carries the same.
+        let snapshot = Snapshot {
+            window_start: "2026-01-01T00:00:00Z".to_owned(),
+            window_end: "2026-01-01T00:00:15Z".to_owned(),
+            total: 3,
+            replicas: 1,
+            panes: 2,
+            counts: vec![("b".to_owned(), 2), ("a".to_owned(), 1)],
+        };
+        assert_eq!(
+            snapshot.text(),
+            "window 2026-01-01T00:00:00Z .. 2026-01-01T00:00:15Z: 3 words (1 replica, 2 panes)\n  b: 2\n  a: 1\n"
+        );
+        let json = snapshot.json();
+        assert_eq!((json["total"].as_u64(), json["panes"].as_u64()), (Some(3), Some(2)));
+        assert_eq!(json["counts"]["b"].as_u64(), Some(2));
+    }
+}

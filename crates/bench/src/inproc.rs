@@ -1,0 +1,263 @@
+//! `bench pipeline`: the pipeline's core (`runner::process`: open, count, emit, ack) in
+//! this process, fed pre-sealed 1 KiB messages from memory, with counters standing in
+//! for Pub/Sub's delivery, ack and publish. What the pipeline itself costs per message,
+//! and how it scales with workers, with no emulator in the way.
+//!
+//! Each case seals its messages first (not timed), then for each worker count runs the
+//! core on a fresh runtime of that many threads and a fresh opener (cold key cache),
+//! and checks that every message was acked once and every word counted exactly.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use envelope::kms::Counted;
+use envelope::kms::local::{Keyring, LocalKms, Purpose};
+use envelope::{AttestBy, Attributes, KeyName, KeyVersionName, Mode, Opener, RotationPolicy, Sealer, TrustedKeys};
+use google_cloud_pubsub::model::Message;
+use nix::sys::resource::{UsageWho, getrusage};
+
+use crate::texts::Corpus;
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Messages per case.
+    #[arg(long, default_value_t = 100_000)]
+    messages: u64,
+    /// A new data key every this many messages (the article's 5 by default).
+    #[arg(long = "key-max-messages", value_delimiter = ',', default_value = "5,1048576")]
+    key_max_messages: Vec<u64>,
+    /// Worker counts to compare.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    workers: Vec<usize>,
+    /// Modes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "encrypt,sign,attest")]
+    modes: Vec<BenchMode>,
+}
+
+/// The envelope modes, as flag values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum BenchMode {
+    Encrypt,
+    Sign,
+    Attest,
+}
+
+/// Prints one Markdown table row per (mode, rotation, workers).
+pub fn run(options: Options) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let keyring_path = dir.path().join("keyring.json");
+    let wrap_key: KeyName = "projects/bench/locations/global/keyRings/bench/cryptoKeys/wrap".parse()?;
+    let sign_key: KeyName = "projects/bench/locations/global/keyRings/bench/cryptoKeys/sign".parse()?;
+    let mut keyring = Keyring::load_or_new(&keyring_path)?;
+    keyring.create(&wrap_key)?;
+    keyring.create_for(&sign_key, Purpose::AsymmetricSign)?;
+    keyring.save()?;
+    let corpus = Corpus::new();
+    let mut lines = Vec::new();
+    let expected = corpus.write(options.messages, &mut lines)?;
+    let texts: Vec<Bytes> = Bytes::from(lines)
+        .split(|byte| *byte == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(Bytes::copy_from_slice)
+        .collect();
+
+    println!(
+        "machine: {}, {} cores; {} messages of 1 KiB per case",
+        cpu_model(),
+        std::thread::available_parallelism().map_or(1, usize::from),
+        options.messages
+    );
+    println!();
+    println!(
+        "| mode | new key every | workers | msg/s | CPU us/msg | vs 1 worker | KMS calls (consumer) | data keys |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for mode in &options.modes {
+        let mode = match mode {
+            BenchMode::Encrypt => Mode::Encrypt,
+            BenchMode::Sign => Mode::Sign,
+            BenchMode::Attest => Mode::Attest,
+        };
+        for &rotation in &options.key_max_messages {
+            let policy = RotationPolicy { max_messages: rotation, ..RotationPolicy::default() };
+            let kms = Arc::new(LocalKms::open(&keyring_path)?);
+            let (sealer, key) = match mode {
+                Mode::Encrypt => (Sealer::encrypt(kms.clone(), wrap_key.clone(), "bench"), wrap_key.clone()),
+                Mode::Sign => (Sealer::sign(kms.clone(), wrap_key.clone(), "bench"), wrap_key.clone()),
+                Mode::Attest => {
+                    let version = KeyVersionName::new(sign_key.clone(), 1)?;
+                    (Sealer::attest(kms.clone(), version, "bench", AttestBy::SessionKey), sign_key.clone())
+                }
+            };
+            let (messages, data_keys) = seal_all(sealer.with_policy(policy), &texts)?;
+            let mut one_worker = None;
+            for &workers in &options.workers {
+                let kms = Arc::new(Counted::new(LocalKms::open(&keyring_path)?));
+                let trusted = TrustedKeys::from_patterns([key.as_str()])?;
+                let opener = Opener::builder("bench", trusted).kms(kms.clone()).build()?;
+                let measured = measure(opener, messages.clone(), workers, &expected)
+                    .with_context(|| format!("{mode}, {workers} workers"))?;
+                let rate = measured.messages as f64 / measured.wall.as_secs_f64();
+                let base = *one_worker.get_or_insert(rate);
+                println!(
+                    "| {mode} | {rotation} | {workers} | {rate:.0} | {:.1} | {:.2}x | {} | {data_keys} |",
+                    measured.cpu.as_secs_f64() * 1e6 / measured.messages as f64,
+                    rate / base,
+                    kms.calls(),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Seals every text as the publisher would, and gives each the message id and publish
+/// time Pub/Sub would.
+fn seal_all(mut sealer: Sealer, texts: &[Bytes]) -> anyhow::Result<(Vec<Message>, u64)> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let published = google_cloud_wkt::Timestamp::try_from(SystemTime::now())?;
+    let messages = runtime.block_on(async {
+        let mut messages = Vec::with_capacity(texts.len());
+        for (index, text) in texts.iter().enumerate() {
+            let sealed = sealer.seal(text.clone(), Attributes::new()).await?;
+            messages.push(
+                Message::new()
+                    .set_data(sealed.data)
+                    .set_attributes(sealed.attributes)
+                    .set_message_id(index.to_string())
+                    .set_publish_time(published),
+            );
+        }
+        anyhow::Ok(messages)
+    })?;
+    Ok((messages, sealer.data_keys_made()))
+}
+
+struct Measured {
+    messages: u64,
+    wall: Duration,
+    cpu: Duration,
+}
+
+/// Feeds `messages` through `runner::process` on `workers` threads.
+fn measure(
+    opener: Opener,
+    messages: Vec<Message>,
+    workers: usize,
+    expected: &HashMap<String, u64>,
+) -> anyhow::Result<Measured> {
+    let count = messages.len() as u64;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
+    let acks = Arc::new(Acks::default());
+    let output = Sink::default();
+    let dead_letter = Sink::default();
+    let settings = runner::Settings {
+        window: Duration::from_secs(3600),
+        replica: "bench".to_owned(),
+        workers,
+        max_in_flight: runner::MAX_IN_FLIGHT,
+    };
+    let metrics = Arc::new(cli::metrics::Metrics::new(None));
+    let (cpu_before, started) = (process_cpu(), Instant::now());
+    let summary = runtime.block_on(async {
+        let (deliveries, received) = tokio::sync::mpsc::channel(1024);
+        let feeder = tokio::spawn({
+            let acks = acks.clone();
+            async move {
+                for message in messages {
+                    if deliveries.send(Ok((message, Ack(acks.clone())))).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        // On the runtime's workers, as `runner::run` does.
+        let summary = tokio::spawn(runner::process(
+            received,
+            output.clone(),
+            dead_letter.clone(),
+            Arc::new(opener),
+            settings,
+            metrics,
+        ))
+        .await?;
+        feeder.await?;
+        summary
+    })?;
+    let (wall, cpu) = (started.elapsed(), process_cpu() - cpu_before);
+    drop(runtime);
+
+    anyhow::ensure!(summary.counted == count, "counted {} of {count}", summary.counted);
+    anyhow::ensure!(dead_letter.messages() == 0, "{} dead letters", dead_letter.messages());
+    anyhow::ensure!(acks.acked.load(Ordering::Relaxed) == count, "acked {:?} of {count}", acks);
+    let counts = output.counts.lock().expect("not poisoned").clone();
+    anyhow::ensure!(&counts == expected, "the counts differ from what was sealed");
+    Ok(Measured { messages: count, wall, cpu })
+}
+
+/// Acks and nacks, counted.
+#[derive(Debug, Default)]
+struct Acks {
+    acked: AtomicU64,
+    nacked: AtomicU64,
+}
+
+/// The stand-in for Pub/Sub's ack handle.
+struct Ack(Arc<Acks>);
+
+impl runner::Ack for Ack {
+    fn ack(self) {
+        self.0.acked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn nack(self) {
+        self.0.nacked.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The stand-in for a topic: counts what is published to it and sums the counts of
+/// `word: count` messages.
+#[derive(Clone, Default)]
+struct Sink {
+    published: Arc<AtomicU64>,
+    counts: Arc<std::sync::Mutex<HashMap<String, u64>>>,
+}
+
+impl Sink {
+    fn messages(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+}
+
+impl runner::Output for Sink {
+    async fn publish(&self, message: Message) -> Result<(), String> {
+        self.published.fetch_add(1, Ordering::Relaxed);
+        let text = String::from_utf8_lossy(&message.data);
+        if let Some((word, count)) = text.rsplit_once(": ")
+            && let Ok(count) = count.parse::<u64>()
+        {
+            *self.counts.lock().expect("not poisoned").entry(word.to_owned()).or_default() += count;
+        }
+        Ok(())
+    }
+}
+
+/// User + system CPU time of this process so far.
+fn process_cpu() -> Duration {
+    let usage = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage cannot fail for RUSAGE_SELF");
+    let time = |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
+    time(usage.user_time()) + time(usage.system_time())
+}
+
+fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    info.lines()
+        .find_map(|line| {
+            line.strip_prefix("model name").and_then(|rest| rest.split_once(':')).map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned())
+}
