@@ -87,6 +87,13 @@ pub(crate) struct Cli {
     /// Rotate the data key after this many messages (5 for the article's run, 2^20 otherwise).
     #[arg(long = "key_max_messages", visible_alias = "key-max-messages")]
     pub(crate) key_max_messages: Option<u64>,
+
+    /// Data keys (or attest session keys) wrapped ahead of need, at most: that many KMS
+    /// calls in flight, so that a rotation never waits on the KMS while it keeps up.
+    /// Only while keys are used up by message count; at most this many go unused when
+    /// the run ends. `0`: wrap each key when it is needed.
+    #[arg(long = "keys_ahead", visible_alias = "keys-ahead", default_value_t = 16)]
+    pub(crate) keys_ahead: usize,
 }
 
 /// The tenant's KMS key, by parts as in the article or whole.

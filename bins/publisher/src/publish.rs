@@ -52,7 +52,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     let mode = sealer.mode();
-    let mut sealer = sealer.with_policy(policy);
+    let mut sealer = sealer.with_policy(policy).with_keys_ahead(cli.keys_ahead);
     let pubsub = bus::PubSub::from_env(|| account.credentials())?;
     pubsub.ensure_topic(&topic).await?;
     let attributes: Attributes = cli.attributes.iter().cloned().collect();

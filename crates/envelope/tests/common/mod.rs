@@ -27,6 +27,12 @@ impl Fixture {
         Self { kms: Arc::new(Counted::new(LocalKms::open(&path).unwrap())), _dir: dir }
     }
 
+    /// Another backend on the same keyring, answering each call after `latency`.
+    pub fn slow_kms(&self, latency: std::time::Duration) -> Arc<Counted<LocalKms>> {
+        let path = self._dir.path().join("keyring.json");
+        Arc::new(Counted::new(LocalKms::open(&path).unwrap().with_latency(latency)))
+    }
+
     /// Adds a key to the keyring; the backend reads it on first use.
     pub fn add_key(&self, name: &str, purpose: Purpose) {
         let path = self._dir.path().join("keyring.json");
