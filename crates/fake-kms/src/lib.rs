@@ -62,6 +62,8 @@ impl Keys {
 struct Shared {
     behaviour: Mutex<Behaviour>,
     latency: Mutex<std::time::Duration>,
+    /// Extra latency for calls on keys whose name starts with the prefix.
+    key_latency: Mutex<Vec<(String, std::time::Duration)>>,
     keys: Mutex<Keys>,
     calls: AtomicU64,
 }
@@ -79,6 +81,7 @@ impl FakeKms {
         let shared = Arc::new(Shared {
             behaviour: Mutex::new(Behaviour::Normal),
             latency: Mutex::new(std::time::Duration::ZERO),
+            key_latency: Mutex::new(Vec::new()),
             keys: Mutex::new(Keys::default()),
             calls: AtomicU64::new(0),
         });
@@ -106,6 +109,12 @@ impl FakeKms {
     /// Adds `latency` before every answer, as a remote KMS would.
     pub fn set_latency(&self, latency: std::time::Duration) {
         *self.shared.latency.lock().unwrap() = latency;
+    }
+
+    /// Adds `latency` before every answer on a key whose name starts with `prefix`
+    /// (one tenant's keys, say), on top of [`set_latency`](Self::set_latency).
+    pub fn set_key_latency(&self, prefix: &str, latency: std::time::Duration) {
+        self.shared.key_latency.lock().unwrap().push((prefix.to_owned(), latency));
     }
 
     /// Calls received so far, whatever their answer.
@@ -161,9 +170,17 @@ fn crc(bytes: &[u8]) -> String {
 
 /// Counts the call, waits out the latency, and applies the behaviour: `Err` holds the
 /// injected failure.
-async fn admit(shared: &Shared) -> Result<Behaviour, Response> {
+async fn admit(shared: &Shared, call: &str) -> Result<Behaviour, Response> {
     shared.calls.fetch_add(1, Ordering::SeqCst);
-    let latency = *shared.latency.lock().unwrap();
+    let per_key: std::time::Duration = shared
+        .key_latency
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(prefix, _)| call.starts_with(prefix.as_str()))
+        .map(|(_, latency)| *latency)
+        .sum();
+    let latency = *shared.latency.lock().unwrap() + per_key;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -179,7 +196,7 @@ async fn admit(shared: &Shared) -> Result<Behaviour, Response> {
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, Path(call): Path<String>, Json(body): Json<Value>) -> Response {
-    let behaviour = match admit(&shared).await {
+    let behaviour = match admit(&shared, &call).await {
         Ok(behaviour) => behaviour,
         Err(response) => return response,
     };
@@ -198,7 +215,7 @@ async fn handle(State(shared): State<Arc<Shared>>, Path(call): Path<String>, Jso
 
 /// `GET {name}/publicKey`.
 async fn handle_get(State(shared): State<Arc<Shared>>, Path(call): Path<String>) -> Response {
-    let behaviour = match admit(&shared).await {
+    let behaviour = match admit(&shared, &call).await {
         Ok(behaviour) => behaviour,
         Err(response) => return response,
     };
