@@ -48,6 +48,11 @@ pub struct Options {
     /// Stream counts for the pipeline's stream sweep, on a backlog (`0`: no sweep).
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
     sweep: Vec<usize>,
+    /// Messages in a backlog of encrypted messages drained by the pipeline with the KMS
+    /// at 0 ms and at `--slow-kms-ms` (`0`: none): the pipeline's own rate, apart from
+    /// the publisher's, and what a slow KMS costs it.
+    #[arg(long = "backlog-messages", default_value_t = 0)]
+    backlog_messages: u64,
     /// Messages in each backlog of the sweep.
     #[arg(long = "sweep-messages", default_value_t = 60_000)]
     sweep_messages: u64,
@@ -194,6 +199,35 @@ impl Bench {
             println!(
                 "\nSession key vs KMS per message: {:.0}x the publish rate.",
                 attest[0].publish_per_sec / attest[1].publish_per_sec.max(1e-9)
+            );
+        }
+
+        let backlog = self.options.backlog_messages;
+        if backlog > 0 {
+            let slow = self.options.slow_kms_ms;
+            let fast = self.case(Case::Encrypt, 0, streams, backlog, true).await?;
+            let slowed = self.case(Case::Encrypt, slow, streams, backlog, true).await?;
+            println!(
+                "\n### Backlog: {backlog} encrypted messages (a new data key every {}) drained by the pipeline\n",
+                self.options.key_max_messages
+            );
+            println!("| KMS latency | pipeline msg/s | vs 0 ms | pipeline µs/msg | KMS calls (pipeline) | data keys |");
+            println!("|---:|---:|---:|---:|---:|---:|");
+            for row in [&fast, &slowed] {
+                println!(
+                    "| {} ms | {:.0} | {:.2} | {:.1} | {} | {} |",
+                    row.kms_ms,
+                    row.pipeline_per_sec,
+                    row.pipeline_per_sec / fast.pipeline_per_sec.max(1e-9),
+                    row.pipeline_us,
+                    row.pipeline_kms,
+                    row.data_keys
+                );
+            }
+            verdict(
+                &format!("encrypt backlog (KMS +{slow} ms)"),
+                "pipeline ≥ 0.8 × its own rate at 0 ms",
+                slowed.pipeline_per_sec >= 0.8 * fast.pipeline_per_sec,
             );
         }
 
@@ -527,6 +561,9 @@ fn print_table(rows: &[Row]) {
 }
 
 /// Prints each target beside its figure; never fails the run (only wrong counts do).
+/// The publisher's `--keys_ahead` default.
+const KEYS_AHEAD: u64 = 16;
+
 fn print_checks(rows: &[Row], window_secs: u64) {
     let rate = |row: &Row| row.pipeline_per_sec.min(row.publish_per_sec);
     let floor = rows.iter().find(|row| row.case == Case::Plaintext).map(rate);
@@ -539,8 +576,11 @@ fn print_checks(rows: &[Row], window_secs: u64) {
         verdict(&label, "publisher ≤ 15 µs/msg", row.publisher_us <= 15.0);
         verdict(&label, "pipeline ≤ 15 µs/msg", row.pipeline_us <= 15.0);
         verdict(&label, &format!("p99 ≤ {} s", window_secs + 1), row.p99_ms <= (window_secs + 1) * 1000);
-        verdict(&label, "KMS calls: one wrap per data key, one unwrap per wrapped key", {
-            row.publisher_kms == row.data_keys && row.pipeline_kms == row.data_keys
+        // The publisher wraps up to `KEYS_AHEAD` keys ahead of need, which a run's end
+        // can leave unused.
+        verdict(&label, "KMS calls: one unwrap per wrapped key; wraps ≤ data keys + 16 made ahead", {
+            (row.data_keys..=row.data_keys + KEYS_AHEAD).contains(&row.publisher_kms)
+                && row.pipeline_kms == row.data_keys
         });
         if row.kms_ms > 0
             && let Some(fast) = rows.iter().find(|fast| fast.case == row.case && fast.kms_ms == 0)

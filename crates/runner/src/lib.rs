@@ -26,6 +26,7 @@ pub mod dead_letter;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -80,6 +81,8 @@ const GRACE: Duration = Duration::from_millis(250);
 const SETTLE: Duration = Duration::from_secs(1);
 /// How long a message that failed for a transient reason is held before it is nacked.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Deliveries taken in one turn of the pipeline's loop, at most.
+const BATCH: usize = 64;
 /// How often ready panes are looked for.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -279,23 +282,44 @@ pub async fn process<A: Ack, O: Output>(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Summary> {
     let windows = Arc::new(Windows::new(settings.window, GRACE, SETTLE, settings.workers));
-    let (outcomes, mut finished) = tokio::sync::mpsc::unbounded_channel();
+    // This loop is the one part of the pipeline that every message passes in turn, so it
+    // does as little per message as it can: take a permit, take a delivery, spawn. The
+    // tasks tally their own outcomes; only the rare dead letter comes back to it.
+    let max_in_flight = settings.max_in_flight.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
+    let tally = Arc::new(Tally::default());
+    let (dead_letters, mut rejected) = tokio::sync::mpsc::unbounded_channel();
     let mut summary = Summary::default();
     let mut publishing = JoinSet::new();
     let mut tick = tokio::time::interval(TICK);
-    let mut in_flight = 0;
-    let mut input_open = true;
+    let mut permit = None;
     let mut first_received = None;
     let mut last_settled = None;
-    while input_open || in_flight > 0 {
-        tokio::select! {
-            Some(outcome) = finished.recv() => {
-                in_flight -= 1;
-                record(&mut summary, &metrics, &outcome);
-                if let Outcome::DeadLetter(message, ack, _) = outcome {
-                    publishing.spawn(publish_dead_letter(dead_letter.clone(), message, ack, metrics.clone()));
-                }
+    let publish_dead_letters = |publishing: &mut JoinSet<()>, summary: &mut Summary, (message, ack, reason)| {
+        *summary.dead_lettered.entry(String::from(reason)).or_default() += 1;
+        metrics.message("dead_lettered", reason);
+        publishing.spawn(publish_dead_letter(dead_letter.clone(), message, ack, metrics.clone()));
+    };
+    // A task per message: a message waiting on the KMS holds up no other, and the
+    // runtime spreads opening and counting over its workers.
+    let spawn_one = |message: Message, ack: A, permit: tokio::sync::OwnedSemaphorePermit| {
+        let (opener, windows, metrics, tally, dead_letters) =
+            (opener.clone(), windows.clone(), metrics.clone(), tally.clone(), dead_letters.clone());
+        tokio::spawn(async move {
+            metrics.received();
+            // Boxed: the task's own future stays small, so spawning moves a few hundred
+            // bytes instead of the whole open-and-count state.
+            let outcome = Box::pin(handle(opener.as_ref(), &windows, message, ack, &metrics)).await;
+            if let Some(dead) = tally.record(&metrics, outcome) {
+                // The receiver lives until every permit is back.
+                let _ = dead_letters.send(dead);
             }
+            drop(permit);
+        });
+    };
+    loop {
+        tokio::select! {
+            Some(dead) = rejected.recv() => publish_dead_letters(&mut publishing, &mut summary, dead),
             _ = tick.tick() => {
                 for pane in windows.take_ready(SystemTime::now()) {
                     summary.panes += 1;
@@ -303,29 +327,46 @@ pub async fn process<A: Ack, O: Output>(
                 }
             }
             Some(_) = publishing.join_next(), if !publishing.is_empty() => last_settled = Some(Instant::now()),
-            delivery = deliveries.recv(), if input_open && in_flight < settings.max_in_flight => match delivery {
-                None => input_open = false,
+            acquired = permits.clone().acquire_owned(), if permit.is_none() => {
+                permit = Some(acquired.expect("the semaphore is never closed"));
+            }
+            delivery = deliveries.recv(), if permit.is_some() => match delivery {
+                None => break,
                 Some(Err(error)) => return Err(error),
                 Some(Ok((message, ack))) => {
                     first_received.get_or_insert_with(Instant::now);
-                    metrics.received();
-                    in_flight += 1;
-                    // A task per message: a message waiting on the KMS holds up no other,
-                    // and the runtime spreads opening and counting over its workers.
-                    let (opener, windows, metrics, outcomes) = (opener.clone(), windows.clone(), metrics.clone(), outcomes.clone());
-                    let task = async move {
-                        // Boxed: the task's own future stays small, so spawning moves a
-                        // few hundred bytes instead of the whole open-and-count state.
-                        let outcome = Box::pin(handle(opener.as_ref(), &windows, message, ack, &metrics)).await;
-                        // The receiver lives until every outcome is in.
-                        let _ = outcomes.send(outcome);
-                    };
-                    tokio::spawn(task);
+                    spawn_one(message, ack, permit.take().expect("guarded"));
+                    // Whatever else is already delivered goes out in the same turn, up to
+                    // a batch: a trip around this loop per message cost more than the
+                    // spawning itself.
+                    let mut input_ended = false;
+                    for _ in 1..BATCH {
+                        let Ok(more) = permits.clone().try_acquire_owned() else { break };
+                        match deliveries.try_recv() {
+                            Ok(Ok((message, ack))) => spawn_one(message, ack, more),
+                            Ok(Err(error)) => return Err(error),
+                            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                                input_ended = true;
+                                break;
+                            }
+                        }
+                    }
+                    if input_ended {
+                        break;
+                    }
                 }
             },
         }
     }
 
+    // Every task done: each returns its permit last.
+    drop(permit);
+    let all = u32::try_from(max_in_flight).expect("at most MAX_PERMITS");
+    let _all = permits.acquire_many(all).await.expect("the semaphore is never closed");
+    while let Ok(dead) = rejected.try_recv() {
+        publish_dead_letters(&mut publishing, &mut summary, dead);
+    }
     tracing::info!(held = windows.held(), "input ended: flushing open windows");
     for pane in windows.take_all() {
         summary.panes += 1;
@@ -334,6 +375,9 @@ pub async fn process<A: Ack, O: Output>(
     while publishing.join_next().await.is_some() {
         last_settled = Some(Instant::now());
     }
+    summary.counted = tally.counted.load(Ordering::Relaxed);
+    summary.duplicates = tally.duplicates.load(Ordering::Relaxed);
+    summary.retried = tally.retried.load(Ordering::Relaxed);
     if let (Some(first), Some(last)) = (first_received, last_settled) {
         summary.active = last.saturating_duration_since(first);
     }
@@ -348,24 +392,29 @@ enum Outcome<A> {
     Retry(&'static str),
 }
 
-fn record<A>(summary: &mut Summary, metrics: &Metrics, outcome: &Outcome<A>) {
-    match outcome {
-        Outcome::Counted => {
-            summary.counted += 1;
-            metrics.message("counted", "");
-        }
-        Outcome::Duplicate => {
-            summary.duplicates += 1;
-            metrics.message("duplicate", "");
-        }
-        Outcome::DeadLetter(_, _, reason) => {
-            *summary.dead_lettered.entry((*reason).to_owned()).or_default() += 1;
-            metrics.message("dead_lettered", reason);
-        }
-        Outcome::Retry(reason) => {
-            summary.retried += 1;
-            metrics.message("retried", reason);
-        }
+/// A message to dead-letter, its ack, and why.
+type DeadLetter<A> = (Message, A, &'static str);
+
+/// Outcomes, tallied by the tasks themselves.
+#[derive(Default)]
+struct Tally {
+    counted: AtomicU64,
+    duplicates: AtomicU64,
+    retried: AtomicU64,
+}
+
+impl Tally {
+    /// Tallies `outcome`; a dead letter is handed back to be published.
+    fn record<A>(&self, metrics: &Metrics, outcome: Outcome<A>) -> Option<DeadLetter<A>> {
+        let (counter, label, reason) = match outcome {
+            Outcome::Counted => (&self.counted, "counted", ""),
+            Outcome::Duplicate => (&self.duplicates, "duplicate", ""),
+            Outcome::Retry(reason) => (&self.retried, "retried", reason),
+            Outcome::DeadLetter(message, ack, reason) => return Some((message, ack, reason)),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics.message(label, reason);
+        None
     }
 }
 
