@@ -59,8 +59,8 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("listening for messages on {subscription}");
 
     let totals = Arc::new(Mutex::new(Totals::new(Duration::from_secs(cli.forget_after_secs))));
-    // Parts of a pane arrive one word at a time: windows are printed when their sums
-    // changed, at most every PRINT_EVERY, rather than once per word.
+    // Parts of a pane arrive one word at a time: a window is printed when its sum
+    // changed and no part has come for PRINT_EVERY, rather than once per word.
     let printer = tokio::spawn(print_changes(totals.clone(), cli.json));
     let mut skipped = 0u64;
     let tailed = pubsub
@@ -81,13 +81,14 @@ async fn main() -> anyhow::Result<()> {
         })
         .await;
     printer.abort();
-    print(&mut lock(&totals), cli.json)?;
+    print(&mut lock(&totals), cli.json, Duration::ZERO)?;
     let forgotten = lock(&totals).forgotten;
     tracing::info!(skipped, forgotten_windows = forgotten, "stopped");
     tailed
 }
 
-/// How often changed windows are printed.
+/// How often changed windows are looked for, and how long one must have been quiet to
+/// be printed.
 const PRINT_EVERY: Duration = Duration::from_millis(500);
 
 async fn print_changes(totals: Arc<Mutex<Totals>>, json: bool) -> anyhow::Result<()> {
@@ -95,7 +96,7 @@ async fn print_changes(totals: Arc<Mutex<Totals>>, json: bool) -> anyhow::Result
     loop {
         tick.tick().await;
         let mut totals = lock(&totals);
-        print(&mut totals, json)?;
+        print(&mut totals, json, PRINT_EVERY)?;
         let forgotten = totals.forget_quiet(Instant::now());
         if forgotten > 0 {
             tracing::info!(forgotten, held = totals.len(), "forgot windows no part reached for --forget_after_secs");
@@ -103,9 +104,10 @@ async fn print_changes(totals: Arc<Mutex<Totals>>, json: bool) -> anyhow::Result
     }
 }
 
-fn print(totals: &mut Totals, json: bool) -> anyhow::Result<()> {
+/// Prints the windows that changed and have been quiet for `quiet`.
+fn print(totals: &mut Totals, json: bool, quiet: Duration) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    for snapshot in totals.take_changed() {
+    for snapshot in totals.take_changed(Instant::now(), quiet) {
         if json {
             writeln!(out, "{}", snapshot.json())?;
         } else {

@@ -32,7 +32,8 @@ struct Window {
     /// (replica, pane, word) of each part summed, so that a repeat is summed once.
     parts: HashSet<(String, u32, String)>,
     panes: BTreeSet<(String, u32)>,
-    changed: bool,
+    /// When the first part not yet printed arrived.
+    changed: Option<Instant>,
     updated: Instant,
 }
 
@@ -62,7 +63,7 @@ impl Totals {
             counts: HashMap::new(),
             parts: HashSet::new(),
             panes: BTreeSet::new(),
-            changed: false,
+            changed: None,
             updated: now,
         });
         if !window.parts.insert((part.replica.to_owned(), part.pane, part.word.to_owned())) {
@@ -70,16 +71,22 @@ impl Totals {
         }
         window.panes.insert((part.replica.to_owned(), part.pane));
         *window.counts.entry(part.word.to_owned()).or_default() += part.count;
-        window.changed = true;
+        window.changed.get_or_insert(now);
         window.updated = now;
         Added::Counted
     }
 
-    /// The windows whose sums changed since the last call, oldest window first.
-    pub fn take_changed(&mut self) -> Vec<Snapshot> {
+    /// The windows whose sums changed since the last call and have had no new part for
+    /// `quiet` (a pane's parts arrive one word at a time: a window is shown once they
+    /// have stopped coming, not half counted), or have waited ten times that: a window
+    /// that never goes quiet is still shown. Oldest window first.
+    pub fn take_changed(&mut self, now: Instant, quiet: Duration) -> Vec<Snapshot> {
         let mut changed = Vec::new();
         for (start, window) in &mut self.windows {
-            if std::mem::take(&mut window.changed) {
+            let Some(first) = window.changed else { continue };
+            let quiet_now = now.saturating_duration_since(window.updated) >= quiet;
+            if quiet_now || now.saturating_duration_since(first) >= quiet * 10 {
+                window.changed = None;
                 changed.push(window.snapshot(start));
             }
         }
@@ -197,16 +204,35 @@ mod tests {
         assert_eq!(totals.add(&part("r2", "w1", 0), b"alpha: 400", now), Added::Counted);
         assert_eq!(totals.add(&part("r2", "w1", 0), b"alpha: 400", now), Added::Repeat);
         assert_eq!(totals.add(&part("r2", "w1", 0), b"beta: 7", now), Added::Counted);
-        let first = totals.take_changed();
+        assert!(totals.take_changed(now, Duration::from_millis(500)).is_empty(), "parts still arriving");
+        let first = totals.take_changed(now + Duration::from_millis(500), Duration::from_millis(500));
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].counts, [("alpha".to_owned(), 1000), ("beta".to_owned(), 7)]);
         assert_eq!((first[0].total, first[0].replicas, first[0].panes), (1007, 2, 2));
-        assert!(totals.take_changed().is_empty(), "nothing changed since");
+        assert!(totals.take_changed(now, Duration::ZERO).is_empty(), "nothing changed since");
 
         assert_eq!(totals.add(&part("r1", "w1", 1), b"alpha: 5", now), Added::Counted);
-        let updated = totals.take_changed();
+        let updated = totals.take_changed(now, Duration::ZERO);
         assert_eq!(updated[0].counts[0], ("alpha".to_owned(), 1005));
         assert_eq!((updated[0].replicas, updated[0].panes), (2, 3));
+    }
+
+    #[test]
+    fn a_window_that_never_goes_quiet_is_still_shown() {
+        // Parts every 100 ms for 6 s never leave 500 ms of quiet: the window is shown
+        // once 5 s have passed since its first unshown part.
+        let mut totals = Totals::new(Duration::from_secs(60));
+        let start = Instant::now();
+        let quiet = Duration::from_millis(500);
+        let mut shown_at = None;
+        for tenth in 0..60u32 {
+            let now = start + Duration::from_millis(100) * tenth;
+            totals.add(&part(&format!("r{tenth}"), "w1", 0), b"x: 1", now);
+            if shown_at.is_none() && !totals.take_changed(now, quiet).is_empty() {
+                shown_at = Some(tenth);
+            }
+        }
+        assert_eq!(shown_at, Some(50));
     }
 
     #[test]
@@ -216,7 +242,7 @@ mod tests {
         let now = Instant::now();
         totals.add(&part("r1", "w1", 0), b"a: b: 3", now);
         totals.add(&part("r1", "w2", 0), b"a: b: 4", now);
-        let changed = totals.take_changed();
+        let changed = totals.take_changed(now, Duration::ZERO);
         assert_eq!(
             changed.iter().map(|s| (s.window_start.as_str(), s.counts[0].1)).collect::<Vec<_>>(),
             [("w1", 3), ("w2", 4)]
