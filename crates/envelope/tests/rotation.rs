@@ -138,3 +138,36 @@ async fn keys_retired_by_age_are_not_made_ahead() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(fixture.kms.wraps(), 20, "one wrap per key, none ahead");
 }
+
+#[test]
+fn a_key_whose_runtime_stopped_while_it_was_made_ahead_is_made_again() {
+    // A sealer can outlive the runtime its keys-ahead tasks ran on (their tasks are
+    // cancelled with it): its next rotation makes the key afresh instead of failing.
+    let fixture = Fixture::new();
+    let kms = fixture.slow_kms(Duration::from_secs(60));
+    let mut sealer = Sealer::encrypt(kms.clone(), common::key(TENANT_1_KEY), "tenant-1")
+        .with_policy(RotationPolicy { max_messages: 1, ..LARGE })
+        .with_keys_ahead(4);
+    let paused = || tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    // Eight keys used: the last rotations start keys ahead, still in their 60 s wait
+    // (virtual time only moves while every task waits) when the runtime goes away.
+    paused().block_on(async {
+        for n in 0..8 {
+            sealer.seal(Bytes::from(format!("before {n}")), Attributes::new()).await.unwrap();
+        }
+    });
+    let sealed = paused().block_on(async {
+        let mut sealed = Vec::new();
+        for n in 0..4 {
+            sealed.push(sealer.seal(Bytes::from(format!("after {n}")), Attributes::new()).await.unwrap());
+        }
+        sealed
+    });
+    assert_eq!(sealer.data_keys_made(), 12);
+    let opener = fixture.opener("tenant-1");
+    let runtime = paused();
+    for (n, message) in sealed.iter().enumerate() {
+        let opened = runtime.block_on(opener.open(&message.data, &message.attributes)).unwrap();
+        assert_eq!(opened.data, format!("after {n}").as_bytes());
+    }
+}
