@@ -171,3 +171,48 @@ fn a_key_whose_runtime_stopped_while_it_was_made_ahead_is_made_again() {
         assert_eq!(opened.data, format!("after {n}").as_bytes());
     }
 }
+
+/// A KMS whose wrap number `good + 1` panics, once; every other wrap works.
+struct PanicsAfter {
+    inner: Arc<pubsub_envelope::kms::Counted<pubsub_envelope::kms::local::LocalKms>>,
+    good: u64,
+}
+
+#[async_trait::async_trait]
+impl pubsub_envelope::kms::KeyWrap for PanicsAfter {
+    async fn wrap(
+        &self,
+        name: &pubsub_envelope::KeyName,
+        key: &pubsub_envelope::SecretKey,
+        aad: &[u8],
+    ) -> Result<Vec<u8>, pubsub_envelope::kms::KmsError> {
+        let wrapped = self.inner.wrap(name, key, aad).await;
+        assert_ne!(self.inner.wraps(), self.good + 1, "the KMS backend broke");
+        wrapped
+    }
+
+    async fn unwrap(
+        &self,
+        name: &pubsub_envelope::KeyName,
+        wrapped: &[u8],
+        aad: &[u8],
+    ) -> Result<pubsub_envelope::SecretKey, pubsub_envelope::kms::KmsError> {
+        self.inner.unwrap(name, wrapped, aad).await
+    }
+}
+
+#[tokio::test]
+#[should_panic(expected = "the KMS backend broke")]
+async fn a_panic_while_a_key_is_made_ahead_reaches_the_sealer() {
+    // A backend that panics on a task making a key ahead is a bug to see, not a key to
+    // skip quietly: the panic resumes in the `seal` that wanted the key (skipped, the
+    // next key would work and the run would end quietly).
+    let fixture = Fixture::new();
+    let kms = Arc::new(PanicsAfter { inner: fixture.kms.clone(), good: 8 });
+    let mut sealer = Sealer::encrypt(kms, common::key(TENANT_1_KEY), "tenant-1")
+        .with_policy(RotationPolicy { max_messages: 1, ..LARGE })
+        .with_keys_ahead(4);
+    for n in 0..32 {
+        sealer.seal(Bytes::from(format!("message {n}")), Attributes::new()).await.unwrap();
+    }
+}
