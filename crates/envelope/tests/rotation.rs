@@ -216,3 +216,14 @@ async fn a_panic_while_a_key_is_made_ahead_reaches_the_sealer() {
         sealer.seal(Bytes::from(format!("message {n}")), Attributes::new()).await.unwrap();
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_short_run_wraps_few_keys_it_does_not_use() {
+    // The article's run (20 messages, a new key every 5) with 16 keys allowed ahead: at
+    // most a quarter of the keys used so far are made ahead, so it wraps at most one
+    // key it never uses.
+    let fixture = Fixture::new();
+    let (_, wraps, _) = seal_ahead(&fixture, 16, 20).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!((4..=5).contains(&wraps), "{wraps} wraps for 4 keys used");
+}
