@@ -285,7 +285,8 @@ pub async fn process<A: Ack, O: Output>(
     // This loop is the one part of the pipeline that every message passes in turn, so it
     // does as little per message as it can: take a permit, take a delivery, spawn. The
     // tasks tally their own outcomes; only the rare dead letter comes back to it.
-    let max_in_flight = settings.max_in_flight.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    // Bounded so that taking every permit back at the end is one `acquire_many` (u32).
+    let max_in_flight = settings.max_in_flight.clamp(1, u32::MAX as usize).min(tokio::sync::Semaphore::MAX_PERMITS);
     let permits = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
     let tally = Arc::new(Tally::default());
     let (dead_letters, mut rejected) = tokio::sync::mpsc::unbounded_channel();
@@ -362,7 +363,7 @@ pub async fn process<A: Ack, O: Output>(
 
     // Every task done: each returns its permit last.
     drop(permit);
-    let all = u32::try_from(max_in_flight).expect("at most MAX_PERMITS");
+    let all = u32::try_from(max_in_flight).expect("clamped to u32 above");
     let _all = permits.acquire_many(all).await.expect("the semaphore is never closed");
     while let Ok(dead) = rejected.try_recv() {
         publish_dead_letters(&mut publishing, &mut summary, dead);
