@@ -1,0 +1,93 @@
+//! `pubsub_envelope._native`: the envelope crate exposed to Python, not reimplemented.
+//!
+//! Every seal and open runs the Rust library on a Tokio runtime the module starts on
+//! first use, with the GIL released, so that a Beam DoFn's threads open messages in
+//! parallel and share one cache (and one KMS call per wrapped key). The Python half of
+//! the package (`python/pubsub_envelope/`) re-exports these types with its stubs.
+
+use std::sync::OnceLock;
+use std::task::{Context, Poll, Waker};
+
+use pyo3::prelude::*;
+
+mod errors;
+mod kms;
+mod open;
+mod seal;
+
+/// The runtime every call runs on: KMS calls (HTTP, timers) need one, and the Rust
+/// library is async. Two threads drive I/O and keys made ahead; a seal or open itself
+/// runs on the Python thread that called it (`block_on`), so callers add cores by
+/// adding threads.
+///
+/// Started on first use, not at import: a process that forks after importing the
+/// package (multiprocessing) must not inherit a runtime's threads.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("pubsub-envelope")
+            .enable_all()
+            .build()
+            .expect("cannot start the pubsub_envelope runtime")
+    })
+}
+
+/// Messages at least this large are opened or sealed with the GIL released from the
+/// start: their crypto takes long enough for other Python threads to use the time.
+/// Smaller ones run with the GIL held unless they must wait (see [`run`]).
+pub(crate) const RELEASE_GIL_FROM: usize = 16 * 1024;
+
+/// Runs `future` to completion, releasing the GIL while it waits.
+///
+/// Most opens and seals never wait: the data key is cached (or unwraps locally) and
+/// the crypto over a 1 KiB message takes about a microsecond. Releasing the GIL for
+/// that microsecond costs more than it saves: with 8 threads opening 1 KiB messages,
+/// handing the GIL back and forth made them together 3x slower than one thread. So the
+/// future is first polled with the GIL held, and only if it must wait (a KMS call, a
+/// key another thread is unwrapping, a sealer another thread holds) is the GIL
+/// released while the runtime drives it to the end. With `release_now` (large
+/// messages, see [`RELEASE_GIL_FROM`]) the GIL is released from the start.
+pub(crate) fn run<F>(py: Python<'_>, release_now: bool, future: F) -> F::Output
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    // Pinned where it is made: the open and seal futures are kilobytes (the cache's
+    // among them), and handing one to `block_on` by value moved it several times,
+    // a sixth of an open's time in memmove.
+    let mut future = std::pin::pin!(future);
+    if !release_now {
+        let _entered = runtime().enter();
+        let mut context = Context::from_waker(Waker::noop());
+        if let Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+    }
+    // `block_on` polls again at once with a waker of its own, which a well-behaved
+    // future registers in place of the no-op one: no wake-up is lost.
+    py.detach(|| runtime().block_on(future))
+}
+
+/// Runs the future `make` returns to completion with the GIL released, for the rare
+/// calls (building a client, fetching a public key) that always wait.
+fn block_on<F, Fut>(py: Python<'_>, make: F) -> Fut::Output
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: Future,
+    Fut::Output: Send,
+{
+    py.detach(|| runtime().block_on(make()))
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("DEFAULT_TENANT_ID", envelope::DEFAULT_TENANT_ID)?;
+    errors::register(m)?;
+    kms::register(m)?;
+    seal::register(m)?;
+    open::register(m)?;
+    Ok(())
+}

@@ -1,0 +1,312 @@
+//! The consumer side: an opener for one tenant and its trust list, shared by threads.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use envelope::{CacheSettings, KeyVersionName, Mode, TrustedKeys, TrustedPublicKey, TrustedSigners};
+use pyo3::exceptions::PyRuntimeWarning;
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
+
+use crate::errors::{config_error, open_error};
+use crate::kms::Kms;
+
+/// Opens messages for one tenant, from the KMS keys, public keys and service accounts
+/// it trusts.
+///
+/// ```text
+/// Opener(kms=None, *, tenant_id, trusted_kms_keys=(), trusted_public_keys=None,
+///        trusted_signers=(), mode="auto", cache_ttl_secs=200.0,
+///        cache_capacity=100_000, max_message_age_secs=None,
+///        dangerous_trust_any_kms_key=False)
+/// ```
+///
+/// * `kms` unwraps data keys (encrypt and sign mode) and fetches attest public keys; it
+///   may be `None` for an opener of attest messages with pinned keys only.
+/// * `tenant_id` is required: it is bound into every wrap and named by every attest
+///   certificate (the binaries' default is `DEFAULT_TENANT_ID`).
+/// * `trusted_kms_keys`: key names, or prefixes ending in `/*`, as `--trusted_kms_key`.
+///   Trusting every key the credentials can use takes `dangerous_trust_any_kms_key=True`
+///   and warns (`RuntimeWarning`).
+/// * `trusted_public_keys`: `{key_version_name: pem}`; once given, only these versions
+///   verify attest messages and no public key is fetched.
+/// * `trusted_signers`: service-account emails, or `EMAIL=CERT_URL`.
+/// * `mode`: `"auto"` (each message by its envelope), `"decrypt"`, `"verify"` or
+///   `"attest"`, as the binaries' `--mode`.
+/// * `cache_ttl_secs`, `cache_capacity`: how long and how many unwrapped data keys are
+///   kept (each is unwrapped once; concurrent opens of one new key share one KMS call).
+/// * `max_message_age_secs`: refuse messages sealed longer ago than this.
+///
+/// `open(data, attributes)` returns an `Opened` or raises an `OpenError` subclass with
+/// a stable `reason` and a `transient` flag. It is safe to call from many threads and
+/// releases the GIL while it works. An opener pickles as its settings (the cache and
+/// counts start empty again), so a Beam DoFn may take one as an argument; building it
+/// in `DoFn.setup` works as well.
+#[pyclass(module = "pubsub_envelope", frozen)]
+pub(crate) struct Opener {
+    inner: Arc<envelope::Opener>,
+    settings: Settings,
+}
+
+/// What the opener was built from, kept to pickle it.
+struct Settings {
+    kms: Option<Py<Kms>>,
+    tenant_id: String,
+    trusted_kms_keys: Vec<String>,
+    trusted_public_keys: HashMap<String, String>,
+    trusted_signers: Vec<String>,
+    mode: String,
+    cache_ttl_secs: f64,
+    cache_capacity: u64,
+    max_message_age_secs: Option<f64>,
+    dangerous_trust_any_kms_key: bool,
+}
+
+fn seconds(name: &str, value: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|duration| !duration.is_zero())
+        .ok_or_else(|| config_error(format!("{name} must be a positive number of seconds, not {value}")))
+}
+
+fn modes(mode: &str) -> PyResult<&'static [Mode]> {
+    Ok(match mode {
+        "auto" => &[Mode::Encrypt, Mode::Sign, Mode::Attest],
+        "decrypt" => &[Mode::Encrypt],
+        "verify" => &[Mode::Sign],
+        "attest" => &[Mode::Attest],
+        other => return Err(config_error(format!("mode must be auto, decrypt, verify or attest, not `{other}`"))),
+    })
+}
+
+impl Settings {
+    fn build(&self, py: Python<'_>) -> PyResult<envelope::Opener> {
+        let trusted = match (self.dangerous_trust_any_kms_key, self.trusted_kms_keys.is_empty()) {
+            (true, true) => {
+                PyErr::warn(
+                    py,
+                    &py.get_type::<PyRuntimeWarning>(),
+                    c"dangerous_trust_any_kms_key: messages under ANY KMS key these credentials can use will be accepted",
+                    1,
+                )?;
+                TrustedKeys::dangerous_any_key()
+            }
+            (true, false) => return Err(config_error("give trusted_kms_keys or dangerous_trust_any_kms_key, not both")),
+            (false, _) => TrustedKeys::from_patterns(&self.trusted_kms_keys).map_err(config_error)?,
+        };
+        let pinned = self
+            .trusted_public_keys
+            .iter()
+            .map(|(version, pem)| {
+                let version = KeyVersionName::from_uri_or_name(version).map_err(config_error)?;
+                TrustedPublicKey::from_pem(version, pem.as_bytes()).map_err(config_error)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let signers = self.trusted_signers.iter().fold(TrustedSigners::default(), |signers, entry| match entry.split_once('=') {
+            Some((email, url)) => signers.trust(email, Some(url.to_owned())),
+            None => signers.trust(entry.as_str(), None),
+        });
+        let cache = CacheSettings { ttl: seconds("cache_ttl_secs", self.cache_ttl_secs)?, capacity: self.cache_capacity };
+        let max_age = self.max_message_age_secs.map(|age| seconds("max_message_age_secs", age)).transpose()?;
+        let mut builder = envelope::Opener::builder(self.tenant_id.clone(), trusted)
+            .accept(modes(&self.mode)?)
+            .cache(cache)
+            .max_age(max_age)
+            .pinned_public_keys(pinned)
+            .trusted_signers(signers);
+        if let Some(kms) = &self.kms {
+            builder = builder.kms(kms.get().backend.clone());
+        }
+        builder.build().map_err(config_error)
+    }
+}
+
+#[pymethods]
+impl Opener {
+    #[new]
+    #[pyo3(signature = (
+        kms = None, *, tenant_id, trusted_kms_keys = Vec::new(), trusted_public_keys = None, trusted_signers = Vec::new(),
+        mode = "auto".to_owned(), cache_ttl_secs = 200.0, cache_capacity = 100_000, max_message_age_secs = None,
+        dangerous_trust_any_kms_key = false,
+    ))]
+    #[allow(clippy::too_many_arguments, reason = "Python keywords, each with a default")]
+    fn new(
+        py: Python<'_>,
+        kms: Option<Py<Kms>>,
+        tenant_id: String,
+        trusted_kms_keys: Vec<String>,
+        trusted_public_keys: Option<HashMap<String, String>>,
+        trusted_signers: Vec<String>,
+        mode: String,
+        cache_ttl_secs: f64,
+        cache_capacity: u64,
+        max_message_age_secs: Option<f64>,
+        dangerous_trust_any_kms_key: bool,
+    ) -> PyResult<Self> {
+        let settings = Settings {
+            kms,
+            tenant_id,
+            trusted_kms_keys,
+            trusted_public_keys: trusted_public_keys.unwrap_or_default(),
+            trusted_signers,
+            mode,
+            cache_ttl_secs,
+            cache_capacity,
+            max_message_age_secs,
+            dangerous_trust_any_kms_key,
+        };
+        Ok(Self { inner: Arc::new(settings.build(py)?), settings })
+    }
+
+    /// Authenticates (and in encrypt mode decrypts) one message, given as Pub/Sub
+    /// delivered it: its `data` and `attributes`. Returns an `Opened`; raises an
+    /// `OpenError` subclass (`MalformedError`, `RefusedError`, `ForgedError`,
+    /// `InfrastructureError`) whose `reason` is the stable code and whose `transient`
+    /// says whether to retry rather than dead-letter.
+    fn open(&self, py: Python<'_>, data: PyBackedBytes, attributes: HashMap<String, String>) -> PyResult<Opened> {
+        // The Python bytes object itself, shared, not copied.
+        let data = Bytes::from_owner(data);
+        let release_now = data.len() >= crate::RELEASE_GIL_FROM;
+        let opened = crate::run(py, release_now, self.inner.open(&data, &attributes)).map_err(|error| open_error(py, &error))?;
+        Opened::new(py, opened)
+    }
+
+    /// `(hits, misses)` of the data-key cache so far (attest certificates included).
+    fn cache_stats(&self) -> (u64, u64) {
+        let stats = self.inner.cache_stats();
+        (stats.hits, stats.misses)
+    }
+
+    /// The tenant this opener opens for.
+    #[getter]
+    fn tenant_id(&self) -> &str {
+        &self.settings.tenant_id
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        let py = slf.py();
+        let s = &slf.get().settings;
+        let rebuild = py.import("pubsub_envelope._native")?.getattr("_opener")?;
+        let args = (
+            s.kms.as_ref().map(|kms| kms.clone_ref(py)),
+            &s.tenant_id,
+            &s.trusted_kms_keys,
+            &s.trusted_public_keys,
+            &s.trusted_signers,
+            &s.mode,
+            s.cache_ttl_secs,
+            s.cache_capacity,
+            s.max_message_age_secs,
+            s.dangerous_trust_any_kms_key,
+        )
+            .into_pyobject(py)?;
+        Ok((rebuild, args))
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<Opener tenant_id={:?} mode={} trusted_kms_keys={:?}>",
+            self.settings.tenant_id, self.settings.mode, self.settings.trusted_kms_keys
+        )
+    }
+}
+
+/// Unpickles an [`Opener`] (its constructor takes keywords).
+#[pyfunction]
+#[allow(clippy::too_many_arguments, reason = "the opener's settings, in order")]
+fn _opener(
+    py: Python<'_>,
+    kms: Option<Py<Kms>>,
+    tenant_id: String,
+    trusted_kms_keys: Vec<String>,
+    trusted_public_keys: HashMap<String, String>,
+    trusted_signers: Vec<String>,
+    mode: String,
+    cache_ttl_secs: f64,
+    cache_capacity: u64,
+    max_message_age_secs: Option<f64>,
+    dangerous_trust_any_kms_key: bool,
+) -> PyResult<Opener> {
+    Opener::new(
+        py,
+        kms,
+        tenant_id,
+        trusted_kms_keys,
+        Some(trusted_public_keys),
+        trusted_signers,
+        mode,
+        cache_ttl_secs,
+        cache_capacity,
+        max_message_age_secs,
+        dangerous_trust_any_kms_key,
+    )
+}
+
+/// A message that opened: authenticated and, in encrypt mode, decrypted.
+#[pyclass(module = "pubsub_envelope", frozen)]
+pub(crate) struct Opened {
+    /// The producer's data (bytes).
+    #[pyo3(get)]
+    data: Py<PyBytes>,
+    /// The producer's own attributes, restored (dict); no envelope attribute is left.
+    #[pyo3(get)]
+    attributes: Py<PyDict>,
+    /// How it was protected: `"encrypt"`, `"sign"` or `"attest"`.
+    #[pyo3(get)]
+    mode: &'static str,
+    /// The KMS key its data key was wrapped under (or whose version signed, in attest
+    /// mode); `None` for a message a service account signed.
+    #[pyo3(get)]
+    kms_key: Option<String>,
+    /// When the producer sealed it, in seconds since the Unix epoch (authenticated).
+    #[pyo3(get)]
+    sealed_at: f64,
+    /// In attest mode, who the message was proven to come from; else `None`.
+    #[pyo3(get)]
+    attested_by: Option<String>,
+    /// 16 bytes, the same for every copy of one sealed message and different for any
+    /// two messages sealed: what deduplication keys on.
+    #[pyo3(get)]
+    fingerprint: Py<PyBytes>,
+}
+
+impl Opened {
+    fn new(py: Python<'_>, opened: envelope::Opened) -> PyResult<Self> {
+        let attributes = PyDict::new(py);
+        for (name, value) in &opened.attributes {
+            attributes.set_item(name, value)?;
+        }
+        Ok(Self {
+            data: PyBytes::new(py, &opened.data).unbind(),
+            attributes: attributes.unbind(),
+            mode: opened.mode.as_str(),
+            kms_key: opened.kms_key.map(|key| key.to_string()),
+            sealed_at: opened.sealed_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
+            attested_by: opened.attestation.map(|attestation| attestation.to_string()),
+            fingerprint: PyBytes::new(py, &opened.fingerprint).unbind(),
+        })
+    }
+}
+
+#[pymethods]
+impl Opened {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "<Opened mode={} kms_key={:?} data={} bytes attributes={}>",
+            self.mode,
+            self.kms_key,
+            self.data.bind(py).as_bytes().len(),
+            self.attributes.bind(py).len()
+        )
+    }
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Opener>()?;
+    m.add_class::<Opened>()?;
+    m.add_function(wrap_pyfunction!(_opener, m)?)?;
+    Ok(())
+}

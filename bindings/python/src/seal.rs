@@ -1,0 +1,194 @@
+//! The producer side: a sealer per mode, with the rotation settings of `publisher`.
+
+use std::collections::HashMap;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use envelope::{AttestBy, KeyName, KeyVersionName, RotationPolicy, ServiceAccountSigner};
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::PyBytes;
+
+use crate::errors::{config_error, seal_error};
+use crate::kms::Kms;
+
+/// Seals messages for one tenant under one KMS key, in one mode: build one with
+/// `Sealer.encrypt`, `Sealer.sign`, `Sealer.attest` or `Sealer.service_account`.
+///
+/// A sealer makes a data key, wraps it once with the tenant's KMS key and reuses it
+/// until the rotation settings retire it (`max_age_secs`, `max_messages`, `max_bytes`,
+/// as `publisher`'s `--key_max_age_secs` and `--key_max_messages`), so the KMS is
+/// called once per rotation, not per message. With `keys_ahead` (default 16, as
+/// `publisher --keys_ahead`) keys are made ahead of need while rotation is by message
+/// count, so a KMS that answers in 20 ms does not stall each rotation.
+///
+/// `seal(data, attributes)` returns `(data, attributes)` to publish. It is safe to
+/// call from several threads (calls take turns: one sealer is one stream of seal
+/// times) and releases the GIL while it works.
+#[pyclass(module = "pubsub_envelope", frozen)]
+pub(crate) struct Sealer {
+    inner: tokio::sync::Mutex<envelope::Sealer>,
+}
+
+/// The rotation settings every constructor takes.
+struct Rotation {
+    policy: RotationPolicy,
+    keys_ahead: usize,
+}
+
+impl Rotation {
+    fn new(max_age_secs: f64, max_messages: u64, max_bytes: u64, keys_ahead: usize) -> PyResult<Self> {
+        let max_age = Duration::try_from_secs_f64(max_age_secs)
+            .ok()
+            .filter(|age| !age.is_zero())
+            .ok_or_else(|| config_error(format!("max_age_secs must be a positive number of seconds, not {max_age_secs}")))?;
+        if max_messages == 0 || max_bytes == 0 {
+            return Err(config_error("max_messages and max_bytes must be at least 1"));
+        }
+        Ok(Self { policy: RotationPolicy { max_age, max_messages, max_bytes }, keys_ahead })
+    }
+
+    fn apply(self, sealer: envelope::Sealer) -> Sealer {
+        Sealer { inner: tokio::sync::Mutex::new(sealer.with_policy(self.policy).with_keys_ahead(self.keys_ahead)) }
+    }
+}
+
+fn key_name(key: &str) -> PyResult<KeyName> {
+    KeyName::from_uri_or_name(key).map_err(config_error)
+}
+
+#[pymethods]
+impl Sealer {
+    /// A sealer in encrypt mode (AES-256-GCM; the producer's attributes travel sealed
+    /// inside) for `tenant_id`, under the KMS key encryption key `key`
+    /// (`projects/P/locations/L/keyRings/R/cryptoKeys/K`).
+    #[staticmethod]
+    #[pyo3(signature = (kms, key, tenant_id, *, max_age_secs = 100.0, max_messages = 1 << 20, max_bytes = 1 << 34, keys_ahead = 16))]
+    fn encrypt(
+        kms: PyRef<'_, Kms>,
+        key: &str,
+        tenant_id: &str,
+        max_age_secs: f64,
+        max_messages: u64,
+        max_bytes: u64,
+        keys_ahead: usize,
+    ) -> PyResult<Self> {
+        let rotation = Rotation::new(max_age_secs, max_messages, max_bytes, keys_ahead)?;
+        Ok(rotation.apply(envelope::Sealer::encrypt(kms.backend.clone(), key_name(key)?, tenant_id)))
+    }
+
+    /// A sealer in sign mode (HMAC-SHA256; data and attributes stay readable) for
+    /// `tenant_id`, under the KMS key encryption key `key`.
+    #[staticmethod]
+    #[pyo3(signature = (kms, key, tenant_id, *, max_age_secs = 100.0, max_messages = 1 << 20, max_bytes = 1 << 34, keys_ahead = 16))]
+    fn sign(
+        kms: PyRef<'_, Kms>,
+        key: &str,
+        tenant_id: &str,
+        max_age_secs: f64,
+        max_messages: u64,
+        max_bytes: u64,
+        keys_ahead: usize,
+    ) -> PyResult<Self> {
+        let rotation = Rotation::new(max_age_secs, max_messages, max_bytes, keys_ahead)?;
+        Ok(rotation.apply(envelope::Sealer::sign(kms.backend.clone(), key_name(key)?, tenant_id)))
+    }
+
+    /// A sealer in attest mode for `tenant_id`, under the `EC_SIGN_P256_SHA256` KMS key
+    /// version `key_version` (`.../cryptoKeys/K/cryptoKeyVersions/N`).
+    ///
+    /// `by="session"` (default): the KMS key certifies an Ed25519 session key once per
+    /// rotation, and the session key signs each message. `by="kms_each_message"`: the
+    /// KMS signs every message itself (strict audit; one KMS call per message).
+    #[staticmethod]
+    #[pyo3(signature = (kms, key_version, tenant_id, *, by = "session", max_age_secs = 100.0, max_messages = 1 << 20, max_bytes = 1 << 34, keys_ahead = 16))]
+    #[allow(clippy::too_many_arguments, reason = "Python keywords, each with a default")]
+    fn attest(
+        kms: PyRef<'_, Kms>,
+        key_version: &str,
+        tenant_id: &str,
+        by: &str,
+        max_age_secs: f64,
+        max_messages: u64,
+        max_bytes: u64,
+        keys_ahead: usize,
+    ) -> PyResult<Self> {
+        let by = match by {
+            "session" => AttestBy::SessionKey,
+            "kms_each_message" => AttestBy::KmsEachMessage,
+            other => return Err(config_error(format!("by must be `session` or `kms_each_message`, not `{other}`"))),
+        };
+        let version = KeyVersionName::from_uri_or_name(key_version).map_err(config_error)?;
+        let rotation = Rotation::new(max_age_secs, max_messages, max_bytes, keys_ahead)?;
+        Ok(rotation.apply(envelope::Sealer::attest(kms.backend.clone(), version, tenant_id, by)))
+    }
+
+    /// A sealer in attest mode that signs every message with a service account's own
+    /// key (RSA-SHA256), given as the text of its JSON key file; no KMS and no tenant id
+    /// are involved. `cert_url` replaces Google's x509 metadata URL for the account's
+    /// certificates.
+    #[staticmethod]
+    #[pyo3(signature = (key_file_json, *, cert_url = None))]
+    fn service_account(key_file_json: &str, cert_url: Option<String>) -> PyResult<Self> {
+        let mut signer = ServiceAccountSigner::from_json(key_file_json).map_err(config_error)?;
+        if let Some(url) = cert_url {
+            signer = signer.with_cert_url(url);
+        }
+        Ok(Sealer { inner: tokio::sync::Mutex::new(envelope::Sealer::service_account(signer)) })
+    }
+
+    /// Seals `data` with the producer's own `attributes`; returns the `(data,
+    /// attributes)` to publish. Raises `SealError` (with `reason` and `transient`) if
+    /// the attributes break the format's rules or the KMS fails; after a KMS failure
+    /// the sealer is unchanged and the call can be retried.
+    #[pyo3(signature = (data, attributes = None))]
+    fn seal<'py>(
+        &self,
+        py: Python<'py>,
+        data: PyBackedBytes,
+        attributes: Option<HashMap<String, String>>,
+    ) -> PyResult<(Bound<'py, PyBytes>, HashMap<String, String>)> {
+        // The Python bytes object itself, shared, not copied.
+        let data = Bytes::from_owner(data);
+        let attributes = attributes.unwrap_or_default();
+        let release_now = data.len() >= crate::RELEASE_GIL_FROM;
+        let sealed = crate::run(py, release_now, async {
+            // Seals take turns, which one sealer's increasing seal times need anyway. An
+            // async lock: a caller that finds it taken waits with the GIL released.
+            let mut sealer = self.inner.lock().await;
+            sealer.seal(data, attributes).await
+        })
+        .map_err(|error| seal_error(py, &error))?;
+        Ok((PyBytes::new(py, &sealed.data), sealed.attributes))
+    }
+
+    /// The mode this sealer seals in: `"encrypt"`, `"sign"` or `"attest"`.
+    #[getter]
+    fn mode(&self, py: Python<'_>) -> String {
+        self.with(py, |sealer| sealer.mode().to_string())
+    }
+
+    /// How many data keys (or attest session keys) it has sealed with so far.
+    #[getter]
+    fn data_keys_made(&self, py: Python<'_>) -> u64 {
+        self.with(py, envelope::Sealer::data_keys_made)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        self.with(py, |sealer| format!("<Sealer mode={} data_keys_made={}>", sealer.mode(), sealer.data_keys_made()))
+    }
+}
+
+impl Sealer {
+    /// The sealer, waited for with the GIL released: a seal in progress may be waiting
+    /// on the KMS.
+    fn with<R: Send>(&self, py: Python<'_>, read: impl FnOnce(&envelope::Sealer) -> R + Send) -> R {
+        py.detach(|| read(&self.inner.blocking_lock()))
+    }
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Sealer>()?;
+    Ok(())
+}
