@@ -1,0 +1,214 @@
+"""The package's own behaviour: round trips, errors with their reason codes, rotation,
+pickling, and what many threads sharing one opener see."""
+
+import pickle
+import threading
+import warnings
+
+import pytest
+
+import pubsub_envelope as pe
+from conftest import KEY, OTHER_KEY, SIGNER_VERSION, TENANT
+
+ATTRIBUTES = {"epoch_time": "1541340000", "lang": "en"}
+
+
+def sealers(kms):
+    return {
+        "encrypt": pe.Sealer.encrypt(kms, KEY, TENANT),
+        "sign": pe.Sealer.sign(kms, KEY, TENANT),
+        "attest": pe.Sealer.attest(kms, SIGNER_VERSION, TENANT),
+        "attest_kms": pe.Sealer.attest(kms, SIGNER_VERSION, TENANT, by="kms_each_message"),
+    }
+
+
+def opener(kms, **settings):
+    settings.setdefault("trusted_kms_keys", ["projects/tenant-1/*"])
+    return pe.Opener(kms, tenant_id=TENANT, **settings)
+
+
+@pytest.mark.parametrize("flavour", ["encrypt", "sign", "attest", "attest_kms"])
+def test_every_mode_round_trips_data_and_attributes(kms, flavour):
+    """What a sealer seals, an opener for the same tenant returns: data, attributes, mode, key."""
+    sealer = sealers(kms)[flavour]
+    data, attributes = sealer.seal(b"the quick brown fox", ATTRIBUTES)
+    opened = opener(kms).open(data, attributes)
+    assert opened.data == b"the quick brown fox"
+    assert opened.attributes == ATTRIBUTES
+    assert opened.mode == sealer.mode == flavour.split("_")[0]
+    assert opened.kms_key == (KEY if flavour in ("encrypt", "sign") else SIGNER_VERSION.rsplit("/cryptoKeyVersions", 1)[0])
+    assert len(opened.fingerprint) == 16
+    if flavour.startswith("attest"):
+        assert SIGNER_VERSION in opened.attested_by
+    else:
+        assert opened.attested_by is None
+
+
+def test_encrypt_hides_data_and_attributes(kms):
+    """In encrypt mode neither the data nor the producer's attributes travel in the clear."""
+    data, attributes = pe.Sealer.encrypt(kms, KEY, TENANT).seal(b"secret words", {"lang": "en"})
+    assert b"secret words" not in data
+    assert "lang" not in attributes and "en" not in attributes.values()
+
+
+def test_copies_share_a_fingerprint_and_messages_do_not(kms):
+    """The fingerprint is what deduplication keys on: the same for a copy, different for two seals."""
+    sealer = pe.Sealer.encrypt(kms, KEY, TENANT)
+    first, second = sealer.seal(b"same", {}), sealer.seal(b"same", {})
+    o = opener(kms)
+    assert o.open(*first).fingerprint == o.open(*first).fingerprint
+    assert o.open(*first).fingerprint != o.open(*second).fingerprint
+
+
+def test_rotation_wraps_one_key_per_rotation_and_the_opener_unwraps_each_once(kms):
+    """With a new data key every 5 messages, 20 messages take 4 wraps, and opening them 4 unwraps."""
+    sealer = pe.Sealer.encrypt(kms, KEY, TENANT, max_messages=5, keys_ahead=0)
+    sealed = [sealer.seal(b"m%d" % i, {}) for i in range(20)]
+    assert sealer.data_keys_made == 4 and kms.wraps == 4
+    o = opener(kms)
+    assert [o.open(*message).data for message in sealed] == [b"m%d" % i for i in range(20)]
+    assert kms.unwraps == 4
+    assert o.cache_stats() == (16, 4)
+
+
+@pytest.mark.parametrize(
+    "change, error, reason",
+    [
+        (lambda d, a: (d[:-1] + bytes([d[-1] ^ 1]), a), pe.ForgedError, "tampered"),
+        (lambda d, a: (d, {k: v for k, v in a.items() if k != "kms_key"}), pe.MalformedError, "missing_attribute"),
+        (lambda d, a: (d, {**a, "extra": "x"}), pe.MalformedError, "unexpected_attribute"),
+        (lambda d, a: (d, {**a, "envelope_version": "2"}), pe.MalformedError, "unknown_version"),
+        (lambda d, a: (d, {**a, "dek_wrapped": "%%%"}), pe.MalformedError, "bad_base64"),
+    ],
+)
+def test_bad_messages_raise_their_kind_and_reason(kms, change, error, reason):
+    """Each way a message can be spoilt raises its exception class with the stable reason code."""
+    data, attributes = pe.Sealer.encrypt(kms, KEY, TENANT).seal(b"words", {"lang": "en"})
+    with pytest.raises(error) as raised:
+        opener(kms).open(*change(data, attributes))
+    assert raised.value.reason == reason
+    assert raised.value.transient is False
+    assert isinstance(raised.value, pe.OpenError) and isinstance(raised.value, pe.EnvelopeError)
+
+
+def test_policy_refusals_are_refused_errors(kms):
+    """An untrusted key is refused by policy; another tenant's id fails its unwrap."""
+    data, attributes = pe.Sealer.encrypt(kms, OTHER_KEY, "tenant-2").seal(b"words", {})
+    with pytest.raises(pe.RefusedError) as raised:
+        opener(kms).open(data, attributes)
+    assert raised.value.reason == "untrusted_key"
+    data, attributes = pe.Sealer.encrypt(kms, KEY, "tenant-2").seal(b"words", {})
+    with pytest.raises(pe.OpenError) as raised:
+        opener(kms).open(data, attributes)
+    assert raised.value.reason == "unwrap_rejected"
+
+
+def test_a_mode_not_accepted_is_refused(kms):
+    """An opener in decrypt mode refuses signed messages."""
+    data, attributes = pe.Sealer.sign(kms, KEY, TENANT).seal(b"words", {})
+    with pytest.raises(pe.RefusedError) as raised:
+        opener(kms, mode="decrypt").open(data, attributes)
+    assert raised.value.reason == "mode_not_accepted"
+
+
+def test_an_unreachable_kms_is_a_transient_infrastructure_error(kms):
+    """A KMS that cannot be reached raises InfrastructureError with transient=True: retry, do not dead-letter."""
+    data, attributes = pe.Sealer.encrypt(kms, KEY, TENANT).seal(b"words", {})
+    unreachable = pe.CloudKms(endpoint="http://127.0.0.1:9", timeout_secs=2)
+    with pytest.raises(pe.InfrastructureError) as raised:
+        pe.Opener(unreachable, tenant_id=TENANT, trusted_kms_keys=[KEY]).open(data, attributes)
+    assert raised.value.transient is True
+    assert raised.value.reason in ("kms_unavailable", "kms_timeout")
+
+
+def test_sealing_refuses_reserved_attributes(kms):
+    """A producer attribute the envelope reserves is a SealError, not a silently broken message."""
+    with pytest.raises(pe.SealError) as raised:
+        pe.Sealer.encrypt(kms, KEY, TENANT).seal(b"words", {"kms_key": "mine"})
+    assert raised.value.reason == "invalid_attributes" and raised.value.transient is False
+
+
+def test_configuration_errors_are_value_errors(kms):
+    """Settings that cannot work fail at construction: nothing trusted, a bad key name, a bad mode."""
+    with pytest.raises(ValueError, match="nothing is trusted"):
+        pe.Opener(kms, tenant_id=TENANT)
+    with pytest.raises(ValueError):
+        pe.Sealer.encrypt(kms, "not/a/key", TENANT)
+    with pytest.raises(ValueError):
+        opener(kms, mode="sometimes")
+    with pytest.raises(ValueError):
+        pe.Sealer.encrypt(kms, KEY, TENANT, max_age_secs=0)
+    with pytest.raises(ValueError):
+        pe.Opener(tenant_id=TENANT, trusted_kms_keys=[KEY])  # encrypt and sign need a KMS
+
+
+def test_trusting_any_key_is_explicit_and_warns(kms):
+    """Trusting every key takes a loudly named flag, which warns."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pe.Opener(kms, tenant_id=TENANT, dangerous_trust_any_kms_key=True)
+    assert any(issubclass(w.category, RuntimeWarning) and "ANY KMS key" in str(w.message) for w in caught)
+
+
+def test_kms_and_opener_pickle_as_their_settings(kms, keyring):
+    """A Beam DoFn can carry an opener: unpickled, it opens what the original opens."""
+    data, attributes = pe.Sealer.encrypt(kms, KEY, TENANT).seal(b"words", {"a": "b"})
+    original = opener(kms, cache_capacity=10, max_message_age_secs=3600)
+    copy = pickle.loads(pickle.dumps(original))
+    assert copy.open(data, attributes).data == b"words"
+    assert copy.tenant_id == TENANT
+    assert repr(pickle.loads(pickle.dumps(kms))) == repr(kms)
+    cloud = pickle.loads(pickle.dumps(pe.CloudKms(endpoint="http://127.0.0.1:9", timeout_secs=3)))
+    assert "timeout_secs=3" in repr(cloud)
+
+
+def test_eight_threads_open_what_one_thread_opens_with_one_kms_call_per_key(keyring):
+    """8 threads sharing one opener give the same results, and concurrent misses on one key make one KMS call."""
+    slow = pe.LocalKms(keyring, latency_ms=300)
+    sealer = pe.Sealer.encrypt(pe.LocalKms(keyring), KEY, TENANT, max_messages=50)
+    sealed = [sealer.seal(b"message %d" % i, {"n": str(i)}) for i in range(400)]
+    shared = opener(slow)
+    results = [None] * len(sealed)
+
+    def work(part):
+        for i in part:
+            opened = shared.open(*sealed[i])
+            results[i] = (opened.data, opened.attributes["n"])
+
+    threads = [threading.Thread(target=work, args=(range(t, len(sealed), 8),)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [(b"message %d" % i, str(i)) for i in range(400)]
+    assert slow.unwraps == sealer.data_keys_made == 8
+
+
+def test_an_open_waiting_on_the_kms_lets_other_threads_run(keyring):
+    """The GIL is released while an open waits on the KMS: another thread runs Python meanwhile."""
+    data, attributes = pe.Sealer.encrypt(pe.LocalKms(keyring), KEY, TENANT).seal(b"words", {})
+    slow = opener(pe.LocalKms(keyring, latency_ms=3000))
+    started = threading.Event()
+    opened = []
+
+    def open_slowly():
+        started.set()
+        opened.append(slow.open(data, attributes).data)
+
+    worker = threading.Thread(target=open_slowly)
+    worker.start()
+    started.wait()
+    # Plain Python work: it can only run while the worker has the GIL released. Had the
+    # open held the GIL for its 3 s KMS call, the worker would be done by now.
+    total = sum(range(100_000))
+    still_waiting = worker.is_alive()
+    worker.join()
+    assert total == 4_999_950_000 and still_waiting and opened == [b"words"]
+
+
+def test_help_is_useful():
+    """help() on the main types says how to use them."""
+    assert "tenant_id" in pe.Opener.__doc__ and "trusted_kms_keys" in pe.Opener.__doc__
+    assert "rotation" in pe.Sealer.__doc__
+    assert "reason" in pe.EnvelopeError.__doc__ and "transient" in pe.EnvelopeError.__doc__
+    assert pe.Sealer.encrypt.__doc__ and pe.Opener.open.__doc__
