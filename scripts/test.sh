@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the workspace, starts a Pub/Sub emulator on a free port, runs every test
-# against it, and stops it. Extra arguments go to `cargo test`.
+# against it (Rust, then the Python package and the Beam pipeline in a virtualenv
+# scripts/python-env.sh makes), and stops it. Extra arguments go to `cargo test`;
+# PYTHON_TESTS=0 skips the Python half.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +15,21 @@ eval "$(scripts/emulator.sh start)"
 echo "emulator at $PUBSUB_EMULATOR_HOST" >&2
 log=$EMULATOR_STATE_DIR/test.log
 cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+if [ "${PYTHON_TESTS:-1}" != 0 ]; then
+  venv=$(scripts/python-env.sh)
+  # Two runs: each folder's conftest.py sets up its own imports.
+  for suite in bindings/python/tests pipelines/beam/tests; do
+    (cd "$(dirname "$suite")" && "$venv/bin/python" -m pytest -q -p no:cacheprovider tests) 2>&1 | tee -a "$log"
+  done
+fi
 # One closing line for the whole workspace (cargo prints one per test binary).
 awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
+     # pytest's closing line: "N passed, M skipped in 3.2s".
+     /^(=+ )?[0-9]+ (passed|failed|skipped)/ {
+       for (i = 1; i < NF; i++) {
+         if ($(i + 1) ~ /^passed/) passed += $i
+         if ($(i + 1) ~ /^failed/) failed += $i
+         if ($(i + 1) ~ /^skipped/) ignored += $i
+       }
+     }
      END { printf "tests: %d passed, %d failed, %d skipped\n", passed, failed, ignored }' "$log"

@@ -76,7 +76,13 @@ impl LocalKms {
 
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
         let this = slf.get();
-        let args = PyTuple::new(slf.py(), [this.path.clone().into_pyobject(slf.py())?.into_any(), this.latency_ms.into_pyobject(slf.py())?.into_any()])?;
+        let args = PyTuple::new(
+            slf.py(),
+            [
+                this.path.clone().into_pyobject(slf.py())?.into_any(),
+                this.latency_ms.into_pyobject(slf.py())?.into_any(),
+            ],
+        )?;
         Ok((slf.get_type().into_any(), args))
     }
 
@@ -110,10 +116,10 @@ impl CloudKms {
         endpoint: Option<String>,
         timeout_secs: f64,
     ) -> PyResult<PyClassInitializer<Self>> {
-        let timeout = Duration::try_from_secs_f64(timeout_secs)
-            .ok()
-            .filter(|timeout| !timeout.is_zero())
-            .ok_or_else(|| config_error(format!("timeout_secs must be a positive number of seconds, not {timeout_secs}")))?;
+        let timeout =
+            Duration::try_from_secs_f64(timeout_secs).ok().filter(|timeout| !timeout.is_zero()).ok_or_else(|| {
+                config_error(format!("timeout_secs must be a positive number of seconds, not {timeout_secs}"))
+            })?;
         let credentials = match (&credentials_file, &endpoint) {
             (Some(file), _) => CredentialSource::ServiceAccountFile(file.clone()),
             (None, Some(_)) => CredentialSource::Anonymous,
@@ -127,7 +133,9 @@ impl CloudKms {
         Ok(PyClassInitializer::from(counted(kms)).add_subclass(Self { credentials_file, endpoint, timeout_secs }))
     }
 
-    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>, Bound<'py, PyAny>)> {
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>, Bound<'py, PyAny>)> {
         // The constructor takes keywords only, and pickle calls with positional
         // arguments: unpickle through the module's `_cloud_kms`.
         let py = slf.py();

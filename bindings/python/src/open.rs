@@ -94,7 +94,9 @@ impl Settings {
                 )?;
                 TrustedKeys::dangerous_any_key()
             }
-            (true, false) => return Err(config_error("give trusted_kms_keys or dangerous_trust_any_kms_key, not both")),
+            (true, false) => {
+                return Err(config_error("give trusted_kms_keys or dangerous_trust_any_kms_key, not both"));
+            }
             (false, _) => TrustedKeys::from_patterns(&self.trusted_kms_keys).map_err(config_error)?,
         };
         let pinned = self
@@ -105,11 +107,13 @@ impl Settings {
                 TrustedPublicKey::from_pem(version, pem.as_bytes()).map_err(config_error)
             })
             .collect::<PyResult<Vec<_>>>()?;
-        let signers = self.trusted_signers.iter().fold(TrustedSigners::default(), |signers, entry| match entry.split_once('=') {
-            Some((email, url)) => signers.trust(email, Some(url.to_owned())),
-            None => signers.trust(entry.as_str(), None),
-        });
-        let cache = CacheSettings { ttl: seconds("cache_ttl_secs", self.cache_ttl_secs)?, capacity: self.cache_capacity };
+        let signers =
+            self.trusted_signers.iter().fold(TrustedSigners::default(), |signers, entry| match entry.split_once('=') {
+                Some((email, url)) => signers.trust(email, Some(url.to_owned())),
+                None => signers.trust(entry.as_str(), None),
+            });
+        let cache =
+            CacheSettings { ttl: seconds("cache_ttl_secs", self.cache_ttl_secs)?, capacity: self.cache_capacity };
         let max_age = self.max_message_age_secs.map(|age| seconds("max_message_age_secs", age)).transpose()?;
         let mut builder = envelope::Opener::builder(self.tenant_id.clone(), trusted)
             .accept(modes(&self.mode)?)
@@ -170,7 +174,8 @@ impl Opener {
         // The Python bytes object itself, shared, not copied.
         let data = Bytes::from_owner(data);
         let release_now = data.len() >= crate::RELEASE_GIL_FROM;
-        let opened = crate::run(py, release_now, self.inner.open(&data, &attributes)).map_err(|error| open_error(py, &error))?;
+        let opened =
+            crate::run(py, release_now, self.inner.open(&data, &attributes)).map_err(|error| open_error(py, &error))?;
         Opened::new(py, opened)
     }
 

@@ -39,10 +39,9 @@ struct Rotation {
 
 impl Rotation {
     fn new(max_age_secs: f64, max_messages: u64, max_bytes: u64, keys_ahead: usize) -> PyResult<Self> {
-        let max_age = Duration::try_from_secs_f64(max_age_secs)
-            .ok()
-            .filter(|age| !age.is_zero())
-            .ok_or_else(|| config_error(format!("max_age_secs must be a positive number of seconds, not {max_age_secs}")))?;
+        let max_age = Duration::try_from_secs_f64(max_age_secs).ok().filter(|age| !age.is_zero()).ok_or_else(|| {
+            config_error(format!("max_age_secs must be a positive number of seconds, not {max_age_secs}"))
+        })?;
         if max_messages == 0 || max_bytes == 0 {
             return Err(config_error("max_messages and max_bytes must be at least 1"));
         }

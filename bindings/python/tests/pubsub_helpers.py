@@ -1,9 +1,17 @@
 """Small helpers over Google's Python Pub/Sub client, for the tests that use the emulator."""
 
+import collections
 import time
 
 from google.api_core.exceptions import AlreadyExists
 from google.cloud import pubsub_v1
+
+LINES = [
+    "the quick brown fox jumps over the lazy dog",
+    "Lorem ipsum dolor sit amet, consectetur adipisci velit",
+    "neque porro quisquam est qui dolorem ipsum",
+    "it's the fox's den",
+]
 
 
 class Bus:
@@ -50,3 +58,16 @@ class Bus:
             else:
                 time.sleep(0.2)
         return messages
+
+
+def summed(messages):
+    """Each window's counts over replicas and panes, each (replica, window, pane, word) once."""
+    parts = {}
+    for message in messages:
+        word, count = message.data.decode().rsplit(": ", 1)
+        a = message.attributes
+        parts[(a["replica"], a["window_start"], a["pane"], word)] = int(count)
+    totals = collections.Counter()
+    for (_, _, _, word), count in parts.items():
+        totals[word] += count
+    return totals

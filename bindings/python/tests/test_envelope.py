@@ -8,7 +8,7 @@ import warnings
 import pytest
 
 import pubsub_envelope as pe
-from conftest import KEY, OTHER_KEY, SIGNER_VERSION, TENANT
+from conftest_shared import KEY, OTHER_KEY, SIGNER_VERSION, TENANT
 
 ATTRIBUTES = {"epoch_time": "1541340000", "lang": "en"}
 

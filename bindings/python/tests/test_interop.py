@@ -12,15 +12,9 @@ import time
 import pytest
 
 import pubsub_envelope as pe
-from conftest import KEY, SIGNER, SIGNER_VERSION, TENANT
-from pubsub_helpers import Bus
+from conftest_shared import KEY, SIGNER, SIGNER_VERSION, TENANT
+from pubsub_helpers import LINES, Bus, summed
 
-LINES = [
-    "the quick brown fox jumps over the lazy dog",
-    "Lorem ipsum dolor sit amet, consectetur adipisci velit",
-    "neque porro quisquam est qui dolorem ipsum",
-    "it's the fox's den",
-]
 
 
 @pytest.mark.parametrize("mode", ["encrypt", "sign", "attest"])
@@ -45,19 +39,6 @@ def test_python_opens_what_the_rust_publisher_sealed(emulator, bin_dir, keyring,
     assert all(o.attributes == {"lang": "en"} and o.mode == mode for o in opened)
     if mode == "attest":
         assert all(SIGNER_VERSION in o.attested_by for o in opened)
-
-
-def summed(messages):
-    """Each window's counts over replicas and panes, each (replica, window, pane, word) once."""
-    parts = {}
-    for message in messages:
-        word, count = message.data.decode().rsplit(": ", 1)
-        a = message.attributes
-        parts[(a["replica"], a["window_start"], a["pane"], word)] = int(count)
-    totals = collections.Counter()
-    for (_, _, _, word), count in parts.items():
-        totals[word] += count
-    return totals
 
 
 def test_the_rust_pipeline_counts_what_python_sealed(emulator, bin_dir, keyring, project, tmp_path):

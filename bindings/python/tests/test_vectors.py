@@ -8,7 +8,7 @@ import json
 import pytest
 
 import pubsub_envelope as pe
-from conftest import REPO
+from conftest_shared import REPO
 
 VECTORS = REPO / "crates" / "envelope" / "tests" / "vectors"
 FILES = ["encrypt.json", "sign.json", "attest_session.json", "attest_kms.json"]

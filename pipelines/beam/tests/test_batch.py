@@ -1,0 +1,59 @@
+"""The Beam transforms on a bounded input (TestPipeline): sealed messages in, exact
+per-window counts and dead letters out."""
+
+import apache_beam as beam
+from apache_beam.io.gcp.pubsub import PubsubMessage
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+import pubsub_envelope as pe
+from conftest_shared import KEY, OTHER_KEY, TENANT
+from envelope_wordcount import CountSealedWords, OpenSettings
+
+START = 1_699_999_995  # a multiple of 15: windows start here and 15 s later
+
+
+def test_counts_per_window_and_dead_letters(keyring):
+    """Each window's words counted exactly, a copy counted once, and bad messages dead-lettered with their reason."""
+    kms = pe.LocalKms(keyring)
+    encrypt = pe.Sealer.encrypt(kms, KEY, TENANT, max_messages=2)
+    sign = pe.Sealer.sign(kms, KEY, TENANT)
+    first = encrypt.seal(b"the fox and the dog", {"lang": "en"})
+    messages = [
+        (first, START + 1),
+        (first, START + 2),  # a copy, published again: counted once
+        (sign.seal(b"the fox", {}), START + 14),
+        (encrypt.seal(b"it's a fox's den", {}), START + 15),
+        (encrypt.seal(b"dog", {}), START + 29),
+    ]
+    data, attributes = encrypt.seal(b"tampered words", {})
+    tampered = (data[:-1] + bytes([data[-1] ^ 1]), attributes)
+    untrusted = pe.Sealer.encrypt(kms, OTHER_KEY, "tenant-2").seal(b"other tenant", {})
+    messages += [(tampered, START + 3), (untrusted, START + 4)]
+    settings = OpenSettings(tenant_id=TENANT, trusted_kms_keys=["projects/tenant-1/*"], kms=f"local:{keyring}")
+
+    with TestPipeline() as pipeline:
+        results = (
+            pipeline
+            | beam.Create(
+                [beam.window.TimestampedValue(PubsubMessage(d, a, message_id=str(i)), t) for i, ((d, a), t) in enumerate(messages)]
+            )
+            | CountSealedWords(settings, window_secs=15, replica="test")
+        )
+        counts = results["counts"] | "Counts" >> beam.Map(
+            lambda m: (m.attributes["window_start"], m.attributes["window_end"], m.attributes["replica"], m.data.decode())
+        )
+        w1 = ("2023-11-14T22:13:15Z", "2023-11-14T22:13:30Z", "test")
+        w2 = ("2023-11-14T22:13:30Z", "2023-11-14T22:13:45Z", "test")
+        assert_that(
+            counts,
+            equal_to(
+                [w1 + ("the: 3",), w1 + ("fox: 2",), w1 + ("and: 1",), w1 + ("dog: 1",)]
+                + [w2 + ("it's: 1",), w2 + ("a: 1",), w2 + ("fox's: 1",), w2 + ("den: 1",), w2 + ("dog: 1",)]
+            ),
+            label="counts",
+        )
+        dead = results["dead_letter"] | "Dead" >> beam.Map(
+            lambda m: (m.attributes["reject_reason"], m.attributes["original_message_id"], m.data)
+        )
+        assert_that(dead, equal_to([("tampered", "5", tampered[0]), ("untrusted_key", "6", untrusted[0])]), label="dead")
