@@ -62,7 +62,7 @@ def bin_dir():
     """Where `cargo build` put the Rust binaries."""
     target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
     folder = target / "debug"
-    missing = [name for name in ("publisher", "pipeline") if not (folder / name).exists()]
+    missing = [name for name in ("publisher", "pipeline", "fake-kms") if not (folder / name).exists()]
     if missing:
         pytest.fail(f"{', '.join(missing)} not built in {folder}: run `cargo build --workspace` (scripts/test.sh does)")
     return folder
@@ -72,3 +72,14 @@ def bin_dir():
 def project():
     """A project id of its own for each test, so that topics never collide."""
     return f"py-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def fake_cloud_kms(bin_dir):
+    """The endpoint of a local fake of the Cloud KMS REST API (crates/fake-kms), real AES-GCM inside."""
+    fake = subprocess.Popen([str(bin_dir / "fake-kms")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        yield fake.stdout.readline().strip()
+    finally:
+        fake.stdin.close()
+        fake.wait(timeout=10)

@@ -212,3 +212,32 @@ def test_help_is_useful():
     assert "rotation" in pe.Sealer.__doc__
     assert "reason" in pe.EnvelopeError.__doc__ and "transient" in pe.EnvelopeError.__doc__
     assert pe.Sealer.encrypt.__doc__ and pe.Opener.open.__doc__
+
+
+@pytest.mark.parametrize("mode", ["encrypt", "sign"])
+def test_cloud_kms_backend_round_trips_through_the_rest_api(fake_cloud_kms, mode):
+    """The Cloud KMS backend wraps and unwraps through the REST API (a local fake here): one call each way per key."""
+    kms = pe.CloudKms(endpoint=fake_cloud_kms, timeout_secs=10)
+    sealer = getattr(pe.Sealer, mode)(kms, KEY, TENANT, max_messages=3, keys_ahead=0)
+    sealed = [sealer.seal(b"message %d" % i, {"n": str(i)}) for i in range(9)]
+    o = pe.Opener(pe.CloudKms(endpoint=fake_cloud_kms), tenant_id=TENANT, trusted_kms_keys=[KEY])
+    assert [o.open(*message).data for message in sealed] == [b"message %d" % i for i in range(9)]
+    assert kms.wraps == 3
+    with pytest.raises(pe.OpenError) as raised:
+        pe.Opener(pe.CloudKms(endpoint=fake_cloud_kms), tenant_id="tenant-2", trusted_kms_keys=[KEY]).open(*sealed[0])
+    assert raised.value.reason == "unwrap_rejected" and not raised.value.transient
+
+
+@pytest.mark.parametrize("mode", ["encrypt", "sign"])
+def test_cloud_kms_backend_round_trips_through_the_rest_api(fake_cloud_kms, mode):
+    """The Cloud KMS backend wraps and unwraps through the REST API (a local fake here): one call each way per key."""
+    kms = pe.CloudKms(endpoint=fake_cloud_kms, timeout_secs=10)
+    sealer = getattr(pe.Sealer, mode)(kms, KEY, TENANT, max_messages=3, keys_ahead=0)
+    sealed = [sealer.seal(b"message %d" % i, {"n": str(i)}) for i in range(9)]
+    reader = pe.CloudKms(endpoint=fake_cloud_kms)
+    o = pe.Opener(reader, tenant_id=TENANT, trusted_kms_keys=[KEY])
+    assert [o.open(*message).data for message in sealed] == [b"message %d" % i for i in range(9)]
+    assert kms.wraps == 3 and reader.unwraps == 3
+    with pytest.raises(pe.OpenError) as raised:
+        pe.Opener(pe.CloudKms(endpoint=fake_cloud_kms), tenant_id="tenant-2", trusted_kms_keys=[KEY]).open(*sealed[0])
+    assert raised.value.reason == "unwrap_rejected" and not raised.value.transient
