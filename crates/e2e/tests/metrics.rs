@@ -64,10 +64,14 @@ async fn the_pipeline_counts_outcomes_kms_calls_cache_use_and_emit_latency() {
     assert_eq!(sample(&after, counted), 3.0, "{after}");
     assert_eq!(sample(&after, tampered), 1.0, "{after}");
     // Two data keys (the publisher's, the test's): one unwrap each; the three messages
-    // under the first share it.
+    // under the first share it. They are opened concurrently, so those that arrive
+    // while the first is unwrapping count as misses (they wait for that one call):
+    // every open is a hit or a miss, at least one miss per key.
     assert_eq!(sample(&after, "pubsub_envelope_kms_calls_total"), 2.0, "{after}");
-    assert_eq!(sample(&after, "pubsub_envelope_key_cache_misses_total"), 2.0, "{after}");
-    assert_eq!(sample(&after, "pubsub_envelope_key_cache_hits_total"), 2.0, "{after}");
+    let misses = sample(&after, "pubsub_envelope_key_cache_misses_total");
+    let hits = sample(&after, "pubsub_envelope_key_cache_hits_total");
+    assert_eq!(hits + misses, 4.0, "{after}");
+    assert!(misses >= 2.0, "{after}");
     assert!(sample(&after, "pubsub_envelope_window_emit_latency_seconds_count") >= 1.0, "{after}");
     assert_eq!(sample(&after, "pubsub_envelope_messages_in_flight"), 0.0, "{after}");
     pipeline.terminate();
