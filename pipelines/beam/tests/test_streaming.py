@@ -8,10 +8,12 @@ short runs and silently drops late data when it falls behind. So 200 messages at
 """
 
 import collections
+import json
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import pubsub_envelope as pe
@@ -23,12 +25,35 @@ MESSAGES = 200
 RATE = 10  # messages a second
 
 
-def test_streaming_counts_on_the_direct_runner(emulator, keyring, project, tmp_path):
-    """200 sealed messages at 10 msg/s are counted exactly; a tampered one reaches the dead-letter topic."""
+def subscriber_totals(records):
+    """The Rust subscriber's totals: the latest record of each window, summed over windows."""
+    latest = {}
+    for record in records:
+        latest[record["window_start"]] = record["counts"]
+    totals = collections.Counter()
+    for counts in latest.values():
+        totals.update(counts)
+    return totals
+
+
+def test_streaming_counts_on_the_direct_runner(emulator, bin_dir, keyring, project, tmp_path):
+    """200 sealed messages at 10 msg/s are counted exactly (and summed so by the Rust `subscriber`);
+    a tampered one reaches the dead-letter topic."""
     bus = Bus(project)
     bus.topic("common-topic")
     out = bus.subscription("df_out", "counts")
     dead = bus.subscription("dead-letter", "dead")
+    bus.subscription("df_out", "df_subscribe")
+    subscriber = subprocess.Popen(
+        [str(bin_dir / "subscriber"), "--json", "--pubsub_project_id", project, "--pubsub_subscription", "df_subscribe",
+         "--pubsub_topic", "df_out"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    records = []
+    reader = threading.Thread(target=lambda: records.extend(json.loads(line) for line in subscriber.stdout), daemon=True)
+    reader.start()
     log_path = tmp_path / "beam.log"
     with open(log_path, "w") as log:
         beam = subprocess.Popen(
@@ -72,6 +97,14 @@ def test_streaming_counts_on_the_direct_runner(emulator, keyring, project, tmp_p
         assert summed(counts) == expected, log_path.read_text()[-3000:]
         dead_letters = bus.pull(dead, until=lambda messages: len(messages) >= 1, timeout=60)
         assert [m.attributes["reject_reason"] for m in dead_letters] == ["tampered"]
+        # The toolkit's subscriber reads the Beam pipeline's output as it reads pipeline's.
+        deadline = time.monotonic() + 30
+        while subscriber_totals(list(records)) != expected and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert subscriber_totals(list(records)) == expected
+        assert all(record["replicas"] == 1 for record in records)
     finally:
         beam.kill()
         beam.wait(timeout=30)
+        subscriber.terminate()
+        subscriber.wait(timeout=30)
