@@ -10,7 +10,7 @@ use envelope::kms::local::{Keyring, Purpose};
 use envelope::kms::{Counted, KeySign as _};
 use envelope::{KeyName, KeyVersionName};
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyDict, PyTuple};
 
 use crate::errors::config_error;
 
@@ -74,16 +74,12 @@ impl LocalKms {
         Ok(PyClassInitializer::from(counted(kms)).add_subclass(Self { path, latency_ms }))
     }
 
+    /// Pickles as a call of the constructor with the same settings.
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
         let this = slf.get();
-        let args = PyTuple::new(
-            slf.py(),
-            [
-                this.path.clone().into_pyobject(slf.py())?.into_any(),
-                this.latency_ms.into_pyobject(slf.py())?.into_any(),
-            ],
-        )?;
-        Ok((slf.get_type().into_any(), args))
+        let settings = PyDict::new(slf.py());
+        settings.set_item("latency_ms", this.latency_ms)?;
+        crate::reduce_to_call(slf.as_any(), &[this.path.clone().into_pyobject(slf.py())?.into_any()], &settings)
     }
 
     fn __repr__(&self) -> String {
@@ -133,37 +129,24 @@ impl CloudKms {
         Ok(PyClassInitializer::from(counted(kms)).add_subclass(Self { credentials_file, endpoint, timeout_secs }))
     }
 
-    fn __reduce__<'py>(
-        slf: &Bound<'py, Self>,
-    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>, Bound<'py, PyAny>)> {
-        // The constructor takes keywords only, and pickle calls with positional
-        // arguments: unpickle through the module's `_cloud_kms`.
-        let py = slf.py();
+    /// Pickles as a call of the constructor with the same settings.
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
         let this = slf.get();
-        let rebuild = py.import("pubsub_envelope._native")?.getattr("_cloud_kms")?;
-        let args = (this.credentials_file.clone(), this.endpoint.clone(), this.timeout_secs).into_pyobject(py)?;
-        Ok((rebuild, args, py.None().into_bound(py)))
+        let settings = PyDict::new(slf.py());
+        settings.set_item("credentials_file", &this.credentials_file)?;
+        settings.set_item("endpoint", &this.endpoint)?;
+        settings.set_item("timeout_secs", this.timeout_secs)?;
+        crate::reduce_to_call(slf.as_any(), &[], &settings)
     }
 
     fn __repr__(&self) -> String {
         format!(
-            "CloudKms(credentials_file={:?}, endpoint={:?}, timeout_secs={})",
-            self.credentials_file.as_ref().map(|file| file.display().to_string()),
-            self.endpoint,
+            "CloudKms(credentials_file={}, endpoint={}, timeout_secs={})",
+            crate::repr_optional(self.credentials_file.as_ref().map(|file| file.display().to_string()).as_deref()),
+            crate::repr_optional(self.endpoint.as_deref()),
             self.timeout_secs
         )
     }
-}
-
-/// Unpickles a [`CloudKms`] (its constructor takes keywords only).
-#[pyfunction]
-fn _cloud_kms(
-    py: Python<'_>,
-    credentials_file: Option<PathBuf>,
-    endpoint: Option<String>,
-    timeout_secs: f64,
-) -> PyResult<Py<CloudKms>> {
-    Py::new(py, CloudKms::new(py, credentials_file, endpoint, timeout_secs)?)
 }
 
 /// Adds a key to a local keyring file, creating the file if it is missing:
@@ -202,7 +185,6 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Kms>()?;
     m.add_class::<LocalKms>()?;
     m.add_class::<CloudKms>()?;
-    m.add_function(wrap_pyfunction!(_cloud_kms, m)?)?;
     m.add_function(wrap_pyfunction!(create_local_key, m)?)?;
     m.add_function(wrap_pyfunction!(public_key_pem, m)?)?;
     Ok(())

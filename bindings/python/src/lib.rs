@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 
 use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
 
 mod errors;
 mod kms;
@@ -79,6 +80,27 @@ where
     Fut::Output: Send,
 {
     py.detach(|| runtime().block_on(make()))
+}
+
+/// What `__reduce__` returns to pickle `object` as a call of its own type with `args`
+/// and keyword `settings`: `functools.partial(type, *args, **settings)()`. The objects
+/// hold Rust state (a KMS client, a cache) that cannot be pickled; their settings can,
+/// and build an equal object wherever they are unpickled.
+fn reduce_to_call<'py>(
+    object: &Bound<'py, PyAny>,
+    args: &[Bound<'py, PyAny>],
+    settings: &Bound<'py, PyDict>,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+    let py = object.py();
+    let mut call = vec![object.get_type().into_any()];
+    call.extend(args.iter().cloned());
+    let partial = py.import("functools")?.getattr("partial")?.call(PyTuple::new(py, call)?, Some(settings))?;
+    Ok((partial, PyTuple::empty(py)))
+}
+
+/// `None` or `'text'`, as Python's `repr` shows an optional string.
+fn repr_optional(text: Option<&str>) -> String {
+    text.map_or_else(|| "None".to_owned(), |text| format!("{text:?}").replace('"', "'"))
 }
 
 #[pymodule]

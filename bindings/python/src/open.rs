@@ -191,24 +191,22 @@ impl Opener {
         &self.settings.tenant_id
     }
 
+    /// Pickles as a call of the constructor with the same settings.
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
         let py = slf.py();
         let s = &slf.get().settings;
-        let rebuild = py.import("pubsub_envelope._native")?.getattr("_opener")?;
-        let args = (
-            s.kms.as_ref().map(|kms| kms.clone_ref(py)),
-            &s.tenant_id,
-            &s.trusted_kms_keys,
-            &s.trusted_public_keys,
-            &s.trusted_signers,
-            &s.mode,
-            s.cache_ttl_secs,
-            s.cache_capacity,
-            s.max_message_age_secs,
-            s.dangerous_trust_any_kms_key,
-        )
-            .into_pyobject(py)?;
-        Ok((rebuild, args))
+        let settings = PyDict::new(py);
+        settings.set_item("tenant_id", &s.tenant_id)?;
+        settings.set_item("trusted_kms_keys", &s.trusted_kms_keys)?;
+        settings.set_item("trusted_public_keys", &s.trusted_public_keys)?;
+        settings.set_item("trusted_signers", &s.trusted_signers)?;
+        settings.set_item("mode", &s.mode)?;
+        settings.set_item("cache_ttl_secs", s.cache_ttl_secs)?;
+        settings.set_item("cache_capacity", s.cache_capacity)?;
+        settings.set_item("max_message_age_secs", s.max_message_age_secs)?;
+        settings.set_item("dangerous_trust_any_kms_key", s.dangerous_trust_any_kms_key)?;
+        let kms = s.kms.as_ref().map(|kms| kms.clone_ref(py)).into_pyobject(py)?;
+        crate::reduce_to_call(slf.as_any(), &[kms], &settings)
     }
 
     fn __repr__(&self) -> String {
@@ -217,37 +215,6 @@ impl Opener {
             self.settings.tenant_id, self.settings.mode, self.settings.trusted_kms_keys
         )
     }
-}
-
-/// Unpickles an [`Opener`] (its constructor takes keywords).
-#[pyfunction]
-#[allow(clippy::too_many_arguments, reason = "the opener's settings, in order")]
-fn _opener(
-    py: Python<'_>,
-    kms: Option<Py<Kms>>,
-    tenant_id: String,
-    trusted_kms_keys: Vec<String>,
-    trusted_public_keys: HashMap<String, String>,
-    trusted_signers: Vec<String>,
-    mode: String,
-    cache_ttl_secs: f64,
-    cache_capacity: u64,
-    max_message_age_secs: Option<f64>,
-    dangerous_trust_any_kms_key: bool,
-) -> PyResult<Opener> {
-    Opener::new(
-        py,
-        kms,
-        tenant_id,
-        trusted_kms_keys,
-        Some(trusted_public_keys),
-        trusted_signers,
-        mode,
-        cache_ttl_secs,
-        cache_capacity,
-        max_message_age_secs,
-        dangerous_trust_any_kms_key,
-    )
 }
 
 /// A message that opened: authenticated and, in encrypt mode, decrypted.
@@ -300,9 +267,9 @@ impl Opened {
 impl Opened {
     fn __repr__(&self, py: Python<'_>) -> String {
         format!(
-            "<Opened mode={} kms_key={:?} data={} bytes attributes={}>",
+            "<Opened mode={} kms_key={} data={} bytes attributes={}>",
             self.mode,
-            self.kms_key,
+            crate::repr_optional(self.kms_key.as_deref()),
             self.data.bind(py).as_bytes().len(),
             self.attributes.bind(py).len()
         )
@@ -312,6 +279,5 @@ impl Opened {
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Opener>()?;
     m.add_class::<Opened>()?;
-    m.add_function(wrap_pyfunction!(_opener, m)?)?;
     Ok(())
 }
