@@ -24,6 +24,9 @@ pub(crate) type Backend = Arc<Counted<Arc<dyn envelope::kms::Kms>>>;
 #[pyclass(module = "pubsub_envelope", subclass, frozen)]
 pub(crate) struct Kms {
     pub(crate) backend: Backend,
+    /// Whether a call crosses a network (or stands in for one): what makes keys made
+    /// ahead worth their hand-over.
+    pub(crate) remote: bool,
 }
 
 #[pymethods]
@@ -47,9 +50,9 @@ impl Kms {
     }
 }
 
-fn counted(kms: impl envelope::kms::Kms + 'static) -> Kms {
+fn counted(kms: impl envelope::kms::Kms + 'static, remote: bool) -> Kms {
     let kms: Arc<dyn envelope::kms::Kms> = Arc::new(kms);
-    Kms { backend: Arc::new(Counted::new(kms)) }
+    Kms { backend: Arc::new(Counted::new(kms)), remote }
 }
 
 /// A local keyring file standing in for Cloud KMS: offline work, tests and benchmarks.
@@ -71,7 +74,7 @@ impl LocalKms {
         let kms = envelope::kms::local::LocalKms::open(&path)
             .map_err(|error| config_error(format!("cannot open the keyring {}: {error}", path.display())))?
             .with_latency(Duration::from_millis(latency_ms));
-        Ok(PyClassInitializer::from(counted(kms)).add_subclass(Self { path, latency_ms }))
+        Ok(PyClassInitializer::from(counted(kms, latency_ms > 0)).add_subclass(Self { path, latency_ms }))
     }
 
     /// Pickles as a call of the constructor with the same settings.
@@ -126,7 +129,7 @@ impl CloudKms {
             builder = builder.endpoint(endpoint);
         }
         let kms = crate::block_on(py, || builder.build()).map_err(config_error)?;
-        Ok(PyClassInitializer::from(counted(kms)).add_subclass(Self { credentials_file, endpoint, timeout_secs }))
+        Ok(PyClassInitializer::from(counted(kms, true)).add_subclass(Self { credentials_file, endpoint, timeout_secs }))
     }
 
     /// Pickles as a call of the constructor with the same settings.

@@ -19,17 +19,22 @@ use crate::kms::Kms;
 /// A sealer makes a data key, wraps it once with the tenant's KMS key and reuses it
 /// until the rotation settings retire it (`max_age_secs`, `max_messages`, `max_bytes`,
 /// as `publisher`'s `--key_max_age_secs` and `--key_max_messages`), so the KMS is
-/// called once per rotation, not per message. With `keys_ahead` (default 16, as
-/// `publisher --keys_ahead`) keys are made ahead of need while rotation is by message
+/// called once per rotation, not per message. With `keys_ahead` (as
+/// `publisher --keys_ahead`; by default 16 for `CloudKms` or a `LocalKms` with latency,
+/// none for a plain local keyring) keys are made ahead of need while rotation is by message
 /// count, so a KMS that answers in 20 ms does not stall each rotation.
 ///
 /// `seal(data, attributes)` returns `(data, attributes)` to publish. It is safe to
 /// call from several threads (calls take turns: one sealer is one stream of seal
-/// times) and releases the GIL while it works.
+/// times) and releases the GIL whenever it waits (a KMS call, a key being made ahead,
+/// another thread's seal).
 #[pyclass(module = "pubsub_envelope", frozen)]
 pub(crate) struct Sealer {
     inner: tokio::sync::Mutex<envelope::Sealer>,
 }
+
+/// Keys made ahead by default for a remote KMS: `publisher --keys_ahead`'s default.
+const KEYS_AHEAD: usize = 16;
 
 /// The rotation settings every constructor takes.
 struct Rotation {
@@ -38,7 +43,18 @@ struct Rotation {
 }
 
 impl Rotation {
-    fn new(max_age_secs: f64, max_messages: u64, max_bytes: u64, keys_ahead: usize) -> PyResult<Self> {
+    /// `keys_ahead` defaults to what suits `kms`: [`KEYS_AHEAD`] for a KMS across a
+    /// network, none for a local keyring, which wraps in microseconds: handing each key
+    /// over from the runtime's threads cost more (3.5 µs a message at a new key every 5)
+    /// than making it in place.
+    fn new(
+        kms: &Kms,
+        max_age_secs: f64,
+        max_messages: u64,
+        max_bytes: u64,
+        keys_ahead: Option<usize>,
+    ) -> PyResult<Self> {
+        let keys_ahead = keys_ahead.unwrap_or(if kms.remote { KEYS_AHEAD } else { 0 });
         let max_age = Duration::try_from_secs_f64(max_age_secs).ok().filter(|age| !age.is_zero()).ok_or_else(|| {
             config_error(format!("max_age_secs must be a positive number of seconds, not {max_age_secs}"))
         })?;
@@ -63,7 +79,7 @@ impl Sealer {
     /// inside) for `tenant_id`, under the KMS key encryption key `key`
     /// (`projects/P/locations/L/keyRings/R/cryptoKeys/K`).
     #[staticmethod]
-    #[pyo3(signature = (kms, key, tenant_id, *, max_age_secs = 100.0, max_messages = 1 << 20, max_bytes = 1 << 34, keys_ahead = 16))]
+    #[pyo3(signature = (kms, key, tenant_id, *, max_age_secs = 100.0, max_messages = 1 << 20, max_bytes = 1 << 34, keys_ahead = None))]
     fn encrypt(
         kms: PyRef<'_, Kms>,
         key: &str,
@@ -71,16 +87,16 @@ impl Sealer {
         max_age_secs: f64,
         max_messages: u64,
         max_bytes: u64,
-        keys_ahead: usize,
+        keys_ahead: Option<usize>,
     ) -> PyResult<Self> {
-        let rotation = Rotation::new(max_age_secs, max_messages, max_bytes, keys_ahead)?;
+        let rotation = Rotation::new(&kms, max_age_secs, max_messages, max_bytes, keys_ahead)?;
         Ok(rotation.apply(envelope::Sealer::encrypt(kms.backend.clone(), key_name(key)?, tenant_id)))
     }
 
     /// A sealer in sign mode (HMAC-SHA256; data and attributes stay readable) for
     /// `tenant_id`, under the KMS key encryption key `key`.
     #[staticmethod]
-    #[pyo3(signature = (kms, key, tenant_id, *, max_age_secs = 100.0, max_messages = 1 << 20, max_bytes = 1 << 34, keys_ahead = 16))]
+    #[pyo3(signature = (kms, key, tenant_id, *, max_age_secs = 100.0, max_messages = 1 << 20, max_bytes = 1 << 34, keys_ahead = None))]
     fn sign(
         kms: PyRef<'_, Kms>,
         key: &str,
@@ -88,9 +104,9 @@ impl Sealer {
         max_age_secs: f64,
         max_messages: u64,
         max_bytes: u64,
-        keys_ahead: usize,
+        keys_ahead: Option<usize>,
     ) -> PyResult<Self> {
-        let rotation = Rotation::new(max_age_secs, max_messages, max_bytes, keys_ahead)?;
+        let rotation = Rotation::new(&kms, max_age_secs, max_messages, max_bytes, keys_ahead)?;
         Ok(rotation.apply(envelope::Sealer::sign(kms.backend.clone(), key_name(key)?, tenant_id)))
     }
 
@@ -101,7 +117,7 @@ impl Sealer {
     /// rotation, and the session key signs each message. `by="kms_each_message"`: the
     /// KMS signs every message itself (strict audit; one KMS call per message).
     #[staticmethod]
-    #[pyo3(signature = (kms, key_version, tenant_id, *, by = "session", max_age_secs = 100.0, max_messages = 1 << 20, max_bytes = 1 << 34, keys_ahead = 16))]
+    #[pyo3(signature = (kms, key_version, tenant_id, *, by = "session", max_age_secs = 100.0, max_messages = 1 << 20, max_bytes = 1 << 34, keys_ahead = None))]
     #[allow(clippy::too_many_arguments, reason = "Python keywords, each with a default")]
     fn attest(
         kms: PyRef<'_, Kms>,
@@ -111,7 +127,7 @@ impl Sealer {
         max_age_secs: f64,
         max_messages: u64,
         max_bytes: u64,
-        keys_ahead: usize,
+        keys_ahead: Option<usize>,
     ) -> PyResult<Self> {
         let by = match by {
             "session" => AttestBy::SessionKey,
@@ -119,7 +135,7 @@ impl Sealer {
             other => return Err(config_error(format!("by must be `session` or `kms_each_message`, not `{other}`"))),
         };
         let version = KeyVersionName::from_uri_or_name(key_version).map_err(config_error)?;
-        let rotation = Rotation::new(max_age_secs, max_messages, max_bytes, keys_ahead)?;
+        let rotation = Rotation::new(&kms, max_age_secs, max_messages, max_bytes, keys_ahead)?;
         Ok(rotation.apply(envelope::Sealer::attest(kms.backend.clone(), version, tenant_id, by)))
     }
 

@@ -59,7 +59,7 @@ class Sealer:
         max_age_secs: float = 100.0,
         max_messages: int = 1 << 20,
         max_bytes: int = 1 << 34,
-        keys_ahead: int = 16,
+        keys_ahead: Optional[int] = None,
     ) -> Sealer: ...
     @staticmethod
     def sign(
@@ -70,7 +70,7 @@ class Sealer:
         max_age_secs: float = 100.0,
         max_messages: int = 1 << 20,
         max_bytes: int = 1 << 34,
-        keys_ahead: int = 16,
+        keys_ahead: Optional[int] = None,
     ) -> Sealer: ...
     @staticmethod
     def attest(
@@ -82,7 +82,7 @@ class Sealer:
         max_age_secs: float = 100.0,
         max_messages: int = 1 << 20,
         max_bytes: int = 1 << 34,
-        keys_ahead: int = 16,
+        keys_ahead: Optional[int] = None,
     ) -> Sealer: ...
     @staticmethod
     def service_account(key_file_json: str, *, cert_url: Optional[str] = None) -> Sealer: ...
