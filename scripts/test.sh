@@ -24,7 +24,7 @@ if [ "${PYTHON_TESTS:-1}" != 0 ]; then
 fi
 # One closing line for the whole workspace (cargo prints one per test binary).
 awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
-     # pytest's closing line: "N passed, M skipped in 3.2s".
+     # The closing line of pytest: "N passed, M skipped in 3.2s".
      /^(=+ )?[0-9]+ (passed|failed|skipped)/ {
        for (i = 1; i < NF; i++) {
          if ($(i + 1) ~ /^passed/) passed += $i
