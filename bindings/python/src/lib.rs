@@ -5,6 +5,7 @@
 //! parallel and share one cache (and one KMS call per wrapped key). The Python half of
 //! the package (`python/pubsub_envelope/`) re-exports these types with its stubs.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 
@@ -96,6 +97,16 @@ fn reduce_to_call<'py>(
     call.extend(args.iter().cloned());
     let partial = py.import("functools")?.getattr("partial")?.call(PyTuple::new(py, call)?, Some(settings))?;
     Ok((partial, PyTuple::empty(py)))
+}
+
+/// A message's attributes from a `dict` or any other mapping of `str` to `str` (Google's
+/// Pub/Sub client hands them over as a protobuf map, not a `dict`).
+fn attributes_of(attributes: &Bound<'_, PyAny>) -> PyResult<HashMap<String, String>> {
+    match attributes.extract() {
+        Ok(attributes) => Ok(attributes),
+        Err(not_a_dict) if attributes.is_instance_of::<PyDict>() => Err(not_a_dict),
+        Err(_) => attributes.py().get_type::<PyDict>().call1((attributes,))?.extract(),
+    }
 }
 
 /// `None` or `'text'`, as Python's `repr` shows an optional string.

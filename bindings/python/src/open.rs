@@ -170,7 +170,8 @@ impl Opener {
     /// `OpenError` subclass (`MalformedError`, `RefusedError`, `ForgedError`,
     /// `InfrastructureError`) whose `reason` is the stable code and whose `transient`
     /// says whether to retry rather than dead-letter.
-    fn open(&self, py: Python<'_>, data: PyBackedBytes, attributes: HashMap<String, String>) -> PyResult<Opened> {
+    fn open(&self, py: Python<'_>, data: PyBackedBytes, attributes: &Bound<'_, PyAny>) -> PyResult<Opened> {
+        let attributes = crate::attributes_of(attributes)?;
         // The Python bytes object itself, shared, not copied.
         let data = Bytes::from_owner(data);
         let release_now = data.len() >= crate::RELEASE_GIL_FROM;

@@ -162,8 +162,9 @@ impl Sealer {
         &self,
         py: Python<'py>,
         data: PyBackedBytes,
-        attributes: Option<HashMap<String, String>>,
+        attributes: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<(Bound<'py, PyBytes>, HashMap<String, String>)> {
+        let attributes = attributes.map(crate::attributes_of).transpose()?;
         // The Python bytes object itself, shared, not copied.
         let data = Bytes::from_owner(data);
         let attributes = attributes.unwrap_or_default();

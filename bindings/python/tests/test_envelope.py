@@ -241,3 +241,14 @@ def test_cloud_kms_backend_round_trips_through_the_rest_api(fake_cloud_kms, mode
     with pytest.raises(pe.OpenError) as raised:
         pe.Opener(pe.CloudKms(endpoint=fake_cloud_kms), tenant_id="tenant-2", trusted_kms_keys=[KEY]).open(*sealed[0])
     assert raised.value.reason == "unwrap_rejected" and not raised.value.transient
+
+
+def test_attributes_may_be_any_mapping(kms):
+    """Attributes are taken from any mapping (Google's client gives a protobuf map), not only a dict."""
+    import types
+
+    data, attributes = pe.Sealer.sign(kms, KEY, TENANT).seal(b"words", types.MappingProxyType({"lang": "en"}))
+    opened = opener(kms).open(data, types.MappingProxyType(attributes))
+    assert opened.attributes == {"lang": "en"}
+    with pytest.raises(TypeError):
+        opener(kms).open(data, {"lang": 1})

@@ -34,7 +34,8 @@ def test_python_opens_what_the_rust_publisher_sealed(emulator, bin_dir, keyring,
 
     received = bus.pull(subscription, until=lambda messages: len(messages) >= len(LINES))
     opener = pe.Opener(pe.LocalKms(keyring), tenant_id=TENANT, trusted_kms_keys=["projects/tenant-1/*"])
-    opened = [opener.open(message.data, dict(message.attributes)) for message in received]
+    # As Google's client hands them over: a protobuf map, not a dict.
+    opened = [opener.open(message.data, message.attributes) for message in received]
     assert sorted(o.data.decode() for o in opened) == sorted(LINES)
     assert all(o.attributes == {"lang": "en"} and o.mode == mode for o in opened)
     if mode == "attest":
