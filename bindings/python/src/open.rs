@@ -17,13 +17,6 @@ use crate::kms::Kms;
 /// Opens messages for one tenant, from the KMS keys, public keys and service accounts
 /// it trusts.
 ///
-/// ```text
-/// Opener(kms=None, *, tenant_id, trusted_kms_keys=(), trusted_public_keys=None,
-///        trusted_signers=(), mode="auto", cache_ttl_secs=200.0,
-///        cache_capacity=100_000, max_message_age_secs=None,
-///        dangerous_trust_any_kms_key=False)
-/// ```
-///
 /// * `kms` unwraps data keys (encrypt and sign mode) and fetches attest public keys; it
 ///   may be `None` for an opener of attest messages with pinned keys only.
 /// * `tenant_id` is required: it is bound into every wrap and named by every attest
@@ -42,7 +35,8 @@ use crate::kms::Kms;
 ///
 /// `open(data, attributes)` returns an `Opened` or raises an `OpenError` subclass with
 /// a stable `reason` and a `transient` flag. It is safe to call from many threads and
-/// releases the GIL while it works. An opener pickles as its settings (the cache and
+/// releases the GIL whenever it waits (a KMS call, another thread's unwrap of the same
+/// key) or the message is 16 KiB or more. An opener pickles as its settings (the cache and
 /// counts start empty again), so a Beam DoFn may take one as an argument; building it
 /// in `DoFn.setup` works as well.
 #[pyclass(module = "pubsub_envelope", frozen)]
@@ -136,6 +130,9 @@ impl Opener {
         mode = "auto".to_owned(), cache_ttl_secs = 200.0, cache_capacity = 100_000, max_message_age_secs = None,
         dangerous_trust_any_kms_key = false,
     ))]
+    #[pyo3(text_signature = "(kms=None, *, tenant_id, trusted_kms_keys=(), trusted_public_keys=None, \
+        trusted_signers=(), mode='auto', cache_ttl_secs=200.0, cache_capacity=100000, max_message_age_secs=None, \
+        dangerous_trust_any_kms_key=False)")]
     #[allow(clippy::too_many_arguments, reason = "Python keywords, each with a default")]
     fn new(
         py: Python<'_>,

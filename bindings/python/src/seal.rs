@@ -79,7 +79,7 @@ impl Sealer {
     /// inside) for `tenant_id`, under the KMS key encryption key `key`
     /// (`projects/P/locations/L/keyRings/R/cryptoKeys/K`).
     #[staticmethod]
-    #[pyo3(signature = (kms, key, tenant_id, *, max_age_secs = 100.0, max_messages = 1 << 20, max_bytes = 1 << 34, keys_ahead = None))]
+    #[pyo3(signature = (kms, key, tenant_id, *, max_age_secs = 100.0, max_messages = 1048576, max_bytes = 17179869184, keys_ahead = None))]
     fn encrypt(
         kms: PyRef<'_, Kms>,
         key: &str,
@@ -96,7 +96,7 @@ impl Sealer {
     /// A sealer in sign mode (HMAC-SHA256; data and attributes stay readable) for
     /// `tenant_id`, under the KMS key encryption key `key`.
     #[staticmethod]
-    #[pyo3(signature = (kms, key, tenant_id, *, max_age_secs = 100.0, max_messages = 1 << 20, max_bytes = 1 << 34, keys_ahead = None))]
+    #[pyo3(signature = (kms, key, tenant_id, *, max_age_secs = 100.0, max_messages = 1048576, max_bytes = 17179869184, keys_ahead = None))]
     fn sign(
         kms: PyRef<'_, Kms>,
         key: &str,
@@ -117,7 +117,7 @@ impl Sealer {
     /// rotation, and the session key signs each message. `by="kms_each_message"`: the
     /// KMS signs every message itself (strict audit; one KMS call per message).
     #[staticmethod]
-    #[pyo3(signature = (kms, key_version, tenant_id, *, by = "session", max_age_secs = 100.0, max_messages = 1 << 20, max_bytes = 1 << 34, keys_ahead = None))]
+    #[pyo3(signature = (kms, key_version, tenant_id, *, by = "session", max_age_secs = 100.0, max_messages = 1048576, max_bytes = 17179869184, keys_ahead = None))]
     #[allow(clippy::too_many_arguments, reason = "Python keywords, each with a default")]
     fn attest(
         kms: PyRef<'_, Kms>,
