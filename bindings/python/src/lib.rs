@@ -1,9 +1,10 @@
 //! `pubsub_envelope._native`: the envelope crate exposed to Python, not reimplemented.
 //!
 //! Every seal and open runs the Rust library on a Tokio runtime the module starts on
-//! first use, with the GIL released, so that a Beam DoFn's threads open messages in
-//! parallel and share one cache (and one KMS call per wrapped key). The Python half of
-//! the package (`python/pubsub_envelope/`) re-exports these types with its stubs.
+//! first use. A call releases the GIL whenever it must wait (see [`run`]), so that a Beam
+//! DoFn's threads share one opener, one cache and one KMS call per wrapped key without
+//! a slow KMS call stalling the others. The Python half of the package
+//! (`python/pubsub_envelope/`) re-exports these types with its stubs.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -22,8 +23,9 @@ mod seal;
 /// runs on the Python thread that called it (`block_on`), so callers add cores by
 /// adding threads.
 ///
-/// Started on first use, not at import: a process that forks after importing the
-/// package (multiprocessing) must not inherit a runtime's threads.
+/// Started on first use, not at import, so that a process may import the package and
+/// then fork (multiprocessing) as long as it seals or opens only after the fork: a
+/// child does not inherit a running runtime's threads.
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
