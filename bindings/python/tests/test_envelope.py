@@ -252,3 +252,41 @@ def test_attributes_may_be_any_mapping(kms):
     assert opened.attributes == {"lang": "en"}
     with pytest.raises(TypeError):
         opener(kms).open(data, {"lang": 1})
+
+
+def test_service_account_attest_round_trips_against_its_published_certificates(tmp_path):
+    """A message a service account signs opens for an opener trusting that account, its
+    certificates fetched from where the account publishes them; another account is refused."""
+    import http.server
+    import json
+    from pathlib import Path
+
+    data_dir = Path(__file__).resolve().parents[3] / "crates" / "envelope" / "tests" / "data"
+    account = json.loads((data_dir / "service-account.json").read_text())
+    certs = (data_dir / "publisher-certs.json").read_bytes()
+
+    class Certs(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(certs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Certs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/certs"
+        sealer = pe.Sealer.service_account((data_dir / "service-account.json").read_text(), cert_url=url)
+        data, attributes = sealer.seal(b"signed by an account", {"lang": "en"})
+        email = account["client_email"]
+        opened = pe.Opener(tenant_id=TENANT, trusted_signers=[f"{email}={url}"], mode="attest").open(data, attributes)
+        assert opened.data == b"signed by an account" and opened.attributes == {"lang": "en"}
+        assert opened.kms_key is None and email in opened.attested_by
+        with pytest.raises(pe.RefusedError):
+            other = pe.Opener(tenant_id=TENANT, trusted_signers=[f"someone-else@example.com={url}"], mode="attest")
+            other.open(data, attributes)
+    finally:
+        server.shutdown()
