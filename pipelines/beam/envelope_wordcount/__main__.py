@@ -15,6 +15,7 @@ import argparse
 import logging
 
 import apache_beam as beam
+import pubsub_envelope
 from apache_beam.io.gcp.pubsub import ReadFromPubSub, WriteToPubSub
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
@@ -40,7 +41,10 @@ def parse(argv=None):
     parser.add_argument("--output_topic", required=True, help="Where `word: count` messages go")
     parser.add_argument("--dead_letter_topic", default="dead-letter", help="Where messages that cannot be opened go")
     parser.add_argument("--mode", choices=MODES, default="auto", help="Which envelopes to accept (default: auto)")
-    parser.add_argument("--tenant_id", default="tenantKey", help="Tenant id bound into every wrap (the article's tenantKey)")
+    parser.add_argument(
+        "--tenant_id", default=pubsub_envelope.DEFAULT_TENANT_ID,
+        help=f"Tenant id bound into every wrap (default: the article's {pubsub_envelope.DEFAULT_TENANT_ID})",
+    )
     parser.add_argument(
         "--trusted_kms_key", action="append", default=[],
         help="A KMS key to accept, or a prefix ending in /* (repeatable, or comma-separated)",
@@ -79,7 +83,10 @@ def run(argv=None):
         dangerous_trust_any_kms_key=args.dangerous_trust_any_kms_key,
     )
     # Fail at launch, not on the workers: the same settings build the workers' openers.
-    settings.build()
+    try:
+        settings.build()
+    except (ValueError, pubsub_envelope.EnvelopeError) as error:
+        raise SystemExit(f"envelope_wordcount: {error} (see --trusted_kms_key, --trusted_signer, --kms)") from None
     with beam.Pipeline(options=options) as pipeline:
         if args.input_subscription:
             read = ReadFromPubSub(subscription=topic_path(args.input_subscription, project, "subscriptions"), with_attributes=True)
