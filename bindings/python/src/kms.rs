@@ -72,7 +72,9 @@ impl LocalKms {
     #[pyo3(signature = (path, latency_ms = 0))]
     fn new(path: PathBuf, latency_ms: u64) -> PyResult<PyClassInitializer<Self>> {
         let kms = envelope::kms::local::LocalKms::open(&path)
-            .map_err(|error| config_error(format!("cannot open the keyring {}: {error}", path.display())))?
+            .map_err(|error| {
+                config_error(format!("{error} (make one with create_local_key, or `publisher keyring create`)"))
+            })?
             .with_latency(Duration::from_millis(latency_ms));
         Ok(PyClassInitializer::from(counted(kms, latency_ms > 0)).add_subclass(Self { path, latency_ms }))
     }
