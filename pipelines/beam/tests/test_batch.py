@@ -3,7 +3,7 @@ per-window counts and dead letters out."""
 
 import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage
-from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 import pubsub_envelope as pe
@@ -32,7 +32,7 @@ def test_counts_per_window_and_dead_letters(keyring):
     messages += [(tampered, START + 3), (untrusted, START + 4)]
     settings = OpenSettings(tenant_id=TENANT, trusted_kms_keys=["projects/tenant-1/*"], kms=f"local:{keyring}")
 
-    with TestPipeline() as pipeline:
+    with test_pipeline.TestPipeline() as pipeline:
         results = (
             pipeline
             | beam.Create(
