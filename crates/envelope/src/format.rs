@@ -471,6 +471,20 @@ mod tests {
     }
 
     #[test]
+    fn attribute_keys_and_values_may_be_as_long_as_pub_sub_allows_and_no_longer() {
+        // Pub/Sub's limits, to the byte: a 256-byte key and a 1,024-byte value seal; one
+        // byte more of either is refused before sealing.
+        let check = |key: usize, value: usize| {
+            check_producer_attributes(&Attributes::from([("k".repeat(key), "v".repeat(value))]), Mode::Sign)
+        };
+        assert_eq!(check(MAX_ATTRIBUTE_KEY_LEN, MAX_ATTRIBUTE_VALUE_LEN), Ok(()));
+        assert_eq!(check(1, 0), Ok(()));
+        assert_eq!(check(MAX_ATTRIBUTE_KEY_LEN + 1, 1), Err(AttributeError::BadKeyLength(MAX_ATTRIBUTE_KEY_LEN + 1)));
+        assert_eq!(check(0, 1), Err(AttributeError::BadKeyLength(0)));
+        assert_eq!(check(1, MAX_ATTRIBUTE_VALUE_LEN + 1), Err(AttributeError::ValueTooLong("k".into())));
+    }
+
+    #[test]
     fn modes_are_named_as_the_flags_spell_them_and_leave_room_for_the_envelope() {
         // The names are what the command lines accept and the logs print; a producer
         // keeps what Pub/Sub allows less the envelope attributes beside its own.
