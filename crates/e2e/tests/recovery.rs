@@ -1,16 +1,35 @@
 //! Nothing is lost when the pipeline dies or is away.
 #![allow(unused_crate_dependencies, reason = "each test target uses a share of its package's dependencies")]
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use e2e::{Harness, TENANT_1_KEY, expected_counts, summed_counts, total};
 
-/// Sleeps until the middle of a 2 s window, far from the moment a pane is published
-/// and acked (250 ms after the window ends). A kill inside that moment would leave
-/// published counts whose messages were not yet acked: they would be counted again.
-fn sleep_to_mid_window() {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64 % 2000;
-    std::thread::sleep(Duration::from_millis((3000 - ms) % 2000));
+/// Kills `pipeline` (SIGKILL) at a moment when no pane is between being published and
+/// being acked. A kill inside that gap leaves published counts whose messages were
+/// never acked: they are counted again (at-least-once output, which no kill -9 can
+/// avoid). Windows are 2 s and a pane is published 0.25 s after its window ends, its
+/// acks on the client's next flush (every 100 ms). So: wait for a pane to be logged,
+/// give its acks 700 ms, and kill only if the clock is then well before the next
+/// pane is due and no other pane was logged meanwhile. On a loaded machine a pane can
+/// be published a second late (the first publish to a cold emulator): then wait for
+/// the next one. Wall-clock timing alone (the first version) lost this race in CI.
+fn kill_between_panes(pipeline: e2e::Running) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let panes = pipeline.log().matches("published pane").count();
+        while pipeline.log().matches("published pane").count() == panes {
+            assert!(Instant::now() < deadline, "no pane was published:\n{}", pipeline.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(700));
+        let into_window = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() % 2000;
+        let quiet = pipeline.log().matches("published pane").count() == panes + 1;
+        if quiet && (600..1700).contains(&into_window) {
+            pipeline.kill();
+            return;
+        }
+    }
 }
 
 fn lines(count: usize) -> Vec<String> {
@@ -27,7 +46,7 @@ fn a_pipeline_killed_twice_mid_stream_and_restarted_loses_nothing() {
     let harness = Harness::new();
     let subscriber = harness.subscriber();
     let first = harness.pipeline(&["--streams", "1"]);
-    let texts = lines(300);
+    let texts = lines(400);
     let input = harness.dir().join("input.txt");
     std::fs::write(&input, texts.join("\n")).unwrap();
     let mut publisher = harness
@@ -39,12 +58,9 @@ fn a_pipeline_killed_twice_mid_stream_and_restarted_loses_nothing() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1200));
-    sleep_to_mid_window();
-    first.kill();
+    kill_between_panes(first);
     let second = harness.pipeline(&["--streams", "1"]);
-    sleep_to_mid_window();
-    second.kill();
+    kill_between_panes(second);
     let third = harness.pipeline(&["--streams", "16"]);
     assert!(publisher.wait().unwrap().success());
 

@@ -227,3 +227,25 @@ async fn a_short_run_wraps_few_keys_it_does_not_use() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!((4..=5).contains(&wraps), "{wraps} wraps for 4 keys used");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_message_larger_than_the_byte_budget_takes_a_key_made_ahead_without_waiting() {
+    // A key made ahead has sealed nothing, so even a message over the byte budget fits
+    // it: the sealer takes it at once instead of discarding it and waiting out a wrap.
+    let fixture = Fixture::new();
+    let kms = fixture.slow_kms(Duration::from_millis(20));
+    let mut sealer = Sealer::encrypt(kms.clone(), common::key(TENANT_1_KEY), "tenant-1")
+        .with_policy(RotationPolicy { max_messages: 5, max_bytes: 100, ..LARGE })
+        .with_keys_ahead(4);
+    for n in 0..40 {
+        sealer.seal(Bytes::from(format!("message {n}")), Attributes::new()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await; // the keys made ahead are ready
+    let made = sealer.data_keys_made();
+    let started = tokio::time::Instant::now();
+    let sealed = sealer.seal(Bytes::from(vec![b'x'; 500]), Attributes::new()).await.unwrap();
+    assert_eq!(started.elapsed(), Duration::ZERO, "the oversized message waited for a wrap");
+    assert_eq!(sealer.data_keys_made(), made + 1, "it has a key of its own");
+    let opened = fixture.opener("tenant-1").open(&sealed.data, &sealed.attributes).await.unwrap();
+    assert_eq!(opened.data.len(), 500);
+}
