@@ -11,11 +11,17 @@ use clap::Parser;
 use cli::flags::{KmsFlags, OpenMode};
 
 /// Read the shared topic and show each message opened, or why it was rejected.
+/// How long acks may take to reach Pub/Sub after SIGINT or SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 #[derive(Parser)]
-#[command(version)]
+#[command(name = "debug-subscriber", version)]
 struct Cli {
-    /// Which envelopes to open: `decrypt`, `verify` or `auto`.
-    #[arg(long, env = "DEBUG_MODE", default_value = "auto")]
+    #[command(flatten)]
+    common: cli::flags::CommonFlags,
+
+    /// Which envelopes to open: `decrypt`, `verify`, `attest` or `auto`.
+    #[arg(long, env = "PUBSUB_ENVELOPE_OPEN_MODE", default_value = "auto")]
     mode: OpenMode,
 
     #[command(flatten)]
@@ -25,13 +31,18 @@ struct Cli {
     #[arg(
         long = "pubsub_subscription",
         visible_alias = "pubsub-subscription",
-        env = "PUBSUB_SUBSCRIPTION",
+        env = "PUBSUB_ENVELOPE_DEBUG_SUBSCRIPTION",
         default_value = "message-bus-debug"
     )]
     pubsub_subscription: String,
 
     /// The shared topic; only used to create the subscription on the emulator.
-    #[arg(long = "pubsub_topic", visible_alias = "pubsub-topic", env = "PUBSUB_TOPIC", default_value = "common-topic")]
+    #[arg(
+        long = "pubsub_topic",
+        visible_alias = "pubsub-topic",
+        env = "PUBSUB_ENVELOPE_BUS_TOPIC",
+        default_value = "common-topic"
+    )]
     pubsub_topic: String,
 
     #[command(flatten)]
@@ -49,9 +60,17 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    cli::init_logging();
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    cli::report::exit(run(cli).await.map(|()| std::process::ExitCode::SUCCESS))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if !cli.common.start::<Cli>()? {
+        return Ok(());
+    }
+    // Listening from the start: a signal during start-up is not lost.
+    let signals = cli::signals::StopSignals::listen()?;
     let project = cli.account.pubsub_project_id.as_deref();
     let (subscription, project) = bus::names::subscription_and_project(project, &cli.pubsub_subscription)?;
     let project = project.as_deref();
@@ -59,8 +78,9 @@ async fn main() -> anyhow::Result<()> {
     let kms = cli.kms.backend(&account).await?;
     let opener = Arc::new(cli.trust.opener(kms.clone(), &cli.kms.tenant_id, cli.mode.accepts())?.build()?);
     let metrics = Arc::new(cli::metrics::Metrics::new(Some((opener.clone(), kms))));
-    cli.metrics.serve(&metrics);
+    cli.metrics.serve(&metrics).await?;
     let pubsub = bus::PubSub::from_env(|| account.credentials())?;
+    pubsub.probe_subscription(&subscription).await?;
     pubsub
         .ensure_subscription(&subscription, &bus::names::topic(project, &cli.pubsub_topic)?, Duration::from_secs(10))
         .await?;
@@ -68,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut out = std::io::stdout().lock();
     pubsub
-        .tail(&subscription, cli::shutdown_signal(), async |message, handler| {
+        .tail(&subscription, signals.drain(SHUTDOWN_GRACE), async |message, handler| {
             let id = &message.message_id;
             metrics.received();
             match opener.open(&message.data, &message.attributes).await {

@@ -13,19 +13,27 @@ use envelope::{KeyName, Mode};
 /// With no `--message` or `--input`, sends the article's run: 10 lorem paragraphs,
 /// with a new data key every 5 messages.
 #[derive(Parser)]
-#[command(version, args_conflicts_with_subcommands = true)]
+#[command(name = "publisher", version, args_conflicts_with_subcommands = true)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) keyring: Option<KeyringCommand>,
 
+    #[command(flatten)]
+    pub(crate) common: cli::flags::CommonFlags,
+
     /// `encrypt` (AES-256-GCM, attributes sealed inside), `sign` (HMAC-SHA256) or
     /// `attest` (signatures only this tenant's KMS signing key could have vouched for).
-    #[arg(long, env = "PUBLISHER_MODE", default_value = "encrypt", value_parser = mode_parser())]
+    #[arg(long, env = "PUBSUB_ENVELOPE_SEAL_MODE", default_value = "encrypt", value_parser = mode_parser())]
     pub(crate) mode: Mode,
 
     /// Attest mode: the KMS signing key version (`EC_SIGN_P256_SHA256`) that certifies
     /// each session key; the key itself is named as for the other modes.
-    #[arg(long = "kms_key_version", visible_alias = "kms-key-version", env = "KMS_KEY_VERSION", default_value_t = 1)]
+    #[arg(
+        long = "kms_key_version",
+        visible_alias = "kms-key-version",
+        env = "PUBSUB_ENVELOPE_KMS_KEY_VERSION",
+        default_value_t = 1
+    )]
     pub(crate) kms_key_version: u32,
 
     /// Attest mode: have the KMS sign every message itself (one KMS call per message,
@@ -51,7 +59,12 @@ pub(crate) struct Cli {
     pub(crate) account: cli::flags::AccountFlags,
 
     /// The shared topic: an id in `--pubsub_project_id`, or a full name.
-    #[arg(long = "pubsub_topic", visible_alias = "pubsub-topic", env = "PUBSUB_TOPIC", default_value = "common-topic")]
+    #[arg(
+        long = "pubsub_topic",
+        visible_alias = "pubsub-topic",
+        env = "PUBSUB_ENVELOPE_BUS_TOPIC",
+        default_value = "common-topic"
+    )]
     pub(crate) pubsub_topic: String,
 
     #[command(flatten)]
@@ -69,11 +82,11 @@ pub(crate) struct Cli {
     pub(crate) input: Option<PathBuf>,
 
     /// Send this many messages, cycling through the source.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) count: Option<u64>,
 
-    /// Messages per second at most (unlimited by default).
-    #[arg(long)]
+    /// Messages per second at most, at least 0.001 (unlimited by default).
+    #[arg(long, value_parser = cli::flags::rate)]
     pub(crate) rate: Option<f64>,
 
     /// An attribute sent with every message, `key=value` (repeatable).
@@ -81,38 +94,45 @@ pub(crate) struct Cli {
     pub(crate) attributes: Vec<(String, String)>,
 
     /// Rotate the data key after this many seconds.
-    #[arg(long = "key_max_age_secs", visible_alias = "key-max-age-secs", default_value_t = 100)]
+    #[arg(long = "key_max_age_secs", visible_alias = "key-max-age-secs", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) key_max_age_secs: u64,
 
     /// Rotate the data key after this many messages (5 for the article's run, 2^20 otherwise).
-    #[arg(long = "key_max_messages", visible_alias = "key-max-messages")]
+    #[arg(long = "key_max_messages", visible_alias = "key-max-messages", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) key_max_messages: Option<u64>,
 
     /// Data keys (or attest session keys) wrapped ahead of need, at most: that many KMS
     /// calls in flight, so that a rotation never waits on the KMS while it keeps up.
     /// Only while keys are used up by message count; at most this many go unused when
     /// the run ends. `0`: wrap each key when it is needed.
-    #[arg(long = "keys_ahead", visible_alias = "keys-ahead", default_value_t = 16)]
-    pub(crate) keys_ahead: usize,
+    /// At most 1,024: each is a KMS call in flight, and Cloud KMS's default quota is
+    /// about 1,000 calls a second.
+    #[arg(long = "keys_ahead", visible_alias = "keys-ahead", default_value_t = 16, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub(crate) keys_ahead: u16,
 }
 
 /// The tenant's KMS key, by parts as in the article or whole.
 #[derive(clap::Args)]
 pub(crate) struct KeyFlags {
     /// Project of the KMS key ring.
-    #[arg(long = "kms_project_id", visible_alias = "kms-project-id", env = "KMS_PROJECT_ID")]
+    #[arg(long = "kms_project_id", visible_alias = "kms-project-id", env = "PUBSUB_ENVELOPE_KMS_PROJECT_ID")]
     pub(crate) kms_project_id: Option<String>,
     /// Location of the key ring.
-    #[arg(long = "kms_location", visible_alias = "kms-location", env = "KMS_LOCATION", default_value = "us-central1")]
+    #[arg(
+        long = "kms_location",
+        visible_alias = "kms-location",
+        env = "PUBSUB_ENVELOPE_KMS_LOCATION",
+        default_value = "us-central1"
+    )]
     pub(crate) kms_location: String,
     /// Key ring id.
-    #[arg(long = "kms_key_ring_id", visible_alias = "kms-key-ring-id", env = "KMS_KEY_RING_ID")]
+    #[arg(long = "kms_key_ring_id", visible_alias = "kms-key-ring-id", env = "PUBSUB_ENVELOPE_KMS_KEY_RING_ID")]
     pub(crate) kms_key_ring_id: Option<String>,
     /// Key id.
-    #[arg(long = "kms_key_id", visible_alias = "kms-key-id", env = "KMS_KEY_ID")]
+    #[arg(long = "kms_key_id", visible_alias = "kms-key-id", env = "PUBSUB_ENVELOPE_KMS_KEY_ID")]
     pub(crate) kms_key_id: Option<String>,
     /// The whole key name (`projects/.../cryptoKeys/K` or `gcp-kms://...`), instead of the parts.
-    #[arg(long = "kms_key", visible_alias = "kms-key", env = "KMS_KEY", conflicts_with_all = ["kms_project_id", "kms_key_ring_id", "kms_key_id"])]
+    #[arg(long = "kms_key", visible_alias = "kms-key", env = "PUBSUB_ENVELOPE_KMS_KEY", conflicts_with_all = ["kms_project_id", "kms_key_ring_id", "kms_key_id"])]
     pub(crate) kms_key: Option<String>,
 }
 
@@ -131,7 +151,8 @@ impl KeyFlags {
 /// Manage a local keyring file (`--kms local:PATH`).
 #[derive(Subcommand)]
 pub(crate) enum KeyringCommand {
-    /// Create a key with a fresh version 1.
+    /// Manage the offline keyring file that `--kms local:PATH` reads: create, rotate and
+    /// list keys, print a signing key's public key.
     #[command(name = "keyring")]
     Keyring {
         #[command(subcommand)]

@@ -9,7 +9,16 @@ use envelope::{KeyName, KeyVersionName};
 use crate::args::KeyringAction;
 
 pub async fn run(action: KeyringAction, path: PathBuf) -> anyhow::Result<()> {
-    let mut keyring = Keyring::load_or_new(&path)?;
+    // Only `create` makes a keyring; the other actions on a missing file are a typo.
+    let mut keyring = match action {
+        KeyringAction::Create { .. } => Keyring::load_or_new(&path)?,
+        _ if !path.exists() => anyhow::bail!(
+            "there is no keyring at {} (make one with `publisher keyring --keyring {} create KEY`)",
+            path.display(),
+            path.display()
+        ),
+        _ => Keyring::load(&path)?,
+    };
     match action {
         KeyringAction::Create { key, if_missing, purpose } => {
             let name: KeyName = key.parse()?;

@@ -7,6 +7,8 @@ mod keyring;
 mod publish;
 mod texts;
 
+use std::process::ExitCode;
+
 use clap::Parser as _;
 
 use crate::args::{Cli, KeyringCommand};
@@ -15,11 +17,19 @@ use crate::args::{Cli, KeyringCommand};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    cli::init_logging();
+async fn main() -> ExitCode {
     let mut cli = Cli::parse();
+    cli::report::exit(run(&mut cli).await)
+}
+
+async fn run(cli: &mut Cli) -> anyhow::Result<ExitCode> {
+    if !cli.common.start::<Cli>()? {
+        return Ok(ExitCode::SUCCESS);
+    }
     match cli.keyring.take() {
-        Some(KeyringCommand::Keyring { action, keyring: path }) => keyring::run(action, path).await,
+        Some(KeyringCommand::Keyring { action, keyring: path }) => {
+            keyring::run(action, path).await.map(|()| ExitCode::SUCCESS)
+        }
         None => publish::run(cli).await,
     }
 }

@@ -1,6 +1,7 @@
 //! The publish loop: seal each text, publish it, print its id, and say what was done.
 
 use std::io::{IsTerminal as _, Write as _};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -13,12 +14,17 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::args::Cli;
 use crate::texts::Texts;
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    // Listening from the start: a Ctrl-C during start-up is not lost.
+    let mut signals = cli::signals::StopSignals::listen()?;
     let attest = cli.mode == Mode::Attest;
     anyhow::ensure!(!cli.attest_with_service_account || attest, "--attest_with_service_account needs --mode attest");
     anyhow::ensure!(!cli.kms_sign_every_message || attest, "--kms_sign_every_message applies to --mode attest only");
     let topic = bus::names::topic(cli.account.pubsub_project_id.as_deref(), &cli.pubsub_topic)?;
-    let mut texts = Texts::from_cli(&cli)?;
+    let attributes: Attributes = cli.attributes.iter().cloned().collect();
+    let attribute_bytes = attributes.iter().map(|(key, value)| key.len() + value.len()).sum();
+    // Every given line is checked against Pub/Sub's limit before anything is sent.
+    let mut texts = Texts::from_cli(cli, attribute_bytes)?;
     let article_run = cli.message.is_empty() && cli.input.is_none();
     let policy = RotationPolicy {
         max_age: Duration::from_secs(cli.key_max_age_secs),
@@ -34,7 +40,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let tenant_id = cli.kms.tenant_id.clone();
     let (signer, sealer) = match cli.mode {
         Mode::Attest if cli.attest_with_service_account => {
-            let signer = service_account_signer(&cli, &account)?;
+            let signer = service_account_signer(cli, &account)?;
             (signer.email().to_owned(), Sealer::service_account(signer))
         }
         Mode::Attest => {
@@ -52,16 +58,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     let mode = sealer.mode();
-    let mut sealer = sealer.with_policy(policy).with_keys_ahead(cli.keys_ahead);
+    let mut sealer = sealer.with_policy(policy).with_keys_ahead(cli.keys_ahead.into());
     let pubsub = bus::PubSub::from_env(|| account.credentials())?;
+    pubsub.probe_topic(&topic).await?;
     pubsub.ensure_topic(&topic).await?;
-    let attributes: Attributes = cli.attributes.iter().cloned().collect();
 
     let total = texts.total(cli.count);
     let progress = match total {
         Some(total) if std::io::stderr().is_terminal() && total >= 100 => {
             let bar = ProgressBar::new(total);
-            let style = ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}");
+            // No `eta`: the first rate, measured across the first wrap, is far too low
+            // and showed hours for a run of seconds.
+            let style = ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} {elapsed}");
             bar.set_style(style.expect("valid template"));
             bar
         }
@@ -80,28 +88,91 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     });
     tracing::info!(%topic, %signer, %mode, total, "publishing");
-    let mut sent = 0;
-    while total.is_none_or(|total| sent < total) {
-        let Some(text) = texts.get(sent).await? else { break };
-        // KMS is only called when the data key rotates; a transient failure there is
-        // retried with backoff, and past the last try the run fails without publishing.
-        let sealed = seal_with_retries(&mut sealer, Bytes::from(text), &attributes)
-            .await
-            .with_context(|| format!("cannot seal message {sent}"))?;
-        sender.send(Message::new().set_data(sealed.data).set_attributes(sealed.attributes)).await;
-        sent += 1;
+    let mut stopped_by = None;
+    let mut failure = None;
+    loop {
+        let sent = sender.queued();
+        if total.is_some_and(|total| sent >= total) {
+            break;
+        }
+        let next = async {
+            let Some(text) = texts.get(sent).await? else { return Ok(false) };
+            // KMS is only called when the data key rotates; a transient failure there is
+            // retried with backoff, and past the last try the run fails without publishing.
+            let sealed = seal_with_retries(&mut sealer, Bytes::from(text), &attributes)
+                .await
+                .with_context(|| format!("cannot seal message {sent}"))?;
+            check_size(&sealed, sent)?;
+            sender.send(Message::new().set_data(sealed.data).set_attributes(sealed.attributes)).await;
+            anyhow::Ok(true)
+        };
+        // Cancelling `next` loses nothing that was sent: a message is counted as queued
+        // once it is handed to the publisher, and then awaited below.
+        tokio::select! {
+            biased;
+            signal = signals.next() => {
+                stopped_by = Some(signal);
+                break;
+            }
+            more = next => match more {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            },
+        }
     }
+    if let Some(signal) = stopped_by {
+        progress.suspend(|| {
+            tracing::warn!(
+                in_flight = sender.in_flight(),
+                "{signal}: reading no more input; waiting for the messages in flight (a second signal stops at once)"
+            );
+        });
+        tokio::spawn(async move {
+            let second = signals.next().await;
+            tracing::warn!(
+                "{second} again: stopping without waiting; unconfirmed messages may or may not be published"
+            );
+            std::process::exit(second.exit_code().into());
+        });
+    }
+    let queued = sender.queued();
     let failed = sender.finish().await;
     ids.flush()?;
     progress.finish_and_clear();
+    let published = queued - failed;
+    let keys = sealer.data_keys_made();
+    let calls = kms.calls();
+    let stopped = stopped_by.map(|signal| format!(", stopped by {signal}")).unwrap_or_default();
     tracing::info!(
-        data_keys = sealer.data_keys_made(),
-        kms_calls = kms.calls(),
-        published = sent - failed,
-        failed,
-        "done"
+        "published {published} of {queued} messages ({failed} failed) under {keys} data keys, {calls} KMS calls{stopped}"
     );
-    anyhow::ensure!(failed == 0, "{failed} of {sent} messages could not be published");
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    anyhow::ensure!(failed == 0, "{failed} of {queued} messages could not be published");
+    Ok(stopped_by.map_or(ExitCode::SUCCESS, |signal| ExitCode::from(signal.exit_code())))
+}
+
+/// Refuses a sealed message Pub/Sub would refuse: over 10 MB of data and attributes, or
+/// over 100 attributes. (Lines of a file are checked before anything is sent; this
+/// catches stdin's, and what sealing added.)
+fn check_size(sealed: &envelope::Sealed, index: u64) -> anyhow::Result<()> {
+    let size = sealed.data.len() + sealed.attributes.iter().map(|(key, value)| key.len() + value.len()).sum::<usize>();
+    anyhow::ensure!(
+        size <= bus::MAX_MESSAGE_BYTES,
+        "message {index} would be {size} bytes sealed, over Pub/Sub's limit of {} bytes a message; nothing of it was sent",
+        bus::MAX_MESSAGE_BYTES
+    );
+    anyhow::ensure!(
+        sealed.attributes.len() <= bus::MAX_ATTRIBUTES,
+        "message {index} would carry {} attributes sealed, over Pub/Sub's limit of {}; send fewer --attribute",
+        sealed.attributes.len(),
+        bus::MAX_ATTRIBUTES
+    );
     Ok(())
 }
 

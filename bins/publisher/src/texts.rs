@@ -17,8 +17,13 @@ pub enum Texts {
 }
 
 impl Texts {
-    pub fn from_cli(cli: &Cli) -> anyhow::Result<Self> {
+    /// The texts `cli` names; each given line must fit Pub/Sub's message limit with
+    /// `attribute_bytes` of attributes beside it.
+    pub fn from_cli(cli: &Cli, attribute_bytes: usize) -> anyhow::Result<Self> {
         if !cli.message.is_empty() {
+            for (index, text) in cli.message.iter().enumerate() {
+                check_fits(text, attribute_bytes, || format!("--message number {}", index + 1))?;
+            }
             return Ok(Texts::Cycled(cli.message.clone()));
         }
         let Some(path) = &cli.input else {
@@ -36,6 +41,9 @@ impl Texts {
         let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let lines: Vec<String> = std::io::BufReader::new(file).lines().collect::<Result<_, _>>()?;
         anyhow::ensure!(!lines.is_empty(), "{} holds no lines to send", path.display());
+        for (index, line) in lines.iter().enumerate() {
+            check_fits(line, attribute_bytes, || format!("line {} of {}", index + 1, path.display()))?;
+        }
         Ok(Texts::Cycled(lines))
     }
 
@@ -53,4 +61,18 @@ impl Texts {
             Texts::Stdin(receiver) => Ok(receiver.recv().await.transpose().context("cannot read stdin")?),
         }
     }
+}
+
+/// Refuses a text that cannot fit one Pub/Sub message, before anything is sealed or
+/// sent, naming where it came from.
+fn check_fits(text: &str, attribute_bytes: usize, place: impl FnOnce() -> String) -> anyhow::Result<()> {
+    let size = text.len() + attribute_bytes;
+    anyhow::ensure!(
+        size <= bus::MAX_MESSAGE_BYTES,
+        "{} is {} bytes (with its attributes {size}), over Pub/Sub's limit of {} bytes a message; nothing was sent",
+        place(),
+        text.len(),
+        bus::MAX_MESSAGE_BYTES
+    );
+    Ok(())
 }

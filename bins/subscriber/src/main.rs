@@ -14,9 +14,15 @@ use totals::{Added, Totals};
 
 /// Tail the pipeline's output topic and print each window's word counts, summed over
 /// replicas and panes.
+/// How long acks may take to reach Pub/Sub after SIGINT or SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 #[derive(Parser)]
-#[command(version)]
+#[command(name = "subscriber", version)]
 struct Cli {
+    #[command(flatten)]
+    common: cli::flags::CommonFlags,
+
     #[command(flatten)]
     account: cli::flags::AccountFlags,
 
@@ -24,13 +30,18 @@ struct Cli {
     #[arg(
         long = "pubsub_subscription",
         visible_alias = "pubsub-subscription",
-        env = "PUBSUB_SUBSCRIPTION",
+        env = "PUBSUB_ENVELOPE_OUTPUT_SUBSCRIPTION",
         default_value = "df_subscribe"
     )]
     pubsub_subscription: String,
 
     /// The output topic; only used to create the subscription on the emulator.
-    #[arg(long = "pubsub_topic", visible_alias = "pubsub-topic", env = "PUBSUB_TOPIC", default_value = "df_out")]
+    #[arg(
+        long = "pubsub_topic",
+        visible_alias = "pubsub-topic",
+        env = "PUBSUB_ENVELOPE_OUTPUT_TOPIC",
+        default_value = "df_out"
+    )]
     pubsub_topic: String,
 
     /// One JSON record per window update (`window_start`, `window_end`, `total`,
@@ -40,19 +51,28 @@ struct Cli {
 
     /// Forget a window once no part of it has arrived for this many seconds, so that
     /// memory stays flat however long the subscriber runs.
-    #[arg(long = "forget_after_secs", visible_alias = "forget-after-secs", default_value_t = 3600)]
+    #[arg(long = "forget_after_secs", visible_alias = "forget-after-secs", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     forget_after_secs: u64,
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    cli::init_logging();
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    cli::report::exit(run(cli).await.map(|()| std::process::ExitCode::SUCCESS))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if !cli.common.start::<Cli>()? {
+        return Ok(());
+    }
+    // Listening from the start: a signal during start-up is not lost.
+    let signals = cli::signals::StopSignals::listen()?;
     let project = cli.account.pubsub_project_id.as_deref();
     let (subscription, project) = bus::names::subscription_and_project(project, &cli.pubsub_subscription)?;
     let project = project.as_deref();
     let account = cli.account.account();
     let pubsub = bus::PubSub::from_env(|| account.credentials())?;
+    pubsub.probe_subscription(&subscription).await?;
     pubsub
         .ensure_subscription(&subscription, &bus::names::topic(project, &cli.pubsub_topic)?, Duration::from_secs(10))
         .await?;
@@ -64,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
     let printer = tokio::spawn(print_changes(totals.clone(), cli.json));
     let mut skipped = 0u64;
     let tailed = pubsub
-        .tail(&subscription, cli::shutdown_signal(), async |message, handler| {
+        .tail(&subscription, signals.drain(SHUTDOWN_GRACE), async |message, handler| {
             let added = lock(&totals).add(&message.attributes, &message.data, Instant::now());
             if added == Added::NotPipelineOutput {
                 if skipped == 0 {

@@ -15,4 +15,4 @@ pub mod names;
 mod pubsub;
 pub mod send;
 
-pub use pubsub::{MAX_ATTRIBUTES, MAX_MESSAGE_BYTES, PubSub};
+pub use pubsub::{MAX_ATTRIBUTES, MAX_MESSAGE_BYTES, NO_CREDENTIALS, PROBE_DEADLINE, PubSub};

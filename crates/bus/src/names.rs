@@ -24,8 +24,12 @@ fn full(project: Option<&str>, kind: &str, name: &str) -> anyhow::Result<String>
         return Ok(name.to_owned());
     }
     anyhow::ensure!(!name.is_empty() && !name.contains('/'), "`{name}` is not a valid {kind} id");
-    let project =
-        project.ok_or_else(|| anyhow::anyhow!("`{name}` needs a project: give a project flag or a full name"))?;
+    let project = project.ok_or_else(|| {
+        anyhow::anyhow!(
+            "`{name}` needs a project: pass --pubsub_project_id (the pipeline: --project) or set \
+             GOOGLE_CLOUD_PROJECT, or give the full name projects/PROJECT/{kind}/{name}"
+        )
+    })?;
     Ok(format!("projects/{project}/{kind}/{name}"))
 }
 

@@ -5,6 +5,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use google_cloud_auth::credentials::{Credentials, anonymous};
 use google_cloud_gax::error::rpc::Code;
+use google_cloud_gax::options::RequestOptionsBuilder as _;
+use google_cloud_gax::retry_policy::NeverRetry;
 use google_cloud_pubsub::client::{Publisher, Subscriber, SubscriptionAdmin, TopicAdmin};
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::handler::Handler;
@@ -80,6 +82,115 @@ impl PubSub {
         Ok(())
     }
 
+    /// Checks at start-up, within [`PROBE_DEADLINE`], that Pub/Sub answers these
+    /// credentials by asking for `topic`; fails with a headline that names the remedy.
+    /// A topic that does not exist fails only on Google Cloud (the emulator's are made
+    /// on demand); a refusal to describe it (the publisher role may not) counts as an
+    /// answer.
+    pub async fn probe_topic(&self, topic: &str) -> anyhow::Result<()> {
+        let admin = self.topic_admin().await?;
+        self.probe(topic, "topic", async || {
+            admin
+                .get_topic()
+                .set_topic(topic)
+                .with_retry_policy(NeverRetry)
+                .with_attempt_timeout(PROBE_DEADLINE)
+                .send()
+                .await
+                .map(drop)
+        })
+        .await
+    }
+
+    /// As [`probe_topic`](Self::probe_topic), for a subscription.
+    pub async fn probe_subscription(&self, subscription: &str) -> anyhow::Result<()> {
+        let admin = self.subscription_admin().await?;
+        self.probe(subscription, "subscription", async || {
+            admin
+                .get_subscription()
+                .set_subscription(subscription)
+                .with_retry_policy(NeverRetry)
+                .with_attempt_timeout(PROBE_DEADLINE)
+                .send()
+                .await
+                .map(drop)
+        })
+        .await
+    }
+
+    async fn probe(
+        &self,
+        name: &str,
+        kind: &str,
+        mut ask: impl AsyncFnMut() -> Result<(), google_cloud_gax::error::Error>,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + PROBE_DEADLINE;
+        loop {
+            let error = match tokio::time::timeout_at(deadline, ask()).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(error)) => error,
+                Err(_) => return Err(self.unreachable(None)),
+            };
+            let code = error.status().map(|status| status.code);
+            match code {
+                Some(Code::PermissionDenied) => return Ok(()),
+                Some(Code::NotFound) if self.emulator.is_some() => return Ok(()),
+                Some(Code::NotFound) => anyhow::bail!(
+                    "{kind} {name} does not exist: create it (scripts/gcp-setup.sh makes every topic and subscription),                      or name another with the flag"
+                ),
+                Some(Code::Unauthenticated) => return Err(anyhow::Error::new(error).context(NO_CREDENTIALS)),
+                _ if error.is_authentication() => return Err(anyhow::Error::new(error).context(NO_CREDENTIALS)),
+                _ => {}
+            }
+            if tokio::time::Instant::now() + PROBE_RETRY >= deadline {
+                return Err(self.unreachable(Some(error)));
+            }
+            tracing::debug!(%error, "Pub/Sub did not answer yet; asking again");
+            tokio::time::sleep(PROBE_RETRY).await;
+        }
+    }
+
+    /// The error for a Pub/Sub that did not answer, naming the fix.
+    fn unreachable(&self, last: Option<google_cloud_gax::error::Error>) -> anyhow::Error {
+        let seconds = PROBE_DEADLINE.as_secs();
+        let headline = match &self.emulator {
+            Some(endpoint) => format!(
+                "the Pub/Sub emulator at {endpoint} (PUBSUB_EMULATOR_HOST) did not answer within {seconds} s: start it \
+                 (`scripts/emulator.sh start`), or unset PUBSUB_EMULATOR_HOST to use Google Cloud"
+            ),
+            None => format!(
+                "Pub/Sub did not answer within {seconds} s: check the network (and HTTPS_PROXY), and the credentials \
+                 (`gcloud auth application-default login`, or --service_account KEY.json)"
+            ),
+        };
+        match last {
+            Some(error) => anyhow::Error::new(error).context(headline),
+            None => anyhow::anyhow!(headline),
+        }
+    }
+
+    /// Deletes `topic` (tests, and tearing a trial down).
+    pub async fn delete_topic(&self, topic: &str) -> anyhow::Result<()> {
+        self.topic_admin().await?.delete_topic().set_topic(topic).send().await?;
+        Ok(())
+    }
+
+    async fn topic_admin(&self) -> anyhow::Result<TopicAdmin> {
+        let mut builder = TopicAdmin::builder().with_credentials(self.credentials.clone());
+        if let Some(endpoint) = &self.emulator {
+            builder = builder.with_endpoint(endpoint);
+        }
+        Ok(builder.build().await?)
+    }
+
+    async fn subscription_admin(&self) -> anyhow::Result<SubscriptionAdmin> {
+        let mut builder = SubscriptionAdmin::builder().with_credentials(self.credentials.clone());
+        if let Some(endpoint) = &self.emulator {
+            builder = builder.with_endpoint(endpoint);
+        }
+        Ok(builder.build().await?)
+    }
+
     /// On the emulator, creates `topic` unless it exists. Does nothing on real Pub/Sub,
     /// where topics are the platform team's to create.
     pub async fn ensure_topic(&self, topic: &str) -> anyhow::Result<()> {
@@ -127,6 +238,15 @@ impl PubSub {
 fn already_exists(error: &google_cloud_gax::error::Error) -> bool {
     error.status().is_some_and(|status| status.code == Code::AlreadyExists) || error.http_status_code() == Some(409)
 }
+
+/// How long a binary waits at start-up for Pub/Sub to answer before it gives up with a
+/// remedy (instead of the client's own minutes of retries).
+pub const PROBE_DEADLINE: Duration = Duration::from_secs(10);
+/// Pause between start-up probes while Pub/Sub does not answer (an emulator starting).
+const PROBE_RETRY: Duration = Duration::from_millis(500);
+/// The remedy for missing or refused credentials.
+pub const NO_CREDENTIALS: &str = "Google Cloud refused or found no credentials: run `gcloud auth application-default login`, \
+     or pass --service_account KEY.json (or set PUBSUB_EMULATOR_HOST to use the emulator)";
 
 /// Pub/Sub's limit on one message, data and attributes together.
 pub const MAX_MESSAGE_BYTES: usize = 10_000_000;

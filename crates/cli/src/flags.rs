@@ -15,15 +15,36 @@ use envelope::kms::{Counted, Kms};
 use google_cloud_auth::credentials::{self, Credentials, service_account};
 use zeroize::Zeroizing;
 
+/// What every binary takes: `--log_format` and `--generate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonFlags {
+    #[command(flatten)]
+    pub log: crate::logging::LogFlags,
+    #[command(flatten)]
+    pub generate: crate::generate::GenerateFlags,
+}
+
+impl CommonFlags {
+    /// Handles `--generate` for `C`'s command (returning `false`: the caller exits),
+    /// else sets up logging (returning `true`: run).
+    pub fn start<C: clap::CommandFactory>(&self) -> anyhow::Result<bool> {
+        if self.generate.write_if_asked::<C>()? {
+            return Ok(false);
+        }
+        self.log.init();
+        Ok(true)
+    }
+}
+
 /// Credentials, and the project of names given as short ids, in the article's spelling.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AccountFlags {
     /// Service-account key file for Pub/Sub and Cloud KMS (else Application Default Credentials).
-    #[arg(long = "service_account", visible_alias = "service-account", env = "SERVICE_ACCOUNT")]
+    #[arg(long = "service_account", visible_alias = "service-account", env = "PUBSUB_ENVELOPE_SERVICE_ACCOUNT")]
     pub service_account: Option<PathBuf>,
 
     /// Project of the topic or subscription when given as a short id.
-    #[arg(long = "pubsub_project_id", visible_alias = "pubsub-project-id", env = "PUBSUB_PROJECT_ID")]
+    #[arg(long = "pubsub_project_id", visible_alias = "pubsub-project-id", env = "GOOGLE_CLOUD_PROJECT")]
     pub pubsub_project_id: Option<String>,
 }
 
@@ -79,7 +100,7 @@ impl Account {
                     .build()
                     .with_context(|| format!("{path} is not a service account key"))?
             }
-            None => credentials::Builder::default().build().context("no Application Default Credentials")?,
+            None => credentials::Builder::default().build().context(bus::NO_CREDENTIALS)?,
         };
         Ok(self.credentials.get_or_init(|| built).clone())
     }
@@ -138,7 +159,7 @@ pub struct KmsFlags {
     pub local_kms_latency_ms: u64,
 
     /// Tenant id bound into every KMS wrap as additional authenticated data.
-    #[arg(long = "tenant_id", visible_aliases = ["tenant-id", "tenantID"], env = "TENANT_ID", default_value = envelope::DEFAULT_TENANT_ID)]
+    #[arg(long = "tenant_id", visible_aliases = ["tenant-id", "tenantID"], env = "PUBSUB_ENVELOPE_TENANT_ID", default_value = envelope::DEFAULT_TENANT_ID)]
     pub tenant_id: String,
 }
 
@@ -153,10 +174,16 @@ impl KmsFlags {
         match &self.kms {
             KmsChoice::Local(path) => {
                 let kms = LocalKms::open(path).with_context(|| {
-                    format!(
-                        "cannot open the local keyring (create it with `publisher keyring create KEY --kms local:{}`)",
-                        path.display()
-                    )
+                    if path.exists() {
+                        format!("cannot use the local keyring {}", path.display())
+                    } else {
+                        format!(
+                            "there is no keyring at {} (make one with `publisher keyring --keyring {} create KEY`, \
+                             or name another with --kms local:PATH)",
+                            path.display(),
+                            path.display()
+                        )
+                    }
                 })?;
                 Ok(Arc::new(kms.with_latency(Duration::from_millis(self.local_kms_latency_ms))))
             }
@@ -180,14 +207,14 @@ pub struct TrustFlags {
     #[arg(
         long = "trusted_kms_key",
         visible_alias = "trusted-kms-key",
-        env = "TRUSTED_KMS_KEYS",
+        env = "PUBSUB_ENVELOPE_TRUSTED_KMS_KEYS",
         value_delimiter = ','
     )]
     pub trusted_kms_key: Vec<String>,
 
     /// Refuse messages sealed longer ago than this (e.g. `5m`, `1h`): stale messages and
     /// old ones published again. Off by default.
-    #[arg(long = "max_message_age", visible_alias = "max-message-age", env = "MAX_MESSAGE_AGE")]
+    #[arg(long = "max_message_age", visible_alias = "max-message-age", env = "PUBSUB_ENVELOPE_MAX_MESSAGE_AGE")]
     pub max_message_age: Option<humantime::Duration>,
 
     /// Attest mode: `KEY_VERSION=FILE.pem`, the public key of that KMS key version (as
@@ -196,14 +223,19 @@ pub struct TrustFlags {
     #[arg(
         long = "trusted_public_key",
         visible_alias = "trusted-public-key",
-        env = "TRUSTED_PUBLIC_KEYS",
+        env = "PUBSUB_ENVELOPE_TRUSTED_PUBLIC_KEYS",
         value_delimiter = ','
     )]
     pub trusted_public_key: Vec<String>,
 
     /// Attest mode: accept messages signed by this service account (`EMAIL`, its
     /// certificates at Google's x509 metadata URL, or `EMAIL=CERT_URL`; repeatable).
-    #[arg(long = "trusted_signer", visible_alias = "trusted-signer", env = "TRUSTED_SIGNERS", value_delimiter = ',')]
+    #[arg(
+        long = "trusted_signer",
+        visible_alias = "trusted-signer",
+        env = "PUBSUB_ENVELOPE_TRUSTED_SIGNERS",
+        value_delimiter = ','
+    )]
     pub trusted_signer: Vec<String>,
 }
 
@@ -271,21 +303,20 @@ impl TrustFlags {
 #[derive(Debug, Clone, clap::Args)]
 pub struct MetricsFlags {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. `127.0.0.1:9464`; port 0 picks a free one).
-    #[arg(long = "metrics_addr", visible_alias = "metrics-addr", env = "METRICS_ADDR")]
+    #[arg(long = "metrics_addr", visible_alias = "metrics-addr", env = "PUBSUB_ENVELOPE_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl MetricsFlags {
-    /// Starts serving `metrics` when an address was given.
-    pub fn serve(&self, metrics: &Arc<crate::metrics::Metrics>) {
+    /// Starts serving `metrics` when an address was given; an address that cannot be
+    /// bound is an error.
+    pub async fn serve(&self, metrics: &Arc<crate::metrics::Metrics>) -> anyhow::Result<()> {
         if let Some(addr) = self.metrics_addr {
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                if let Err(error) = metrics.serve(addr).await {
-                    tracing::error!(%error, %addr, "cannot serve metrics");
-                }
-            });
+            metrics.clone().serve(addr).await.with_context(|| {
+                format!("cannot serve metrics on {addr} (is another process using the port? choose another with --metrics_addr)")
+            })?;
         }
+        Ok(())
     }
 }
 
@@ -330,6 +361,17 @@ impl DataflowFlags {
     }
 }
 
+/// Parses `--rate`: messages per second, a finite number of at least 0.001 (one message
+/// every 17 minutes). Without the flag there is no limit.
+pub fn rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 0.001 => Ok(rate),
+        _ => Err(format!(
+            "`{text}` is not a rate: give messages per second, a number of at least 0.001 (leave --rate out for no limit)"
+        )),
+    }
+}
+
 /// Parses `key=value`.
 pub fn key_value(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
@@ -338,7 +380,8 @@ pub fn key_value(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("`{text}` is not key=value"))
 }
 
-/// Opening modes of the consumers: one kind only, or each message by its own envelope.
+/// Opening modes of the consumers: one kind only, or each message by its own envelope
+/// (`decrypt`, `verify`, `attest` or `auto`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OpenMode {
     /// Encrypted messages only.
@@ -373,6 +416,16 @@ mod tests {
         assert_eq!("local:/tmp/k.json".parse(), Ok(KmsChoice::Local("/tmp/k.json".into())));
         assert!("local:".parse::<KmsChoice>().is_err());
         assert!("aws".parse::<KmsChoice>().is_err());
+    }
+
+    #[test]
+    fn a_rate_is_finite_and_positive() {
+        assert_eq!(rate("50"), Ok(50.0));
+        assert_eq!(rate("0.5"), Ok(0.5));
+        assert_eq!(rate("0.001"), Ok(0.001));
+        for bad in ["0", "-1", "inf", "-inf", "nan", "NaN", "0.0009", "1e-300", "fast", ""] {
+            assert!(rate(bad).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

@@ -5,19 +5,22 @@
 //!   spelling and in kebab case, each also settable from the environment, and turns
 //!   them into ready objects: credentials, a KMS backend, an opener.
 //! * [`metrics::Metrics`] counts what a consumer does and serves it to Prometheus.
-//! * [`init_logging`], [`shutdown_signal`] and [`stdin_lines`]: a process's edges.
+//! * A process's edges: [`logging`] (text or Cloud Logging JSON), [`signals`] (drain on
+//!   the first, stop at the second), [`report`] (an error as one headline with its
+//!   cause), [`generate`] (man pages and completions) and [`stdin_lines`].
 #![cfg_attr(test, allow(unused_crate_dependencies, reason = "unit tests build with the dev-dependencies too"))]
 
 pub mod flags;
+pub mod generate;
+pub mod logging;
 pub mod metrics;
+pub mod report;
+pub mod signals;
 
-/// Sets up logging to stderr, filtered by `RUST_LOG` (default `info`).
+/// Sets up text logging to stderr, filtered by `RUST_LOG` (default `info`), for tools
+/// without a `--log_format` flag (the benchmark).
 pub fn init_logging() {
-    use std::io::IsTerminal as _;
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::stderr().is_terminal();
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    logging::init(logging::LogFormat::Text);
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

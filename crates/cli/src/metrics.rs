@@ -33,6 +33,7 @@ pub struct Metrics {
     messages: Family<MessageLabels, Counter>,
     in_flight: Gauge,
     emit_latency: Histogram,
+    ready: std::sync::atomic::AtomicBool,
 }
 
 impl Metrics {
@@ -54,7 +55,7 @@ impl Metrics {
         if let Some((opener, kms)) = envelope {
             registry.register_collector(Box::new(EnvelopeCollector { opener, kms }));
         }
-        Self { registry, messages, in_flight, emit_latency }
+        Self { registry, messages, in_flight, emit_latency, ready: std::sync::atomic::AtomicBool::new(false) }
     }
 
     /// Counts one message with `outcome` (and a reason code, or `""`).
@@ -84,20 +85,54 @@ impl Metrics {
         text
     }
 
-    /// Serves `GET /metrics` on `addr` until the process ends; logs the bound address
-    /// (port 0 picks a free one).
-    pub async fn serve(self: Arc<Self>, addr: SocketAddr) -> anyhow::Result<()> {
+    /// Says whether the consumer is pulling (`true`) or not yet, or no longer, as
+    /// `GET /readyz` reports.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the consumer is pulling.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Binds `addr` (port 0 picks a free one) and serves, until the process ends:
+    /// `GET /metrics`; `GET /healthz`, 200 while the process serves at all (liveness);
+    /// `GET /readyz`, 200 once the consumer is pulling and 503 before that and while it
+    /// drains (readiness). A bind that fails is an error, returned at once: a consumer
+    /// whose metrics were asked for must not run without them unnoticed.
+    pub async fn serve(self: Arc<Self>, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+        use axum::http::StatusCode;
+        use axum::routing::get;
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        tracing::info!(addr = %listener.local_addr()?, "serving metrics on /metrics");
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || async move {
-                let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-                ([(axum::http::header::CONTENT_TYPE, content_type)], self.render())
-            }),
-        );
-        axum::serve(listener, app).await?;
-        Ok(())
+        let bound = listener.local_addr()?;
+        tracing::info!(addr = %bound, "serving metrics on /metrics, health on /healthz and /readyz");
+        let metrics = self.clone();
+        let app = axum::Router::new()
+            .route(
+                "/metrics",
+                get(move || async move {
+                    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+                    ([(axum::http::header::CONTENT_TYPE, content_type)], metrics.render())
+                }),
+            )
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route(
+                "/readyz",
+                get(move || async move {
+                    if self.is_ready() {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not pulling\n")
+                    }
+                }),
+            );
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::error!(%error, "the metrics server stopped");
+            }
+        });
+        Ok(bound)
     }
 }
 

@@ -297,6 +297,68 @@ impl Running {
         self.log()
     }
 
+    /// The process id, to signal.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until the process exits, or panics after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "still running after {timeout:?}; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then waits for an exit with status `code`; returns the log.
+    pub fn terminate_expecting(mut self, code: i32) -> String {
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let status = self.wait(Duration::from_secs(60));
+        let log = self.log();
+        assert_eq!(status.code(), Some(code), "log:\n{log}");
+        log
+    }
+
+    /// The metrics this process serves (`--metrics_addr`, at the address it logged):
+    /// `GET path`'s status line and body.
+    pub fn http_get(&self, path: &str) -> (String, String) {
+        use std::io::{Read as _, Write as _};
+        let log = self.log();
+        let addr = log
+            .lines()
+            .find(|line| line.contains("serving metrics"))
+            .and_then(|line| line.split("addr=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("the process logs where it serves metrics");
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: metrics\r\n\r\n").as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
+    }
+
+    /// The value of the metrics sample whose line starts with `series` (0 if absent).
+    pub fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.http_get("/metrics");
+        body.lines()
+            .find(|line| line.starts_with(series))
+            .map_or(0.0, |line| line.rsplit(' ').next().unwrap().parse().unwrap())
+    }
+
+    /// Waits until the metric `series` reaches `value`.
+    pub fn wait_for_metric(&self, series: &str, value: f64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.metric(series) < value {
+            assert!(Instant::now() < deadline, "{series} never reached {value}; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// SIGKILL: no flush, no acks.
     pub fn kill(mut self) {
         self.child.kill().unwrap();

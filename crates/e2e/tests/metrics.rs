@@ -1,27 +1,17 @@
 //! `--metrics_addr`: the counters move as the pipeline works.
 #![allow(unused_crate_dependencies, reason = "each test target uses a share of its package's dependencies")]
 
-use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
 use bytes::Bytes;
 use e2e::{Harness, TENANT_1_KEY, expected_counts, message, summed_counts, total};
 use envelope::Mode;
 
-/// `GET /metrics` from the address the pipeline logged.
-fn scrape(log: &str) -> String {
-    let addr = log
-        .lines()
-        .find(|line| line.contains("serving metrics"))
-        .and_then(|line| line.split("addr=").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("the pipeline logs where it serves metrics");
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: metrics\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"), "{response}");
-    response
+/// `GET /metrics`, which must answer 200.
+fn scrape(pipeline: &e2e::Running) -> String {
+    let (status, body) = pipeline.http_get("/metrics");
+    assert!(status.ends_with("200 OK"), "{status}\n{body}");
+    body
 }
 
 /// The value of the sample whose line starts with `series`.
@@ -36,7 +26,10 @@ async fn the_pipeline_counts_outcomes_kms_calls_cache_use_and_emit_latency() {
     let harness = Harness::new();
     let pipeline = harness.pipeline(&["--metrics_addr", "127.0.0.1:0"]);
     pipeline.wait_for_log("serving metrics", Duration::from_secs(10));
-    let before = scrape(&pipeline.log());
+    // `harness.pipeline` returned once the pipeline pulls: alive and ready.
+    assert!(pipeline.http_get("/healthz").0.ends_with("200 OK"));
+    assert!(pipeline.http_get("/readyz").0.ends_with("200 OK"));
+    let before = scrape(&pipeline);
     assert_eq!(sample(&before, "pubsub_envelope_kms_calls_total"), 0.0);
     let subscriber = harness.subscriber();
 
@@ -51,13 +44,13 @@ async fn the_pipeline_counts_outcomes_kms_calls_cache_use_and_emit_latency() {
     let lines = subscriber.lines_until(Duration::from_secs(30), |lines| total(lines) >= want);
     assert_eq!(summed_counts(&lines), expected);
     // The dead letter and the acks settle right after the pane is published.
-    let mut after = scrape(&pipeline.log());
+    let mut after = scrape(&pipeline);
     for _ in 0..50 {
         if sample(&after, "pubsub_envelope_messages_in_flight") == 0.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        after = scrape(&pipeline.log());
+        after = scrape(&pipeline);
     }
     let counted = r#"pubsub_envelope_messages_total{outcome="counted",reason=""}"#;
     let tampered = r#"pubsub_envelope_messages_total{outcome="dead_lettered",reason="tampered"}"#;
@@ -75,4 +68,18 @@ async fn the_pipeline_counts_outcomes_kms_calls_cache_use_and_emit_latency() {
     assert!(sample(&after, "pubsub_envelope_window_emit_latency_seconds_count") >= 1.0, "{after}");
     assert_eq!(sample(&after, "pubsub_envelope_messages_in_flight"), 0.0, "{after}");
     pipeline.terminate();
+}
+
+#[test]
+fn a_metrics_address_already_in_use_stops_the_pipeline_at_start() {
+    // Asked-for metrics that cannot be served are fatal, with the fix in the headline,
+    // not a log line while the pipeline runs on unobserved.
+    let harness = Harness::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let output = harness.pipeline_command(&["--metrics_addr", &addr]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("error: cannot serve metrics on {addr}")), "{stderr}");
+    assert!(stderr.contains("--metrics_addr"), "{stderr}");
 }

@@ -1,0 +1,227 @@
+//! Bad input is refused at the door with a clear error, an unreachable Pub/Sub is named
+//! within seconds with its fix, and the binaries stop on signals like services.
+#![allow(unused_crate_dependencies, reason = "each test target uses a share of its package's dependencies")]
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::{Harness, TENANT_1_KEY, assert_nothing_arrives, binary, expected_counts, summed_counts, total};
+
+/// The pipeline's count of messages counted, from its metrics.
+const COUNTED: &str = r#"pubsub_envelope_messages_total{outcome="counted",reason=""}"#;
+
+fn stderr_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn rates_and_windows_that_mean_nothing_are_refused_by_the_flags() {
+    // `--rate inf` panicked, `--rate 0` hung, `--rate nan` ran at full speed, and
+    // `--window_secs 0` became 1 s: each is now a usage error (exit 2) naming the flag.
+    for rate in ["inf", "0", "nan", "-5", "0.0001"] {
+        let rate = &format!("--rate={rate}");
+        let output = Command::new(binary("publisher")).args(["--message", "x", rate]).output().unwrap();
+        let stderr = stderr_of(&output);
+        assert_eq!(output.status.code(), Some(2), "--rate {rate}: {stderr}");
+        assert!(stderr.contains("--rate") && stderr.contains("at least 0.001"), "--rate {rate}: {stderr}");
+    }
+    for (tool, args) in [
+        ("pipeline", ["--window_secs", "0"]),
+        ("pipeline", ["--lease_extension_secs", "5"]),
+        ("pipeline", ["--shutdown_grace_secs", "0"]),
+        ("publisher", ["--keys_ahead", "100000"]),
+        ("publisher", ["--key_max_messages", "0"]),
+        ("subscriber", ["--forget_after_secs", "0"]),
+    ] {
+        let output = Command::new(binary(tool)).args(args).output().unwrap();
+        let stderr = stderr_of(&output);
+        assert_eq!(output.status.code(), Some(2), "{tool} {args:?}: {stderr}");
+        assert!(stderr.contains(args[0]), "{tool} {args:?} names the flag: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_over_pub_subs_limit_is_refused_before_anything_is_sent() {
+    // An 11 MB line made the publisher wait forever; now the whole file is checked
+    // first, and the error names the line.
+    let harness = Harness::new();
+    let probe = harness.subscribe("door-probe", "common-topic").await;
+    let input = harness.dir().join("input.txt");
+    std::fs::write(&input, format!("a first line\n{}\na third\n", "x".repeat(11_000_000))).unwrap();
+    let output = harness
+        .command("publisher")
+        .args(["--pubsub_project_id", &harness.project, "--kms_key", TENANT_1_KEY, "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("line 2 of {}", input.display())), "{stderr}");
+    assert!(stderr.contains("over Pub/Sub's limit"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_nothing_arrives(&harness.pubsub(), &probe, Duration::from_secs(3)).await;
+}
+
+#[test]
+fn an_emulator_that_is_not_running_is_named_within_seconds() {
+    // With PUBSUB_EMULATOR_HOST pointing at nothing, the publisher was silent for close
+    // to a minute; every binary now gives up within ~10 s and says how to start it.
+    let harness = Harness::new();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    for (tool, args) in [
+        ("publisher", vec!["--pubsub_project_id", "door", "--kms_key", TENANT_1_KEY, "--message", "x"]),
+        ("pipeline", vec!["--project", "door"]),
+        ("subscriber", vec!["--pubsub_project_id", "door"]),
+        ("debug-subscriber", vec!["--pubsub_project_id", "door"]),
+    ] {
+        let started = Instant::now();
+        let output = harness
+            .command(tool)
+            .env("PUBSUB_EMULATOR_HOST", closed.to_string())
+            .args(args)
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = stderr_of(&output);
+        assert_eq!(output.status.code(), Some(1), "{tool}: {stderr}");
+        let headline = stderr.lines().find(|line| line.starts_with("error: ")).unwrap_or_default();
+        assert!(headline.contains("did not answer within 10 s"), "{tool}: {stderr}");
+        assert!(headline.contains("scripts/emulator.sh start"), "{tool}: {stderr}");
+        // 10 s of probing, and start-up; far below the ~55 s the client's retries took.
+        assert!(started.elapsed() < Duration::from_secs(30), "{tool} took {:?}", started.elapsed());
+    }
+}
+
+#[test]
+fn ctrl_c_stops_the_publisher_with_every_id_printed_and_a_summary() {
+    // Ctrl-C during a long publish with stdout redirected wrote no ids and no summary;
+    // now the publisher stops reading, waits for what is in flight, prints an id for
+    // each message published, says how many, and exits 130.
+    let harness = Harness::new();
+    let publisher = harness
+        .command("publisher")
+        .args(["--pubsub_project_id", &harness.project, "--kms_key", TENANT_1_KEY, "--message", "m"])
+        .args(["--count", "100000", "--rate", "200"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    Command::new("kill").args(["-INT", &publisher.id().to_string()]).status().unwrap();
+    let output = publisher.wait_with_output().unwrap();
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    let ids = String::from_utf8_lossy(&output.stdout).lines().count();
+    let summary = stderr.lines().find(|line| line.contains("messages (0 failed)")).expect(&stderr);
+    assert!(summary.contains(&format!("published {ids} of {ids} messages")), "{ids} ids; {summary}");
+    assert!(summary.contains("stopped by SIGINT"), "{summary}");
+    assert!(ids > 50, "it was publishing for 3 s at 200/s: {ids}");
+}
+
+/// A pipeline whose KMS answers in `latency_ms`, holding one message it is still
+/// opening: its drain cannot end before that unwrap does.
+fn pipeline_mid_unwrap(harness: &Harness, latency_ms: &str, extra: &[&str]) -> e2e::Running {
+    let pipeline =
+        harness.pipeline(&[&["--metrics_addr", "127.0.0.1:0", "--local_kms_latency_ms", latency_ms], extra].concat());
+    harness.publish(&["--kms_key", TENANT_1_KEY, "--message", "opened slowly"]);
+    pipeline.wait_for_metric("pubsub_envelope_messages_in_flight", 1.0, Duration::from_secs(30));
+    pipeline
+}
+
+#[test]
+fn a_second_signal_stops_the_pipeline_at_once() {
+    // The pipeline drains on the first SIGTERM; a second one, sent while it drains (an
+    // unwrap of 20 s holds it), ends it at once with the signal's status.
+    let harness = Harness::new();
+    let mut pipeline = pipeline_mid_unwrap(&harness, "20000", &[]);
+    let pid = pipeline.pid().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    pipeline.wait_for_log("draining", Duration::from_secs(10));
+    let started = Instant::now();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = pipeline.wait(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(143), "{}", pipeline.log());
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(pipeline.log().contains("SIGTERM again: stopping at once"), "{}", pipeline.log());
+}
+
+#[test]
+fn a_drain_longer_than_its_grace_is_cut_short() {
+    // `--shutdown_grace_secs` bounds the drain: past it the pipeline stops with status
+    // 1 and says why (what it held is redelivered).
+    let harness = Harness::new();
+    let pipeline = pipeline_mid_unwrap(&harness, "20000", &["--shutdown_grace_secs", "2"]);
+    let log = pipeline.terminate_expecting(1);
+    assert!(log.contains("the drain took longer than its grace (2s)"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_that_cannot_publish_its_last_panes_exits_non_zero() {
+    // A drain whose panes cannot be published (here: the output topic deleted under the
+    // pipeline) nacks their messages for another replica and exits 1, not 0.
+    let harness = Harness::new();
+    let pipeline = harness.pipeline(&["--window_secs", "600", "--metrics_addr", "127.0.0.1:0"]);
+    harness.publish(&["--kms_key", TENANT_1_KEY, "--message", "held in an open window"]);
+    pipeline.wait_for_metric(COUNTED, 1.0, Duration::from_secs(30));
+    harness.pubsub().delete_topic(&harness.topic("df_out")).await.unwrap();
+    let log = pipeline.terminate_expecting(1);
+    assert!(log.contains("could not be published"), "{log}");
+}
+
+#[test]
+fn every_binary_writes_its_man_page_and_completions_and_names_itself() {
+    for tool in ["publisher", "pipeline", "subscriber", "debug-subscriber"] {
+        let version = Command::new(binary(tool)).arg("--version").output().unwrap();
+        assert!(String::from_utf8_lossy(&version.stdout).starts_with(&format!("{tool} ")), "{tool} --version");
+        let man = Command::new(binary(tool)).args(["--generate", "man"]).output().unwrap();
+        let man = String::from_utf8_lossy(&man.stdout);
+        assert!(man.contains(".TH") && man.contains("log_format"), "{tool} man page: {man}");
+        let bash = Command::new(binary(tool)).args(["--generate", "complete-bash"]).output().unwrap();
+        let bash = String::from_utf8_lossy(&bash.stdout);
+        assert!(bash.contains(&format!("complete -F _{}", tool.replace('-', "__"))), "{tool}: {bash}");
+    }
+}
+
+#[test]
+fn json_logs_carry_cloud_logging_severity() {
+    let output = Command::new(binary("publisher"))
+        .args(["keyring", "--log_format", "json", "--keyring"])
+        .arg(std::env::temp_dir().join(format!("door-{}.json", std::process::id())))
+        .arg("list")
+        .output()
+        .unwrap();
+    // The error is for a person (stderr's last line); logs before it are JSON. A
+    // missing keyring is an error: `list` on a typo printed nothing and exited 0.
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr_of(&output).contains("there is no keyring at"), "{}", stderr_of(&output));
+    let harness = Harness::new();
+    let output = harness
+        .command("publisher")
+        .args(["--log_format", "json", "--pubsub_project_id", &harness.project, "--kms_key", TENANT_1_KEY])
+        .args(["--message", "a json-logged run"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let entries: Vec<serde_json::Value> =
+        stderr_of(&output).lines().map(|line| serde_json::from_str(line).expect(line)).collect();
+    assert!(entries.iter().all(|entry| entry["severity"] == "INFO"), "{entries:?}");
+    assert!(entries.iter().any(|entry| entry["message"].as_str().unwrap().starts_with("published 1 of 1")));
+}
+
+#[test]
+fn the_pipeline_counts_what_it_was_given_before_a_clean_stop() {
+    // SIGTERM once: the open window is published and acked, the summary is one line a
+    // person reads, and the exit status is 0.
+    let harness = Harness::new();
+    let subscriber = harness.subscriber();
+    let pipeline = harness.pipeline(&["--window_secs", "600", "--metrics_addr", "127.0.0.1:0"]);
+    harness.publish(&["--kms_key", TENANT_1_KEY, "--message", "drained on stop"]);
+    pipeline.wait_for_metric(COUNTED, 1.0, Duration::from_secs(30));
+    assert!(pipeline.http_get("/readyz").0.ends_with("200 OK"));
+    let log = pipeline.terminate();
+    let expected = expected_counts(["drained on stop"]);
+    let lines = subscriber.lines_until(Duration::from_secs(30), |lines| total(lines) >= 3);
+    assert_eq!(summed_counts(&lines), expected);
+    let summary = log.lines().find(|line| line.contains("pipeline stopped")).expect(&log);
+    assert!(summary.contains("counted 1 messages in 1 panes, 0 dead-lettered"), "{summary}");
+}
