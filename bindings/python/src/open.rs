@@ -21,7 +21,8 @@ use crate::kms::Kms;
 ///   may be `None` for an opener of attest messages with pinned keys only.
 /// * `tenant_id` is required: it is bound into every wrap and named by every attest
 ///   certificate (the binaries' default is `DEFAULT_TENANT_ID`).
-/// * `trusted_kms_keys`: key names, or prefixes ending in `/*`, as `--trusted_kms_key`.
+/// * `trusted_kms_keys`: key names, or prefixes ending in `/*`, each optionally
+///   followed by `=TENANT_ID` (that key's producers' tenant id), as `--trusted_kms_key`.
 ///   Trusting every key the credentials can use takes `dangerous_trust_any_kms_key=True`
 ///   and warns (`RuntimeWarning`).
 /// * `trusted_public_keys`: `{key_version_name: pem}`; once given, only these versions

@@ -158,7 +158,9 @@ pub struct KmsFlags {
     )]
     pub local_kms_latency_ms: u64,
 
-    /// Tenant id bound into every KMS wrap as additional authenticated data.
+    /// Tenant id bound into every KMS wrap as additional authenticated data (and named
+    /// by attest certificates). Consumers: the id of trusted keys whose
+    /// `--trusted_kms_key` entry names none.
     #[arg(long = "tenant_id", visible_aliases = ["tenant-id", "tenantID"], env = "PUBSUB_ENVELOPE_TENANT_ID", default_value = envelope::DEFAULT_TENANT_ID)]
     pub tenant_id: String,
 }
@@ -202,8 +204,10 @@ impl KmsFlags {
 /// Which KMS keys a consumer accepts messages from.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrustFlags {
-    /// A KMS key to accept, or a prefix ending in `/*` (repeatable). None: every key the
-    /// KMS credentials can use, with a warning (for trials only).
+    /// A KMS key to accept, or a prefix ending in `/*` (repeatable), optionally followed
+    /// by `=TENANT_ID`, the tenant id that key's producers bind (else `--tenant_id`): one
+    /// pipeline serves tenants with ids of their own. None: every key the KMS
+    /// credentials can use, with a warning (for trials only).
     #[arg(
         long = "trusted_kms_key",
         visible_alias = "trusted-kms-key",

@@ -401,9 +401,9 @@ impl Opener {
         let kms_key: KeyName = envelope.kms_key.parse().map_err(|error: crate::KeyNameError| {
             Malformed::GarbledAttribute { name: format::KMS_KEY_ATTR, why: error.to_string() }
         })?;
-        if !self.trusted.allows(&kms_key) {
+        let Some(tenant_id) = self.trusted.tenant_of(&kms_key, &self.tenant_id) else {
             return Err(Refused::UntrustedKey(kms_key).into());
-        }
+        };
         let wrapped_attr = envelope.flavour.marker().name();
         let wrapped = format::decode_base64(envelope.marker_text).ok_or(Malformed::BadBase64(wrapped_attr))?;
         if wrapped.is_empty() {
@@ -411,7 +411,7 @@ impl Opener {
         }
         // `build` refuses an opener that accepts these modes without an unwrapper.
         let unwrapper = self.unwrapper.as_ref().expect("an opener of encrypt or sign messages has an unwrapper");
-        let secret = unwrapper.unwrap(&kms_key, &wrapped, self.tenant_id.as_bytes()).await?;
+        let secret = unwrapper.unwrap(&kms_key, &wrapped, tenant_id.as_bytes()).await?;
         tracing::debug!(%kms_key, mode = %envelope.flavour.mode(), "unwrapped a data key");
         let (key, prefix) = prepare(&secret);
         Ok(Arc::new(CachedKey { key, kms_key, prefix }))

@@ -249,3 +249,22 @@ async fn a_message_larger_than_the_byte_budget_takes_a_key_made_ahead_without_wa
     let opened = fixture.opener("tenant-1").open(&sealed.data, &sealed.attributes).await.unwrap();
     assert_eq!(opened.data.len(), 500);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_sealer_makes_no_more_keys() {
+    // Keys still to be made ahead are wanted by no one once the sealer is gone: dropping
+    // it cancels them, so no KMS call starts after it (on this single-threaded runtime
+    // the top-up the last seal asked for has not started when `seal` returns).
+    let fixture = Fixture::new();
+    let kms = fixture.slow_kms(Duration::from_millis(20));
+    let mut sealer = Sealer::encrypt(kms.clone(), common::key(TENANT_1_KEY), "tenant-1")
+        .with_policy(RotationPolicy { max_messages: 1, ..LARGE })
+        .with_keys_ahead(16);
+    for n in 0..8 {
+        sealer.seal(Bytes::from(format!("message {n}")), Attributes::new()).await.unwrap();
+    }
+    let wraps = kms.wraps();
+    drop(sealer);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(kms.wraps(), wraps, "a KMS call started after the sealer was dropped");
+}

@@ -169,7 +169,7 @@ impl Verifier {
         tenant_id: &str,
         trusted: &TrustedKeys,
     ) -> Result<Attestation, OpenError> {
-        let kms_key = trusted_version(message.kms_key, trusted)?;
+        let (kms_key, tenant_id) = trusted_version(message.kms_key, trusted, tenant_id)?;
         // A certificate verified before vouches only for messages that name the same
         // key version and carry the same signature of it: a tenant's own certificate must
         // not vouch for a message that names another tenant's trusted key.
@@ -213,7 +213,7 @@ impl Verifier {
         tenant_id: &str,
         trusted: &TrustedKeys,
     ) -> Result<Attestation, OpenError> {
-        let kms_key = trusted_version(message.kms_key, trusted)?;
+        let (kms_key, tenant_id) = trusted_version(message.kms_key, trusted, tenant_id)?;
         let signed = format::signed_bytes(
             Flavour::AttestKms,
             message.kms_key,
@@ -276,12 +276,18 @@ impl Verifier {
     }
 }
 
-fn trusted_version(text: &str, trusted: &TrustedKeys) -> Result<KeyVersionName, OpenError> {
+/// The key version `text` names, if its key is trusted, and the tenant id its producers
+/// bind: the trust entry's, else `default` (the opener's).
+fn trusted_version<'a>(
+    text: &str,
+    trusted: &'a TrustedKeys,
+    default: &'a str,
+) -> Result<(KeyVersionName, &'a str), OpenError> {
     let kms_key: KeyVersionName = text.parse().map_err(|error: crate::KeyVersionNameError| {
         Malformed::GarbledAttribute { name: format::KMS_KEY_ATTR, why: error.to_string() }
     })?;
-    if !trusted.allows(kms_key.key()) {
-        return Err(Refused::UntrustedKey(kms_key.key().clone()).into());
+    match trusted.tenant_of(kms_key.key(), default) {
+        Some(tenant_id) => Ok((kms_key, tenant_id)),
+        None => Err(Refused::UntrustedKey(kms_key.key().clone()).into()),
     }
-    Ok(kms_key)
 }
