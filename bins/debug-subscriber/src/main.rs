@@ -1,7 +1,10 @@
 //! `debug-subscriber`: reads the shared topic directly and shows each message opened, or
 //! why it was rejected. Rejected messages are acked so that they do not loop; transient
-//! failures are nacked for another try.
+//! failures are nacked for another try. With `--dead_letters` it reads the dead-letter
+//! topic instead, and with `--redrive` sends back what opens now.
 #![cfg_attr(test, allow(unused_crate_dependencies, reason = "unit tests build with the dev-dependencies too"))]
+
+mod dead_letters;
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -15,7 +18,7 @@ use cli::flags::{KmsFlags, OpenMode};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Parser)]
-#[command(name = "debug-subscriber", version)]
+#[command(name = "debug-subscriber", version, args_override_self = true)]
 struct Cli {
     #[command(flatten)]
     common: cli::flags::CommonFlags,
@@ -27,14 +30,41 @@ struct Cli {
     #[command(flatten)]
     account: cli::flags::AccountFlags,
 
-    /// A subscription on the shared topic of this tool's own.
+    /// A subscription of this tool's own: on the shared topic (default
+    /// `message-bus-debug`), or with `--dead_letters` on the dead-letter topic (default
+    /// `dead-letter-debug`).
     #[arg(
         long = "pubsub_subscription",
         visible_alias = "pubsub-subscription",
-        env = "PUBSUB_ENVELOPE_DEBUG_SUBSCRIPTION",
-        default_value = "message-bus-debug"
+        env = "PUBSUB_ENVELOPE_DEBUG_SUBSCRIPTION"
     )]
-    pubsub_subscription: String,
+    pubsub_subscription: Option<String>,
+
+    /// Read the dead-letter topic: each dead letter's reason, detail and original
+    /// attributes, and whether it opens now with the trust flags given. Reads what is
+    /// there and stops once nothing arrives for `--idle_exit_secs`; acks nothing unless
+    /// `--redrive`.
+    #[arg(long = "dead_letters", visible_alias = "dead-letters")]
+    dead_letters: bool,
+
+    /// With `--dead_letters`: publish each original that opens now back to the shared
+    /// topic, then ack its dead letter (once the cause is fixed: a trust list, a
+    /// restored key). Those that still do not open are kept.
+    #[arg(long, requires = "dead_letters")]
+    redrive: bool,
+
+    /// The dead-letter topic; only used to create the subscription on the emulator.
+    #[arg(
+        long = "dead_letter_topic",
+        visible_alias = "dead-letter-topic",
+        env = "PUBSUB_ENVELOPE_DEAD_LETTER_TOPIC",
+        default_value = "dead-letter"
+    )]
+    dead_letter_topic: String,
+
+    /// With `--dead_letters`: stop once no dead letter has arrived for this many seconds.
+    #[arg(long = "idle_exit_secs", visible_alias = "idle-exit-secs", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_exit_secs: u64,
 
     /// The shared topic; only used to create the subscription on the emulator.
     #[arg(
@@ -72,7 +102,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // Listening from the start: a signal during start-up is not lost.
     let signals = cli::signals::StopSignals::listen()?;
     let project = cli.account.pubsub_project_id.as_deref();
-    let (subscription, project) = bus::names::subscription_and_project(project, &cli.pubsub_subscription)?;
+    let default_subscription = if cli.dead_letters { "dead-letter-debug" } else { "message-bus-debug" };
+    let subscription_id = cli.pubsub_subscription.as_deref().unwrap_or(default_subscription);
+    let (subscription, project) = bus::names::subscription_and_project(project, subscription_id)?;
     let project = project.as_deref();
     let account = cli.account.account();
     let kms = cli.kms.backend(&account).await?;
@@ -81,9 +113,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     cli.metrics.serve(&metrics).await?;
     let pubsub = bus::PubSub::from_env(|| account.credentials())?;
     pubsub.probe_subscription(&subscription).await?;
-    pubsub
-        .ensure_subscription(&subscription, &bus::names::topic(project, &cli.pubsub_topic)?, Duration::from_secs(10))
-        .await?;
+    let bus_topic = bus::names::topic(project, &cli.pubsub_topic)?;
+    if cli.dead_letters {
+        let dead_letter_topic = bus::names::topic(project, &cli.dead_letter_topic)?;
+        pubsub.ensure_subscription(&subscription, &dead_letter_topic, Duration::from_secs(60)).await?;
+        if cli.redrive {
+            pubsub.probe_topic(&bus_topic).await?;
+        }
+        tracing::info!("reading dead letters from {subscription}");
+        let settings = dead_letters::Settings {
+            subscription: &subscription,
+            redrive_to: cli.redrive.then_some(bus_topic.as_str()),
+            idle_exit: Duration::from_secs(cli.idle_exit_secs),
+            json: cli.json,
+        };
+        return dead_letters::run(&pubsub, &opener, settings, signals.drain(SHUTDOWN_GRACE)).await;
+    }
+    pubsub.ensure_subscription(&subscription, &bus_topic, Duration::from_secs(10)).await?;
     tracing::info!("reading {subscription}");
 
     let mut out = std::io::stdout().lock();

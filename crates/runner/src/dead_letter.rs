@@ -46,6 +46,47 @@ pub fn copy(original: &Message, reason: &str, detail: &str) -> Message {
     Message::new().set_data(data).set_attributes(attributes)
 }
 
+/// What a dead letter says about its original.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The stable reason code.
+    pub reason: String,
+    /// The sentence that explains it.
+    pub detail: String,
+    /// The original's Pub/Sub message id.
+    pub original_message_id: String,
+}
+
+/// A dead letter read back: why its original was rejected, and the original itself
+/// when the copy holds all of it.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub rejection: Rejection,
+    /// The original message (data and attributes), to publish again once its cause is
+    /// fixed; `None` when the copy was cut to fit Pub/Sub's limits.
+    pub original: Option<Message>,
+}
+
+/// Reads a message of the dead-letter topic, as [`copy`] wrote it; `None` if it lacks
+/// the reject attributes (it is not a dead letter).
+pub fn restore(dead: &Message) -> Option<DeadLetter> {
+    let attribute = |name: &str| dead.attributes.get(name).cloned();
+    let rejection = Rejection {
+        reason: attribute("reject_reason")?,
+        detail: attribute("reject_detail").unwrap_or_default(),
+        original_message_id: attribute("original_message_id")?,
+    };
+    let cut = dead.attributes.contains_key("original_data_bytes");
+    let original = (!cut).then(|| {
+        let mut attributes = dead.attributes.clone();
+        for ours in ["reject_reason", "reject_detail", "original_message_id"] {
+            attributes.remove(ours);
+        }
+        Message::new().set_data(dead.data.clone()).set_attributes(attributes)
+    });
+    Some(DeadLetter { rejection, original })
+}
+
 fn attribute_bytes<'a>(pairs: impl IntoIterator<Item = (&'a String, &'a String)>) -> usize {
     pairs.into_iter().map(|(key, value)| key.len() + value.len()).sum()
 }
@@ -53,6 +94,23 @@ fn attribute_bytes<'a>(pairs: impl IntoIterator<Item = (&'a String, &'a String)>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dead_letter_gives_back_its_original_whole_unless_it_was_cut() {
+        // Redriving publishes the original again: its data and attributes exactly, none
+        // of the reject attributes; a copy cut to fit Pub/Sub cannot be redriven.
+        let original = message(b"sealed bytes".to_vec(), 3);
+        let dead = restore(&copy(&original, "untrusted_key", "not trusted")).unwrap();
+        assert_eq!(dead.rejection.reason, "untrusted_key");
+        assert_eq!(dead.rejection.detail, "not trusted");
+        assert_eq!(dead.rejection.original_message_id, "42");
+        let back = dead.original.unwrap();
+        assert_eq!((&back.data, &back.attributes), (&original.data, &original.attributes));
+        let huge = message(vec![0; MAX_MESSAGE_BYTES], 3);
+        let dead = restore(&copy(&huge, "tampered", "x")).unwrap();
+        assert!(dead.original.is_none(), "a cut copy is not the original");
+        assert!(restore(&original).is_none(), "not a dead letter");
+    }
 
     fn message(data: Vec<u8>, attributes: usize) -> Message {
         let attributes: HashMap<_, _> = (0..attributes).map(|i| (format!("k{i:03}"), "v".to_owned())).collect();

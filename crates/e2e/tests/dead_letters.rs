@@ -1,0 +1,61 @@
+//! Dead letters as a workflow: `debug-subscriber --dead_letters` lists them with their
+//! reason and original attributes; once the cause is fixed, `--redrive` sends each back
+//! to the bus exactly once, and the pipeline counts it.
+#![allow(unused_crate_dependencies, reason = "each test target uses a share of its package's dependencies")]
+
+use std::time::Duration;
+
+use e2e::{Harness, TENANT_1_KEY, TENANT_2_KEY, expected_counts, summed_counts, total};
+
+/// Runs `debug-subscriber --dead_letters --json` with `extra`; its records.
+fn dead_letters(harness: &Harness, extra: &[&str]) -> Vec<serde_json::Value> {
+    let output = harness
+        .command("debug-subscriber")
+        .args(["--pubsub_project_id", &harness.project, "--dead_letters", "--json", "--idle_exit_secs", "10"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    String::from_utf8_lossy(&output.stdout).lines().map(|line| serde_json::from_str(line).expect(line)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_and_redriven_once_their_cause_is_fixed() {
+    let harness = Harness::new();
+    // On real Pub/Sub a topic without a subscription drops what is published to it:
+    // the dead-letter subscription exists before anything is dead-lettered.
+    harness.subscribe("dead-letter-debug", "dead-letter").await;
+    let subscriber = harness.subscriber();
+    let only_tenant_1 = ["--trusted_kms_key", "projects/tenant-1/*"];
+    let pipeline = harness.pipeline(&only_tenant_1);
+    harness.publish(&["--kms_key", TENANT_1_KEY, "--message", "trusted words"]);
+    harness.publish(&["--kms_key", TENANT_2_KEY, "--message", "late trust", "--attribute", "origin=tenant-2"]);
+    let first = expected_counts(["trusted words"]);
+    let lines = subscriber.lines_until(Duration::from_secs(60), |lines| total(lines) >= 2);
+    assert_eq!(summed_counts(&lines), first);
+
+    // Listed, with its reason; it does not open with the same trust; nothing is acked.
+    let trust_both = ["--trusted_kms_key", "projects/tenant-1/*", "--trusted_kms_key", "projects/tenant-2/*"];
+    {
+        let listed = dead_letters(&harness, &only_tenant_1);
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0]["reason"], "untrusted_key", "{listed:?}");
+        assert!(listed[0]["status"].as_str().unwrap().starts_with("still rejected: untrusted_key"), "{listed:?}");
+        assert!(listed[0]["redriven_as"].is_null());
+    }
+    // The cause fixed (tenant 2 trusted), the pipeline restarted with it: redriven once,
+    // and counted.
+    pipeline.terminate();
+    let pipeline = harness.pipeline(&trust_both);
+    // Waits long enough for a dead letter the listing held to be back (its lease is 10 s).
+    let redriven = dead_letters(&harness, &[&trust_both[..], &["--redrive", "--idle_exit_secs", "30"]].concat());
+    assert_eq!(redriven.len(), 1, "{redriven:?}");
+    assert_eq!(redriven[0]["status"], "redriven (opens now as encrypt)", "{redriven:?}");
+    assert!(redriven[0]["redriven_as"].is_string());
+    let both = expected_counts(["trusted words", "late trust"]);
+    let lines = [lines, subscriber.lines_until(Duration::from_secs(60), |more| total(more) >= 2)].concat();
+    assert_eq!(summed_counts(&lines), both);
+    assert!(dead_letters(&harness, &trust_both).is_empty(), "acked once redriven");
+    pipeline.terminate();
+}
