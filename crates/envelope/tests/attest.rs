@@ -279,3 +279,25 @@ async fn sessions_rotate_and_every_session_is_certified_once() {
     assert_eq!(fixture.kms.signs(), 3);
     assert_eq!(sealer.data_keys_made(), 3);
 }
+
+#[tokio::test]
+async fn a_session_certificate_covers_its_key_for_the_keys_whole_life() {
+    // A session key is used until it is `max_age` old: its certificate must stay valid
+    // that long (plus slack for clock drift), or the key's later messages would be
+    // refused as `certificate_expired`.
+    let fixture = fixture();
+    let clock = Arc::new(pubsub_envelope::ManualClock::new());
+    let policy = pubsub_envelope::RotationPolicy { max_age: Duration::from_secs(100), ..Default::default() };
+    let mut sealer = Sealer::attest(fixture.kms.clone(), version(SIGNER_1), "tenant-1", AttestBy::SessionKey)
+        .with_policy(policy)
+        .with_clock(clock.clone());
+    let opener = opener(&fixture, "tenant-1");
+    let first = sealer.seal(Bytes::from_static(b"at 0 s"), Attributes::new()).await.unwrap();
+    clock.advance(Duration::from_secs(99));
+    let last = sealer.seal(Bytes::from_static(b"at 99 s"), Attributes::new()).await.unwrap();
+    assert_eq!(sealer.data_keys_made(), 1, "one session key for both");
+    assert_eq!(first.attributes[ATTEST_CERT_ATTR], last.attributes[ATTEST_CERT_ATTR]);
+    for sealed in [first, last] {
+        opener.open(&sealed.data, &sealed.attributes).await.unwrap();
+    }
+}
