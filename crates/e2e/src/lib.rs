@@ -27,7 +27,7 @@ pub const TENANT_2_SIGNER: &str = "projects/tenant-2/locations/us-central1/keyRi
 
 /// A Pub/Sub emulator: started for this test, or shared through `PUBSUB_EMULATOR_HOST`.
 pub struct Emulator {
-    host: String,
+    pub host: String,
     state: Option<tempfile::TempDir>,
 }
 

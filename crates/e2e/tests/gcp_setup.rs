@@ -1,0 +1,111 @@
+//! `scripts/gcp-setup.sh`: its Pub/Sub half makes, on the emulator, every topic and
+//! subscription the binaries use, and they run on what it made; its plan grants
+//! least-privilege roles only.
+#![allow(unused_crate_dependencies, reason = "each test target uses a share of its package's dependencies")]
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use e2e::{Harness, TENANT_1_KEY, TENANT_2_KEY, expected_counts, summed_counts, total, workspace};
+
+/// Runs `scripts/gcp-setup.sh` with `args`, gcloud pointed at the harness's emulator
+/// with no credentials and a configuration of its own.
+fn setup(harness: &Harness, args: &[&str]) -> Output {
+    let config = harness.dir().join("gcloud-config");
+    Command::new("bash")
+        .arg(workspace().join("scripts/gcp-setup.sh"))
+        .args(args)
+        .env("CLOUDSDK_API_ENDPOINT_OVERRIDES_PUBSUB", format!("http://{}/", harness.emulator.host))
+        .env("CLOUDSDK_AUTH_DISABLE_CREDENTIALS", "true")
+        .env("CLOUDSDK_CORE_DISABLE_PROMPTS", "1")
+        .env("CLOUDSDK_CONFIG", config)
+        .output()
+        .unwrap()
+}
+
+fn gcloud_list(harness: &Harness, kind: &str) -> Vec<String> {
+    let output = Command::new("gcloud")
+        .args(["pubsub", kind, "list", "--project", &harness.project, "--format=value(name,topic)"])
+        .env("CLOUDSDK_API_ENDPOINT_OVERRIDES_PUBSUB", format!("http://{}/", harness.emulator.host))
+        .env("CLOUDSDK_AUTH_DISABLE_CREDENTIALS", "true")
+        .env("CLOUDSDK_CORE_DISABLE_PROMPTS", "1")
+        .env("CLOUDSDK_CONFIG", harness.dir().join("gcloud-config"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let mut lines: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| line.split_whitespace().map(|part| part.rsplit('/').next().unwrap()).collect::<Vec<_>>().join(" "))
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pub_sub_half_makes_what_the_binaries_use_and_they_run_on_it() {
+    let harness = Harness::new();
+    let made = setup(&harness, &["--only", "pubsub", "--bus-project", &harness.project]);
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert_eq!(gcloud_list(&harness, "topics"), ["common-topic", "dead-letter", "df_out"]);
+    assert_eq!(
+        gcloud_list(&harness, "subscriptions"),
+        [
+            "dead-letter-debug dead-letter",
+            "df_subscribe df_out",
+            "message-bus common-topic",
+            "message-bus-debug common-topic"
+        ]
+    );
+    let again = setup(&harness, &["--only", "pubsub", "--bus-project", &harness.project]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("exists: ").count(), 7, "a second run changes nothing: {stderr}");
+
+    // The binaries on what it made: counts reach the subscriber, and a message from an
+    // untrusted tenant is kept on dead-letter-debug (published before anyone read it).
+    let subscriber = harness.subscriber();
+    let pipeline = harness.pipeline(&["--trusted_kms_key", "projects/tenant-1/*"]);
+    harness.publish(&["--kms_key", TENANT_1_KEY, "--message", "made by the script"]);
+    harness.publish(&["--kms_key", TENANT_2_KEY, "--message", "not trusted"]);
+    let lines = subscriber.lines_until(Duration::from_secs(60), |lines| total(lines) >= 4);
+    assert_eq!(summed_counts(&lines), expected_counts(["made by the script"]));
+    let dead =
+        e2e::receive(&harness.pubsub(), &harness.subscription("dead-letter-debug"), 1, Duration::from_secs(30)).await;
+    assert_eq!(dead[0].attributes["reject_reason"], "untrusted_key");
+    pipeline.terminate();
+}
+
+#[test]
+fn the_plan_grants_each_account_only_what_it_uses() {
+    let harness = Harness::new();
+    let plan = setup(&harness, &["--dry-run", "--bus-project", "bus", "--tenant", "t-1", "--tenant", "t-2"]);
+    assert!(plan.status.success(), "{}", String::from_utf8_lossy(&plan.stderr));
+    let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
+    let roles: Vec<&str> = plan.lines().filter_map(|line| line.split("--role ").nth(1)).collect();
+    for role in &roles {
+        assert!(
+            [
+                "roles/pubsub.subscriber",
+                "roles/pubsub.publisher",
+                "roles/cloudkms.cryptoKeyEncrypter",
+                "roles/cloudkms.cryptoKeyDecrypter",
+                "roles/cloudkms.signer",
+                "roles/cloudkms.publicKeyViewer"
+            ]
+            .contains(role),
+            "a role beyond what the binaries use: {role}"
+        );
+    }
+    let grant = |what: &str, account: &str, role: &str| {
+        plan.lines().any(|line| {
+            line.contains(what) && line.contains(&format!("serviceAccount:{account}")) && line.ends_with(role)
+        })
+    };
+    assert!(grant("subscriptions add-iam-policy-binding message-bus ", "pipeline@bus", "roles/pubsub.subscriber"));
+    assert!(grant("topics add-iam-policy-binding dead-letter ", "pipeline@bus", "roles/pubsub.publisher"));
+    assert!(grant("keys add-iam-policy-binding key1 ", "publisher@t-2", "roles/cloudkms.cryptoKeyEncrypter"));
+    assert!(!grant("keys add-iam-policy-binding key1 ", "publisher@t-2", "roles/cloudkms.cryptoKeyDecrypter"));
+    assert!(grant("keys add-iam-policy-binding key1 ", "pipeline@bus", "roles/cloudkms.cryptoKeyDecrypter"));
+    assert_eq!(plan.matches("subscriptions create").count(), 4);
+    assert!(plan.contains("dead-letter-debug --topic dead-letter"));
+}

@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Sets up Google Cloud for a bus project and N tenants, least privilege: APIs, service
+# accounts, every Pub/Sub topic and subscription the four binaries use (dead-letter and
+# debug ones included: on real Pub/Sub a topic without a subscription drops what is
+# published to it), Pub/Sub roles per topic or subscription, and per tenant a key ring
+# with an encryption key (encrypt and sign modes) and a P-256 signing key (attest mode),
+# with Cloud KMS roles per key.
+#
+#   scripts/gcp-setup.sh --bus-project BUS --tenant TENANT_PROJECT [--tenant ...] [--dry-run]
+#
+# Options:
+#   --bus-project P    the project of the bus (topics, subscriptions, the pipeline's,
+#                      subscriber's and operator's service accounts)
+#   --tenant P         a tenant's project (repeatable): its key ring `bus-keyring` in
+#                      --location, keys `key1` and `signer`, its account `publisher@P`
+#   --location L       Cloud KMS location (default us-central1)
+#   --only STEP        run one step: apis, accounts, pubsub, pubsub-iam, kms
+#   --dry-run          print the gcloud commands instead of running them
+#
+# Every step can be run again: what exists is left as it is. The `pubsub` step alone runs
+# against the emulator (the tests do, with CLOUDSDK_API_ENDPOINT_OVERRIDES_PUBSUB and
+# CLOUDSDK_AUTH_DISABLE_CREDENTIALS=true); the others need Google Cloud.
+#
+# Accounts made (in the bus project unless said):
+#   pipeline@     subscribes to message-bus; publishes to df_out and dead-letter;
+#                 unwraps (cryptoKeyDecrypter) and reads public keys of every tenant
+#   subscriber@   subscribes to df_subscribe
+#   operator@     debug-subscriber: subscribes to message-bus-debug and
+#                 dead-letter-debug, publishes to common-topic (--redrive), unwraps
+#   publisher@T   per tenant, in its project: publishes to common-topic; encrypts with
+#                 key1 (cryptoKeyEncrypter) and signs with signer (signer)
+# Run the binaries as these accounts through Workload Identity or Application Default
+# Credentials (README, "Running against real Google Cloud"); key files are a last resort.
+set -euo pipefail
+
+bus=""
+tenants=()
+location=us-central1
+only=""
+dry_run=false
+while [ $# -gt 0 ]; do
+  case $1 in
+    --bus-project) bus=$2; shift 2 ;;
+    --tenant) tenants+=("$2"); shift 2 ;;
+    --location) location=$2; shift 2 ;;
+    --only) only=$2; shift 2 ;;
+    --dry-run) dry_run=true; shift ;;
+    -h|--help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "gcp-setup.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+[ -n "$bus" ] || { echo "gcp-setup.sh: --bus-project is required (see --help)" >&2; exit 2; }
+case $only in ""|apis|accounts|pubsub|pubsub-iam|kms) ;; *) echo "gcp-setup.sh: --only takes apis, accounts, pubsub, pubsub-iam or kms" >&2; exit 2 ;; esac
+if [ "$only" != pubsub ] && [ ${#tenants[@]} -eq 0 ]; then
+  echo "gcp-setup.sh: name at least one --tenant project" >&2
+  exit 2
+fi
+if ! $dry_run && ! command -v gcloud >/dev/null 2>&1; then
+  echo "gcp-setup.sh: the Google Cloud CLI is missing (https://cloud.google.com/sdk/docs/install), or use --dry-run" >&2
+  exit 1
+fi
+
+# Runs a command, or prints it with --dry-run.
+run() {
+  if $dry_run; then
+    printf '%q ' "$@" | sed 's/ $//'
+    echo
+  else
+    "$@"
+  fi
+}
+
+# Runs a create command unless `gcloud ... describe` finds the resource (so that the
+# script can run again). Prints only the create with --dry-run.
+ensure() {
+  local describe=$1
+  shift
+  if ! $dry_run && eval "$describe" >/dev/null 2>&1; then
+    echo "exists: ${*: -1}" >&2
+    return
+  fi
+  run "$@"
+}
+
+step() { [ -z "$only" ] || [ "$only" = "$1" ]; }
+
+sa() { echo "$1@$2.iam.gserviceaccount.com"; }
+pipeline_sa=$(sa pipeline "$bus")
+subscriber_sa=$(sa subscriber "$bus")
+operator_sa=$(sa operator "$bus")
+
+if step apis; then
+  run gcloud services enable pubsub.googleapis.com cloudkms.googleapis.com iam.googleapis.com --project "$bus"
+  for tenant in "${tenants[@]}"; do
+    run gcloud services enable cloudkms.googleapis.com pubsub.googleapis.com --project "$tenant"
+  done
+fi
+
+if step accounts; then
+  for name in pipeline subscriber operator; do
+    ensure "gcloud iam service-accounts describe $(sa $name "$bus") --project $bus" \
+      gcloud iam service-accounts create "$name" --project "$bus" --display-name "pubsub-envelope $name"
+  done
+  for tenant in "${tenants[@]}"; do
+    ensure "gcloud iam service-accounts describe $(sa publisher "$tenant") --project $tenant" \
+      gcloud iam service-accounts create publisher --project "$tenant" --display-name "pubsub-envelope publisher"
+  done
+fi
+
+if step pubsub; then
+  for topic in common-topic df_out dead-letter; do
+    ensure "gcloud pubsub topics describe $topic --project $bus" \
+      gcloud pubsub topics create "$topic" --project "$bus"
+  done
+  # subscription:topic:ack deadline:retention. The pipeline extends its leases itself;
+  # 60 s is how soon a dead replica's messages come back. What is unread is kept the 7
+  # days Pub/Sub allows (dead letters included); the debug view of the bus, read now
+  # and then, only an hour.
+  for spec in message-bus:common-topic:60:7d message-bus-debug:common-topic:60:1h \
+              df_subscribe:df_out:10:7d dead-letter-debug:dead-letter:60:7d; do
+    IFS=: read -r subscription topic deadline retention <<<"$spec"
+    ensure "gcloud pubsub subscriptions describe $subscription --project $bus" \
+      gcloud pubsub subscriptions create "$subscription" --topic "$topic" --ack-deadline "$deadline" \
+      --message-retention-duration "$retention" --project "$bus"
+  done
+fi
+
+if step pubsub-iam; then
+  grant_topic() { run gcloud pubsub topics add-iam-policy-binding "$1" --project "$bus" --member "serviceAccount:$2" --role "$3"; }
+  grant_sub() { run gcloud pubsub subscriptions add-iam-policy-binding "$1" --project "$bus" --member "serviceAccount:$2" --role "$3"; }
+  grant_sub message-bus "$pipeline_sa" roles/pubsub.subscriber
+  grant_topic df_out "$pipeline_sa" roles/pubsub.publisher
+  grant_topic dead-letter "$pipeline_sa" roles/pubsub.publisher
+  grant_sub df_subscribe "$subscriber_sa" roles/pubsub.subscriber
+  grant_sub message-bus-debug "$operator_sa" roles/pubsub.subscriber
+  grant_sub dead-letter-debug "$operator_sa" roles/pubsub.subscriber
+  grant_topic common-topic "$operator_sa" roles/pubsub.publisher
+  for tenant in "${tenants[@]}"; do
+    grant_topic common-topic "$(sa publisher "$tenant")" roles/pubsub.publisher
+  done
+fi
+
+if step kms; then
+  for tenant in "${tenants[@]}"; do
+    ensure "gcloud kms keyrings describe bus-keyring --location $location --project $tenant" \
+      gcloud kms keyrings create bus-keyring --location "$location" --project "$tenant"
+    ensure "gcloud kms keys describe key1 --keyring bus-keyring --location $location --project $tenant" \
+      gcloud kms keys create key1 --keyring bus-keyring --location "$location" --project "$tenant" \
+      --purpose encryption
+    ensure "gcloud kms keys describe signer --keyring bus-keyring --location $location --project $tenant" \
+      gcloud kms keys create signer --keyring bus-keyring --location "$location" --project "$tenant" \
+      --purpose asymmetric-signing --default-algorithm ec-sign-p256-sha256
+    grant_key() {
+      run gcloud kms keys add-iam-policy-binding "$1" --keyring bus-keyring --location "$location" \
+        --project "$tenant" --member "serviceAccount:$2" --role "$3"
+    }
+    grant_key key1 "$(sa publisher "$tenant")" roles/cloudkms.cryptoKeyEncrypter
+    grant_key signer "$(sa publisher "$tenant")" roles/cloudkms.signer
+    for consumer in "$pipeline_sa" "$operator_sa"; do
+      grant_key key1 "$consumer" roles/cloudkms.cryptoKeyDecrypter
+      grant_key signer "$consumer" roles/cloudkms.publicKeyViewer
+    done
+  done
+fi
+
+if ! $dry_run && [ -z "$only" ]; then
+  echo "done. The pipeline trusts these tenants with:" >&2
+  for tenant in "${tenants[@]}"; do
+    echo "  --trusted_kms_key 'projects/$tenant/locations/$location/keyRings/bus-keyring/*=$tenant'" >&2
+  done
+fi
