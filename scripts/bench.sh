@@ -20,12 +20,12 @@ trap 'scripts/emulator.sh stop; rm -rf "$EMULATOR_STATE_DIR"' EXIT
 cargo build --release --locked -p bench -p publisher -p pipeline >&2
 eval "$(scripts/emulator.sh start)"
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB; emulator at $PUBSUB_EMULATOR_HOST"
-RUST_LOG=${RUST_LOG:-warn} target/release/bench run --emulator-pid "$(cat "$EMULATOR_STATE_DIR/pid")" "$@"
+RUST_LOG=${RUST_LOG:-warn} "${CARGO_TARGET_DIR:-target}"/release/bench run --emulator-pid "$(cat "$EMULATOR_STATE_DIR/pid")" "$@"
 # The article's rotation (a new data key every 5 messages) with the KMS at 0 and 20 ms:
 # the case where a KMS round trip per key once stalled publisher and pipeline. 2 s
 # windows, so that the rate measures the work and not the wait for a window to close.
 if [ $# -eq 0 ]; then
-  RUST_LOG=${RUST_LOG:-warn} target/release/bench run --emulator-pid "$(cat "$EMULATOR_STATE_DIR/pid")" \
+  RUST_LOG=${RUST_LOG:-warn} "${CARGO_TARGET_DIR:-target}"/release/bench run --emulator-pid "$(cat "$EMULATOR_STATE_DIR/pid")" \
     --key-max-messages 5 --messages 20000 --window-secs 2 --sweep 0 --attest-messages 0 \
     --backlog-messages 20000
 fi

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 window=${WINDOW_SECS:-5}
 cargo build --workspace --bins --locked --quiet
-bin=target/debug
+bin=${CARGO_TARGET_DIR:-target}/debug
 work=$(mktemp -d)
 EMULATOR_STATE_DIR=$work/emulator
 export EMULATOR_STATE_DIR
