@@ -187,7 +187,49 @@ pub(crate) enum KeyringAction {
         /// Key name.
         key: String,
     },
-    /// List keys and versions (never their material).
+    /// Add a new version without making it primary (Tink's `add-key`): promote it once
+    /// every consumer runs with a keyring that has it.
+    AddVersion {
+        /// Key name.
+        key: String,
+    },
+    /// Make an enabled version the primary, the one new wraps use.
+    Promote {
+        /// Key name.
+        key: String,
+        /// The version.
+        #[arg(long)]
+        version: u32,
+    },
+    /// Disable a version: messages under it are refused until it is enabled again.
+    Disable {
+        /// Key name.
+        key: String,
+        /// The version (not the primary).
+        #[arg(long)]
+        version: u32,
+    },
+    /// Enable a disabled version again.
+    Enable {
+        /// Key name.
+        key: String,
+        /// The version.
+        #[arg(long)]
+        version: u32,
+    },
+    /// Destroy a version: its material is erased, and messages under it can never be
+    /// opened again.
+    Destroy {
+        /// Key name.
+        key: String,
+        /// The version (not the primary).
+        #[arg(long)]
+        version: u32,
+        /// Confirm: destroying cannot be undone.
+        #[arg(long, required = true)]
+        yes: bool,
+    },
+    /// List keys and versions with their states (never their material).
     List,
 }
 

@@ -6,6 +6,13 @@
 //! wrapping uses a key's primary version, and every older version can still unwrap, so
 //! rotating a key never strands data keys already in flight; signing names its version.
 //!
+//! Versions have Cloud KMS's (and Tink's) states: `ENABLED`, `DISABLED` (kept, but it
+//! neither wraps, unwraps nor signs until enabled again) and `DESTROYED` (its material
+//! erased for good). The primary version is enabled, and it alone wraps; promoting
+//! another makes it the one new wraps use. Every change is made under an exclusive lock
+//! on `PATH.lock` ([`Keyring::edit`]) and written atomically, so that two admins never
+//! lose each other's change and a reader never sees half a file.
+//!
 //! File layout (JSON, written with mode 0600):
 //!
 //! ```json
@@ -13,10 +20,12 @@
 //!   "keys": [ { "name": "projects/P/locations/L/keyRings/R/cryptoKeys/K",
 //!               "purpose": "ENCRYPT_DECRYPT",
 //!               "primary": 2,
-//!               "versions": [ { "version": 1, "material": "<base64>" }, ... ] } ] }
+//!               "versions": [ { "version": 1, "state": "DISABLED", "material": "<base64>" },
+//!                             { "version": 2, "material": "<base64>" }, ... ] } ] }
 //! ```
 //!
-//! `material` is the 32-byte key (encrypt) or the PKCS#8 document (sign). A wrapped key
+//! `material` is the 32-byte key (encrypt) or the PKCS#8 document (sign), absent for a
+//! destroyed version; `state` is `ENABLED` when absent (files written before states). A wrapped key
 //! is `u32 version (big-endian) || 12-byte nonce || AES-256-GCM(KEK, DEK)`, with the
 //! tenant id as associated data: 64 bytes.
 
@@ -47,6 +56,7 @@ const WRAPPED_LEN: usize = VERSION_LEN + NONCE_LEN + KEY_LEN + 16;
 
 /// Why a keyring file could not be read, changed or written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeyringError {
     /// Reading or writing the file failed.
     #[error("keyring {path}: {source}")]
@@ -70,6 +80,49 @@ pub enum KeyringError {
     /// The keyring does not hold this key.
     #[error("key {0} is not in the keyring")]
     KeyNotFound(KeyName),
+    /// The key has no such version.
+    #[error("key {0} has no version {1}")]
+    VersionNotFound(KeyName, u32),
+    /// The change would leave the key unusable or is not possible in the version's
+    /// state (disabling the primary, enabling a destroyed version, ...).
+    #[error("key {key} version {version}: {why}")]
+    Refused {
+        /// The key.
+        key: KeyName,
+        /// The version.
+        version: u32,
+        /// Why, and what to do instead.
+        why: &'static str,
+    },
+}
+
+/// A key version's state, in Cloud KMS's words.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum VersionState {
+    /// Wraps (if primary), unwraps and signs.
+    #[default]
+    Enabled,
+    /// Kept, but unusable until enabled again.
+    Disabled,
+    /// Its material erased: unusable for good.
+    Destroyed,
+}
+
+impl VersionState {
+    fn is_enabled(&self) -> bool {
+        *self == VersionState::Enabled
+    }
+}
+
+impl std::fmt::Display for VersionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VersionState::Enabled => "enabled",
+            VersionState::Disabled => "disabled",
+            VersionState::Destroyed => "destroyed",
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -122,18 +175,35 @@ impl Purpose {
 #[derive(Serialize, Deserialize)]
 struct VersionRepr {
     version: u32,
-    material: Zeroizing<String>,
+    #[serde(default, skip_serializing_if = "VersionState::is_enabled")]
+    state: VersionState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    material: Option<Zeroizing<String>>,
 }
 
-/// One key's versions, newest primary.
+/// One version: its state, and its material unless destroyed.
+struct Version {
+    state: VersionState,
+    material: Option<Zeroizing<Vec<u8>>>,
+}
+
+impl Version {
+    /// The material of an enabled version.
+    fn usable(&self) -> Option<&[u8]> {
+        self.material.as_deref().map(Vec::as_slice).filter(|_| self.state.is_enabled())
+    }
+}
+
+/// One key's versions, and which is primary.
 struct KeyVersions {
     purpose: Purpose,
     primary: u32,
-    versions: BTreeMap<u32, Zeroizing<Vec<u8>>>,
+    versions: BTreeMap<u32, Version>,
 }
 
 /// What [`Keyring::list`] reports of a key: never its material.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KeyInfo {
     /// The key's resource name.
     pub name: KeyName,
@@ -141,8 +211,8 @@ pub struct KeyInfo {
     pub purpose: Purpose,
     /// The version new wraps use.
     pub primary: u32,
-    /// Every version that can still unwrap.
-    pub versions: Vec<u32>,
+    /// Every version, oldest first, with its state.
+    pub versions: Vec<(u32, VersionState)>,
 }
 
 /// A keyring file loaded for inspection or change: `create`, `rotate`, `list`.
@@ -180,16 +250,29 @@ impl Keyring {
             let name: KeyName = key.name.parse().map_err(|e: crate::KeyNameError| malformed(e.to_string()))?;
             let mut versions = BTreeMap::new();
             for version in key.versions {
-                let material = decode_base64(&version.material)
-                    .map(Zeroizing::new)
-                    .filter(|bytes| key.purpose.is_valid(bytes))
-                    .ok_or_else(|| {
-                        malformed(format!("{name} version {} is not a base64 {:?} key", version.version, key.purpose))
-                    })?;
-                versions.insert(version.version, material);
+                let number = version.version;
+                let material = match (version.state, version.material) {
+                    (VersionState::Destroyed, None) => None,
+                    (VersionState::Destroyed, Some(_)) => {
+                        return Err(malformed(format!("{name} version {number} is destroyed but holds material")));
+                    }
+                    (_, material) => Some(
+                        material
+                            .and_then(|text| decode_base64(&text))
+                            .map(Zeroizing::new)
+                            .filter(|bytes| key.purpose.is_valid(bytes))
+                            .ok_or_else(|| {
+                                malformed(format!("{name} version {number} is not a base64 {:?} key", key.purpose))
+                            })?,
+                    ),
+                };
+                versions.insert(number, Version { state: version.state, material });
             }
-            if !versions.contains_key(&key.primary) {
-                return Err(malformed(format!("{name} names primary version {} that it lacks", key.primary)));
+            if !versions.get(&key.primary).is_some_and(|version| version.state.is_enabled()) {
+                return Err(malformed(format!(
+                    "{name} names primary version {} that it lacks or is not enabled",
+                    key.primary
+                )));
             }
             keys.insert(name, KeyVersions { purpose: key.purpose, primary: key.primary, versions });
         }
@@ -206,18 +289,80 @@ impl Keyring {
         if self.keys.contains_key(name) {
             return Err(KeyringError::KeyExists(name.clone()));
         }
-        let versions = BTreeMap::from([(1, purpose.generate())]);
+        let versions =
+            BTreeMap::from([(1, Version { state: VersionState::Enabled, material: Some(purpose.generate()) })]);
         self.keys.insert(name.clone(), KeyVersions { purpose, primary: 1, versions });
         Ok(())
     }
 
     /// Adds a fresh version to `name` and makes it primary; returns its number.
     pub fn rotate(&mut self, name: &KeyName) -> Result<u32, KeyringError> {
-        let key = self.keys.get_mut(name).ok_or_else(|| KeyringError::KeyNotFound(name.clone()))?;
-        let next = key.versions.keys().next_back().copied().unwrap_or(0) + 1;
-        key.versions.insert(next, key.purpose.generate());
-        key.primary = next;
+        let next = self.add_version(name)?;
+        self.promote(name, next)?;
         Ok(next)
+    }
+
+    /// Adds a fresh, enabled version to `name` without making it primary (Tink's
+    /// `add-key`: producers switch to it only once it is promoted, after every consumer
+    /// has it); returns its number.
+    pub fn add_version(&mut self, name: &KeyName) -> Result<u32, KeyringError> {
+        let key = self.key_mut(name)?;
+        let next = key.versions.keys().next_back().copied().unwrap_or(0) + 1;
+        key.versions.insert(next, Version { state: VersionState::Enabled, material: Some(key.purpose.generate()) });
+        Ok(next)
+    }
+
+    /// Makes enabled version `version` the one new wraps use.
+    pub fn promote(&mut self, name: &KeyName, version: u32) -> Result<(), KeyringError> {
+        let key = self.key_mut(name)?;
+        let state =
+            key.versions.get(&version).ok_or_else(|| KeyringError::VersionNotFound(name.clone(), version))?.state;
+        if !state.is_enabled() {
+            return Err(refused(name, version, "only an enabled version can be primary: enable it first"));
+        }
+        key.primary = version;
+        Ok(())
+    }
+
+    /// Disables `version`: kept, but it neither unwraps nor signs until enabled again
+    /// (messages under it are refused, `unwrap_rejected`). Not the primary.
+    pub fn disable(&mut self, name: &KeyName, version: u32) -> Result<(), KeyringError> {
+        self.set_state(name, version, VersionState::Disabled)
+    }
+
+    /// Enables a disabled `version` again.
+    pub fn enable(&mut self, name: &KeyName, version: u32) -> Result<(), KeyringError> {
+        self.set_state(name, version, VersionState::Enabled)
+    }
+
+    /// Destroys `version`: its material is erased (zeroized) and can never be used
+    /// again. Not the primary.
+    pub fn destroy(&mut self, name: &KeyName, version: u32) -> Result<(), KeyringError> {
+        self.set_state(name, version, VersionState::Destroyed)
+    }
+
+    fn set_state(&mut self, name: &KeyName, version: u32, state: VersionState) -> Result<(), KeyringError> {
+        let key = self.key_mut(name)?;
+        let primary = key.primary;
+        let entry =
+            key.versions.get_mut(&version).ok_or_else(|| KeyringError::VersionNotFound(name.clone(), version))?;
+        match (entry.state, state) {
+            (VersionState::Destroyed, VersionState::Destroyed) => return Ok(()),
+            (VersionState::Destroyed, _) => return Err(refused(name, version, "a destroyed version cannot come back")),
+            (_, VersionState::Disabled | VersionState::Destroyed) if version == primary => {
+                return Err(refused(name, version, "the primary version must stay enabled: promote another first"));
+            }
+            _ => {}
+        }
+        entry.state = state;
+        if state == VersionState::Destroyed {
+            entry.material = None; // zeroized as it drops
+        }
+        Ok(())
+    }
+
+    fn key_mut(&mut self, name: &KeyName) -> Result<&mut KeyVersions, KeyringError> {
+        self.keys.get_mut(name).ok_or_else(|| KeyringError::KeyNotFound(name.clone()))
     }
 
     /// Every key with its versions.
@@ -228,9 +373,31 @@ impl Keyring {
                 name: name.clone(),
                 purpose: key.purpose,
                 primary: key.primary,
-                versions: key.versions.keys().copied().collect(),
+                versions: key.versions.iter().map(|(&number, version)| (number, version.state)).collect(),
             })
             .collect()
+    }
+
+    /// Changes the keyring at `path` (made if missing) under an exclusive lock on
+    /// `PATH.lock`, held from reading the file to writing it back: two admins editing at
+    /// once never lose each other's change. `change` returning an error writes nothing.
+    pub fn edit<T>(
+        path: impl Into<PathBuf>,
+        change: impl FnOnce(&mut Keyring) -> Result<T, KeyringError>,
+    ) -> Result<T, KeyringError> {
+        let path = path.into();
+        let mut lock_path = path.clone().into_os_string();
+        lock_path.push(".lock");
+        let io = |source| KeyringError::Io { path: path.clone(), source };
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io)?;
+        lock.lock().map_err(io)?;
+        let mut keyring = Keyring::load_or_new(&path)?;
+        let result = change(&mut keyring)?;
+        keyring.save()?;
+        Ok(result)
     }
 
     /// Writes the keyring back atomically (a temporary file renamed over the old one),
@@ -249,9 +416,10 @@ impl Keyring {
                     versions: key
                         .versions
                         .iter()
-                        .map(|(&version, material)| VersionRepr {
-                            version,
-                            material: Zeroizing::new(encode_base64(material)),
+                        .map(|(&number, version)| VersionRepr {
+                            version: number,
+                            state: version.state,
+                            material: version.material.as_ref().map(|material| Zeroizing::new(encode_base64(material))),
                         })
                         .collect(),
                 })
@@ -264,6 +432,10 @@ impl Keyring {
         temp.1.write_all(text.as_bytes()).and_then(|()| temp.1.sync_all()).map_err(io)?;
         std::fs::rename(&temp.0, &self.path).map_err(io)
     }
+}
+
+fn refused(key: &KeyName, version: u32, why: &'static str) -> KeyringError {
+    KeyringError::Refused { key: key.clone(), version, why }
 }
 
 /// Creates a new, owner-only file beside the keyring for an atomic replace.
@@ -286,12 +458,14 @@ impl Loaded {
         for (name, key) in &keyring.keys {
             match key.purpose {
                 Purpose::EncryptDecrypt => {
+                    // Only enabled versions are loaded: a disabled or destroyed one
+                    // unwraps nothing, as in Cloud KMS.
                     let versions = key
                         .versions
                         .iter()
-                        .map(|(&version, material)| {
-                            let unbound = UnboundKey::new(&AES_256_GCM, material).expect("32-byte key");
-                            (version, LessSafeKey::new(unbound))
+                        .filter_map(|(&number, version)| {
+                            let unbound = UnboundKey::new(&AES_256_GCM, version.usable()?).expect("32-byte key");
+                            Some((number, LessSafeKey::new(unbound)))
                         })
                         .collect();
                     loaded.keys.insert(name.clone(), (key.primary, versions));
@@ -300,10 +474,10 @@ impl Loaded {
                     let versions = key
                         .versions
                         .iter()
-                        .map(|(&version, material)| {
-                            let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, material)
+                        .filter_map(|(&number, version)| {
+                            let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, version.usable()?)
                                 .expect("checked when the keyring was read");
-                            (version, pair)
+                            Some((number, pair))
                         })
                         .collect();
                     loaded.signing_keys.insert(name.clone(), versions);
@@ -516,13 +690,71 @@ mod tests {
         let mut keyring = Keyring::load(&path).unwrap();
         assert_eq!(keyring.rotate(&name("a")).unwrap(), 2);
         keyring.save().unwrap();
-        assert_eq!(Keyring::load(&path).unwrap().list()[0].versions, vec![1, 2]);
+        let enabled = VersionState::Enabled;
+        assert_eq!(Keyring::load(&path).unwrap().list()[0].versions, vec![(1, enabled), (2, enabled)]);
 
         let producer = LocalKms::open(&path).unwrap();
         let new = producer.wrap(&name("a"), &SecretKey::generate(), b"t").await.unwrap();
         assert_eq!(&new[..4], &2u32.to_be_bytes());
         assert!(producer.unwrap(&name("a"), &old, b"t").await.is_ok(), "old version still unwraps");
         assert!(consumer.unwrap(&name("a"), &new, b"t").await.is_ok(), "consumer reloads for version 2");
+    }
+
+    #[tokio::test]
+    async fn versions_are_enabled_disabled_or_destroyed_as_in_cloud_kms() {
+        // A disabled version unwraps nothing until enabled again; a destroyed one never
+        // again, its material gone from the file; the primary must stay enabled; a
+        // version added is used for new wraps only once promoted.
+        let dir = tempfile::tempdir().unwrap();
+        let path = keyring_with(dir.path(), &["a"]);
+        let old = LocalKms::open(&path).unwrap().wrap(&name("a"), &SecretKey::generate(), b"t").await.unwrap();
+        let added = Keyring::edit(&path, |keyring| keyring.add_version(&name("a"))).unwrap();
+        assert_eq!(added, 2);
+        let still_1 = LocalKms::open(&path).unwrap().wrap(&name("a"), &SecretKey::generate(), b"t").await.unwrap();
+        assert_eq!(&still_1[..4], &1u32.to_be_bytes(), "not primary until promoted");
+        let refused = Keyring::edit(&path, |keyring| keyring.disable(&name("a"), 1)).unwrap_err();
+        assert!(refused.to_string().contains("promote another first"), "{refused}");
+        Keyring::edit(&path, |keyring| {
+            keyring.promote(&name("a"), 2)?;
+            keyring.disable(&name("a"), 1)
+        })
+        .unwrap();
+        let unwrap_old = || async { LocalKms::open(&path).unwrap().unwrap(&name("a"), &old, b"t").await };
+        assert_eq!(unwrap_old().await.unwrap_err().reason(), "unwrap_rejected", "disabled");
+        Keyring::edit(&path, |keyring| keyring.enable(&name("a"), 1)).unwrap();
+        assert!(unwrap_old().await.is_ok(), "enabled again");
+        let before = std::fs::read_to_string(&path).unwrap();
+        Keyring::edit(&path, |keyring| keyring.destroy(&name("a"), 1)).unwrap();
+        let after = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            after.contains("DESTROYED") && after.matches("material").count() + 1 == before.matches("material").count()
+        );
+        assert_eq!(unwrap_old().await.unwrap_err().reason(), "unwrap_rejected", "destroyed");
+        let back = Keyring::edit(&path, |keyring| keyring.enable(&name("a"), 1)).unwrap_err();
+        assert!(back.to_string().contains("cannot come back"), "{back}");
+        let info = &Keyring::load(&path).unwrap().list()[0];
+        assert_eq!(
+            (info.primary, info.versions.clone()),
+            (2, vec![(1, VersionState::Destroyed), (2, VersionState::Enabled)])
+        );
+        assert!(matches!(
+            Keyring::edit(&path, |keyring| keyring.promote(&name("a"), 7)),
+            Err(KeyringError::VersionNotFound(_, 7))
+        ));
+    }
+
+    #[test]
+    fn concurrent_edits_under_the_lock_lose_nothing() {
+        // Eight threads each add a version at once: with the lock held from read to
+        // write, all eight land (without it, last writer wins and versions vanish).
+        let dir = tempfile::tempdir().unwrap();
+        let path = keyring_with(dir.path(), &["a"]);
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| Keyring::edit(&path, |keyring| keyring.add_version(&name("a"))).unwrap());
+            }
+        });
+        assert_eq!(Keyring::load(&path).unwrap().list()[0].versions.len(), 9);
     }
 
     #[test]
