@@ -53,14 +53,8 @@ struct Cli {
     #[arg(long, requires = "dead_letters")]
     redrive: bool,
 
-    /// The dead-letter topic; only used to create the subscription on the emulator.
-    #[arg(
-        long = "dead_letter_topic",
-        visible_alias = "dead-letter-topic",
-        env = "PUBSUB_ENVELOPE_DEAD_LETTER_TOPIC",
-        default_value = "dead-letter"
-    )]
-    dead_letter_topic: String,
+    #[command(flatten)]
+    dead_letter: cli::flags::DeadLetterFlags,
 
     /// With `--dead_letters`: stop once no dead letter has arrived for this many seconds.
     #[arg(long = "idle_exit_secs", visible_alias = "idle-exit-secs", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
@@ -115,7 +109,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     pubsub.probe_subscription(&subscription).await?;
     let bus_topic = bus::names::topic(project, &cli.pubsub_topic)?;
     if cli.dead_letters {
-        let dead_letter_topic = bus::names::topic(project, &cli.dead_letter_topic)?;
+        let dead_letter_topic = bus::names::topic(project, &cli.dead_letter.dead_letter_topic)?;
         pubsub.ensure_subscription(&subscription, &dead_letter_topic, Duration::from_secs(60)).await?;
         if cli.redrive {
             pubsub.probe_topic(&bus_topic).await?;

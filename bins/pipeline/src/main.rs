@@ -59,14 +59,8 @@ struct Cli {
     )]
     output_topic: String,
 
-    /// Topic for messages that can never be opened, with their reason.
-    #[arg(
-        long = "dead_letter_topic",
-        visible_alias = "dead-letter-topic",
-        env = "PUBSUB_ENVELOPE_DEAD_LETTER_TOPIC",
-        default_value = "dead-letter"
-    )]
-    dead_letter_topic: String,
+    #[command(flatten)]
+    dead_letter: cli::flags::DeadLetterFlags,
 
     /// Fixed window size in seconds.
     #[arg(long = "window_secs", visible_alias = "window-secs", env = "PUBSUB_ENVELOPE_WINDOW_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -158,7 +152,7 @@ async fn run(cli: Cli, workers: usize) -> anyhow::Result<ExitCode> {
     let project = project.as_deref();
     let config = runner::Config {
         output_topic: bus::names::topic(project, &cli.output_topic)?,
-        dead_letter_topic: bus::names::topic(project, &cli.dead_letter_topic)?,
+        dead_letter_topic: bus::names::topic(project, &cli.dead_letter.dead_letter_topic)?,
         window: Duration::from_secs(cli.window_secs),
         max_outstanding_messages: cli.max_outstanding_messages,
         streams: cli.streams.into(),

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use google_cloud_auth::credentials::{Credentials, anonymous};
 use google_cloud_gax::error::rpc::Code;
-use google_cloud_gax::options::RequestOptionsBuilder as _;
+use google_cloud_gax::options::RequestOptionsBuilder;
 use google_cloud_gax::retry_policy::NeverRetry;
 use google_cloud_pubsub::client::{Publisher, Subscriber, SubscriptionAdmin, TopicAdmin};
 use google_cloud_pubsub::model::Message;
@@ -89,33 +89,14 @@ impl PubSub {
     /// answer.
     pub async fn probe_topic(&self, topic: &str) -> anyhow::Result<()> {
         let admin = self.topic_admin().await?;
-        self.probe(topic, "topic", async || {
-            admin
-                .get_topic()
-                .set_topic(topic)
-                .with_retry_policy(NeverRetry)
-                .with_attempt_timeout(PROBE_DEADLINE)
-                .send()
-                .await
-                .map(drop)
-        })
-        .await
+        self.probe(topic, "topic", async || once(admin.get_topic().set_topic(topic)).send().await.map(drop)).await
     }
 
     /// As [`probe_topic`](Self::probe_topic), for a subscription.
     pub async fn probe_subscription(&self, subscription: &str) -> anyhow::Result<()> {
         let admin = self.subscription_admin().await?;
-        self.probe(subscription, "subscription", async || {
-            admin
-                .get_subscription()
-                .set_subscription(subscription)
-                .with_retry_policy(NeverRetry)
-                .with_attempt_timeout(PROBE_DEADLINE)
-                .send()
-                .await
-                .map(drop)
-        })
-        .await
+        let ask = async || once(admin.get_subscription().set_subscription(subscription)).send().await.map(drop);
+        self.probe(subscription, "subscription", ask).await
     }
 
     async fn probe(
@@ -233,6 +214,12 @@ impl PubSub {
         }
         Ok(())
     }
+}
+
+/// A probe's request: one attempt, no retries, within the probe's deadline (the probe
+/// repeats it itself, keeping the last error to report).
+fn once<R: RequestOptionsBuilder>(request: R) -> R {
+    request.with_retry_policy(NeverRetry).with_attempt_timeout(PROBE_DEADLINE)
 }
 
 fn already_exists(error: &google_cloud_gax::error::Error) -> bool {

@@ -303,6 +303,21 @@ impl TrustFlags {
     }
 }
 
+/// The dead-letter topic, which the pipeline writes and `debug-subscriber
+/// --dead_letters` reads.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeadLetterFlags {
+    /// The dead-letter topic: where the pipeline sends messages that can never be
+    /// opened, with their reason (`debug-subscriber --dead_letters` reads it).
+    #[arg(
+        long = "dead_letter_topic",
+        visible_alias = "dead-letter-topic",
+        env = "PUBSUB_ENVELOPE_DEAD_LETTER_TOPIC",
+        default_value = "dead-letter"
+    )]
+    pub dead_letter_topic: String,
+}
+
 /// Where a consumer serves its Prometheus metrics.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MetricsFlags {
