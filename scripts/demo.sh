@@ -49,4 +49,4 @@ sleep $((window + 2))
 kill -TERM "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
 sleep 2
 echo "== pipeline summary"
-grep -o "summary=.*" "$work/pipeline.log" | sed "s/^/   /"
+grep -o "pipeline stopped: .*" "$work/pipeline.log" | sed "s/^/   /"
