@@ -175,9 +175,10 @@ impl PubSub {
     /// On the emulator, creates `topic` unless it exists. Does nothing on real Pub/Sub,
     /// where topics are the platform team's to create.
     pub async fn ensure_topic(&self, topic: &str) -> anyhow::Result<()> {
-        let Some(endpoint) = &self.emulator else { return Ok(()) };
-        let admin =
-            TopicAdmin::builder().with_endpoint(endpoint).with_credentials(self.credentials.clone()).build().await?;
+        if self.emulator.is_none() {
+            return Ok(());
+        }
+        let admin = self.topic_admin().await?;
         match admin.create_topic().set_name(topic).send().await {
             Ok(_) => tracing::info!(topic, "created topic on the emulator"),
             Err(error) if already_exists(&error) => {}
@@ -194,13 +195,11 @@ impl PubSub {
         topic: &str,
         ack_deadline: Duration,
     ) -> anyhow::Result<()> {
-        let Some(endpoint) = &self.emulator else { return Ok(()) };
+        if self.emulator.is_none() {
+            return Ok(());
+        }
         self.ensure_topic(topic).await?;
-        let admin = SubscriptionAdmin::builder()
-            .with_endpoint(endpoint)
-            .with_credentials(self.credentials.clone())
-            .build()
-            .await?;
+        let admin = self.subscription_admin().await?;
         let request = admin
             .create_subscription()
             .set_name(subscription)
