@@ -164,6 +164,47 @@ impl Harness {
         subscription
     }
 
+    /// The attributes of the messages that unary pulls (the emulator's REST API) lease
+    /// from subscription `id`, pulling until some arrive or `timeout` passes; acks nothing.
+    ///
+    /// Why not a streaming pull: the emulator keeps a streaming pull that a client
+    /// closed (its gRPC fails on the client's reset) and goes on handing it messages,
+    /// which then come back only as their leases run out. A test that reads a
+    /// subscription a second time, after a process streamed from it, reads it this way.
+    pub fn pull_attributes(&self, id: &str, timeout: Duration) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        use std::io::{Read as _, Write as _};
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let body = r#"{"maxMessages":100}"#;
+            let mut stream = std::net::TcpStream::connect(&self.emulator.host).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            write!(
+                stream,
+                "POST /v1/{}:pull HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                self.subscription(id),
+                self.emulator.host,
+                body.len()
+            )
+            .unwrap();
+            let mut response = String::new();
+            // A read that times out leaves what arrived; the emulator answers an empty
+            // pull with `{}` once it gives up waiting.
+            let _ = stream.read_to_string(&mut response);
+            let json = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+            let parsed: serde_json::Value = serde_json::from_str(json.trim()).unwrap_or_default();
+            let attributes: Vec<_> = parsed["receivedMessages"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|received| received["message"]["attributes"].as_object().cloned())
+                .collect();
+            if !attributes.is_empty() || std::time::Instant::now() > deadline {
+                return attributes;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Seals `data` as a publisher of `tenant` would, with a data key of its own, for
     /// tests that then alter the message.
     pub async fn seal(&self, key: &str, tenant: &str, mode: envelope::Mode, data: &[u8]) -> envelope::Sealed {

@@ -24,7 +24,11 @@ fn dead_letters(harness: &Harness, extra: &[&str]) -> Vec<serde_json::Value> {
 async fn dead_letters_are_listed_and_redriven_once_their_cause_is_fixed() {
     let harness = Harness::new();
     // On real Pub/Sub a topic without a subscription drops what is published to it:
-    // the dead-letter subscription exists before anything is dead-lettered.
+    // the dead-letter subscriptions exist before anything is dead-lettered. The listing
+    // and the redrive read subscriptions of their own, each streamed from once: the
+    // emulator hands a subscription's messages to streams closed before (see
+    // `Harness::pull_attributes`), so a second streaming read of one would wait on it.
+    harness.subscribe("dead-letter-list", "dead-letter").await;
     harness.subscribe("dead-letter-debug", "dead-letter").await;
     let subscriber = harness.subscriber();
     let only_tenant_1 = ["--trusted_kms_key", "projects/tenant-1/*"];
@@ -35,27 +39,34 @@ async fn dead_letters_are_listed_and_redriven_once_their_cause_is_fixed() {
     let lines = subscriber.lines_until(Duration::from_secs(60), |lines| total(lines) >= 2);
     assert_eq!(summed_counts(&lines), first);
 
-    // Listed, with its reason; it does not open with the same trust; nothing is acked.
+    // Listed, with its reason and the envelope's attributes; it does not open with the
+    // same trust; and the listing acks nothing: the dead letter is still there after it.
     let trust_both = ["--trusted_kms_key", "projects/tenant-1/*", "--trusted_kms_key", "projects/tenant-2/*"];
-    {
-        let listed = dead_letters(&harness, &only_tenant_1);
-        assert_eq!(listed.len(), 1, "{listed:?}");
-        assert_eq!(listed[0]["reason"], "untrusted_key", "{listed:?}");
-        assert!(listed[0]["status"].as_str().unwrap().starts_with("still rejected: untrusted_key"), "{listed:?}");
-        assert!(listed[0]["redriven_as"].is_null());
-    }
+    let list = [&only_tenant_1[..], &["--pubsub_subscription", "dead-letter-list"]].concat();
+    let listed = dead_letters(&harness, &list);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["reason"], "untrusted_key", "{listed:?}");
+    assert_eq!(listed[0]["attributes"]["kms_key"], TENANT_2_KEY, "{listed:?}");
+    assert!(listed[0]["status"].as_str().unwrap().starts_with("still rejected: untrusted_key"), "{listed:?}");
+    assert!(listed[0]["redriven_as"].is_null());
+    let kept = harness.pull_attributes("dead-letter-list", Duration::from_secs(120));
+    assert_eq!(kept.len(), 1, "the listing acked nothing: {kept:?}");
+    assert_eq!(kept[0]["reject_reason"], "untrusted_key", "{kept:?}");
+
     // The cause fixed (tenant 2 trusted), the pipeline restarted with it: redriven once,
-    // and counted.
+    // and counted. The restarted pipeline reads a subscription of its own, made when it
+    // starts, for the reason above: the emulator would hand the redriven message to the
+    // first pipeline's closed streams as often as to the new one's.
     pipeline.terminate();
-    let pipeline = harness.pipeline(&trust_both);
-    // Waits long enough for a dead letter the listing held to be back (its lease is 10 s).
-    let redriven = dead_letters(&harness, &[&trust_both[..], &["--redrive", "--idle_exit_secs", "30"]].concat());
+    let pipeline = harness.pipeline(&[&trust_both[..], &["--input_subscription", "message-bus-restarted"]].concat());
+    let redriven = dead_letters(&harness, &[&trust_both[..], &["--redrive"]].concat());
     assert_eq!(redriven.len(), 1, "{redriven:?}");
     assert_eq!(redriven[0]["status"], "redriven (opens now as encrypt)", "{redriven:?}");
     assert!(redriven[0]["redriven_as"].is_string());
     let both = expected_counts(["trusted words", "late trust"]);
     let lines = [lines, subscriber.lines_until(Duration::from_secs(60), |more| total(more) >= 2)].concat();
     assert_eq!(summed_counts(&lines), both);
-    assert!(dead_letters(&harness, &trust_both).is_empty(), "acked once redriven");
+    // Acked once redriven: its lease (10 s) long over, a pull finds nothing.
+    assert!(harness.pull_attributes("dead-letter-debug", Duration::from_secs(12)).is_empty(), "acked once redriven");
     pipeline.terminate();
 }
