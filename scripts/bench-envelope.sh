@@ -21,7 +21,7 @@ for size in $sizes; do
   openssl_rate[sign/$size]=${mac%k}
 done
 
-cargo bench -p envelope --bench envelope -- --noplot >&2
+cargo bench -p pubsub-envelope --bench envelope -- --noplot >&2
 
 printf '| operation | size | envelope MB/s | OpenSSL MB/s | ratio |\n|---|---|---|---|---|\n'
 for mode in encrypt sign; do

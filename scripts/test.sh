@@ -17,6 +17,10 @@ log=$EMULATOR_STATE_DIR/test.log
 cargo test --workspace --locked "$@" 2>&1 | tee "$log"
 if [ "${PYTHON_TESTS:-1}" != 0 ]; then
   venv=$(scripts/python-env.sh)
+  # Beam leaves empty beam-temp* folders in the temporary directory: this run's own,
+  # removed with the emulator's state.
+  export TMPDIR=$EMULATOR_STATE_DIR/tmp
+  mkdir -p "$TMPDIR"
   # Two runs: each folder's conftest.py sets up its own imports.
   for suite in bindings/python/tests pipelines/beam/tests; do
     (cd "$(dirname "$suite")" && "$venv/bin/python" -m pytest -q -p no:cacheprovider tests) 2>&1 | tee -a "$log"
