@@ -14,7 +14,7 @@
 # three hours: run them in shards (SHARD=k/n, k from 0), each writing mutants.out-k/.
 # Results land in mutants.out/ (missed.txt, caught.txt, unviable.txt); mutants that
 # survive by being equivalent are listed, each with why, in
-# crates/envelope/tests/mutants-equivalent.md.
+# crates/envelope/tests/mutants.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo-mutants >/dev/null || cargo install cargo-mutants --locked

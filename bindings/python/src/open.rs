@@ -102,11 +102,7 @@ impl Settings {
                 TrustedPublicKey::from_pem(version, pem.as_bytes()).map_err(config_error)
             })
             .collect::<PyResult<Vec<_>>>()?;
-        let signers =
-            self.trusted_signers.iter().fold(TrustedSigners::default(), |signers, entry| match entry.split_once('=') {
-                Some((email, url)) => signers.trust(email, Some(url.to_owned())),
-                None => signers.trust(entry.as_str(), None),
-            });
+        let signers = TrustedSigners::from_entries(&self.trusted_signers);
         let cache =
             CacheSettings { ttl: seconds("cache_ttl_secs", self.cache_ttl_secs)?, capacity: self.cache_capacity };
         let max_age = self.max_message_age_secs.map(|age| seconds("max_message_age_secs", age)).transpose()?;

@@ -289,12 +289,7 @@ impl TrustFlags {
 
     /// The service accounts given with `--trusted_signer`.
     pub fn trusted_signers(&self) -> envelope::TrustedSigners {
-        self.trusted_signer.iter().fold(envelope::TrustedSigners::default(), |signers, entry| {
-            match entry.split_once('=') {
-                Some((email, url)) => signers.trust(email, Some(url.to_owned())),
-                None => signers.trust(entry.as_str(), None),
-            }
-        })
+        envelope::TrustedSigners::from_entries(&self.trusted_signer)
     }
 
     /// The maximum message age, if one was given.

@@ -24,6 +24,17 @@ impl TrustedSigners {
         self
     }
 
+    /// Trusts each entry, written `EMAIL` (Google's certificate URL) or
+    /// `EMAIL=CERT_URL`, as the binaries' `--trusted_signer` and the Python package's
+    /// `trusted_signers` take them.
+    #[must_use]
+    pub fn from_entries<S: AsRef<str>>(entries: impl IntoIterator<Item = S>) -> Self {
+        entries.into_iter().fold(Self::default(), |signers, entry| match entry.as_ref().split_once('=') {
+            Some((email, url)) => signers.trust(email, Some(url.to_owned())),
+            None => signers.trust(entry.as_ref(), None),
+        })
+    }
+
     /// Whether no account is trusted.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -125,5 +136,18 @@ mod tests {
             Some(google_cert_url("a@p.iam.gserviceaccount.com").as_str())
         );
         assert!(!trusted.is_empty() && TrustedSigners::default().is_empty());
+    }
+
+    #[test]
+    fn entries_name_an_account_and_optionally_where_its_certificates_are() {
+        // `EMAIL` takes Google's URL; `EMAIL=URL` its own, split at the first `=`.
+        let trusted = TrustedSigners::from_entries(["a@p.iam.gserviceaccount.com", "b@example.com=http://x/certs?k=v"]);
+        assert_eq!(
+            trusted.cert_url("a@p.iam.gserviceaccount.com"),
+            Some(google_cert_url("a@p.iam.gserviceaccount.com").as_str())
+        );
+        assert_eq!(trusted.cert_url("b@example.com"), Some("http://x/certs?k=v"));
+        assert_eq!(trusted.cert_url("b@example.com=http://x/certs?k=v"), None);
+        assert!(TrustedSigners::from_entries(Vec::<String>::new()).is_empty());
     }
 }
