@@ -117,7 +117,8 @@ impl PubSub {
                 Some(Code::PermissionDenied) => return Ok(()),
                 Some(Code::NotFound) if self.emulator.is_some() => return Ok(()),
                 Some(Code::NotFound) => anyhow::bail!(
-                    "{kind} {name} does not exist: create it (scripts/gcp-setup.sh makes every topic and subscription),                      or name another with the flag"
+                    "{kind} {name} does not exist: create it (scripts/gcp-setup.sh makes every topic and \
+                     subscription), or name another with the flag"
                 ),
                 Some(Code::Unauthenticated) => return Err(anyhow::Error::new(error).context(NO_CREDENTIALS)),
                 _ if error.is_authentication() => return Err(anyhow::Error::new(error).context(NO_CREDENTIALS)),
