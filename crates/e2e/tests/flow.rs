@@ -26,14 +26,28 @@ fn counts_are_exact_in_encrypt_and_sign_mode() {
     let pipeline = harness.pipeline(&[]);
     let subscriber = harness.subscriber();
     let input = write_input(&harness, TEXT);
-    harness.publish(&["--mode", "encrypt", "--kms_key", TENANT_1_KEY, "--input", &input, "--key_max_messages", "2"]);
+    let encrypted = harness.publish(&[
+        "--mode",
+        "encrypt",
+        "--kms_key",
+        TENANT_1_KEY,
+        "--input",
+        &input,
+        "--key_max_messages",
+        "2",
+    ]);
     harness.publish(&["--mode", "sign", "--kms_key", TENANT_1_KEY, "--input", &input]);
 
     let expected = expected_counts(TEXT.iter().chain(TEXT).copied());
     let want: u64 = expected.values().sum();
     let lines = subscriber.lines_until(Duration::from_secs(60), |lines| total(lines) >= want);
     assert_eq!(summed_counts(&lines), expected);
-    pipeline.terminate();
+    let log = pipeline.terminate();
+    // The closing lines carry the fields `scripts/bench.sh` reads: 4 lines at 2 a key
+    // are 2 data keys; the pipeline unwrapped those 2 and the sign run's 1.
+    let published = String::from_utf8_lossy(&encrypted.stderr);
+    assert!(published.contains("data_keys=2") && published.contains("kms_calls="), "{published}");
+    assert!(log.contains("messages_per_sec=") && log.contains("kms_calls=3"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
