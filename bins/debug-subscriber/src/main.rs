@@ -130,7 +130,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     pubsub
         .tail(&subscription, signals.drain(SHUTDOWN_GRACE), async |message, handler| {
             let id = &message.message_id;
-            metrics.received();
+            metrics.received(1);
             match opener.open(&message.data, &message.attributes).await {
                 Ok(opened) => {
                     let text = String::from_utf8_lossy(&opened.data);

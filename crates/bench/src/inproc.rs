@@ -100,10 +100,12 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                 }
             };
             let (messages, data_keys) = seal_all(sealer.with_policy(policy), &texts)?;
-            let mut one_worker = None;
-            for &workers in &options.workers {
-                let mut runs = Vec::new();
-                for _ in 0..options.repeat.max(1) {
+            // The worker counts take turns, run after run, rather than one count's runs
+            // all before the next's: this VM's speed drifts by tens of percent over a
+            // minute, and taking turns gives every count the same drift to live with.
+            let mut runs: Vec<Vec<(Measured, u64)>> = options.workers.iter().map(|_| Vec::new()).collect();
+            for _ in 0..options.repeat.max(1) {
+                for (&workers, runs) in options.workers.iter().zip(&mut runs) {
                     let kms = Arc::new(Counted::new(LocalKms::open(&keyring_path)?));
                     let trusted = TrustedKeys::from_patterns([key.as_str()])?;
                     let opener = Opener::builder("bench", trusted).kms(kms.clone()).build()?;
@@ -111,6 +113,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                         .with_context(|| format!("{mode}, {workers} workers"))?;
                     runs.push((measured, kms.calls()));
                 }
+            }
+            let mut one_worker = None;
+            for (&workers, mut runs) in options.workers.iter().zip(runs) {
                 runs.sort_by_key(|run| run.0.wall);
                 let (measured, calls) = runs.swap_remove(runs.len() / 2);
                 let rate = measured.messages as f64 / measured.wall.as_secs_f64();

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use smallvec::SmallVec;
 
 /// A message's attributes, as Pub/Sub carries them.
 pub type Attributes = HashMap<String, String>;
@@ -208,7 +209,13 @@ impl std::fmt::Display for Mode {
 
 /// Whether a producer may use `name` for an attribute of its own.
 pub fn is_reserved(name: &str) -> bool {
-    is_envelope_attribute(name) || name.starts_with(RESERVED_PREFIX) || name.starts_with(PUBSUB_RESERVED_PREFIX)
+    is_envelope_attribute(name) || has_reserved_prefix(name)
+}
+
+/// Whether `name` starts with a prefix the envelope or Pub/Sub reserves; with
+/// [`is_envelope_attribute`], what [`is_reserved`] checks.
+pub fn has_reserved_prefix(name: &str) -> bool {
+    name.starts_with(RESERVED_PREFIX) || name.starts_with(PUBSUB_RESERVED_PREFIX)
 }
 
 /// Why a set of producer attributes cannot be sealed or was not sealed correctly.
@@ -261,15 +268,24 @@ fn put_len_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// Feeds `u32 count` then each `(key, value)` pair, sorted by key bytes, as
-/// length-prefixed strings, to `sink`. The attribute list of both the header and the
-/// sealed plaintext.
-fn attribute_list<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>, mut sink: impl FnMut(&[u8])) {
-    let mut pairs: Vec<_> = pairs.collect();
+/// Attribute pairs sorted by key bytes, as the canonical header and the sealed
+/// plaintext list them. On the stack for the few attributes a message usually carries:
+/// opening a message allocates no list.
+pub type SortedPairs<'a> = SmallVec<[(&'a str, &'a str); 4]>;
+
+/// `pairs`, sorted by key bytes.
+pub fn sorted_pairs<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> SortedPairs<'a> {
+    let mut pairs: SortedPairs<'a> = pairs.collect();
     pairs.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    let count = u32::try_from(pairs.len()).expect("more than 4 billion attributes");
+    pairs
+}
+
+/// Feeds `u32 count` then each `(key, value)` pair of `sorted`, as length-prefixed
+/// strings, to `sink`. The attribute list of both the header and the sealed plaintext.
+fn attribute_list(sorted: &[(&str, &str)], mut sink: impl FnMut(&[u8])) {
+    let count = u32::try_from(sorted.len()).expect("more than 4 billion attributes");
     sink(&count.to_be_bytes());
-    for (key, value) in pairs {
+    for (key, value) in sorted {
         for text in [key, value] {
             let len = u32::try_from(text.len()).expect("attribute longer than 4 GiB");
             sink(&len.to_be_bytes());
@@ -321,10 +337,15 @@ pub fn header_prefix(flavour: Flavour, name: &str, key: &str) -> Vec<u8> {
 /// the producer's attributes; in encrypt mode the list is empty.
 ///
 /// `u64(sealed_at) || u32(n) || lp(key_1) || lp(value_1) || ...`
-pub fn header_rest(sealed_at: u64, attributes: &Attributes, mut sink: impl FnMut(&[u8])) {
-    sink(&sealed_at.to_be_bytes());
+pub fn header_rest(sealed_at: u64, attributes: &Attributes, sink: impl FnMut(&[u8])) {
     let covered = attributes.iter().filter(|(k, _)| !is_envelope_attribute(k));
-    attribute_list(covered.map(|(k, v)| (k.as_str(), v.as_str())), sink);
+    header_rest_sorted(sealed_at, &sorted_pairs(covered.map(|(k, v)| (k.as_str(), v.as_str()))), sink);
+}
+
+/// [`header_rest`] from the covered attributes, already sorted by key.
+pub fn header_rest_sorted(sealed_at: u64, sorted: &[(&str, &str)], mut sink: impl FnMut(&[u8])) {
+    sink(&sealed_at.to_be_bytes());
+    attribute_list(sorted, sink);
 }
 
 /// The bytes an attest-mode signature covers: the canonical header of `flavour` (see
@@ -363,7 +384,8 @@ pub fn sealed_plaintext_len(data: &[u8], attributes: &Attributes) -> usize {
 /// Appends the plaintext sealed in encrypt mode: the producer's attribute list, then
 /// the data.
 pub fn put_sealed_plaintext(out: &mut Vec<u8>, data: &[u8], attributes: &Attributes) {
-    attribute_list(attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())), |chunk| out.extend_from_slice(chunk));
+    let sorted = sorted_pairs(attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    attribute_list(&sorted, |chunk| out.extend_from_slice(chunk));
     out.extend_from_slice(data);
 }
 

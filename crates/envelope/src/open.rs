@@ -318,14 +318,17 @@ impl Opener {
                         (SigningKey::new(secret, &prefix), Vec::new())
                     })
                     .await?;
-                cached.key.verify(envelope.sealed_at, attributes, data, signature).map_err(|_| Forged::Tampered)?;
+                cached
+                    .key
+                    .verify(envelope.sealed_at, &envelope.producer, data, signature)
+                    .map_err(|_| Forged::Tampered)?;
                 Ok(Opened {
                     mode: Mode::Sign,
                     kms_key: Some(cached.kms_key.clone()),
                     sealed_at,
                     fingerprint: signature[..16].try_into().expect("a 32-byte signature"),
                     data: data.clone(),
-                    attributes: producer_attributes(attributes),
+                    attributes: producer_attributes(&envelope.producer),
                     attestation: None,
                 })
             }
@@ -339,19 +342,25 @@ impl Opener {
                 };
                 let (attestation, signature) = match proof {
                     AttestProof::Session { certificate_signature, signature } => {
-                        let attestation = self
-                            .attest
-                            .verify_session(&message, certificate_signature, signature, &self.tenant_id, &self.trusted)
-                            .await?;
+                        let attestation = Box::pin(self.attest.verify_session(
+                            &message,
+                            certificate_signature,
+                            signature,
+                            &self.tenant_id,
+                            &self.trusted,
+                        ))
+                        .await?;
                         (attestation, &signature[..])
                     }
                     AttestProof::Kms(signature) => (
-                        self.attest.verify_kms_signed(&message, signature, &self.tenant_id, &self.trusted).await?,
+                        Box::pin(self.attest.verify_kms_signed(&message, signature, &self.tenant_id, &self.trusted))
+                            .await?,
                         &signature[..],
                     ),
-                    AttestProof::ServiceAccount { named, signature } => {
-                        (self.attest.verify_service_account(named, &message, signature).await?, &signature[..])
-                    }
+                    AttestProof::ServiceAccount { named, signature } => (
+                        Box::pin(self.attest.verify_service_account(named, &message, signature)).await?,
+                        &signature[..],
+                    ),
                 };
                 let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, signature);
                 Ok(Opened {
@@ -360,7 +369,7 @@ impl Opener {
                     sealed_at,
                     fingerprint: digest.as_ref()[..16].try_into().expect("a 32-byte digest"),
                     data: data.clone(),
-                    attributes: producer_attributes(attributes),
+                    attributes: producer_attributes(&envelope.producer),
                     attestation: Some(attestation),
                 })
             }
@@ -384,11 +393,15 @@ impl Opener {
             Some(cached) if cached.kms_key.as_str() == envelope.kms_key => Ok(cached),
             // A wrapped key seen before under another key name: only a forger copies one,
             // and the KMS will refuse it. Check it without touching the good entry.
-            Some(_) => self.unwrap_checked(envelope, prepare).await,
-            None => cache
-                .try_get_with(envelope.marker_text.to_owned(), self.unwrap_checked(envelope, prepare))
-                .await
-                .map_err(|error: Arc<OpenError>| (*error).clone()),
+            // The misses are boxed: their futures (moka's insertion, the KMS call) are
+            // kilobytes, which would otherwise make every open's future as large, and
+            // be copied on every hit for nothing.
+            Some(_) => Box::pin(self.unwrap_checked(envelope, prepare)).await,
+            None => {
+                Box::pin(cache.try_get_with(envelope.marker_text.to_owned(), self.unwrap_checked(envelope, prepare)))
+                    .await
+                    .map_err(|error: Arc<OpenError>| (*error).clone())
+            }
         }
     }
 
@@ -418,13 +431,11 @@ impl Opener {
     }
 }
 
-/// A visible message's attributes less the envelope's own.
-fn producer_attributes(attributes: &Attributes) -> Attributes {
-    attributes
-        .iter()
-        .filter(|(name, _)| !format::is_envelope_attribute(name))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+/// The producer's attributes of a visible message, as a map of their own.
+fn producer_attributes(producer: &[(&str, &str)]) -> Attributes {
+    let mut restored = Attributes::with_capacity(producer.len());
+    restored.extend(producer.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    restored
 }
 
 /// Refuses a message sealed more than `max_age` before `now`, or more than
@@ -452,6 +463,9 @@ struct Envelope<'a> {
     /// Microseconds since the Unix epoch.
     sealed_at: u64,
     proof: Proof<'a>,
+    /// The attributes that are not the envelope's, sorted by name: what the header
+    /// covers in sign and attest mode (none in encrypt mode).
+    producer: format::SortedPairs<'a>,
 }
 
 /// What authenticates the message, decoded.
@@ -479,15 +493,21 @@ impl<'a> Envelope<'a> {
         // One pass over the attributes instead of a hash lookup per envelope name: on
         // the hot path this parse cost more than the lookups' worth of decryption.
         let mut fields: [Option<&'a str>; Attr::COUNT] = [None; Attr::COUNT];
+        // Bit `attr as usize` set for each envelope attribute present.
+        let mut present_bits = 0u32;
         let mut stray: Option<&'a String> = None;
-        let mut producer: Option<&'a String> = None;
+        let mut producer = format::SortedPairs::new();
         for (name, value) in attributes {
             match Attr::from_name(name) {
-                Some(attr) => fields[attr as usize] = Some(value.as_str()),
-                None if format::is_reserved(name) => _ = stray.get_or_insert(name),
-                None => _ = producer.get_or_insert(name),
+                Some(attr) => {
+                    fields[attr as usize] = Some(value.as_str());
+                    present_bits |= 1 << attr as u32;
+                }
+                None if format::has_reserved_prefix(name) => _ = stray.get_or_insert(name),
+                None => producer.push((name.as_str(), value.as_str())),
             }
         }
+        producer.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
         let field = |attr: Attr| fields[attr as usize];
         let required = |attr: Attr| field(attr).ok_or(Malformed::MissingAttribute(attr.name()));
         let version = required(Attr::Version)?;
@@ -518,9 +538,14 @@ impl<'a> Envelope<'a> {
             })?;
         // Encrypted messages carry nothing visible but the envelope; the others carry no
         // reserved name that is not their own.
-        let misplaced = Attr::ALL.iter().find(|attr| field(**attr).is_some() && !own.contains(attr));
+        let own_bits = own.iter().fold(0u32, |bits, attr| bits | 1 << *attr as u32);
+        let misplaced = present_bits & !own_bits;
+        let misplaced = (misplaced != 0).then(|| Attr::ALL[misplaced.trailing_zeros() as usize]);
         let extra = misplaced.map(|attr| attr.name().to_owned()).or(stray.cloned());
-        let extra = extra.or_else(|| if flavour == Flavour::Encrypt { producer.cloned() } else { None });
+        let extra = extra.or_else(|| match (flavour, producer.first()) {
+            (Flavour::Encrypt, Some((name, _))) => Some((*name).to_owned()),
+            _ => None,
+        });
         if let Some(extra) = extra {
             return Err(Malformed::UnexpectedAttribute(extra).into());
         }
@@ -551,9 +576,12 @@ impl<'a> Envelope<'a> {
                 ("", Proof::Attest(AttestProof::ServiceAccount { named, signature }))
             }
         };
-        Ok(Self { flavour, kms_key, marker_text, sealed_at, proof })
+        Ok(Self { flavour, kms_key, marker_text, sealed_at, proof, producer })
     }
 }
+
+// `Envelope::parse` keeps one bit per envelope attribute in a `u32`.
+const _: () = assert!(Attr::COUNT <= 32, "one bit per envelope attribute");
 
 /// The marker attributes, as error messages name them.
 const MARKERS: &str = "dek_wrapped, sign_key_wrapped, attest_cert, kms_signature or attest_signer";
