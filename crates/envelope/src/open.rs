@@ -1,8 +1,10 @@
 //! The consumer side: authenticate and open messages, unwrapping each data key once.
 
-use std::sync::Arc;
+use std::any::Any;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use moka::future::Cache;
@@ -162,7 +164,10 @@ impl OpenerBuilder {
         if self.trusted.is_empty() && self.signers.is_empty() {
             return Err(BuildError::NothingTrusted);
         }
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Ok(Opener {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            ttl: self.cache.ttl,
             unwrapper: self.unwrapper,
             tenant_id: self.tenant_id,
             trusted: self.trusted,
@@ -192,6 +197,10 @@ fn new_cache<V: Clone + Send + Sync + 'static>(settings: CacheSettings) -> Cache
 /// `try_get_with` coalesces them), so a burst of messages under a new data key costs one
 /// unwrap, not one per message as in the original.
 pub struct Opener {
+    /// Tells this opener's entries in [`RECENT`] from other openers'.
+    id: u64,
+    /// How long a data key is used after its unwrap (`CacheSettings::ttl`).
+    ttl: Duration,
     unwrapper: Option<Arc<dyn KeyWrap>>,
     tenant_id: String,
     trusted: TrustedKeys,
@@ -225,6 +234,28 @@ struct CachedKey<T> {
     /// The canonical header's prefix in encrypt mode; empty in sign mode, where the
     /// signing key has absorbed it.
     prefix: Vec<u8>,
+    /// When the KMS unwrapped it: the cache's time to live counts from here.
+    unwrapped_at: Instant,
+}
+
+/// The data key each thread last opened a message with, and under which wrapped-key
+/// text: consecutive messages under one key (nearly all of them) find it here without
+/// the shared cache.
+///
+/// Every lookup in the cache moves shared state (the entry's reference count and
+/// access time, the cache's log of reads), so two threads opening messages under one
+/// key passed the same cache lines back and forth for each message. This entry is the
+/// thread's own. It holds the key weakly: when the cache lets a key go (evicted,
+/// expired, its opener dropped) it is zeroized as before, and the entry finds nothing.
+struct Recent {
+    opener: u64,
+    marker: String,
+    expires: Instant,
+    key: Weak<dyn Any + Send + Sync>,
+}
+
+thread_local! {
+    static RECENT: RefCell<Option<Recent>> = const { RefCell::new(None) };
 }
 
 impl Opener {
@@ -386,7 +417,16 @@ impl Opener {
     where
         T: Send + Sync + 'static,
     {
-        let hit = cache.get(envelope.marker_text).await;
+        let hit = match self.recent(envelope.marker_text) {
+            Some(recent) => Some(recent),
+            None => {
+                let hit = cache.get(envelope.marker_text).await;
+                if let Some(cached) = &hit {
+                    self.remember(envelope.marker_text, cached);
+                }
+                hit
+            }
+        };
         let counter = if hit.is_some() { &self.hits } else { &self.misses };
         counter.fetch_add(1, Ordering::Relaxed);
         match hit {
@@ -398,11 +438,43 @@ impl Opener {
             // be copied on every hit for nothing.
             Some(_) => Box::pin(self.unwrap_checked(envelope, prepare)).await,
             None => {
-                Box::pin(cache.try_get_with(envelope.marker_text.to_owned(), self.unwrap_checked(envelope, prepare)))
-                    .await
-                    .map_err(|error: Arc<OpenError>| (*error).clone())
+                let cached = Box::pin(
+                    cache.try_get_with(envelope.marker_text.to_owned(), self.unwrap_checked(envelope, prepare)),
+                )
+                .await
+                .map_err(|error: Arc<OpenError>| (*error).clone())?;
+                self.remember(envelope.marker_text, &cached);
+                Ok(cached)
             }
         }
+    }
+
+    /// This thread's last data key of this opener and type, if `marker` is its
+    /// wrapped-key text and its time to live has not run out.
+    fn recent<T: Send + Sync + 'static>(&self, marker: &str) -> Option<Arc<CachedKey<T>>> {
+        RECENT.with_borrow(|recent| {
+            let recent = recent.as_ref().filter(|recent| recent.opener == self.id && recent.marker == marker)?;
+            if Instant::now() >= recent.expires {
+                return None;
+            }
+            recent.key.upgrade()?.downcast::<CachedKey<T>>().ok()
+        })
+    }
+
+    /// Makes `cached` this thread's last data key.
+    fn remember<T: Send + Sync + 'static>(&self, marker: &str, cached: &Arc<CachedKey<T>>) {
+        let key: Arc<dyn Any + Send + Sync> = cached.clone();
+        let expires = cached.unwrapped_at + self.ttl;
+        RECENT.with_borrow_mut(|recent| match recent {
+            Some(recent) if recent.opener == self.id && recent.marker == marker => {
+                recent.expires = expires;
+                recent.key = Arc::downgrade(&key);
+            }
+            _ => {
+                *recent =
+                    Some(Recent { opener: self.id, marker: marker.to_owned(), expires, key: Arc::downgrade(&key) })
+            }
+        });
     }
 
     /// Checks what the key name and wrapped key say, then unwraps through the KMS.
@@ -427,7 +499,7 @@ impl Opener {
         let secret = unwrapper.unwrap(&kms_key, &wrapped, tenant_id.as_bytes()).await?;
         tracing::debug!(%kms_key, mode = %envelope.flavour.mode(), "unwrapped a data key");
         let (key, prefix) = prepare(&secret);
-        Ok(Arc::new(CachedKey { key, kms_key, prefix }))
+        Ok(Arc::new(CachedKey { key, kms_key, prefix, unwrapped_at: Instant::now() }))
     }
 }
 

@@ -90,3 +90,26 @@ async fn a_cached_wrapped_key_under_another_key_name_is_checked_again() {
     let opened = opener.open(&data, &message.attributes).await.unwrap();
     assert_eq!(opened.kms_key.unwrap().as_str(), TENANT_1_KEY, "the good entry is untouched");
 }
+
+#[tokio::test]
+async fn a_key_one_opener_unwrapped_is_never_used_by_another_on_the_same_thread() {
+    // Each thread remembers the last data key it used; that memory belongs to one
+    // opener. An opener for another tenant, on the same thread and right after, must ask
+    // the KMS itself (which refuses it: the data key is bound to tenant-1).
+    for mode in [Mode::Encrypt, Mode::Sign] {
+        let fixture = Fixture::new();
+        let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", mode);
+        let message = sealer.seal(Bytes::from_static(b"x"), Attributes::new()).await.unwrap();
+        let (right, wrong) = (fixture.opener("tenant-1"), fixture.opener("tenant-2"));
+        right.open(&message.data, &message.attributes).await.unwrap();
+        right.open(&message.data, &message.attributes).await.unwrap();
+        assert_eq!(right.cache_stats(), CacheStats { hits: 1, misses: 1 }, "{mode}");
+        let error = wrong.open(&message.data, &message.attributes).await.unwrap_err();
+        assert_eq!(error.reason(), "unwrap_rejected", "{mode}: {error}");
+        assert_eq!(fixture.kms.unwraps(), 2, "{mode}");
+        // And the first opener still has its key.
+        right.open(&message.data, &message.attributes).await.unwrap();
+        assert_eq!(fixture.kms.unwraps(), 2, "{mode}");
+        assert_eq!(right.cache_stats(), CacheStats { hits: 2, misses: 1 }, "{mode}");
+    }
+}

@@ -302,23 +302,28 @@ pub async fn run(
 /// once as `settings` allows, publishes each ready pane to `output` and each message
 /// that can never open to `dead_letter`, and acks each message once its result is
 /// published. Returns once `deliveries` has ended and everything it brought is settled.
-pub async fn process<A: Ack, O: Output>(
+pub async fn process<A: Ack, O: Output, P: Open>(
     mut deliveries: tokio::sync::mpsc::Receiver<Delivery<A>>,
     output: O,
     dead_letter: O,
-    opener: Arc<impl Open>,
+    opener: Arc<P>,
     settings: Settings,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Summary> {
-    let windows = Arc::new(Windows::new(settings.window, GRACE, SETTLE, settings.workers));
     // This loop is the one part of the pipeline that every message passes in turn, so it
     // does as little per message as it can: take a permit, take a delivery, spawn. The
     // tasks tally their own outcomes; only the rare dead letter comes back to it.
     // Bounded so that taking every permit back at the end is one `acquire_many` (u32).
     let max_in_flight = settings.max_in_flight.clamp(1, u32::MAX as usize).min(tokio::sync::Semaphore::MAX_PERMITS);
-    let permits = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
-    let tally = Arc::new(Tally::default());
     let (dead_letters, mut rejected) = tokio::sync::mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        opener,
+        windows: Windows::new(settings.window, GRACE, SETTLE, settings.workers),
+        metrics: metrics.clone(),
+        tally: Tally::default(),
+        dead_letters,
+        permits: tokio::sync::Semaphore::new(max_in_flight),
+    });
     let mut summary = Summary::default();
     let mut publishing = JoinSet::new();
     let mut tick = tokio::time::interval(TICK);
@@ -331,26 +336,28 @@ pub async fn process<A: Ack, O: Output>(
         publishing.spawn(publish_dead_letter(dead_letter.clone(), message, ack, metrics.clone()));
     };
     // A task per message: a message waiting on the KMS holds up no other, and the
-    // runtime spreads opening and counting over its workers.
-    let spawn_one = |message: Message, ack: A, permit: tokio::sync::OwnedSemaphorePermit| {
-        let (opener, windows, metrics, tally, dead_letters) =
-            (opener.clone(), windows.clone(), metrics.clone(), tally.clone(), dead_letters.clone());
+    // runtime spreads opening and counting over its workers. The caller has taken a
+    // permit and forgotten it; the task's `InFlight` gives it back.
+    let spawn_one = |message: Message, ack: A| {
+        let in_flight = InFlight(shared.clone());
         tokio::spawn(async move {
+            let shared = &in_flight.0;
             // Boxed: the task's own future stays small, so spawning moves a few hundred
             // bytes instead of the whole open-and-count state.
-            let outcome = Box::pin(handle(opener.as_ref(), &windows, message, ack, &metrics)).await;
-            if let Some(dead) = tally.record(&metrics, outcome) {
+            let outcome =
+                Box::pin(handle(shared.opener.as_ref(), &shared.windows, message, ack, &shared.metrics)).await;
+            if let Some(dead) = shared.tally.record(&shared.metrics, outcome) {
                 // The receiver lives until every permit is back.
-                let _ = dead_letters.send(dead);
+                let _ = shared.dead_letters.send(dead);
             }
-            drop(permit);
+            drop(in_flight);
         });
     };
     loop {
         tokio::select! {
             Some(dead) = rejected.recv() => publish_dead_letters(&mut publishing, &mut summary, dead),
             _ = tick.tick() => {
-                for pane in windows.take_ready(SystemTime::now()) {
+                for pane in shared.windows.take_ready(SystemTime::now()) {
                     summary.panes += 1;
                     publishing.spawn(publish_pane(output.clone(), pane, settings.replica.clone(), metrics.clone()));
                 }
@@ -359,7 +366,7 @@ pub async fn process<A: Ack, O: Output>(
                 last_settled = Some(Instant::now());
                 summary.unpublished += u64::from(!published?);
             }
-            acquired = permits.clone().acquire_owned(), if permit.is_none() => {
+            acquired = shared.permits.acquire(), if permit.is_none() => {
                 permit = Some(acquired.expect("the semaphore is never closed"));
             }
             delivery = deliveries.recv(), if permit.is_some() => match delivery {
@@ -367,17 +374,19 @@ pub async fn process<A: Ack, O: Output>(
                 Some(Err(error)) => return Err(error),
                 Some(Ok((message, ack))) => {
                     first_received.get_or_insert_with(Instant::now);
-                    spawn_one(message, ack, permit.take().expect("guarded"));
+                    permit.take().expect("guarded").forget();
+                    spawn_one(message, ack);
                     let mut spawned = 1;
                     // Whatever else is already delivered goes out in the same turn, up to
                     // a batch: a trip around this loop per message cost more than the
                     // spawning itself.
                     let mut input_ended = false;
                     for _ in 1..BATCH {
-                        let Ok(more) = permits.clone().try_acquire_owned() else { break };
+                        let Ok(more) = shared.permits.try_acquire() else { break };
                         match deliveries.try_recv() {
                             Ok(Ok((message, ack))) => {
-                                spawn_one(message, ack, more);
+                                more.forget();
+                                spawn_one(message, ack);
                                 spawned += 1;
                             }
                             Ok(Err(error)) => return Err(error),
@@ -402,12 +411,12 @@ pub async fn process<A: Ack, O: Output>(
     // Every task done: each returns its permit last.
     drop(permit);
     let all = u32::try_from(max_in_flight).expect("clamped to u32 above");
-    let _all = permits.acquire_many(all).await.expect("the semaphore is never closed");
+    let _all = shared.permits.acquire_many(all).await.expect("the semaphore is never closed");
     while let Ok(dead) = rejected.try_recv() {
         publish_dead_letters(&mut publishing, &mut summary, dead);
     }
-    tracing::info!(held = windows.held(), "input ended: flushing open windows");
-    for pane in windows.take_all() {
+    tracing::info!(held = shared.windows.held(), "input ended: flushing open windows");
+    for pane in shared.windows.take_all() {
         summary.panes += 1;
         publishing.spawn(publish_pane(output.clone(), pane, settings.replica.clone(), metrics.clone()));
     }
@@ -415,13 +424,36 @@ pub async fn process<A: Ack, O: Output>(
         last_settled = Some(Instant::now());
         summary.unpublished += u64::from(!published?);
     }
-    summary.counted = tally.counted.load(Ordering::Relaxed);
-    summary.duplicates = tally.duplicates.load(Ordering::Relaxed);
-    summary.retried = tally.retried.load(Ordering::Relaxed);
+    summary.counted = shared.tally.counted.load(Ordering::Relaxed);
+    summary.duplicates = shared.tally.duplicates.load(Ordering::Relaxed);
+    summary.retried = shared.tally.retried.load(Ordering::Relaxed);
     if let (Some(first), Some(last)) = (first_received, last_settled) {
         summary.active = last.saturating_duration_since(first);
     }
     Ok(summary)
+}
+
+/// What every message's task needs, behind one `Arc`: a task then costs one reference
+/// count taken on the loop's thread and given back on a worker's, instead of one per
+/// part (each a cache line that the two threads would pass back and forth).
+struct Shared<P, A> {
+    opener: Arc<P>,
+    windows: Windows<A>,
+    metrics: Arc<Metrics>,
+    tally: Tally,
+    dead_letters: tokio::sync::mpsc::UnboundedSender<DeadLetter<A>>,
+    /// Messages in flight, at most `Settings::max_in_flight`.
+    permits: tokio::sync::Semaphore,
+}
+
+/// A message's task's hold on [`Shared`], and its permit: given back when the task
+/// ends, even by a panic, so that the loop's final `acquire_many` cannot hang.
+struct InFlight<P, A>(Arc<Shared<P, A>>);
+
+impl<P, A> Drop for InFlight<P, A> {
+    fn drop(&mut self) {
+        self.0.permits.add_permits(1);
+    }
 }
 
 #[allow(clippy::large_enum_variant)] // one per message, never stored
