@@ -472,7 +472,7 @@ impl Opener {
             }
             _ => {
                 *recent =
-                    Some(Recent { opener: self.id, marker: marker.to_owned(), expires, key: Arc::downgrade(&key) })
+                    Some(Recent { opener: self.id, marker: marker.to_owned(), expires, key: Arc::downgrade(&key) });
             }
         });
     }
