@@ -9,7 +9,7 @@
 #   scripts/bench.sh --messages 20000     # any `bench run` flag (`bench run --help`)
 #
 # With no arguments, then the article's rotation (a new key every 5 messages) at 0 and
-# 20 ms. Prints Markdown tables (stdout) for docs/PERFORMANCE.md. Takes about 25 minutes.
+# 20 ms. Prints Markdown tables (stdout) for docs/PERFORMANCE.md. Takes about 12 minutes here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
