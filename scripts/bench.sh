@@ -9,7 +9,7 @@
 #   scripts/bench.sh --messages 20000     # any `bench run` flag (`bench run --help`)
 #
 # With no arguments, then the article's rotation (a new key every 5 messages) at 0 and
-# 20 ms. Prints Markdown tables (stdout) for docs/PERFORMANCE.md. Takes about 12 minutes here.
+# 20 ms. Prints Markdown tables (stdout) for docs/PERFORMANCE.md. Takes about 7 minutes here (plus the release build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
