@@ -172,25 +172,11 @@ impl Harness {
     /// which then come back only as their leases run out. A test that reads a
     /// subscription a second time, after a process streamed from it, reads it this way.
     pub fn pull_attributes(&self, id: &str, timeout: Duration) -> Vec<serde_json::Map<String, serde_json::Value>> {
-        use std::io::{Read as _, Write as _};
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            let body = r#"{"maxMessages":100}"#;
-            let mut stream = std::net::TcpStream::connect(&self.emulator.host).unwrap();
-            stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-            write!(
-                stream,
-                "POST /v1/{}:pull HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                self.subscription(id),
-                self.emulator.host,
-                body.len()
-            )
-            .unwrap();
-            let mut response = String::new();
-            // A read that times out leaves what arrived; the emulator answers an empty
-            // pull with `{}` once it gives up waiting.
-            let _ = stream.read_to_string(&mut response);
-            let json = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+            let path = format!("/v1/{}:pull", self.subscription(id));
+            // The emulator answers an empty pull with `{}` once it gives up waiting.
+            let (_, json) = http(&self.emulator.host, "POST", &path, r#"{"maxMessages":100}"#);
             let parsed: serde_json::Value = serde_json::from_str(json.trim()).unwrap_or_default();
             let attributes: Vec<_> = parsed["receivedMessages"]
                 .as_array()
@@ -367,7 +353,6 @@ impl Running {
     /// The metrics this process serves (`--metrics_addr`, at the address it logged):
     /// `GET path`'s status line and body.
     pub fn http_get(&self, path: &str) -> (String, String) {
-        use std::io::{Read as _, Write as _};
         let log = self.log();
         let addr = log
             .lines()
@@ -375,12 +360,7 @@ impl Running {
             .and_then(|line| line.split("addr=").nth(1))
             .and_then(|rest| rest.split_whitespace().next())
             .expect("the process logs where it serves metrics");
-        let mut stream = std::net::TcpStream::connect(addr).unwrap();
-        stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: metrics\r\n\r\n").as_bytes()).unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-        (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
+        http(addr, "GET", path, "")
     }
 
     /// The value of the metrics sample whose line starts with `series` (0 if absent).
@@ -412,6 +392,27 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One HTTP/1.1 request to `host` (`host:port`), its connection closed after the
+/// answer: the status line and the body. The tests' two plain HTTP peers (the metrics
+/// endpoint, the emulator's REST API) need nothing more, and a blocking client would not
+/// run inside the async tests that call this.
+fn http(host: &str, method: &str, path: &str, body: &str) -> (String, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    // A read that times out keeps what arrived.
+    let _ = stream.read_to_string(&mut response);
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
 }
 
 /// The word counts of `texts`, as the pipeline must report them.
