@@ -31,10 +31,11 @@ struct MessageLabels {
 pub struct Metrics {
     registry: Registry,
     messages: Family<MessageLabels, Counter>,
-    /// The `counted` series of `messages`, held: nearly every message ends there, and
-    /// finding a series in the family takes a lock and a hash that every worker
-    /// would otherwise contend on for each message.
-    counted: Counter,
+    /// The `counted` series of `messages`, held once made: nearly every message of the
+    /// pipeline ends there, and finding a series in the family takes a lock and a hash
+    /// that every worker would otherwise contend on for each message. Made on first
+    /// use, so that a consumer that counts nothing shows no such series.
+    counted: std::sync::OnceLock<Counter>,
     in_flight: Gauge,
     emit_latency: Histogram,
     ready: std::sync::atomic::AtomicBool,
@@ -59,17 +60,26 @@ impl Metrics {
         if let Some((opener, kms)) = envelope {
             registry.register_collector(Box::new(EnvelopeCollector { opener, kms }));
         }
-        let counted = messages.get_or_create(&MessageLabels { outcome: "counted", reason: "" }).clone();
-        Self { registry, messages, counted, in_flight, emit_latency, ready: std::sync::atomic::AtomicBool::new(false) }
+        Self {
+            registry,
+            messages,
+            counted: std::sync::OnceLock::new(),
+            in_flight,
+            emit_latency,
+            ready: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     /// Counts one message with `outcome` (and a reason code, or `""`).
     pub fn message(&self, outcome: &'static str, reason: &'static str) {
-        if (outcome, reason) == ("counted", "") {
-            self.counted.inc();
-        } else {
-            self.messages.get_or_create(&MessageLabels { outcome, reason }).inc();
-        }
+        self.messages.get_or_create(&MessageLabels { outcome, reason }).inc();
+    }
+
+    /// Counts one message whose words were counted: [`message`](Self::message) with
+    /// outcome `counted`, without looking the series up each time.
+    pub fn counted(&self) {
+        let series = || self.messages.get_or_create(&MessageLabels { outcome: "counted", reason: "" }).clone();
+        self.counted.get_or_init(series).inc();
     }
 
     /// `messages` were received: they are in flight until [`settled`](Self::settled).

@@ -276,8 +276,13 @@ pub type SortedPairs<'a> = SmallVec<[(&'a str, &'a str); 4]>;
 /// `pairs`, sorted by key bytes.
 pub fn sorted_pairs<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> SortedPairs<'a> {
     let mut pairs: SortedPairs<'a> = pairs.collect();
-    pairs.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    sort_pairs(&mut pairs);
     pairs
+}
+
+/// Sorts attribute pairs by key bytes, the order the format lists them in.
+pub fn sort_pairs(pairs: &mut [(&str, &str)]) {
+    pairs.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
 }
 
 /// Feeds `u32 count` then each `(key, value)` pair of `sorted`, as length-prefixed

@@ -579,7 +579,7 @@ impl<'a> Envelope<'a> {
                 None => producer.push((name.as_str(), value.as_str())),
             }
         }
-        producer.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        format::sort_pairs(&mut producer);
         let field = |attr: Attr| fields[attr as usize];
         let required = |attr: Attr| field(attr).ok_or(Malformed::MissingAttribute(attr.name()));
         let version = required(Attr::Version)?;

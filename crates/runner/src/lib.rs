@@ -479,7 +479,11 @@ impl Tally {
     /// Tallies `outcome`; a dead letter is handed back to be published.
     fn record<A>(&self, metrics: &Metrics, outcome: Outcome<A>) -> Option<DeadLetter<A>> {
         let (counter, label, reason) = match outcome {
-            Outcome::Counted => (&self.counted, "counted", ""),
+            Outcome::Counted => {
+                self.counted.fetch_add(1, Ordering::Relaxed);
+                metrics.counted();
+                return None;
+            }
             Outcome::Duplicate => (&self.duplicates, "duplicate", ""),
             Outcome::Retry(reason) => (&self.retried, "retried", reason),
             Outcome::DeadLetter(message, ack, reason) => return Some((message, ack, reason)),
