@@ -101,6 +101,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                 }
             };
             let (messages, data_keys) = seal_all(sealer.with_policy(policy), &texts)?;
+            let messages = Arc::new(messages);
             // The worker counts take turns, run after run, rather than one count's runs
             // all before the next's: this VM's speed drifts by tens of percent over a
             // minute, and taking turns gives every count the same drift to live with.
@@ -110,7 +111,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                     let kms = Arc::new(Counted::new(LocalKms::open(&keyring_path)?));
                     let trusted = TrustedKeys::from_patterns([key.as_str()])?;
                     let opener = Opener::builder("bench", trusted).kms(kms.clone()).build()?;
-                    let measured = measure(opener, messages.clone(), workers, &expected)
+                    let measured = measure(opener, &messages, workers, &expected)
                         .with_context(|| format!("{mode}, {workers} workers"))?;
                     runs.push((measured, kms.calls()));
                 }
@@ -164,7 +165,7 @@ struct Measured {
 /// Feeds `messages` through `runner::process` on `workers` threads.
 fn measure(
     opener: Opener,
-    messages: Vec<Message>,
+    messages: &Arc<Vec<Message>>,
     workers: usize,
     expected: &HashMap<String, u64>,
 ) -> anyhow::Result<Measured> {
@@ -180,16 +181,32 @@ fn measure(
         max_in_flight: runner::MAX_IN_FLIGHT,
     };
     let metrics = Arc::new(cli::metrics::Metrics::new(None));
+    // Each feeder's share is made on the runtime's threads before the clock starts, as
+    // the streaming pull decodes messages on them: messages made by this thread, which
+    // then sleeps in `block_on`, cost every worker that frees one a trip through the
+    // allocator's reclaiming of an abandoned thread's pages, which the pipeline never pays.
+    let share = messages.len().div_ceil(workers.max(1)).max(1);
+    let shares = runtime.block_on(async {
+        let copies: Vec<_> = (0..messages.len())
+            .step_by(share)
+            .map(|start| {
+                let messages = messages.clone();
+                tokio::spawn(async move { messages[start..(start + share).min(messages.len())].to_vec() })
+            })
+            .collect();
+        let mut shares = Vec::with_capacity(copies.len());
+        for copy in copies {
+            shares.push(copy.await?);
+        }
+        anyhow::Ok(shares)
+    })?;
     let (cpu_before, started) = (process_cpu(), Instant::now());
     let summary = runtime.block_on(async {
         let (deliveries, received) = tokio::sync::mpsc::channel(1024);
         // One feeder per worker, as the pipeline reads several streaming pulls at once.
         let mut feeders = tokio::task::JoinSet::new();
-        let share = messages.len().div_ceil(workers.max(1)).max(1);
-        let mut messages = messages;
-        while !messages.is_empty() {
-            let rest = messages.split_off(share.min(messages.len()));
-            let (mine, acks, deliveries) = (std::mem::replace(&mut messages, rest), acks.clone(), deliveries.clone());
+        for mine in shares {
+            let (acks, deliveries) = (acks.clone(), deliveries.clone());
             feeders.spawn(async move {
                 for message in mine {
                     if deliveries.send(Ok((message, Ack(acks.clone())))).await.is_err() {

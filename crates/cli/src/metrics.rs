@@ -75,11 +75,11 @@ impl Metrics {
         self.messages.get_or_create(&MessageLabels { outcome, reason }).inc();
     }
 
-    /// Counts one message whose words were counted: [`message`](Self::message) with
+    /// Counts `messages` whose words were counted: [`message`](Self::message) with
     /// outcome `counted`, without looking the series up each time.
-    pub fn counted(&self) {
+    pub fn counted(&self, messages: u64) {
         let series = || self.messages.get_or_create(&MessageLabels { outcome: "counted", reason: "" }).clone();
-        self.counted.get_or_init(series).inc();
+        self.counted.get_or_init(series).inc_by(messages);
     }
 
     /// `messages` were received: they are in flight until [`settled`](Self::settled).

@@ -53,6 +53,13 @@ impl KeyName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The same name in an allocation of its own. Clones of one `KeyName` share a
+    /// reference count, which threads cloning it for every message would pass back and
+    /// forth; each thread's copy keeps its clones to itself.
+    pub(crate) fn unshared(&self) -> Self {
+        Self(Arc::from(&*self.0))
+    }
 }
 
 impl FromStr for KeyName {

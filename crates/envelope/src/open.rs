@@ -2,7 +2,7 @@
 
 use std::any::Any;
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -177,7 +177,7 @@ impl OpenerBuilder {
             attest: Verifier::new(self.public_keys, self.pinned, self.signers, self.cache.capacity, self.clock),
             encryption_keys: new_cache(self.cache),
             signing_keys: new_cache(self.cache),
-            hits: AtomicU64::new(0),
+            hits: Striped::default(),
             misses: AtomicU64::new(0),
         })
     }
@@ -210,8 +210,33 @@ pub struct Opener {
     attest: Verifier,
     encryption_keys: KeyCache<EncryptionKey>,
     signing_keys: KeyCache<SigningKey>,
-    hits: AtomicU64,
+    /// Striped: every open that finds its key adds to it, on every thread at once.
+    hits: Striped,
     misses: AtomicU64,
+}
+
+/// A counter that threads add to without sharing a cache line: each adds to its own
+/// stripe (threads take stripes in turn), and reading sums them. One shared atomic that
+/// every open added to moved its cache line between cores with every message.
+#[derive(Default)]
+struct Striped([crossbeam_utils::CachePadded<AtomicU64>; STRIPES]);
+
+/// Stripes of a [`Striped`] counter: threads beyond this many share stripes, which
+/// stays correct and is merely slower.
+const STRIPES: usize = 16;
+
+impl Striped {
+    fn add(&self, n: u64) {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+        }
+        STRIPE.with(|&stripe| self.0[stripe].fetch_add(n, Ordering::Relaxed));
+    }
+
+    fn sum(&self) -> u64 {
+        self.0.iter().map(|stripe| stripe.load(Ordering::Relaxed)).sum()
+    }
 }
 
 /// How often opens found their key in the cache: the data key in encrypt and sign
@@ -252,6 +277,9 @@ struct Recent {
     marker: String,
     expires: Instant,
     key: Weak<dyn Any + Send + Sync>,
+    /// The key's name, in this thread's own allocation: every open clones it into
+    /// `Opened::kms_key`.
+    kms_key: KeyName,
 }
 
 thread_local! {
@@ -263,7 +291,7 @@ impl Opener {
     pub fn cache_stats(&self) -> CacheStats {
         let certificates = (&self.attest.certificate_hits, &self.attest.certificate_misses);
         CacheStats {
-            hits: self.hits.load(Ordering::Relaxed) + certificates.0.load(Ordering::Relaxed),
+            hits: self.hits.sum() + certificates.0.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed) + certificates.1.load(Ordering::Relaxed),
         }
     }
@@ -319,7 +347,7 @@ impl Opener {
                 if data.len() < format::MIN_ENCRYPTED_LEN {
                     return Err(Malformed::Truncated(data.len()).into());
                 }
-                let cached = self
+                let (cached, kms_key) = self
                     .data_key(&self.encryption_keys, envelope, |secret| {
                         let prefix = format::header_prefix(Flavour::Encrypt, envelope.kms_key, envelope.marker_text);
                         (EncryptionKey::derive(secret), prefix)
@@ -334,7 +362,7 @@ impl Opener {
                 let tag = &data[data.len() - format::TAG_LEN..];
                 Ok(Opened {
                     mode: Mode::Encrypt,
-                    kms_key: Some(cached.kms_key.clone()),
+                    kms_key: Some(kms_key),
                     sealed_at,
                     fingerprint: tag.try_into().expect("a 16-byte tag"),
                     attestation: None,
@@ -343,7 +371,7 @@ impl Opener {
                 })
             }
             Proof::Hmac(signature) => {
-                let cached = self
+                let (cached, kms_key) = self
                     .data_key(&self.signing_keys, envelope, |secret| {
                         let prefix = format::header_prefix(Flavour::Sign, envelope.kms_key, envelope.marker_text);
                         (SigningKey::new(secret, &prefix), Vec::new())
@@ -355,7 +383,7 @@ impl Opener {
                     .map_err(|_| Forged::Tampered)?;
                 Ok(Opened {
                     mode: Mode::Sign,
-                    kms_key: Some(cached.kms_key.clone()),
+                    kms_key: Some(kms_key),
                     sealed_at,
                     fingerprint: signature[..16].try_into().expect("a 32-byte signature"),
                     data: data.clone(),
@@ -407,74 +435,90 @@ impl Opener {
         }
     }
 
-    /// The data key `envelope` names: from the cache, or checked and unwrapped once.
+    /// The data key `envelope` names: from the cache, or checked and unwrapped once;
+    /// with its KMS key's name, this thread's own copy when it has one (see
+    /// [`KeyName::unshared`]).
     async fn data_key<T>(
         &self,
         cache: &KeyCache<T>,
         envelope: &Envelope<'_>,
         prepare: impl FnOnce(&SecretKey) -> (T, Vec<u8>),
-    ) -> Result<Arc<CachedKey<T>>, OpenError>
+    ) -> Result<(Arc<CachedKey<T>>, KeyName), OpenError>
     where
         T: Send + Sync + 'static,
     {
         let hit = match self.recent(envelope.marker_text) {
             Some(recent) => Some(recent),
-            None => {
-                let hit = cache.get(envelope.marker_text).await;
-                if let Some(cached) = &hit {
-                    self.remember(envelope.marker_text, cached);
-                }
-                hit
-            }
+            None => cache.get(envelope.marker_text).await.map(|cached| {
+                let kms_key = self.remember(envelope.marker_text, &cached);
+                (cached, kms_key)
+            }),
         };
-        let counter = if hit.is_some() { &self.hits } else { &self.misses };
-        counter.fetch_add(1, Ordering::Relaxed);
+        if hit.is_some() {
+            self.hits.add(1);
+        } else {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+        }
         match hit {
-            Some(cached) if cached.kms_key.as_str() == envelope.kms_key => Ok(cached),
+            Some((cached, kms_key)) if kms_key.as_str() == envelope.kms_key => Ok((cached, kms_key)),
             // A wrapped key seen before under another key name: only a forger copies one,
             // and the KMS will refuse it. Check it without touching the good entry.
             // The misses are boxed: their futures (moka's insertion, the KMS call) are
             // kilobytes, which would otherwise make every open's future as large, and
             // be copied on every hit for nothing.
-            Some(_) => Box::pin(self.unwrap_checked(envelope, prepare)).await,
+            Some(_) => {
+                let cached = Box::pin(self.unwrap_checked(envelope, prepare)).await?;
+                let kms_key = cached.kms_key.clone();
+                Ok((cached, kms_key))
+            }
             None => {
                 let cached = Box::pin(
                     cache.try_get_with(envelope.marker_text.to_owned(), self.unwrap_checked(envelope, prepare)),
                 )
                 .await
                 .map_err(|error: Arc<OpenError>| (*error).clone())?;
-                self.remember(envelope.marker_text, &cached);
-                Ok(cached)
+                let kms_key = self.remember(envelope.marker_text, &cached);
+                Ok((cached, kms_key))
             }
         }
     }
 
     /// This thread's last data key of this opener and type, if `marker` is its
     /// wrapped-key text and its time to live has not run out.
-    fn recent<T: Send + Sync + 'static>(&self, marker: &str) -> Option<Arc<CachedKey<T>>> {
+    fn recent<T: Send + Sync + 'static>(&self, marker: &str) -> Option<(Arc<CachedKey<T>>, KeyName)> {
         RECENT.with_borrow(|recent| {
             let recent = recent.as_ref().filter(|recent| recent.opener == self.id && recent.marker == marker)?;
             if Instant::now() >= recent.expires {
                 return None;
             }
-            recent.key.upgrade()?.downcast::<CachedKey<T>>().ok()
+            let key = recent.key.upgrade()?.downcast::<CachedKey<T>>().ok()?;
+            Some((key, recent.kms_key.clone()))
         })
     }
 
-    /// Makes `cached` this thread's last data key.
-    fn remember<T: Send + Sync + 'static>(&self, marker: &str, cached: &Arc<CachedKey<T>>) {
+    /// Makes `cached` this thread's last data key, and gives back the thread's copy of
+    /// its key name.
+    fn remember<T: Send + Sync + 'static>(&self, marker: &str, cached: &Arc<CachedKey<T>>) -> KeyName {
         let key: Arc<dyn Any + Send + Sync> = cached.clone();
         let expires = cached.unwrapped_at + self.ttl;
         RECENT.with_borrow_mut(|recent| match recent {
             Some(recent) if recent.opener == self.id && recent.marker == marker => {
                 recent.expires = expires;
                 recent.key = Arc::downgrade(&key);
+                recent.kms_key.clone()
             }
             _ => {
-                *recent =
-                    Some(Recent { opener: self.id, marker: marker.to_owned(), expires, key: Arc::downgrade(&key) });
+                let kms_key = cached.kms_key.unshared();
+                *recent = Some(Recent {
+                    opener: self.id,
+                    marker: marker.to_owned(),
+                    expires,
+                    key: Arc::downgrade(&key),
+                    kms_key: kms_key.clone(),
+                });
+                kms_key
             }
-        });
+        })
     }
 
     /// Checks what the key name and wrapped key say, then unwraps through the KMS.

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use cli::metrics::Metrics;
 use envelope::{OpenError, Opener};
+use futures_util::StreamExt as _;
 use google_cloud_pubsub::client::Publisher;
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::ShutdownToken;
@@ -335,23 +336,14 @@ pub async fn process<A: Ack, O: Output, P: Open>(
         metrics.message("dead_lettered", reason);
         publishing.spawn(publish_dead_letter(dead_letter.clone(), message, ack, metrics.clone()));
     };
-    // A task per message: a message waiting on the KMS holds up no other, and the
-    // runtime spreads opening and counting over its workers. The caller has taken a
-    // permit and forgotten it; the task's `InFlight` gives it back.
-    let spawn_one = |message: Message, ack: A| {
-        let in_flight = InFlight(shared.clone());
-        tokio::spawn(async move {
-            let shared = &in_flight.0;
-            // Boxed: the task's own future stays small, so spawning moves a few hundred
-            // bytes instead of the whole open-and-count state.
-            let outcome =
-                Box::pin(handle(shared.opener.as_ref(), &shared.windows, message, ack, &shared.metrics)).await;
-            if let Some(dead) = shared.tally.record(&shared.metrics, outcome) {
-                // The receiver lives until every permit is back.
-                let _ = shared.dead_letters.send(dead);
-            }
-            drop(in_flight);
-        });
+    // A task per turn's batch, not per message: spawning, the permits and the tallies
+    // then cross between threads once a batch, and a batch is opened and counted on one
+    // thread. The runtime still spreads the batches over its workers, and a message
+    // waiting on the KMS holds up no other (see `open_and_count`). The caller has taken
+    // a permit per message and forgotten it; the task's `InFlight` gives them back.
+    let spawn_batch = |batch: Vec<(Message, A)>| {
+        let in_flight = InFlight { shared: shared.clone(), permits: batch.len() };
+        tokio::spawn(open_and_count(in_flight, batch));
     };
     loop {
         tokio::select! {
@@ -372,22 +364,20 @@ pub async fn process<A: Ack, O: Output, P: Open>(
             delivery = deliveries.recv(), if permit.is_some() => match delivery {
                 None => break,
                 Some(Err(error)) => return Err(error),
-                Some(Ok((message, ack))) => {
+                Some(Ok(first)) => {
                     first_received.get_or_insert_with(Instant::now);
                     permit.take().expect("guarded").forget();
-                    spawn_one(message, ack);
-                    let mut spawned = 1;
-                    // Whatever else is already delivered goes out in the same turn, up to
-                    // a batch: a trip around this loop per message cost more than the
-                    // spawning itself.
+                    let mut batch = Vec::with_capacity(BATCH);
+                    batch.push(first);
+                    // Whatever else is already delivered goes into the same batch: a trip
+                    // around this loop per message cost more than the work it hands out.
                     let mut input_ended = false;
-                    for _ in 1..BATCH {
+                    while batch.len() < BATCH {
                         let Ok(more) = shared.permits.try_acquire() else { break };
                         match deliveries.try_recv() {
-                            Ok(Ok((message, ack))) => {
+                            Ok(Ok(delivery)) => {
                                 more.forget();
-                                spawn_one(message, ack);
-                                spawned += 1;
+                                batch.push(delivery);
                             }
                             Ok(Err(error)) => return Err(error),
                             Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
@@ -399,7 +389,8 @@ pub async fn process<A: Ack, O: Output, P: Open>(
                     }
                     // Once a turn, not once a message: the gauge is one more cache line
                     // that every worker would otherwise pass around.
-                    metrics.received(spawned);
+                    metrics.received(batch.len());
+                    spawn_batch(batch);
                     if input_ended {
                         break;
                     }
@@ -408,7 +399,7 @@ pub async fn process<A: Ack, O: Output, P: Open>(
         }
     }
 
-    // Every task done: each returns its permit last.
+    // Every task done: each returns its permits last.
     drop(permit);
     let all = u32::try_from(max_in_flight).expect("clamped to u32 above");
     let _all = shared.permits.acquire_many(all).await.expect("the semaphore is never closed");
@@ -433,7 +424,7 @@ pub async fn process<A: Ack, O: Output, P: Open>(
     Ok(summary)
 }
 
-/// What every message's task needs, behind one `Arc`: a task then costs one reference
+/// What every batch's task needs, behind one `Arc`: a task then costs one reference
 /// count taken on the loop's thread and given back on a worker's, instead of one per
 /// part (each a cache line that the two threads would pass back and forth).
 struct Shared<P, A> {
@@ -446,13 +437,51 @@ struct Shared<P, A> {
     permits: tokio::sync::Semaphore,
 }
 
-/// A message's task's hold on [`Shared`], and its permit: given back when the task
-/// ends, even by a panic, so that the loop's final `acquire_many` cannot hang.
-struct InFlight<P, A>(Arc<Shared<P, A>>);
+/// A batch's task's hold on [`Shared`], and the permits of its messages not yet
+/// settled: given back as they settle, and the rest when the task ends, even by a
+/// panic, so that the loop's final `acquire_many` cannot hang.
+struct InFlight<P, A> {
+    shared: Arc<Shared<P, A>>,
+    permits: usize,
+}
+
+impl<P, A> InFlight<P, A> {
+    /// `messages` of the batch are settled and tallied.
+    fn give_back(&mut self, messages: usize) {
+        debug_assert!(messages <= self.permits);
+        self.permits -= messages;
+        self.shared.permits.add_permits(messages);
+    }
+}
 
 impl<P, A> Drop for InFlight<P, A> {
     fn drop(&mut self) {
-        self.0.permits.add_permits(1);
+        self.shared.permits.add_permits(self.permits);
+    }
+}
+
+/// Opens and counts a batch on one thread. Each message is polled once in turn, which
+/// is all that one under a cached key needs; one that must wait (a KMS call for its key)
+/// then waits beside the others in `waiting`, so it holds up none of them. The batch's
+/// tallies and permits go back once for all that settled at once, then one by one.
+async fn open_and_count<P: Open, A: Ack>(mut in_flight: InFlight<P, A>, batch: Vec<(Message, A)>) {
+    let shared = in_flight.shared.clone();
+    let one = |(message, ack)| Box::pin(handle(shared.opener.as_ref(), &shared.windows, message, ack, &shared.metrics));
+    let mut waiting = futures_util::stream::FuturesUnordered::new();
+    let mut counted = 0;
+    for delivery in batch {
+        let mut message = one(delivery);
+        match futures_util::poll!(message.as_mut()) {
+            std::task::Poll::Ready(outcome) => counted += shared.record(outcome),
+            std::task::Poll::Pending => waiting.push(message),
+        }
+    }
+    shared.counted(counted);
+    in_flight.give_back(in_flight.permits - waiting.len());
+    while let Some(outcome) = waiting.next().await {
+        let counted = shared.record(outcome);
+        shared.counted(counted);
+        in_flight.give_back(1);
     }
 }
 
@@ -467,7 +496,7 @@ enum Outcome<A> {
 /// A message to dead-letter, its ack, and why.
 type DeadLetter<A> = (Message, A, &'static str);
 
-/// Outcomes, tallied by the tasks themselves.
+/// Outcomes, tallied by the tasks themselves (see [`Shared::record`]).
 #[derive(Default)]
 struct Tally {
     counted: AtomicU64,
@@ -475,22 +504,31 @@ struct Tally {
     retried: AtomicU64,
 }
 
-impl Tally {
-    /// Tallies `outcome`; a dead letter is handed back to be published.
-    fn record<A>(&self, metrics: &Metrics, outcome: Outcome<A>) -> Option<DeadLetter<A>> {
+impl<P, A> Shared<P, A> {
+    /// Tallies `outcome` but for a count (returned, 1 or 0, for [`counted`](Self::counted)
+    /// to add up once a batch); a dead letter is handed over to be published.
+    fn record(&self, outcome: Outcome<A>) -> u64 {
         let (counter, label, reason) = match outcome {
-            Outcome::Counted => {
-                self.counted.fetch_add(1, Ordering::Relaxed);
-                metrics.counted();
-                return None;
+            Outcome::Counted => return 1,
+            Outcome::Duplicate => (&self.tally.duplicates, "duplicate", ""),
+            Outcome::Retry(reason) => (&self.tally.retried, "retried", reason),
+            Outcome::DeadLetter(message, ack, reason) => {
+                // The receiver lives until every permit is back.
+                let _ = self.dead_letters.send((message, ack, reason));
+                return 0;
             }
-            Outcome::Duplicate => (&self.duplicates, "duplicate", ""),
-            Outcome::Retry(reason) => (&self.retried, "retried", reason),
-            Outcome::DeadLetter(message, ack, reason) => return Some((message, ack, reason)),
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        metrics.message(label, reason);
-        None
+        self.metrics.message(label, reason);
+        0
+    }
+
+    /// Tallies `messages` counted.
+    fn counted(&self, messages: u64) {
+        if messages > 0 {
+            self.tally.counted.fetch_add(messages, Ordering::Relaxed);
+            self.metrics.counted(messages);
+        }
     }
 }
 

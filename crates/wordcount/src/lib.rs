@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crossbeam_utils::CachePadded;
+
 // Seeded per process: the words come from other tenants' messages, so an unseeded
 // hash would let one of them flood a bucket.
 use foldhash::{HashMap, HashMapExt as _, HashSet};
@@ -168,8 +170,10 @@ pub struct Windows<H> {
     /// Fingerprints counted in each open window. Locked before a counting shard (and
     /// held while the message is counted, so that a message's fingerprint and its counts
     /// always land in the same pane); all of them are locked, in order, to emit.
-    seen: Box<[Mutex<Seen>]>,
-    counting: Box<[Mutex<Counting<H>>]>,
+    /// Each shard on a cache line of its own: workers lock different shards at once,
+    /// and two locks on one line would pass it between their cores with every message.
+    seen: Box<[CachePadded<Mutex<Seen>>]>,
+    counting: Box<[CachePadded<Mutex<Counting<H>>>]>,
     /// Next pane number of windows already emitted, so late data gets a further pane.
     /// Only emitting touches it.
     next_pane: Mutex<BTreeMap<Window, u32>>,
@@ -202,8 +206,8 @@ impl<H> Windows<H> {
     pub fn new(size: Duration, grace: Duration, settle: Duration, workers: usize) -> Self {
         let workers = workers.max(1);
         // A few fingerprint shards per worker, so that two rarely want one lock.
-        let seen = (0..workers * 4).map(|_| Mutex::new(BTreeMap::new())).collect();
-        let counting = (0..workers).map(|_| Mutex::new(BTreeMap::new())).collect();
+        let seen = (0..workers * 4).map(|_| CachePadded::new(Mutex::new(BTreeMap::new()))).collect();
+        let counting = (0..workers).map(|_| CachePadded::new(Mutex::new(BTreeMap::new()))).collect();
         Self { size, grace, settle, seen, counting, next_pane: Mutex::new(BTreeMap::new()) }
     }
 
@@ -270,7 +274,7 @@ impl<H> Windows<H> {
         }
         // Every fingerprint shard is held until the counts are out, so that no message
         // is between its fingerprint and its counts meanwhile: both leave together.
-        let mut seen: Vec<_> = self.seen.iter().map(lock).collect();
+        let mut seen: Vec<_> = self.seen.iter().map(|shard| lock(shard)).collect();
         for shard in &mut seen {
             shard.retain(|window, _| !windows.contains(window));
         }
