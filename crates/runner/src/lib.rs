@@ -12,9 +12,10 @@
 //!
 //! On shutdown every open pane is flushed, published and acked before returning.
 //!
-//! Every core works: each message is opened and counted on a task of its own (at most
-//! [`Settings::max_in_flight`] at once), so the runtime spreads them over its worker
-//! threads, and a message waiting on the KMS for its key holds up no other. The counts
+//! Every core works: what the streams delivered together is opened and counted as one
+//! task (at most [`Settings::max_in_flight`] messages at once), so the runtime spreads
+//! the batches over its worker threads, and within a batch a message waiting on the KMS
+//! for its key is set aside and holds up no other. The counts
 //! live in [`Windows`], sharded by fingerprint so that workers rarely share a lock, and
 //! each window is still emitted as one pane. [`process`] is that core, fed by any source
 //! of deliveries; [`run`] feeds it from Pub/Sub.
