@@ -263,16 +263,30 @@ struct CachedKey<T> {
     unwrapped_at: Instant,
 }
 
-/// The data key each thread last opened a message with, and under which wrapped-key
-/// text: consecutive messages under one key (nearly all of them) find it here without
+/// The data keys each thread last opened messages with, and under which wrapped-key
+/// texts: consecutive messages under one key (nearly all of them) find it here without
 /// the shared cache.
 ///
 /// Every lookup in the cache moves shared state (the entry's reference count and
 /// access time, the cache's log of reads), so two threads opening messages under one
-/// key passed the same cache lines back and forth for each message. This entry is the
-/// thread's own. It holds the key weakly: when the cache lets a key go (evicted,
-/// expired, its opener dropped) it is zeroized as before, and the entry finds nothing.
+/// key passed the same cache lines back and forth for each message. These entries are
+/// the thread's own. They hold keys weakly: when the cache lets a key go (evicted,
+/// expired, its opener dropped) it is zeroized as before, and its entry finds nothing.
+///
+/// A few keys, not one: messages from several streams arrive interleaved, and at the
+/// article's rotation (a new key every 5 messages) one entry went back and forth between
+/// their keys, sending nearly every message to the shared cache.
 struct Recent {
+    entries: [Option<RecentKey>; RECENT_KEYS],
+    /// Where the newest entry is; the next goes after it, over the oldest.
+    newest: usize,
+}
+
+/// Data keys each thread remembers.
+const RECENT_KEYS: usize = 8;
+
+/// One of a thread's [`Recent`] keys.
+struct RecentKey {
     opener: u64,
     marker: String,
     expires: Instant,
@@ -282,8 +296,22 @@ struct Recent {
     kms_key: KeyName,
 }
 
+impl Recent {
+    const fn new() -> Self {
+        Self { entries: [const { None }; RECENT_KEYS], newest: 0 }
+    }
+
+    /// The index of `opener`'s entry for `marker`, looking at the newest first: a run
+    /// of messages under one key finds it at the first look.
+    fn position(&self, opener: u64, marker: &str) -> Option<usize> {
+        (0..RECENT_KEYS)
+            .map(|back| (self.newest + RECENT_KEYS - back) % RECENT_KEYS)
+            .find(|&at| self.entries[at].as_ref().is_some_and(|entry| entry.opener == opener && entry.marker == marker))
+    }
+}
+
 thread_local! {
-    static RECENT: RefCell<Option<Recent>> = const { RefCell::new(None) };
+    static RECENT: RefCell<Recent> = const { RefCell::new(Recent::new()) };
 }
 
 impl Opener {
@@ -483,41 +511,41 @@ impl Opener {
         }
     }
 
-    /// This thread's last data key of this opener and type, if `marker` is its
-    /// wrapped-key text and its time to live has not run out.
+    /// This thread's recent data key of this opener and type under `marker`, if its
+    /// time to live has not run out.
     fn recent<T: Send + Sync + 'static>(&self, marker: &str) -> Option<(Arc<CachedKey<T>>, KeyName)> {
         RECENT.with_borrow(|recent| {
-            let recent = recent.as_ref().filter(|recent| recent.opener == self.id && recent.marker == marker)?;
-            if Instant::now() >= recent.expires {
+            let entry = recent.entries[recent.position(self.id, marker)?].as_ref()?;
+            if Instant::now() >= entry.expires {
                 return None;
             }
-            let key = recent.key.upgrade()?.downcast::<CachedKey<T>>().ok()?;
-            Some((key, recent.kms_key.clone()))
+            let key = entry.key.upgrade()?.downcast::<CachedKey<T>>().ok()?;
+            Some((key, entry.kms_key.clone()))
         })
     }
 
-    /// Makes `cached` this thread's last data key, and gives back the thread's copy of
-    /// its key name.
+    /// Makes `cached` one of this thread's recent data keys, and gives back the
+    /// thread's copy of its key name.
     fn remember<T: Send + Sync + 'static>(&self, marker: &str, cached: &Arc<CachedKey<T>>) -> KeyName {
         let key: Arc<dyn Any + Send + Sync> = cached.clone();
         let expires = cached.unwrapped_at + self.ttl;
-        RECENT.with_borrow_mut(|recent| match recent {
-            Some(recent) if recent.opener == self.id && recent.marker == marker => {
-                recent.expires = expires;
-                recent.key = Arc::downgrade(&key);
-                recent.kms_key.clone()
+        RECENT.with_borrow_mut(|recent| {
+            if let Some(at) = recent.position(self.id, marker) {
+                let entry = recent.entries[at].as_mut().expect("found");
+                entry.expires = expires;
+                entry.key = Arc::downgrade(&key);
+                return entry.kms_key.clone();
             }
-            _ => {
-                let kms_key = cached.kms_key.unshared();
-                *recent = Some(Recent {
-                    opener: self.id,
-                    marker: marker.to_owned(),
-                    expires,
-                    key: Arc::downgrade(&key),
-                    kms_key: kms_key.clone(),
-                });
-                kms_key
-            }
+            let kms_key = cached.kms_key.unshared();
+            recent.newest = (recent.newest + 1) % RECENT_KEYS;
+            recent.entries[recent.newest] = Some(RecentKey {
+                opener: self.id,
+                marker: marker.to_owned(),
+                expires,
+                key: Arc::downgrade(&key),
+                kms_key: kms_key.clone(),
+            });
+            kms_key
         })
     }
 

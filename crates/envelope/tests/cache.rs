@@ -61,6 +61,36 @@ async fn expired_entries_are_unwrapped_again() {
 }
 
 #[tokio::test]
+async fn interleaved_keys_each_expire_after_the_time_to_live() {
+    // A thread remembers several recent keys, so that messages under interleaved keys
+    // skip the shared cache. Each remembered key still expires: after the time to live,
+    // a message under either key, the older one too, is unwrapped again.
+    let fixture = Fixture::new();
+    let mut sealers = [Mode::Sign, Mode::Sign].map(|mode| fixture.sealer(TENANT_1_KEY, "tenant-1", mode));
+    let mut messages = Vec::new();
+    for sealer in &mut sealers {
+        messages.push(sealer.seal(Bytes::from_static(b"x"), Attributes::new()).await.unwrap());
+    }
+    let opener = fixture
+        .opener_builder("tenant-1")
+        .cache(CacheSettings { ttl: Duration::from_millis(200), capacity: 10 })
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        for message in &messages {
+            opener.open(&message.data, &message.attributes).await.unwrap();
+        }
+    }
+    assert_eq!(fixture.kms.unwraps(), 2);
+    assert_eq!(opener.cache_stats(), CacheStats { hits: 4, misses: 2 });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for message in &messages {
+        opener.open(&message.data, &message.attributes).await.unwrap();
+    }
+    assert_eq!(fixture.kms.unwraps(), 4, "after the time to live, both keys are unwrapped again");
+}
+
+#[tokio::test]
 async fn failures_are_not_cached() {
     let fixture = Fixture::new();
     let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-2", Mode::Sign);
