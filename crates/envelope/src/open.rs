@@ -527,24 +527,22 @@ impl Opener {
     /// Makes `cached` one of this thread's recent data keys, and gives back the
     /// thread's copy of its key name.
     fn remember<T: Send + Sync + 'static>(&self, marker: &str, cached: &Arc<CachedKey<T>>) -> KeyName {
-        let key: Arc<dyn Any + Send + Sync> = cached.clone();
+        let key: Weak<dyn Any + Send + Sync> = Arc::downgrade(cached) as Weak<CachedKey<T>>;
         let expires = cached.unwrapped_at + self.ttl;
         RECENT.with_borrow_mut(|recent| {
             if let Some(at) = recent.position(self.id, marker) {
                 let entry = recent.entries[at].as_mut().expect("found");
                 entry.expires = expires;
-                entry.key = Arc::downgrade(&key);
+                entry.key = key;
+                if entry.kms_key != cached.kms_key {
+                    entry.kms_key = cached.kms_key.unshared();
+                }
                 return entry.kms_key.clone();
             }
             let kms_key = cached.kms_key.unshared();
             recent.newest = (recent.newest + 1) % RECENT_KEYS;
-            recent.entries[recent.newest] = Some(RecentKey {
-                opener: self.id,
-                marker: marker.to_owned(),
-                expires,
-                key: Arc::downgrade(&key),
-                kms_key: kms_key.clone(),
-            });
+            recent.entries[recent.newest] =
+                Some(RecentKey { opener: self.id, marker: marker.to_owned(), expires, key, kms_key: kms_key.clone() });
             kms_key
         })
     }
