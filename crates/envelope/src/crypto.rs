@@ -3,16 +3,20 @@
 //!
 //! Each primitive comes from the crate that measured fastest here (`docs/PERFORMANCE.md`):
 //! AES-256-GCM from aws-lc-rs (1.7x RustCrypto's aes-gcm at 1 KiB; the Google client
-//! crates link it already), HMAC-SHA256 from RustCrypto's hmac and sha2 (cloning a
-//! precomputed keyed state beats aws-lc-rs by 1.3x at 1 KiB). Both clear their key
-//! state when dropped.
+//! crates link it already), HMAC-SHA256 and HKDF-SHA256 from RustCrypto's hmac, hkdf and
+//! sha2 (cloning a precomputed keyed state beats aws-lc-rs by 1.3x at 1 KiB; one HKDF
+//! extract serves both of a data key's derivations, where aws-lc-rs's ran it again for
+//! each). All of them clear their key state when dropped: aws-lc-rs always, RustCrypto's
+//! through sha2's `zeroize` feature, which a check below makes sure is on.
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-use aws_lc_rs::{constant_time, hkdf};
+use aws_lc_rs::constant_time;
+use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
 use rand::Rng as _;
 use sha2::Sha256;
 use smallvec::SmallVec;
+use zeroize::Zeroize as _;
 
 use crate::format::{self, Attributes, COMMITMENT_LEN, NONCE_LEN, SIGNATURE_LEN, TAG_LEN};
 use crate::secret::{KEY_LEN, SecretKey};
@@ -31,25 +35,25 @@ pub(crate) struct EncryptionKey {
     commitment: [u8; COMMITMENT_LEN],
 }
 
-struct Len(usize);
-
-impl hkdf::KeyType for Len {
-    fn len(&self) -> usize {
-        self.0
-    }
-}
-
-fn hkdf_expand(data_key: &SecretKey, info: &[u8], out: &mut [u8]) {
-    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &[]).extract(data_key.expose());
-    prk.expand(&[info], Len(out.len())).and_then(|okm| okm.fill(out)).expect("HKDF-SHA256 can expand 32 bytes");
-}
+/// The keyed SHA-256 state inside every HMAC and HKDF here is as secret as its key, and
+/// sha2 clears it on drop only with its `zeroize` feature (the workspace turns it on).
+/// This names the core behind `Hmac<Sha256>` as `ZeroizeOnDrop`, so a build without the
+/// feature fails here rather than leaving key state in freed memory.
+const _: fn() = || {
+    fn zeroized_on_drop<T: hmac::digest::zeroize::ZeroizeOnDrop>() {}
+    zeroized_on_drop::<sha2::block_api::Sha256VarCore>();
+};
 
 impl EncryptionKey {
+    /// The AES key and the commitment, both HKDF-SHA256 (RFC 5869) of the data key with
+    /// an empty salt, each under its own info (FORMAT.md, "Key derivation").
     pub(crate) fn derive(data_key: &SecretKey) -> Self {
+        let (mut prk, hkdf) = Hkdf::<Sha256>::extract(None, data_key.expose());
+        prk.as_mut_slice().zeroize();
         let mut aes_key = SecretKey::from_slice(&[0; KEY_LEN]).expect("fixed length");
         let mut commitment = [0; COMMITMENT_LEN];
-        hkdf_expand(data_key, ENCRYPTION_KEY_INFO, aes_key.expose_mut());
-        hkdf_expand(data_key, COMMITMENT_INFO, &mut commitment);
+        hkdf.expand(ENCRYPTION_KEY_INFO, aes_key.expose_mut()).expect("HKDF-SHA256 expands to 32 bytes");
+        hkdf.expand(COMMITMENT_INFO, &mut commitment).expect("HKDF-SHA256 expands to 32 bytes");
         let unbound = UnboundKey::new(&AES_256_GCM, aes_key.expose()).expect("32-byte AES key");
         Self { aead: LessSafeKey::new(unbound), commitment }
     }
