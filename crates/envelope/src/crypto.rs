@@ -46,7 +46,7 @@ const _: fn() = || {
 
 impl EncryptionKey {
     /// The AES key and the commitment, both HKDF-SHA256 (RFC 5869) of the data key with
-    /// an empty salt, each under its own info (FORMAT.md, "Key derivation").
+    /// an empty salt, each under its own info (FORMAT.md, "Encrypt mode").
     pub(crate) fn derive(data_key: &SecretKey) -> Self {
         let (mut prk, hkdf) = Hkdf::<Sha256>::extract(None, data_key.expose());
         prk.as_mut_slice().zeroize();
