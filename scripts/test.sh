@@ -11,6 +11,8 @@ export EMULATOR_STATE_DIR
 trap 'scripts/emulator.sh stop; rm -rf "$EMULATOR_STATE_DIR"' EXIT
 
 cargo build --workspace --locked
+# The library's public docs, as docs.rs builds them: no broken links, none to private items.
+RUSTDOCFLAGS="-D warnings" cargo doc -p pubsub-envelope --no-deps --locked
 eval "$(scripts/emulator.sh start)"
 echo "emulator at $PUBSUB_EMULATOR_HOST" >&2
 log=$EMULATOR_STATE_DIR/test.log

@@ -81,7 +81,10 @@ pub use attest::{
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Forged, Infrastructure, Malformed, OpenError, Refused, SealError};
-pub use format::{AttributeError, Attributes, MAX_ATTRIBUTES, Mode, PayloadError, is_reserved};
+pub use format::{
+    AttributeError, Attributes, MAX_ATTRIBUTE_KEY_LEN, MAX_ATTRIBUTE_VALUE_LEN, MAX_ATTRIBUTES, Mode, PayloadError,
+    is_reserved,
+};
 pub use key_name::{KeyName, KeyNameError, KeyVersionName, KeyVersionNameError, TrustedKeys};
 pub use open::{BuildError, CacheSettings, CacheStats, MAX_CLOCK_SKEW, Opened, Opener, OpenerBuilder};
 pub use seal::{AttestBy, RotationPolicy, Sealed, Sealer};

@@ -39,7 +39,7 @@ impl Default for CacheSettings {
 }
 
 /// How far ahead of an opener's clock a seal time may be when a maximum message age is
-/// set; beyond it the message is refused ([`OpenError::SealedInFuture`]).
+/// set; beyond it the message is refused ([`Refused::SealedInFuture`](crate::Refused::SealedInFuture)).
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 /// A message that opened: authenticated and, in encrypt mode, decrypted.

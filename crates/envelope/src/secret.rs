@@ -24,7 +24,7 @@ impl SecretKey {
         Self(key)
     }
 
-    /// Copies exactly [`KEY_LEN`] bytes into a new key; `None` for any other length.
+    /// Copies exactly 32 bytes into a new key; `None` for any other length.
     pub fn from_slice(bytes: &[u8]) -> Option<Self> {
         let key: [u8; KEY_LEN] = bytes.try_into().ok()?;
         Some(Self(key))
