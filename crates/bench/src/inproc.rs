@@ -7,6 +7,9 @@
 //! core on a fresh runtime of that many threads and a fresh opener (cold key cache),
 //! and checks that every message was acked once and every word counted exactly.
 //!
+//! `--per-core` adds an experiment: each worker count above 1 run again as that many
+//! single-thread runtimes, each with its own share of the messages and its own core.
+//!
 //! The clock stops when the last message is acked. The opener, with every data key it
 //! cached, is dropped after that and timed on its own ("teardown"): a running pipeline
 //! lets keys go one by one as they expire, on whichever worker finds them expired, but
@@ -48,6 +51,22 @@ pub struct Options {
     /// Modes to measure.
     #[arg(long, value_delimiter = ',', default_value = "encrypt,sign,attest")]
     modes: Vec<BenchMode>,
+    /// Also run each worker count above 1 as that many single-thread runtimes, one per
+    /// thread, each feeding its own share of the messages through its own
+    /// `runner::process` (its own windows, as a replica has), all sharing one opener: what
+    /// the core reaches when each message is opened on the thread that received it. An
+    /// experiment for the pipeline's layout; `pipeline` does not run this way.
+    #[arg(long)]
+    per_core: bool,
+}
+
+/// How a run spreads its workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// One runtime of that many worker threads and one `runner::process`, as `pipeline`.
+    Shared,
+    /// A single-thread runtime and a `runner::process` per worker (`--per-core`).
+    PerCore,
 }
 
 /// The envelope modes, as flag values.
@@ -90,6 +109,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         "| mode | new key every | workers | msg/s | CPU us/msg | vs 1 worker | KMS calls (consumer) | data keys | teardown ms |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    // The per-core runs follow the shared ones and take turns with them; each row's
+    // ratio is to the first row of its case, one worker.
+    let mut layouts: Vec<(usize, Layout)> = options.workers.iter().map(|&workers| (workers, Layout::Shared)).collect();
+    if options.per_core {
+        layouts
+            .extend(options.workers.iter().filter(|&&workers| workers > 1).map(|&workers| (workers, Layout::PerCore)));
+    }
     for mode in &options.modes {
         let mode = match mode {
             BenchMode::Encrypt => Mode::Encrypt,
@@ -112,23 +138,30 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             // The worker counts take turns, run after run, rather than one count's runs
             // all before the next's: this VM's speed drifts by tens of percent over a
             // minute, and taking turns gives every count the same drift to live with.
-            let mut runs: Vec<Vec<(Measured, u64)>> = options.workers.iter().map(|_| Vec::new()).collect();
+            let mut runs: Vec<Vec<(Measured, u64)>> = layouts.iter().map(|_| Vec::new()).collect();
             for _ in 0..options.repeat.max(1) {
-                for (&workers, runs) in options.workers.iter().zip(&mut runs) {
+                for (&(workers, layout), runs) in layouts.iter().zip(&mut runs) {
                     let kms = Arc::new(Counted::new(LocalKms::open(&keyring_path)?));
                     let trusted = TrustedKeys::from_patterns([key.as_str()])?;
                     let opener = Opener::builder("bench", trusted).kms(kms.clone()).build()?;
-                    let measured = measure(opener, &messages, workers, &expected)
-                        .with_context(|| format!("{mode}, {workers} workers"))?;
+                    let measured = match layout {
+                        Layout::Shared => measure(opener, &messages, workers, &expected),
+                        Layout::PerCore => measure_per_core(opener, &messages, workers, &expected),
+                    }
+                    .with_context(|| format!("{mode}, {workers} workers ({layout:?})"))?;
                     runs.push((measured, kms.calls()));
                 }
             }
             let mut one_worker = None;
-            for (&workers, mut runs) in options.workers.iter().zip(runs) {
+            for (&(workers, layout), mut runs) in layouts.iter().zip(runs) {
                 runs.sort_by_key(|run| run.0.wall);
                 let (measured, calls) = runs.swap_remove(0);
                 let rate = measured.messages as f64 / measured.wall.as_secs_f64();
                 let base = *one_worker.get_or_insert(rate);
+                let workers = match layout {
+                    Layout::Shared => workers.to_string(),
+                    Layout::PerCore => format!("{workers} per core"),
+                };
                 println!(
                     "| {mode} | {rotation} | {workers} | {rate:.0} | {:.1} | {:.2}x | {} | {data_keys} | {:.1} |",
                     measured.cpu.as_secs_f64() * 1e6 / measured.messages as f64,
@@ -255,14 +288,92 @@ fn measure(
     drop(opener);
     let teardown = dropped.elapsed();
 
-    anyhow::ensure!(summary.counted == count, "counted {} of {count}", summary.counted);
+    check(count, summary.counted, &acks, &output, &dead_letter, expected)?;
+    Ok(Measured { messages: count, wall, cpu, teardown })
+}
+
+/// Feeds `messages` through `cores` single-thread runtimes, each with its own share and
+/// its own `runner::process`, sharing `opener` (`--per-core`).
+fn measure_per_core(
+    opener: Opener,
+    messages: &Arc<Vec<Message>>,
+    cores: usize,
+    expected: &HashMap<String, u64>,
+) -> anyhow::Result<Measured> {
+    let count = messages.len() as u64;
+    let opener = Arc::new(opener);
+    let acks: Vec<Arc<Acks>> = (0..cores).map(|_| Arc::new(Acks::default())).collect();
+    let (output, dead_letter) = (Sink::default(), Sink::default());
+    let share = messages.len().div_ceil(cores).max(1);
+    // Each thread copies its share (so the messages are its own, as a stream's are) and
+    // is ready before the clock starts; then all start at once.
+    let ready = Arc::new(std::sync::Barrier::new(cores + 1));
+    let threads: Vec<_> = (0..cores)
+        .map(|core| {
+            let (messages, opener, acks, ready) = (messages.clone(), opener.clone(), acks[core].clone(), ready.clone());
+            let (output, dead_letter) = (output.clone(), dead_letter.clone());
+            std::thread::spawn(move || -> anyhow::Result<u64> {
+                let start = (core * share).min(messages.len());
+                let mine = messages[start..(start + share).min(messages.len())].to_vec();
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                ready.wait();
+                let summary = runtime?.block_on(async move {
+                    let (deliveries, received) = tokio::sync::mpsc::channel(1024);
+                    let feeder = tokio::spawn(async move {
+                        for message in mine {
+                            if deliveries.send(Ok((message, Ack(acks.clone())))).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    let settings = runner::Settings {
+                        window: Duration::from_secs(3600),
+                        replica: format!("bench-{core}"),
+                        workers: 1,
+                        max_in_flight: runner::MAX_IN_FLIGHT,
+                    };
+                    let metrics = Arc::new(cli::metrics::Metrics::new(None));
+                    let summary = runner::process(received, output, dead_letter, opener, settings, metrics).await;
+                    feeder.await?;
+                    summary
+                })?;
+                Ok(summary.counted)
+            })
+        })
+        .collect();
+    ready.wait();
+    let (cpu_before, started) = (process_cpu(), Instant::now());
+    let mut counted = 0;
+    for thread in threads {
+        counted += thread.join().map_err(|_| anyhow::anyhow!("a core's thread panicked"))??;
+    }
+    let (wall, cpu) = (started.elapsed(), process_cpu() - cpu_before);
+    anyhow::ensure!(Arc::strong_count(&opener) == 1, "something still holds the opener");
+    let dropped = Instant::now();
+    drop(opener);
+    let teardown = dropped.elapsed();
+    check(count, counted, &acks, &output, &dead_letter, expected)?;
+    Ok(Measured { messages: count, wall, cpu, teardown })
+}
+
+/// Every message counted and acked once, none dead-lettered or nacked, and the
+/// published counts equal to the words sealed.
+fn check(
+    count: u64,
+    counted: u64,
+    acks: &[Arc<Acks>],
+    output: &Sink,
+    dead_letter: &Sink,
+    expected: &HashMap<String, u64>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(counted == count, "counted {counted} of {count}");
     anyhow::ensure!(dead_letter.messages() == 0, "{} dead letters", dead_letter.messages());
     let acked: u64 = acks.iter().map(|acks| acks.acked.load(Ordering::Relaxed)).sum();
     let nacked: u64 = acks.iter().map(|acks| acks.nacked.load(Ordering::Relaxed)).sum();
     anyhow::ensure!(acked == count && nacked == 0, "acked {acked} and nacked {nacked} of {count}");
     let counts = output.counts.lock().expect("not poisoned").clone();
     anyhow::ensure!(&counts == expected, "the counts differ from what was sealed");
-    Ok(Measured { messages: count, wall, cpu, teardown })
+    Ok(())
 }
 
 /// Acks and nacks, counted.
