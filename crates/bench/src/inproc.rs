@@ -220,12 +220,7 @@ fn measure(
     let acks: Vec<Arc<Acks>> = (0..workers.max(1)).map(|_| Arc::new(Acks::default())).collect();
     let output = Sink::default();
     let dead_letter = Sink::default();
-    let settings = runner::Settings {
-        window: Duration::from_secs(3600),
-        replica: "bench".to_owned(),
-        workers,
-        max_in_flight: runner::MAX_IN_FLIGHT,
-    };
+    let settings = settings("bench".to_owned(), workers);
     let metrics = Arc::new(cli::metrics::Metrics::new(None));
     // Each feeder's share is made on the runtime's threads before the clock starts, as
     // the streaming pull decodes messages on them: messages made by this thread, which
@@ -255,14 +250,7 @@ fn measure(
         // One feeder per worker, as the pipeline reads several streaming pulls at once.
         let mut feeders = tokio::task::JoinSet::new();
         for (mine, acks) in shares.into_iter().zip(&acks) {
-            let (acks, deliveries) = (acks.clone(), deliveries.clone());
-            feeders.spawn(async move {
-                for message in mine {
-                    if deliveries.send(Ok((message, Ack(acks.clone())))).await.is_err() {
-                        break;
-                    }
-                }
-            });
+            feeders.spawn(feed(mine, acks.clone(), deliveries.clone()));
         }
         drop(deliveries);
         // On the runtime's workers, as `runner::run` does.
@@ -319,19 +307,8 @@ fn measure_per_core(
                 ready.wait();
                 let summary = runtime?.block_on(async move {
                     let (deliveries, received) = tokio::sync::mpsc::channel(1024);
-                    let feeder = tokio::spawn(async move {
-                        for message in mine {
-                            if deliveries.send(Ok((message, Ack(acks.clone())))).await.is_err() {
-                                break;
-                            }
-                        }
-                    });
-                    let settings = runner::Settings {
-                        window: Duration::from_secs(3600),
-                        replica: format!("bench-{core}"),
-                        workers: 1,
-                        max_in_flight: runner::MAX_IN_FLIGHT,
-                    };
+                    let feeder = tokio::spawn(feed(mine, acks, deliveries));
+                    let settings = settings(format!("bench-{core}"), 1);
                     let metrics = Arc::new(cli::metrics::Metrics::new(None));
                     let summary = runner::process(received, output, dead_letter, opener, settings, metrics).await;
                     feeder.await?;
@@ -354,6 +331,22 @@ fn measure_per_core(
     let teardown = dropped.elapsed();
     check(count, counted, &acks, &output, &dead_letter, expected)?;
     Ok(Measured { messages: count, wall, cpu, teardown })
+}
+
+/// The core's settings for a run: one window spans it, so every message is held until
+/// the run's end and acked then.
+fn settings(replica: String, workers: usize) -> runner::Settings {
+    runner::Settings { window: Duration::from_secs(3600), replica, workers, max_in_flight: runner::MAX_IN_FLIGHT }
+}
+
+/// Delivers `messages` to the core one by one, as a streaming pull does, each with an
+/// ack handle that tallies into `acks`.
+async fn feed(messages: Vec<Message>, acks: Arc<Acks>, deliveries: tokio::sync::mpsc::Sender<runner::Delivery<Ack>>) {
+    for message in messages {
+        if deliveries.send(Ok((message, Ack(acks.clone())))).await.is_err() {
+            break;
+        }
+    }
 }
 
 /// Every message counted and acked once, none dead-lettered or nacked, and the

@@ -473,15 +473,14 @@ async fn open_and_count<P: Open, A: Ack>(mut in_flight: InFlight<P, A>, batch: V
     for delivery in batch {
         let mut message = one(delivery);
         match futures_util::poll!(message.as_mut()) {
-            std::task::Poll::Ready(outcome) => counted += shared.record(outcome),
+            std::task::Poll::Ready(outcome) => counted += u64::from(shared.record(outcome)),
             std::task::Poll::Pending => waiting.push(message),
         }
     }
     shared.counted(counted);
     in_flight.give_back(in_flight.permits - waiting.len());
     while let Some(outcome) = waiting.next().await {
-        let counted = shared.record(outcome);
-        shared.counted(counted);
+        shared.counted(u64::from(shared.record(outcome)));
         in_flight.give_back(1);
     }
 }
@@ -506,22 +505,23 @@ struct Tally {
 }
 
 impl<P, A> Shared<P, A> {
-    /// Tallies `outcome` but for a count (returned, 1 or 0, for [`counted`](Self::counted)
-    /// to add up once a batch); a dead letter is handed over to be published.
-    fn record(&self, outcome: Outcome<A>) -> u64 {
+    /// Tallies `outcome`, but for a count: whether it was one is returned, for
+    /// [`counted`](Self::counted) to add up once a batch. A dead letter is handed over
+    /// to be published.
+    fn record(&self, outcome: Outcome<A>) -> bool {
         let (counter, label, reason) = match outcome {
-            Outcome::Counted => return 1,
+            Outcome::Counted => return true,
             Outcome::Duplicate => (&self.tally.duplicates, "duplicate", ""),
             Outcome::Retry(reason) => (&self.tally.retried, "retried", reason),
             Outcome::DeadLetter(message, ack, reason) => {
                 // The receiver lives until every permit is back.
                 let _ = self.dead_letters.send((message, ack, reason));
-                return 0;
+                return false;
             }
         };
         counter.fetch_add(1, Ordering::Relaxed);
         self.metrics.message(label, reason);
-        0
+        false
     }
 
     /// Tallies `messages` counted.
