@@ -85,8 +85,9 @@ struct Cli {
     #[arg(long = "max_outstanding_messages", visible_alias = "max-outstanding-messages", default_value_t = 100_000, value_parser = clap::value_parser!(i64).range(1..))]
     max_outstanding_messages: i64,
 
-    /// Streaming-pull streams on the subscription; each is fed at a bounded rate
-    /// (about 2,000 msg/s on the emulator), so more streams carry more messages.
+    /// Streaming-pull streams on the subscription, shared out between the workers (at
+    /// least one each); each is fed at a bounded rate (about 2,000 msg/s on the
+    /// emulator), so more streams carry more messages.
     #[arg(long, env = "PUBSUB_ENVELOPE_STREAMS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     streams: u16,
 
@@ -136,11 +137,9 @@ fn start(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(workers) => workers.into(),
         None => std::thread::available_parallelism().map_or(1, usize::from),
     };
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()?
-        .block_on(run(cli, workers))
+    // This thread publishes, acks and serves metrics; the workers run runtimes of their
+    // own (see `runner::run`).
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run(cli, workers))
 }
 
 async fn run(cli: Cli, workers: usize) -> anyhow::Result<ExitCode> {

@@ -1,14 +1,16 @@
-//! `bench pipeline`: the pipeline's core (`runner::process`: open, count, emit, ack) in
-//! this process, fed pre-sealed 1 KiB messages from memory, with counters standing in
+//! `bench pipeline`: the pipeline's core (open, count, emit, ack) laid out as `pipeline`
+//! runs it, in this process, fed pre-sealed 1 KiB messages from memory, with counters standing in
 //! for Pub/Sub's delivery, ack and publish. What the pipeline itself costs per message,
 //! and how it scales with workers, with no emulator in the way.
 //!
 //! Each case seals its messages first (not timed), then for each worker count runs the
-//! core on a fresh runtime of that many threads and a fresh opener (cold key cache),
-//! and checks that every message was acked once and every word counted exactly.
+//! core on that many threads, each with a single-thread runtime of its own and its own
+//! share of the messages (as each worker has its own streams), sharing a fresh opener
+//! (cold key cache) and the windows, with one emitter on this thread; then checks that
+//! every message was acked once and every word counted exactly.
 //!
-//! `--per-core` adds an experiment: each worker count above 1 run again as that many
-//! single-thread runtimes, each with its own share of the messages and its own core.
+//! `--one-runtime` adds, for comparison, each worker count above 1 run as the pipeline
+//! ran before it had a runtime per worker: one multi-thread runtime (`runner::process`).
 //!
 //! The clock stops when the last message is acked. The opener, with every data key it
 //! cached, is dropped after that and timed on its own ("teardown"): a running pipeline
@@ -51,22 +53,20 @@ pub struct Options {
     /// Modes to measure.
     #[arg(long, value_delimiter = ',', default_value = "encrypt,sign,attest")]
     modes: Vec<BenchMode>,
-    /// Also run each worker count above 1 as that many single-thread runtimes, one per
-    /// thread, each feeding its own share of the messages through its own
-    /// `runner::process` (its own windows, as a replica has), all sharing one opener: what
-    /// the core reaches when each message is opened on the thread that received it. An
-    /// experiment for the pipeline's layout; `pipeline` does not run this way.
+    /// Also run each worker count above 1 on one multi-thread runtime of that many
+    /// threads (`runner::process`), as `pipeline` ran before each worker had a runtime
+    /// of its own: for comparison.
     #[arg(long)]
-    per_core: bool,
+    one_runtime: bool,
 }
 
 /// How a run spreads its workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Layout {
-    /// One runtime of that many worker threads and one `runner::process`, as `pipeline`.
-    Shared,
-    /// A single-thread runtime and a `runner::process` per worker (`--per-core`).
-    PerCore,
+    /// A single-thread runtime per worker, as `pipeline`.
+    PerWorker,
+    /// One runtime of that many threads (`--one-runtime`).
+    OneRuntime,
 }
 
 /// The envelope modes, as flag values.
@@ -109,12 +109,14 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         "| mode | new key every | workers | msg/s | CPU us/msg | vs 1 worker | KMS calls (consumer) | data keys | teardown ms |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    // The per-core runs follow the shared ones and take turns with them; each row's
+    // The one-runtime runs follow the pipeline's and take turns with them; each row's
     // ratio is to the first row of its case, one worker.
-    let mut layouts: Vec<(usize, Layout)> = options.workers.iter().map(|&workers| (workers, Layout::Shared)).collect();
-    if options.per_core {
-        layouts
-            .extend(options.workers.iter().filter(|&&workers| workers > 1).map(|&workers| (workers, Layout::PerCore)));
+    let mut layouts: Vec<(usize, Layout)> =
+        options.workers.iter().map(|&workers| (workers, Layout::PerWorker)).collect();
+    if options.one_runtime {
+        layouts.extend(
+            options.workers.iter().filter(|&&workers| workers > 1).map(|&workers| (workers, Layout::OneRuntime)),
+        );
     }
     for mode in &options.modes {
         let mode = match mode {
@@ -145,8 +147,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                     let trusted = TrustedKeys::from_patterns([key.as_str()])?;
                     let opener = Opener::builder("bench", trusted).kms(kms.clone()).build()?;
                     let measured = match layout {
-                        Layout::Shared => measure(opener, &messages, workers, &expected),
-                        Layout::PerCore => measure_per_core(opener, &messages, workers, &expected),
+                        Layout::PerWorker => measure(opener, &messages, workers, &expected),
+                        Layout::OneRuntime => measure_one_runtime(opener, &messages, workers, &expected),
                     }
                     .with_context(|| format!("{mode}, {workers} workers ({layout:?})"))?;
                     runs.push((measured, kms.calls()));
@@ -159,8 +161,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                 let rate = measured.messages as f64 / measured.wall.as_secs_f64();
                 let base = *one_worker.get_or_insert(rate);
                 let workers = match layout {
-                    Layout::Shared => workers.to_string(),
-                    Layout::PerCore => format!("{workers} per core"),
+                    Layout::PerWorker => workers.to_string(),
+                    Layout::OneRuntime => format!("{workers} one runtime"),
                 };
                 println!(
                     "| {mode} | {rotation} | {workers} | {rate:.0} | {:.1} | {:.2}x | {} | {data_keys} | {:.1} |",
@@ -205,8 +207,9 @@ struct Measured {
     teardown: Duration,
 }
 
-/// Feeds `messages` through `runner::process` on `workers` threads.
-fn measure(
+/// Feeds `messages` through `runner::process` on one runtime of `workers` threads
+/// (`--one-runtime`).
+fn measure_one_runtime(
     opener: Opener,
     messages: &Arc<Vec<Message>>,
     workers: usize,
@@ -280,56 +283,63 @@ fn measure(
     Ok(Measured { messages: count, wall, cpu, teardown })
 }
 
-/// Feeds `messages` through `cores` single-thread runtimes, each with its own share and
-/// its own `runner::process`, sharing `opener` (`--per-core`).
-fn measure_per_core(
+/// Feeds `messages` through the pipeline's core on `workers` threads, each with a
+/// single-thread runtime, its own share of the messages and its own intake, as
+/// `runner::run` lays it out; the emitter runs on this thread.
+fn measure(
     opener: Opener,
     messages: &Arc<Vec<Message>>,
-    cores: usize,
+    workers: usize,
     expected: &HashMap<String, u64>,
 ) -> anyhow::Result<Measured> {
     let count = messages.len() as u64;
+    let workers = workers.max(1);
+    // Held here so that the opener outlives the core and is dropped after the clock
+    // stops (see the module's comment).
     let opener = Arc::new(opener);
-    let acks: Vec<Arc<Acks>> = (0..cores).map(|_| Arc::new(Acks::default())).collect();
+    let acks: Vec<Arc<Acks>> = (0..workers).map(|_| Arc::new(Acks::default())).collect();
     let (output, dead_letter) = (Sink::default(), Sink::default());
-    let share = messages.len().div_ceil(cores).max(1);
+    let metrics = Arc::new(cli::metrics::Metrics::new(None));
+    let (intake, emitter) = runner::core(opener.clone(), &settings("bench".to_owned(), workers), metrics);
+    let share = messages.len().div_ceil(workers).max(1);
     // Each thread copies its share (so the messages are its own, as a stream's are) and
     // is ready before the clock starts; then all start at once.
-    let ready = Arc::new(std::sync::Barrier::new(cores + 1));
-    let threads: Vec<_> = (0..cores)
-        .map(|core| {
-            let (messages, opener, acks, ready) = (messages.clone(), opener.clone(), acks[core].clone(), ready.clone());
-            let (output, dead_letter) = (output.clone(), dead_letter.clone());
-            std::thread::spawn(move || -> anyhow::Result<u64> {
-                let start = (core * share).min(messages.len());
+    let ready = Arc::new(std::sync::Barrier::new(workers + 1));
+    let threads: Vec<_> = (0..workers)
+        .map(|worker| {
+            let (messages, intake, acks, ready) =
+                (messages.clone(), intake.clone(), acks[worker].clone(), ready.clone());
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                let start = (worker * share).min(messages.len());
                 let mine = messages[start..(start + share).min(messages.len())].to_vec();
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
                 ready.wait();
-                let summary = runtime?.block_on(async move {
+                runtime?.block_on(async move {
                     let (deliveries, received) = tokio::sync::mpsc::channel(1024);
                     let feeder = tokio::spawn(feed(mine, acks, deliveries));
-                    let settings = settings(format!("bench-{core}"), 1);
-                    let metrics = Arc::new(cli::metrics::Metrics::new(None));
-                    let summary = runner::process(received, output, dead_letter, opener, settings, metrics).await;
+                    intake.run(received).await?;
                     feeder.await?;
-                    summary
-                })?;
-                Ok(summary.counted)
+                    anyhow::Ok(())
+                })
             })
         })
         .collect();
+    drop(intake);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     ready.wait();
     let (cpu_before, started) = (process_cpu(), Instant::now());
-    let mut counted = 0;
+    let summary = runtime.block_on(emitter.run(output.clone(), dead_letter.clone()));
     for thread in threads {
-        counted += thread.join().map_err(|_| anyhow::anyhow!("a core's thread panicked"))??;
+        thread.join().map_err(|_| anyhow::anyhow!("a worker's thread panicked"))??;
     }
     let (wall, cpu) = (started.elapsed(), process_cpu() - cpu_before);
+    let summary = summary?;
+    drop(runtime);
     anyhow::ensure!(Arc::strong_count(&opener) == 1, "something still holds the opener");
     let dropped = Instant::now();
     drop(opener);
     let teardown = dropped.elapsed();
-    check(count, counted, &acks, &output, &dead_letter, expected)?;
+    check(count, summary.counted, &acks, &output, &dead_letter, expected)?;
     Ok(Measured { messages: count, wall, cpu, teardown })
 }
 

@@ -12,13 +12,14 @@
 //!
 //! On shutdown every open pane is flushed, published and acked before returning.
 //!
-//! Every core works: what the streams delivered together is opened and counted as one
-//! task (at most [`Settings::max_in_flight`] messages at once), so the runtime spreads
-//! the batches over its worker threads, and within a batch a message waiting on the KMS
-//! for its key is set aside and holds up no other. The counts
-//! live in [`Windows`], sharded by fingerprint so that workers rarely share a lock, and
-//! each window is still emitted as one pane. [`process`] is that core, fed by any source
-//! of deliveries; [`run`] feeds it from Pub/Sub.
+//! Every core works: each worker thread runs a runtime of its own with its own
+//! streaming pulls, and opens and counts what they deliver there ([`Intake`]): what the
+//! streams delivered together is opened and counted as one task (at most
+//! [`Settings::max_in_flight`] messages at once per worker), and within it a message
+//! waiting on the KMS for its key is set aside and holds up no other. The counts live
+//! in [`Windows`], shared by every worker and sharded so that workers rarely share a
+//! lock; one [`Emitter`] publishes each window as one pane and acks. [`process`] is that
+//! core on one runtime, fed by any source of deliveries; [`run`] feeds it from Pub/Sub.
 #![cfg_attr(test, allow(unused_crate_dependencies, reason = "unit tests build with the dev-dependencies too"))]
 #![forbid(unsafe_code)]
 
@@ -26,8 +27,8 @@ pub mod dead_letter;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -66,7 +67,7 @@ pub struct Config {
     pub max_outstanding_messages: i64,
     /// Streaming-pull streams opened on the subscription. Pub/Sub (and the emulator)
     /// feeds each stream at a bounded rate, so a busy subscriber needs several, as
-    /// Google's own clients do.
+    /// Google's own clients do. Shared out between the workers, at least one each.
     pub streams: usize,
     /// How far each lease extension reaches; also how soon Pub/Sub redelivers the
     /// messages of a pipeline that died.
@@ -208,10 +209,10 @@ pub struct Settings {
     pub window: Duration,
     /// This process's id in the output, unique per run.
     pub replica: String,
-    /// Threads that open and count (the runtime's worker threads); the windows are
-    /// sharded so that this many can count at once.
+    /// Threads that open and count; the windows are sharded so that this many can count
+    /// at once.
     pub workers: usize,
-    /// Messages being opened and counted at once, at most. Messages waiting on a slow
+    /// Messages being opened and counted at once by one intake, at most. Messages waiting on a slow
     /// KMS call count here, so this must be well above what one slow key holds back;
     /// memory is bounded anyway by the subscription's flow control.
     pub max_in_flight: usize,
@@ -221,7 +222,15 @@ pub struct Settings {
 /// holds back only its own messages, few enough to bound the tasks waiting.
 pub const MAX_IN_FLIGHT: usize = 4096;
 
-/// Runs the pipeline until `shutdown` resolves or the stream ends, then flushes.
+/// Runs the pipeline until `shutdown` resolves or the streams end, then flushes.
+///
+/// Each of [`Config::workers`] threads runs a single-thread runtime of its own, with its
+/// own Pub/Sub client and share of the streaming pulls, and opens and counts what they
+/// deliver: a message is decoded, opened, counted and freed on one core, where one
+/// runtime for all workers passed most messages between cores on the way (measured in
+/// docs/PERFORMANCE.md). The workers share the opener and the windows, so copies of a
+/// message still meet and count once, and each window is still one pane; this thread
+/// publishes the panes and dead letters and acks (the [`Emitter`]).
 pub async fn run(
     pubsub: &bus::PubSub,
     opener: Arc<impl Open>,
@@ -229,220 +238,374 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Summary> {
-    let streams = config.streams.max(1);
-    let subscriber = pubsub.subscriber(streams).await?;
-    // `MessageStream::next` is not cancel-safe, so one task owns each stream and hands
-    // messages over a shared channel, which the core can select on safely.
-    let (deliveries, received) = tokio::sync::mpsc::channel(1024);
-    let mut stop_streams = Vec::with_capacity(streams);
-    let mut pullers = JoinSet::new();
-    for _ in 0..streams {
-        let mut stream = subscriber
-            .subscribe(&config.input_subscription)
-            .set_max_outstanding_messages((config.max_outstanding_messages + streams as i64 - 1) / streams as i64)
-            .set_max_outstanding_bytes(1 << 30)
-            .set_max_lease_extension(config.lease_extension)
-            .set_max_lease(Duration::from_secs(3600))
-            .build();
-        stop_streams.push(stream.shutdown_token());
-        let deliveries = deliveries.clone();
-        pullers.spawn(async move {
-            while let Some(delivery) = stream.next().await {
-                let delivery = delivery.map_err(anyhow::Error::from);
-                if deliveries.send(delivery).await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    drop(deliveries);
+    let workers = config.workers.max(1);
+    // Every worker pulls for itself, so each needs a stream at least.
+    let streams = config.streams.max(workers);
+    let per_stream = (config.max_outstanding_messages + streams as i64 - 1) / streams as i64;
+    let settings =
+        Settings { window: config.window, replica: config.replica.clone(), workers, max_in_flight: MAX_IN_FLIGHT };
+    let (intake, emitter) = core(opener, &settings, metrics.clone());
     let output = pubsub.publisher(&config.output_topic).await?;
     let dead_letter = pubsub.publisher(&config.dead_letter_topic).await?;
-    tracing::info!(subscription = %config.input_subscription, output = %config.output_topic, window = ?config.window, streams, workers = config.workers, replica = %config.replica, "pipeline started");
-    metrics.set_ready(true);
 
-    // On shutdown the streams stop pulling and end, which ends the core's input; what
-    // was already delivered is still counted, published and acked by the core.
-    let done = Arc::new(tokio::sync::Notify::new());
+    // Stopping is a value rather than an event: a worker still starting when it is set
+    // sees it all the same.
+    let stop = Arc::new(tokio::sync::watch::Sender::new(false));
+    let mut ready = Vec::with_capacity(workers);
+    let mut finished = Vec::with_capacity(workers);
+    for worker in 0..workers {
+        let pull = Pull {
+            pubsub: pubsub.clone(),
+            subscription: config.input_subscription.clone(),
+            streams: streams / workers + usize::from(worker < streams % workers),
+            per_stream,
+            lease_extension: config.lease_extension,
+        };
+        let (started, is_ready) = tokio::sync::oneshot::channel();
+        let (done, is_done) = tokio::sync::oneshot::channel();
+        let (intake, stop) = (intake.clone(), stop.clone());
+        std::thread::Builder::new().name(format!("worker-{worker}")).spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(pull.run(intake, started, stop.clone())));
+            // A worker that failed stops the others: the run ends, and its error with it.
+            if result.is_err() {
+                stop.send_replace(true);
+            }
+            let _ = done.send(result);
+        })?;
+        ready.push(is_ready);
+        finished.push(is_done);
+    }
+    // Only the workers hold the intake now: the emitter ends once each has let go.
+    drop(intake);
+    for started in ready {
+        // A worker that could not start says why when it ends.
+        let _ = started.await;
+    }
+    tracing::info!(subscription = %config.input_subscription, output = %config.output_topic, window = ?config.window, streams, workers, replica = %config.replica, "pipeline started");
+    metrics.set_ready(true);
+    // On shutdown the streams stop pulling and end, which ends each worker's intake;
+    // what was already delivered is still counted, published and acked.
     let stopper = tokio::spawn({
-        let done = done.clone();
-        let metrics = metrics.clone();
+        let (stop, metrics) = (stop.clone(), metrics.clone());
         async move {
+            let mut stopped = stop.subscribe();
             tokio::select! {
                 () = shutdown => {}
-                () = done.notified() => {}
+                _ = stopped.wait_for(|stop| *stop) => {}
             }
             // Draining: a load balancer or Kubernetes stops counting on this replica.
             metrics.set_ready(false);
-            futures_util::future::join_all(stop_streams.iter().map(ShutdownToken::shutdown)).await;
+            stop.send_replace(true);
         }
     });
-    let settings = Settings {
-        window: config.window,
-        replica: config.replica,
-        workers: config.workers,
-        max_in_flight: MAX_IN_FLIGHT,
-    };
-    // On a worker thread rather than the thread that blocks on `run`, so that one worker
-    // does all the work without waking another thread for every message.
-    let summary = tokio::spawn(process(received, output, dead_letter, opener, settings, metrics)).await?;
-    // Whether it ended by shutdown or not, stop the streams; this completes once each
-    // message they still held is acked or nacked.
-    done.notify_one();
+    let summary = emitter.run(output, dead_letter).await;
+    // However it ended, the workers stop; each ends once every message its streams
+    // delivered is acked or nacked.
+    stop.send_replace(true);
     stopper.await?;
-    while let Some(puller) = pullers.join_next().await {
-        puller?;
+    let mut failed = None;
+    for done in finished {
+        let result = done.await.unwrap_or_else(|_| Err(anyhow::anyhow!("a worker panicked")));
+        if let Err(error) = result {
+            failed.get_or_insert(error);
+        }
     }
-    let summary =
-        summary.map_err(|error| error.context(format!("streaming pull from {}", config.input_subscription)))?;
+    if let Some(error) = failed {
+        return Err(error.context(format!("streaming pull from {}", config.input_subscription)));
+    }
+    let summary = summary?;
     // The field repeats the rate for machines: `scripts/bench.sh` and JSON logs read it.
     tracing::info!(messages_per_sec = summary.messages_per_sec(), "pipeline stopped: {summary}");
     Ok(summary)
 }
 
-/// The pipeline's core: opens and counts what `deliveries` brings, on as many tasks at
-/// once as `settings` allows, publishes each ready pane to `output` and each message
-/// that can never open to `dead_letter`, and acks each message once its result is
-/// published. Returns once `deliveries` has ended and everything it brought is settled.
+/// One worker's streaming pulls.
+struct Pull {
+    pubsub: bus::PubSub,
+    subscription: String,
+    streams: usize,
+    /// Messages each stream holds unacknowledged at most.
+    per_stream: i64,
+    lease_extension: Duration,
+}
+
+impl Pull {
+    /// Pulls on this thread's runtime and hands what arrives to `intake`, until `stop`
+    /// is set or the streams end; returns once every message delivered is settled.
+    async fn run<P: Open>(
+        self,
+        intake: Intake<P, Handler>,
+        started: tokio::sync::oneshot::Sender<()>,
+        stop: Arc<tokio::sync::watch::Sender<bool>>,
+    ) -> anyhow::Result<()> {
+        let subscriber = self.pubsub.subscriber(self.streams).await?;
+        // `MessageStream::next` is not cancel-safe, so one task owns each stream and
+        // hands messages over a channel, which the intake can take from safely.
+        let (deliveries, received) = tokio::sync::mpsc::channel(1024);
+        let mut stop_streams = Vec::with_capacity(self.streams);
+        let mut pullers = JoinSet::new();
+        for _ in 0..self.streams {
+            let mut stream = subscriber
+                .subscribe(&self.subscription)
+                .set_max_outstanding_messages(self.per_stream)
+                .set_max_outstanding_bytes(1 << 30)
+                .set_max_lease_extension(self.lease_extension)
+                .set_max_lease(Duration::from_secs(3600))
+                .build();
+            stop_streams.push(stream.shutdown_token());
+            let deliveries = deliveries.clone();
+            pullers.spawn(async move {
+                while let Some(delivery) = stream.next().await {
+                    if deliveries.send(delivery.map_err(anyhow::Error::from)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(deliveries);
+        let _ = started.send(());
+        let done = Arc::new(tokio::sync::Notify::new());
+        let stopper = tokio::spawn({
+            let done = done.clone();
+            let mut stopped = stop.subscribe();
+            async move {
+                tokio::select! {
+                    _ = stopped.wait_for(|stop| *stop) => {}
+                    () = done.notified() => {}
+                }
+                futures_util::future::join_all(stop_streams.iter().map(ShutdownToken::shutdown)).await;
+            }
+        });
+        let taken = intake.run(received).await;
+        // Whether it ended by shutdown or not, stop the streams; this completes once
+        // each message they still held is acked or nacked, by the emitter on another
+        // thread, so this runtime lives until then.
+        done.notify_one();
+        stopper.await?;
+        while let Some(puller) = pullers.join_next().await {
+            puller?;
+        }
+        taken
+    }
+}
+
+/// The pipeline's core on one runtime: opens and counts what `deliveries` brings on as
+/// many tasks at once as `settings` allows, publishes each ready pane to `output` and
+/// each message that can never open to `dead_letter`, and acks each message once its
+/// result is published. Returns once `deliveries` has ended and everything it brought
+/// is settled. [`run`] splits the same core over a runtime per worker.
 pub async fn process<A: Ack, O: Output, P: Open>(
-    mut deliveries: tokio::sync::mpsc::Receiver<Delivery<A>>,
+    deliveries: tokio::sync::mpsc::Receiver<Delivery<A>>,
     output: O,
     dead_letter: O,
     opener: Arc<P>,
     settings: Settings,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Summary> {
-    // This loop is the one part of the pipeline that every message passes in turn, so it
-    // does as little per message as it can: take a permit, take a delivery, spawn. The
-    // tasks tally their own outcomes; only the rare dead letter comes back to it.
-    // Bounded so that taking every permit back at the end is one `acquire_many` (u32).
-    let max_in_flight = settings.max_in_flight.clamp(1, u32::MAX as usize).min(tokio::sync::Semaphore::MAX_PERMITS);
-    let (dead_letters, mut rejected) = tokio::sync::mpsc::unbounded_channel();
+    let (intake, emitter) = core(opener, &settings, metrics);
+    let taken = tokio::spawn(intake.run(deliveries));
+    let summary = emitter.run(output, dead_letter).await;
+    taken.await??;
+    summary
+}
+
+/// The pipeline's core, in two parts: one [`Intake`] per worker, which opens and counts,
+/// and one [`Emitter`], which publishes what they counted and acks it. They share the
+/// opener and the windows, so that copies of a message meet wherever they arrive.
+pub fn core<A: Ack, P: Open>(
+    opener: Arc<P>,
+    settings: &Settings,
+    metrics: Arc<Metrics>,
+) -> (Intake<P, A>, Emitter<P, A>) {
+    let (dead_letters, rejected) = tokio::sync::mpsc::unbounded_channel();
+    let (alive, ended) = tokio::sync::mpsc::channel(1);
     let shared = Arc::new(Shared {
         opener,
         windows: Windows::new(settings.window, GRACE, SETTLE, settings.workers),
-        metrics: metrics.clone(),
+        metrics,
         tally: Tally::default(),
         dead_letters,
-        permits: tokio::sync::Semaphore::new(max_in_flight),
+        first_received: OnceLock::new(),
     });
-    let mut summary = Summary::default();
-    let mut publishing = JoinSet::new();
-    let mut tick = tokio::time::interval(TICK);
-    let mut permit = None;
-    let mut first_received = None;
-    let mut last_settled = None;
-    let publish_dead_letters = |publishing: &mut JoinSet<bool>, summary: &mut Summary, (message, ack, reason)| {
-        *summary.dead_lettered.entry(String::from(reason)).or_default() += 1;
-        metrics.message("dead_lettered", reason);
-        publishing.spawn(publish_dead_letter(dead_letter.clone(), message, ack, metrics.clone()));
-    };
-    // A task per turn's batch, not per message: spawning, the permits and the tallies
-    // then cross between threads once a batch, and a batch is opened and counted on one
-    // thread. The runtime still spreads the batches over its workers, and a message
-    // waiting on the KMS holds up no other (see `open_and_count`). The caller has taken
-    // a permit per message and forgotten it; the task's `InFlight` gives them back.
-    let spawn_batch = |batch: Vec<(Message, A)>| {
-        let in_flight = InFlight { shared: shared.clone(), permits: batch.len() };
-        tokio::spawn(open_and_count(in_flight, batch));
-    };
-    loop {
-        tokio::select! {
-            Some(dead) = rejected.recv() => publish_dead_letters(&mut publishing, &mut summary, dead),
-            _ = tick.tick() => {
-                for pane in shared.windows.take_ready(SystemTime::now()) {
-                    summary.panes += 1;
-                    publishing.spawn(publish_pane(output.clone(), pane, settings.replica.clone(), metrics.clone()));
-                }
-            }
-            Some(published) = publishing.join_next(), if !publishing.is_empty() => {
-                last_settled = Some(Instant::now());
-                summary.unpublished += u64::from(!published?);
-            }
-            acquired = shared.permits.acquire(), if permit.is_none() => {
-                permit = Some(acquired.expect("the semaphore is never closed"));
-            }
-            delivery = deliveries.recv(), if permit.is_some() => match delivery {
+    // Bounded so that taking every permit back at the end is one `acquire_many` (u32).
+    let max_in_flight = settings.max_in_flight.clamp(1, u32::MAX as usize).min(tokio::sync::Semaphore::MAX_PERMITS);
+    let intake = Intake { shared: shared.clone(), max_in_flight, _alive: alive };
+    let emitter = Emitter { shared, rejected, ended, replica: settings.replica.clone() };
+    (intake, emitter)
+}
+
+/// Opens and counts one worker's deliveries; clone it for each worker.
+pub struct Intake<P, A> {
+    shared: Arc<Shared<P, A>>,
+    max_in_flight: usize,
+    /// Dropped when the intake ends: the emitter flushes once every clone has.
+    _alive: tokio::sync::mpsc::Sender<()>,
+}
+
+impl<P, A> Clone for Intake<P, A> {
+    fn clone(&self) -> Self {
+        Self { shared: self.shared.clone(), max_in_flight: self.max_in_flight, _alive: self._alive.clone() }
+    }
+}
+
+impl<P: Open, A: Ack> Intake<P, A> {
+    /// Opens and counts what `deliveries` brings, on tasks of the current runtime, until
+    /// it ends; returns once each message it brought is counted, dead-lettered or set to
+    /// be retried. A failed delivery stream ends it with that error, once the messages
+    /// already taken are settled.
+    pub async fn run(self, mut deliveries: tokio::sync::mpsc::Receiver<Delivery<A>>) -> anyhow::Result<()> {
+        // This loop is the one part of a worker that every message passes in turn, so it
+        // does as little per message as it can: take a permit, take a delivery, spawn.
+        // The tasks tally their own outcomes. Permits are the worker's own, so that
+        // they never move between cores.
+        let worker =
+            Arc::new(Worker { shared: self.shared.clone(), permits: tokio::sync::Semaphore::new(self.max_in_flight) });
+        let mut failed = None;
+        'intake: loop {
+            let permit = worker.permits.acquire().await.expect("the semaphore is never closed");
+            let first = match deliveries.recv().await {
                 None => break,
-                Some(Err(error)) => return Err(error),
-                Some(Ok(first)) => {
-                    first_received.get_or_insert_with(Instant::now);
-                    permit.take().expect("guarded").forget();
-                    let mut batch = Vec::with_capacity(BATCH);
-                    batch.push(first);
-                    // Whatever else is already delivered goes into the same batch: a trip
-                    // around this loop per message cost more than the work it hands out.
-                    let mut input_ended = false;
-                    while batch.len() < BATCH {
-                        let Ok(more) = shared.permits.try_acquire() else { break };
-                        match deliveries.try_recv() {
-                            Ok(Ok(delivery)) => {
-                                more.forget();
-                                batch.push(delivery);
-                            }
-                            Ok(Err(error)) => return Err(error),
-                            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
-                            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
-                                input_ended = true;
-                                break;
-                            }
-                        }
+                Some(Err(error)) => {
+                    failed = Some(error);
+                    break;
+                }
+                Some(Ok(first)) => first,
+            };
+            self.shared.first_received.get_or_init(Instant::now);
+            permit.forget();
+            let mut batch = Vec::with_capacity(BATCH);
+            batch.push(first);
+            // Whatever else is already delivered goes into the same batch: a trip around
+            // this loop per message cost more than the work it hands out.
+            let mut input_ended = false;
+            while batch.len() < BATCH {
+                let Ok(more) = worker.permits.try_acquire() else { break };
+                match deliveries.try_recv() {
+                    Ok(Ok(delivery)) => {
+                        more.forget();
+                        batch.push(delivery);
                     }
-                    // Once a turn, not once a message: the gauge is one more cache line
-                    // that every worker would otherwise pass around.
-                    metrics.received(batch.len());
-                    spawn_batch(batch);
-                    if input_ended {
+                    Ok(Err(error)) => {
+                        failed = Some(error);
+                        input_ended = true;
+                        break;
+                    }
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                        input_ended = true;
                         break;
                     }
                 }
-            },
+            }
+            // Once a turn, not once a message: the gauge is one more cache line that
+            // every worker would otherwise pass around.
+            self.shared.metrics.received(batch.len());
+            // A task per batch, not per message: a batch is opened and counted on one
+            // thread, and a message waiting on the KMS holds up no other (see
+            // `open_and_count`). The permits taken above come back through `InFlight`.
+            let in_flight = InFlight { worker: worker.clone(), permits: batch.len() };
+            tokio::spawn(open_and_count(in_flight, batch));
+            if input_ended {
+                break 'intake;
+            }
         }
+        // Every task done: each returns its permits last.
+        let all = u32::try_from(self.max_in_flight).expect("clamped to u32 above");
+        let _all = worker.permits.acquire_many(all).await.expect("the semaphore is never closed");
+        failed.map_or(Ok(()), Err)
     }
-
-    // Every task done: each returns its permits last.
-    drop(permit);
-    let all = u32::try_from(max_in_flight).expect("clamped to u32 above");
-    let _all = shared.permits.acquire_many(all).await.expect("the semaphore is never closed");
-    while let Ok(dead) = rejected.try_recv() {
-        publish_dead_letters(&mut publishing, &mut summary, dead);
-    }
-    tracing::info!(held = shared.windows.held(), "input ended: flushing open windows");
-    for pane in shared.windows.take_all() {
-        summary.panes += 1;
-        publishing.spawn(publish_pane(output.clone(), pane, settings.replica.clone(), metrics.clone()));
-    }
-    while let Some(published) = publishing.join_next().await {
-        last_settled = Some(Instant::now());
-        summary.unpublished += u64::from(!published?);
-    }
-    summary.counted = shared.tally.counted.load(Ordering::Relaxed);
-    summary.duplicates = shared.tally.duplicates.load(Ordering::Relaxed);
-    summary.retried = shared.tally.retried.load(Ordering::Relaxed);
-    if let (Some(first), Some(last)) = (first_received, last_settled) {
-        summary.active = last.saturating_duration_since(first);
-    }
-    Ok(summary)
 }
 
-/// What every batch's task needs, behind one `Arc`: a task then costs one reference
-/// count taken on the loop's thread and given back on a worker's, instead of one per
-/// part (each a cache line that the two threads would pass back and forth).
+/// Publishes what the intakes counted, and acks it.
+pub struct Emitter<P, A> {
+    shared: Arc<Shared<P, A>>,
+    rejected: tokio::sync::mpsc::UnboundedReceiver<DeadLetter<A>>,
+    /// Ends once every intake has.
+    ended: tokio::sync::mpsc::Receiver<()>,
+    replica: String,
+}
+
+impl<P: Open, A: Ack> Emitter<P, A> {
+    /// Publishes each ready pane to `output` and each dead letter to `dead_letter`, and
+    /// acks their messages once published, until every intake has ended; then flushes
+    /// the open panes the same way and sums up.
+    pub async fn run<O: Output>(mut self, output: O, dead_letter: O) -> anyhow::Result<Summary> {
+        let shared = self.shared.clone();
+        let metrics = &shared.metrics;
+        let mut summary = Summary::default();
+        let mut publishing = JoinSet::new();
+        let mut tick = tokio::time::interval(TICK);
+        let mut last_settled = None;
+        let publish_dead_letters = |publishing: &mut JoinSet<bool>, summary: &mut Summary, (message, ack, reason)| {
+            *summary.dead_lettered.entry(String::from(reason)).or_default() += 1;
+            metrics.message("dead_lettered", reason);
+            publishing.spawn(publish_dead_letter(dead_letter.clone(), message, ack, metrics.clone()));
+        };
+        loop {
+            tokio::select! {
+                Some(dead) = self.rejected.recv() => publish_dead_letters(&mut publishing, &mut summary, dead),
+                _ = tick.tick() => {
+                    for pane in shared.windows.take_ready(SystemTime::now()) {
+                        summary.panes += 1;
+                        publishing.spawn(publish_pane(output.clone(), pane, self.replica.clone(), metrics.clone()));
+                    }
+                }
+                Some(published) = publishing.join_next(), if !publishing.is_empty() => {
+                    last_settled = Some(Instant::now());
+                    summary.unpublished += u64::from(!published?);
+                }
+                None = self.ended.recv() => break,
+            }
+        }
+        while let Ok(dead) = self.rejected.try_recv() {
+            publish_dead_letters(&mut publishing, &mut summary, dead);
+        }
+        tracing::info!(held = shared.windows.held(), "input ended: flushing open windows");
+        for pane in shared.windows.take_all() {
+            summary.panes += 1;
+            publishing.spawn(publish_pane(output.clone(), pane, self.replica.clone(), metrics.clone()));
+        }
+        while let Some(published) = publishing.join_next().await {
+            last_settled = Some(Instant::now());
+            summary.unpublished += u64::from(!published?);
+        }
+        summary.counted = shared.tally.counted.load(Ordering::Relaxed);
+        summary.duplicates = shared.tally.duplicates.load(Ordering::Relaxed);
+        summary.retried = shared.tally.retried.load(Ordering::Relaxed);
+        if let (Some(first), Some(last)) = (shared.first_received.get(), last_settled) {
+            summary.active = last.saturating_duration_since(*first);
+        }
+        Ok(summary)
+    }
+}
+
+/// What every worker and the emitter share.
 struct Shared<P, A> {
     opener: Arc<P>,
     windows: Windows<A>,
     metrics: Arc<Metrics>,
     tally: Tally,
     dead_letters: tokio::sync::mpsc::UnboundedSender<DeadLetter<A>>,
-    /// Messages in flight, at most `Settings::max_in_flight`.
+    first_received: OnceLock<Instant>,
+}
+
+/// One worker's part, behind one `Arc` that only its thread touches: a batch's task
+/// costs one reference count, on the cache of the core it runs on.
+struct Worker<P, A> {
+    shared: Arc<Shared<P, A>>,
+    /// Messages in flight on this worker, at most `Settings::max_in_flight`.
     permits: tokio::sync::Semaphore,
 }
 
-/// A batch's task's hold on [`Shared`], and the permits of its messages not yet
+/// A batch's task's hold on its [`Worker`], and the permits of its messages not yet
 /// settled: given back as they settle, and the rest when the task ends, even by a
-/// panic, so that the loop's final `acquire_many` cannot hang.
+/// panic, so that the intake's final `acquire_many` cannot hang.
 struct InFlight<P, A> {
-    shared: Arc<Shared<P, A>>,
+    worker: Arc<Worker<P, A>>,
     permits: usize,
 }
 
@@ -451,13 +614,13 @@ impl<P, A> InFlight<P, A> {
     fn give_back(&mut self, messages: usize) {
         debug_assert!(messages <= self.permits);
         self.permits -= messages;
-        self.shared.permits.add_permits(messages);
+        self.worker.permits.add_permits(messages);
     }
 }
 
 impl<P, A> Drop for InFlight<P, A> {
     fn drop(&mut self) {
-        self.shared.permits.add_permits(self.permits);
+        self.worker.permits.add_permits(self.permits);
     }
 }
 
@@ -466,7 +629,8 @@ impl<P, A> Drop for InFlight<P, A> {
 /// then waits beside the others in `waiting`, so it holds up none of them. The batch's
 /// tallies and permits go back once for all that settled at once, then one by one.
 async fn open_and_count<P: Open, A: Ack>(mut in_flight: InFlight<P, A>, batch: Vec<(Message, A)>) {
-    let shared = in_flight.shared.clone();
+    let worker = in_flight.worker.clone();
+    let shared = &worker.shared;
     let one = |(message, ack)| Box::pin(handle(shared.opener.as_ref(), &shared.windows, message, ack, &shared.metrics));
     let mut waiting = futures_util::stream::FuturesUnordered::new();
     let mut counted = 0;
