@@ -157,6 +157,12 @@ impl PubSub {
         Ok(())
     }
 
+    /// Deletes `subscription` (tests).
+    pub async fn delete_subscription(&self, subscription: &str) -> anyhow::Result<()> {
+        self.subscription_admin().await?.delete_subscription().set_subscription(subscription).send().await?;
+        Ok(())
+    }
+
     async fn topic_admin(&self) -> anyhow::Result<TopicAdmin> {
         let mut builder = TopicAdmin::builder().with_credentials(self.credentials.clone());
         if let Some(endpoint) = &self.emulator {

@@ -168,6 +168,27 @@ async fn a_pipeline_that_cannot_publish_its_last_panes_exits_non_zero() {
     assert!(log.contains("could not be published"), "{log}");
 }
 
+#[tokio::test]
+async fn a_subscription_deleted_under_the_pipeline_ends_it_with_that_error_after_publishing_what_it_counted() {
+    // The streams of both workers fail (here: the subscription deleted): the pipeline
+    // ends within seconds rather than when its 600 s window would close, what was
+    // already counted is published all the same, and it exits 1 naming the subscription.
+    let harness = Harness::new();
+    let subscriber = harness.subscriber();
+    let mut pipeline = harness.pipeline(&["--window_secs", "600", "--metrics_addr", "127.0.0.1:0", "--workers", "2"]);
+    harness.publish(&["--kms_key", TENANT_1_KEY, "--message", "counted before the fall"]);
+    pipeline.wait_for_metric(COUNTED, 1.0, Duration::from_secs(30));
+    harness.pubsub().delete_subscription(&harness.subscription("message-bus")).await.unwrap();
+    let status = pipeline.wait(Duration::from_secs(60));
+    let log = pipeline.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    let error = log.lines().rev().find(|line| line.starts_with("error:")).expect(&log);
+    assert!(error.contains("streaming pull from") && error.contains("message-bus"), "{error}");
+    let expected = expected_counts(["counted before the fall"]);
+    let lines = subscriber.lines_until(Duration::from_secs(30), |lines| total(lines) >= 4);
+    assert_eq!(summed_counts(&lines), expected);
+}
+
 #[test]
 fn every_binary_writes_its_man_page_and_completions_and_names_itself() {
     for tool in ["publisher", "pipeline", "subscriber", "debug-subscriber"] {

@@ -381,6 +381,11 @@ impl Pull {
             }
         });
         let taken = intake.run(received).await;
+        // A stream that failed stops every worker now, rather than once this one's
+        // messages are acked (which can take a window).
+        if taken.is_err() {
+            stop.send_replace(true);
+        }
         // Whether it ended by shutdown or not, stop the streams; this completes once
         // each message they still held is acked or nacked, by the emitter on another
         // thread, so this runtime lives until then.
