@@ -212,9 +212,10 @@ pub struct Settings {
     /// Threads that open and count; the windows are sharded so that this many can count
     /// at once.
     pub workers: usize,
-    /// Messages being opened and counted at once by one intake, at most. Messages waiting on a slow
-    /// KMS call count here, so this must be well above what one slow key holds back;
-    /// memory is bounded anyway by the subscription's flow control.
+    /// Messages being opened and counted at once by one worker's intake, at most.
+    /// Messages waiting on a slow KMS call count here, so this must be well above what
+    /// one slow key holds back; memory is bounded anyway by the subscription's flow
+    /// control.
     pub max_in_flight: usize,
 }
 
@@ -470,7 +471,7 @@ impl<P: Open, A: Ack> Intake<P, A> {
         let worker =
             Arc::new(Worker { shared: self.shared.clone(), permits: tokio::sync::Semaphore::new(self.max_in_flight) });
         let mut failed = None;
-        'intake: loop {
+        loop {
             let permit = worker.permits.acquire().await.expect("the semaphore is never closed");
             let first = match deliveries.recv().await {
                 None => break,
@@ -515,7 +516,7 @@ impl<P: Open, A: Ack> Intake<P, A> {
             let in_flight = InFlight { worker: worker.clone(), permits: batch.len() };
             tokio::spawn(open_and_count(in_flight, batch));
             if input_ended {
-                break 'intake;
+                break;
             }
         }
         // Every task done: each returns its permits last.
