@@ -60,7 +60,10 @@ struct Plaintext;
 impl runner::Open for Plaintext {
     async fn open(&self, message: &Message) -> Result<runner::Text, OpenError> {
         let hash = |seed| foldhash::fast::FixedState::with_seed(seed).hash_one(&message.message_id);
-        let fingerprint = ((u128::from(hash(1)) << 64) | u128::from(hash(2))).to_be_bytes();
+        let mut fingerprint = [0; 32];
+        for (seed, chunk) in fingerprint.chunks_exact_mut(8).enumerate() {
+            chunk.copy_from_slice(&hash(seed as u64).to_le_bytes());
+        }
         Ok(runner::Text { data: message.data.clone(), fingerprint })
     }
 }

@@ -60,6 +60,7 @@ mod attest;
 mod clock;
 mod crypto;
 mod error;
+mod fingerprint;
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod format;
@@ -81,6 +82,7 @@ pub use attest::{
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Forged, Infrastructure, Malformed, OpenError, Refused, SealError};
+pub use fingerprint::FINGERPRINT_LEN;
 pub use format::{
     AttributeError, Attributes, MAX_ATTRIBUTE_KEY_LEN, MAX_ATTRIBUTE_VALUE_LEN, MAX_ATTRIBUTES, Mode, PayloadError,
     is_reserved,

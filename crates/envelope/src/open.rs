@@ -13,8 +13,9 @@ use crate::attest::{self, Attestation, ServiceAccountSigned, TrustedPublicKey, T
 use crate::clock::{Clock, SystemClock};
 use crate::crypto::{EncryptionKey, OpenFailure, SigningKey};
 use crate::error::{Forged, Malformed, OpenError, Refused};
+use crate::fingerprint::{self, FINGERPRINT_LEN, FingerprintKey};
 use crate::format::{self, Attr, Attributes, Flavour, Mode};
-use crate::key_name::{KeyName, TrustedKeys};
+use crate::key_name::{KeyName, KeyVersionName, TrustedKeys};
 use crate::kms::{KeySign, KeyWrap, Kms};
 use crate::secret::SecretKey;
 
@@ -52,11 +53,13 @@ pub struct Opened {
     pub kms_key: Option<KeyName>,
     /// When the producer sealed it (authenticated).
     pub sealed_at: SystemTime,
-    /// The first 16 bytes of the message's authentication tag: the same for every copy
-    /// of one sealed message (a redelivery, or a replay published again by anyone) and,
-    /// since each message of a sealer has its own seal time or nonce, different for any
-    /// two messages sealed. What deduplication keys on.
-    pub fingerprint: [u8; 16],
+    /// The message's identity (`docs/FORMAT.md`, "Fingerprint"): SHA-256 over the
+    /// tenant id, the canonical header (which names the sealer's key) and what only the
+    /// sealer could have made. The same for every copy and every valid encoding of one
+    /// sealed message (a redelivery, a replay, a malleated attest signature), and
+    /// different for any two messages sealed, whoever sealed them. What deduplication
+    /// keys on.
+    pub fingerprint: [u8; FINGERPRINT_LEN],
     /// In attest mode, who the message was proven to come from.
     pub attestation: Option<Attestation>,
     /// The producer's data.
@@ -256,9 +259,11 @@ type KeyCache<T> = Cache<String, Arc<CachedKey<T>>>;
 struct CachedKey<T> {
     key: T,
     kms_key: KeyName,
-    /// The canonical header's prefix in encrypt mode; empty in sign mode, where the
-    /// signing key has absorbed it.
+    /// The canonical header's prefix: encrypt mode's associated data starts with it
+    /// (sign mode's HMAC state has absorbed it too).
     prefix: Vec<u8>,
+    /// The fingerprint's hash with the tenant id and the prefix absorbed.
+    fingerprint: FingerprintKey,
     /// When the KMS unwrapped it: the cache's time to live counts from here.
     unwrapped_at: Instant,
 }
@@ -375,12 +380,8 @@ impl Opener {
                 if data.len() < format::MIN_ENCRYPTED_LEN {
                     return Err(Malformed::Truncated(data.len()).into());
                 }
-                let (cached, kms_key) = self
-                    .data_key(&self.encryption_keys, envelope, |secret| {
-                        let prefix = format::header_prefix(Flavour::Encrypt, envelope.kms_key, envelope.marker_text);
-                        (EncryptionKey::derive(secret), prefix)
-                    })
-                    .await?;
+                let (cached, kms_key) =
+                    self.data_key(&self.encryption_keys, envelope, |secret, _| EncryptionKey::derive(secret)).await?;
                 let header = format::encrypt_header(&cached.prefix, envelope.sealed_at);
                 let plaintext = cached.key.open(&header, data).map_err(|failure| match failure {
                     OpenFailure::Truncated => OpenError::from(Malformed::Truncated(data.len())),
@@ -392,19 +393,14 @@ impl Opener {
                     mode: Mode::Encrypt,
                     kms_key: Some(kms_key),
                     sealed_at,
-                    fingerprint: tag.try_into().expect("a 16-byte tag"),
+                    fingerprint: cached.fingerprint.finish(envelope.sealed_at, &[], data.len(), tag),
                     attestation: None,
                     data: Bytes::from(plaintext).slice(offset..),
                     attributes: restored,
                 })
             }
             Proof::Hmac(signature) => {
-                let (cached, kms_key) = self
-                    .data_key(&self.signing_keys, envelope, |secret| {
-                        let prefix = format::header_prefix(Flavour::Sign, envelope.kms_key, envelope.marker_text);
-                        (SigningKey::new(secret, &prefix), Vec::new())
-                    })
-                    .await?;
+                let (cached, kms_key) = self.data_key(&self.signing_keys, envelope, SigningKey::new).await?;
                 cached
                     .key
                     .verify(envelope.sealed_at, &envelope.producer, data, signature)
@@ -413,7 +409,12 @@ impl Opener {
                     mode: Mode::Sign,
                     kms_key: Some(kms_key),
                     sealed_at,
-                    fingerprint: signature[..16].try_into().expect("a 32-byte signature"),
+                    fingerprint: cached.fingerprint.finish(
+                        envelope.sealed_at,
+                        &envelope.producer,
+                        data.len(),
+                        signature,
+                    ),
                     data: data.clone(),
                     attributes: producer_attributes(&envelope.producer),
                     attestation: None,
@@ -427,7 +428,17 @@ impl Opener {
                     attributes,
                     data,
                 };
-                let (attestation, signature) = match proof {
+                // The signature is left out of the fingerprint: ECDSA's are randomised
+                // and malleable, so one message has many valid ones.
+                let fingerprint = |tenant_id: &str, name: &str, key: &str| {
+                    FingerprintKey::new(tenant_id, &format::header_prefix(envelope.flavour, name, key)).finish(
+                        envelope.sealed_at,
+                        &envelope.producer,
+                        data.len(),
+                        &fingerprint::data_digest(data),
+                    )
+                };
+                let (attestation, fingerprint) = match proof {
                     AttestProof::Session { certificate_signature, signature } => {
                         let attestation = Box::pin(self.attest.verify_session(
                             &message,
@@ -437,24 +448,38 @@ impl Opener {
                             &self.trusted,
                         ))
                         .await?;
-                        (attestation, &signature[..])
+                        let Attestation::Session { tenant_id, .. } = &attestation else {
+                            unreachable!("a session certificate attests a session")
+                        };
+                        let fingerprint = fingerprint(tenant_id, envelope.kms_key, envelope.marker_text);
+                        (attestation, fingerprint)
                     }
-                    AttestProof::Kms(signature) => (
-                        Box::pin(self.attest.verify_kms_signed(&message, signature, &self.tenant_id, &self.trusted))
-                            .await?,
-                        &signature[..],
-                    ),
-                    AttestProof::ServiceAccount { named, signature } => (
-                        Box::pin(self.attest.verify_service_account(named, &message, signature)).await?,
-                        &signature[..],
-                    ),
+                    AttestProof::Kms(signature) => {
+                        let attestation = Box::pin(self.attest.verify_kms_signed(
+                            &message,
+                            signature,
+                            &self.tenant_id,
+                            &self.trusted,
+                        ))
+                        .await?;
+                        // The tenant id the signed header bound: the key's trust entry's.
+                        let key = attestation.kms_key().map(KeyVersionName::key);
+                        let tenant_id =
+                            key.and_then(|key| self.trusted.tenant_of(key, &self.tenant_id)).unwrap_or(&self.tenant_id);
+                        let fingerprint = fingerprint(tenant_id, envelope.kms_key, tenant_id);
+                        (attestation, fingerprint)
+                    }
+                    AttestProof::ServiceAccount { named, signature } => {
+                        let attestation =
+                            Box::pin(self.attest.verify_service_account(named, &message, signature)).await?;
+                        (attestation, fingerprint(&self.tenant_id, named.signer, named.key_id))
+                    }
                 };
-                let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, signature);
                 Ok(Opened {
                     mode: Mode::Attest,
                     kms_key: attestation.kms_key().map(|version| version.key().clone()),
                     sealed_at,
-                    fingerprint: digest.as_ref()[..16].try_into().expect("a 32-byte digest"),
+                    fingerprint,
                     data: data.clone(),
                     attributes: producer_attributes(&envelope.producer),
                     attestation: Some(attestation),
@@ -470,7 +495,7 @@ impl Opener {
         &self,
         cache: &KeyCache<T>,
         envelope: &Envelope<'_>,
-        prepare: impl FnOnce(&SecretKey) -> (T, Vec<u8>),
+        prepare: impl FnOnce(&SecretKey, &[u8]) -> T,
     ) -> Result<(Arc<CachedKey<T>>, KeyName), OpenError>
     where
         T: Send + Sync + 'static,
@@ -551,7 +576,7 @@ impl Opener {
     async fn unwrap_checked<T>(
         &self,
         envelope: &Envelope<'_>,
-        prepare: impl FnOnce(&SecretKey) -> (T, Vec<u8>),
+        prepare: impl FnOnce(&SecretKey, &[u8]) -> T,
     ) -> Result<Arc<CachedKey<T>>, OpenError> {
         let kms_key: KeyName = envelope.kms_key.parse().map_err(|error: crate::KeyNameError| {
             Malformed::GarbledAttribute { name: format::KMS_KEY_ATTR, why: error.to_string() }
@@ -568,8 +593,10 @@ impl Opener {
         let unwrapper = self.unwrapper.as_ref().expect("an opener of encrypt or sign messages has an unwrapper");
         let secret = unwrapper.unwrap(&kms_key, &wrapped, tenant_id.as_bytes()).await?;
         tracing::debug!(%kms_key, mode = %envelope.flavour.mode(), "unwrapped a data key");
-        let (key, prefix) = prepare(&secret);
-        Ok(Arc::new(CachedKey { key, kms_key, prefix, unwrapped_at: Instant::now() }))
+        let prefix = format::header_prefix(envelope.flavour, envelope.kms_key, envelope.marker_text);
+        let key = prepare(&secret, &prefix);
+        let fingerprint = FingerprintKey::new(tenant_id, &prefix);
+        Ok(Arc::new(CachedKey { key, kms_key, prefix, fingerprint, unwrapped_at: Instant::now() }))
     }
 }
 

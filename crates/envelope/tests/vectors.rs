@@ -171,13 +171,14 @@ fn read(name: &str) -> File {
 fn reseal(file: &File, vector: &Valid) -> Sealed {
     let data = Bytes::from(unb64(&vector.data));
     let attributes = to_attributes(&vector.attributes);
-    let key = &file.wrapped_keys.first();
+    let kms_key = vector.sealed.attributes.get(KMS_KEY_ATTR).map_or(KMS_KEY, String::as_str);
+    let key = file.wrapped_keys.iter().find(|key| key.kms_key == kms_key);
     let data_key = key.map(|key| SecretKey::from_slice(&unb64(&key.data_key)).unwrap());
     let wrapped = key.map(|key| unb64(&key.wrapped)).unwrap_or_default();
     let fixed = match file.mode.as_str() {
         "encrypt" => FixedKey::Encrypt {
             data_key: data_key.as_ref().unwrap(),
-            kms_key: KMS_KEY,
+            kms_key,
             wrapped: &wrapped,
             nonce: unb64(vector.nonce.as_ref().unwrap()).try_into().unwrap(),
         },
@@ -222,6 +223,7 @@ async fn check(name: &str, mode: Mode) {
         assert_eq!(to_map(&opened.attributes), vector.attributes, "{what}: attributes");
         assert_eq!(opened.sealed_at, UNIX_EPOCH + Duration::from_micros(vector.sealed_at), "{what}");
         assert_eq!(b64(&opened.fingerprint), vector.fingerprint, "{what}: fingerprint");
+        assert_eq!(spec_fingerprint(&file, vector), vector.fingerprint, "{what}: fingerprint as FORMAT.md defines it");
         assert_eq!(b64(&header(&file, vector)), vector.header, "{what}: header");
     }
     for vector in &file.invalid {
@@ -230,6 +232,33 @@ async fn check(name: &str, mode: Mode) {
         let reason = error.as_ref().map(pubsub_envelope::OpenError::reason);
         assert_eq!(reason, Some(vector.reason.as_str()), "{name} {}: {error:?}", vector.name);
     }
+}
+
+/// A valid vector's fingerprint as FORMAT.md ("Fingerprint") defines it, computed here
+/// apart from the library: SHA-256 over the context, the tenant id, `H`, the sealed
+/// data's length and `D` (the AES-GCM tag, the HMAC tag, or in attest mode SHA-256 of
+/// the data).
+fn spec_fingerprint(file: &File, vector: &Valid) -> String {
+    use aws_lc_rs::digest::{Context, SHA256, digest};
+    let data = unb64(&vector.sealed.data);
+    let proof = match file.mode.as_str() {
+        "encrypt" => data[data.len() - 16..].to_vec(),
+        "sign" => unb64(&vector.sealed.attributes[SIGNATURE_ATTR]),
+        _ => digest(&SHA256, &data).as_ref().to_vec(),
+    };
+    // The tenant id the message's key binds: its wrapped key's (encrypt, sign), else the
+    // opener's (the attest vectors' trust entries name none).
+    let kms_key = vector.sealed.attributes.get(KMS_KEY_ATTR);
+    let wrapped = file.wrapped_keys.iter().find(|key| Some(&key.kms_key) == kms_key);
+    let tenant_id = wrapped.map_or(&file.tenant_id, |key| &key.tenant_id);
+    let mut hash = Context::new(&SHA256);
+    hash.update(b"pubsub-envelope/v1 fingerprint\0");
+    hash.update(&(tenant_id.len() as u32).to_be_bytes());
+    hash.update(tenant_id.as_bytes());
+    hash.update(&header(file, vector));
+    hash.update(&(data.len() as u64).to_be_bytes());
+    hash.update(&proof);
+    b64(hash.finish().as_ref())
 }
 
 /// The canonical header `H` of a valid vector, from its sealed attributes.
@@ -250,6 +279,35 @@ fn header(file: &File, vector: &Valid) -> Vec<u8> {
 #[tokio::test]
 async fn encrypt_vectors_hold() {
     check("encrypt.json", Mode::Encrypt).await;
+}
+
+/// Two tenants' messages with one AES-GCM tag (one steered onto the other's, as any
+/// tenant can with its own data key) have two fingerprints: neither can pass for a copy
+/// of the other and be dropped.
+#[test]
+fn a_tag_steered_onto_another_tenants_does_not_share_its_fingerprint() {
+    let file = read("encrypt.json");
+    let tag = |vector: &Valid| unb64(&vector.sealed.data).split_off(unb64(&vector.sealed.data).len() - 16);
+    let steered = file.valid.iter().find(|vector| vector.name.starts_with("tenant-3")).expect("the steered vector");
+    let victim = file.valid.iter().find(|vector| vector.name == "the article's message with attributes").unwrap();
+    assert_eq!(tag(steered), tag(victim), "the tags are equal");
+    assert_ne!(steered.sealed.attributes[KMS_KEY_ATTR], victim.sealed.attributes[KMS_KEY_ATTR]);
+    assert_ne!(steered.fingerprint, victim.fingerprint, "the fingerprints are not");
+}
+
+/// Valid vectors share a fingerprint exactly when they are one message: the same
+/// header and data (a malleated signature is another encoding of its original).
+#[test]
+fn fingerprints_are_shared_only_by_encodings_of_one_message() {
+    for name in ["encrypt.json", "sign.json", "attest_session.json", "attest_kms.json"] {
+        let file = read(name);
+        for a in &file.valid {
+            for b in &file.valid {
+                let same_message = a.header == b.header && a.sealed.data == b.sealed.data;
+                assert_eq!(a.fingerprint == b.fingerprint, same_message, "{name}: {} / {}", a.name, b.name);
+            }
+        }
+    }
 }
 
 #[tokio::test]
@@ -377,7 +435,91 @@ fn common_invalid(base: &Message) -> Vec<Invalid> {
     ]
 }
 
-fn encrypt_file(wrapped_key: &WrappedKey) -> File {
+/// `x · y` in GCM's field GF(2^128), blocks read big-endian (NIST SP 800-38D, 6.3).
+fn gf_mul(x: u128, y: u128) -> u128 {
+    let (mut z, mut v) = (0, y);
+    for i in 0..128 {
+        if (x >> (127 - i)) & 1 == 1 {
+            z ^= v;
+        }
+        v = if v & 1 == 1 { (v >> 1) ^ (0xe1 << 120) } else { v >> 1 };
+    }
+    z
+}
+
+/// `x^-n` in GF(2^128): `x^(2^128 - 2)` is `x^-1`.
+fn gf_inverse_power(x: u128, n: u32) -> u128 {
+    let one = 1 << 127;
+    let mut inverse = one;
+    for _ in 0..127 {
+        inverse = gf_mul(gf_mul(inverse, inverse), x);
+    }
+    inverse = gf_mul(inverse, inverse);
+    (0..n).fold(one, |acc, _| gf_mul(acc, inverse))
+}
+
+/// What a tenant can do with its own data key, and why fingerprints are not tags: it
+/// seals `data` (through the crate's sealing, under its own key name, wrapped key and
+/// tenant id) after changing its 16 bytes at `at` (in the sealed plaintext, `u32(0) ||
+/// data`, on a block boundary) so that the AES-GCM tag comes out equal to `target`.
+///
+/// GHASH is linear: changing ciphertext block `k` of `T` (associated data, ciphertext
+/// and length blocks together) by `d` changes the tag by `d · H^(T - k)`, so
+/// `d = (tag ^ target) · H^-(T - k)`. The new plaintext block is whatever that makes
+/// it; the nonce is tried until it is ASCII, so that the message is also text.
+fn steer_tag(key: FixedKeyParts<'_>, sealed_at: u64, data: &[u8], at: usize, target: [u8; 16]) -> (Vec<u8>, [u8; 12]) {
+    let ak = {
+        let prk = aws_lc_rs::hkdf::Salt::new(aws_lc_rs::hkdf::HKDF_SHA256, &[]).extract(key.data_key);
+        let mut out = [0u8; 32];
+        prk.expand(&[b"pubsub-envelope/v1 aes-256-gcm key"], aws_lc_rs::hkdf::HKDF_SHA256)
+            .unwrap()
+            .fill(&mut out)
+            .unwrap();
+        out
+    };
+    let mut h = [0u8; 16];
+    let ecb = aws_lc_rs::cipher::EncryptingKey::ecb(
+        aws_lc_rs::cipher::UnboundCipherKey::new(&aws_lc_rs::cipher::AES_256, &ak).unwrap(),
+    )
+    .unwrap();
+    ecb.less_safe_encrypt(&mut h, aws_lc_rs::cipher::EncryptionContext::None).unwrap();
+    let secret = SecretKey::from_slice(key.data_key).unwrap();
+    let mut header = format::header_prefix(format::Flavour::Encrypt, key.kms_key, &b64(key.wrapped));
+    format::header_rest(sealed_at, &Attributes::new(), |chunk| header.extend_from_slice(chunk));
+    let plaintext_len = 4 + data.len();
+    assert!(at.is_multiple_of(16) && at + 16 <= plaintext_len && at >= 4);
+    let blocks = header.len().div_ceil(16) + plaintext_len.div_ceil(16) + 1;
+    let k = header.len().div_ceil(16) + at / 16;
+    let power = gf_inverse_power(u128::from_be_bytes(h), (blocks - k) as u32);
+    for attempt in 0u64.. {
+        let nonce: [u8; 12] = std::array::from_fn(|i| if i < 8 { attempt.to_be_bytes()[i] } else { 0x5c });
+        let fixed = FixedKey::Encrypt { data_key: &secret, kms_key: key.kms_key, wrapped: key.wrapped, nonce };
+        let sealed = seal(fixed, sealed_at, Bytes::from(data.to_vec()), Attributes::new());
+        let tag: [u8; 16] = sealed.data[sealed.data.len() - 16..].try_into().unwrap();
+        let delta = gf_mul(u128::from_be_bytes(tag) ^ u128::from_be_bytes(target), power).to_be_bytes();
+        let mut steered = data.to_vec();
+        let block = &mut steered[at - 4..at + 12];
+        block.iter_mut().zip(delta).for_each(|(byte, d)| *byte ^= d);
+        if block.is_ascii() {
+            return (steered, nonce);
+        }
+    }
+    unreachable!()
+}
+
+/// A data key, its KMS key's name and its wrapped key.
+#[derive(Clone, Copy)]
+struct FixedKeyParts<'a> {
+    data_key: &'a [u8],
+    kms_key: &'a str,
+    wrapped: &'a [u8],
+}
+
+/// The tenant whose encrypt vector steers its tag onto tenant-1's (`steer_tag`).
+const STEERING_KEY: &str = "projects/tenant-3/locations/global/keyRings/bus/cryptoKeys/key-1";
+const STEERING_TENANT: &str = "tenant-3";
+
+fn encrypt_file(wrapped_key: &WrappedKey, steering: &WrappedKey) -> File {
     let data_key = SecretKey::from_slice(&unb64(&wrapped_key.data_key)).unwrap();
     let wrapped = unb64(&wrapped_key.wrapped);
     let mut valid = Vec::new();
@@ -394,11 +536,41 @@ fn encrypt_file(wrapped_key: &WrappedKey) -> File {
             nonce: Some(b64(&nonce)),
             session_seed: None,
             header: String::new(),
-            fingerprint: b64(&sealed.data[sealed.data.len() - 16..]),
+            fingerprint: String::new(),
             sealed: message(&sealed),
             deterministic: true,
         });
     }
+    // Another tenant's genuine message whose AES-GCM tag equals tenant-1's article
+    // message's: it opens, and has a fingerprint of its own.
+    let target: [u8; 16] = {
+        let sealed = unb64(&valid[1].sealed.data);
+        sealed[sealed.len() - 16..].try_into().unwrap()
+    };
+    let steering_parts = FixedKeyParts {
+        data_key: &unb64(&steering.data_key),
+        kms_key: STEERING_KEY,
+        wrapped: &unb64(&steering.wrapped),
+    };
+    let text = b"another tenant's words, with its tag steered: ????????????????.";
+    let sealed_at = SEALED_AT + 10;
+    let (steered, nonce) = steer_tag(steering_parts, sealed_at, text, 48, target);
+    let secret = SecretKey::from_slice(steering_parts.data_key).unwrap();
+    let fixed = FixedKey::Encrypt { data_key: &secret, kms_key: STEERING_KEY, wrapped: steering_parts.wrapped, nonce };
+    let sealed = seal(fixed, sealed_at, Bytes::from(steered.clone()), Attributes::new());
+    assert_eq!(sealed.data[sealed.data.len() - 16..], target, "the tag was steered");
+    valid.push(Valid {
+        name: "tenant-3's message whose AES-GCM tag equals the article's message's: another fingerprint".into(),
+        data: b64(&steered),
+        attributes: BTreeMap::new(),
+        sealed_at,
+        nonce: Some(b64(&nonce)),
+        session_seed: None,
+        header: String::new(),
+        fingerprint: String::new(),
+        sealed: message(&sealed),
+        deterministic: true,
+    });
     let base = valid[1].sealed.clone();
     let mut invalid_cases = common_invalid(&base);
     // A plaintext the producer should never have sealed, encrypted properly: the spec's
@@ -473,8 +645,8 @@ fn encrypt_file(wrapped_key: &WrappedKey) -> File {
             .into(),
         mode: "encrypt".into(),
         tenant_id: TENANT.into(),
-        trusted_kms_keys: vec![TRUSTED.into()],
-        wrapped_keys: vec![wrapped_key.clone()],
+        trusted_kms_keys: vec![TRUSTED.into(), format!("projects/{STEERING_TENANT}/*={STEERING_TENANT}")],
+        wrapped_keys: vec![wrapped_key.clone(), steering.clone()],
         public_keys: BTreeMap::new(),
         valid,
         invalid: invalid_cases,
@@ -489,7 +661,6 @@ fn sign_file(wrapped_key: &WrappedKey) -> File {
         let sealed_at = SEALED_AT + i as u64;
         let fixed = FixedKey::Sign { data_key: &data_key, kms_key: KMS_KEY, wrapped: &wrapped };
         let sealed = seal(fixed, sealed_at, Bytes::from(data.clone()), to_attributes(&attributes));
-        let fingerprint = b64(&unb64(&sealed.attributes[SIGNATURE_ATTR])[..16]);
         valid.push(Valid {
             name: name.into(),
             data: b64(&data),
@@ -498,7 +669,7 @@ fn sign_file(wrapped_key: &WrappedKey) -> File {
             nonce: None,
             session_seed: None,
             header: String::new(),
-            fingerprint,
+            fingerprint: String::new(),
             sealed: message(&sealed),
             deterministic: true,
         });
@@ -589,7 +760,6 @@ async fn attest_session_file(signing: &SigningKms, other: &SigningKms) -> File {
             certificate_signature: &cert_signature,
         };
         let sealed = seal(fixed, sealed_at, Bytes::from(data.clone()), to_attributes(&attributes));
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &unb64(&sealed.attributes[SIGNATURE_ATTR]));
         valid.push(Valid {
             name: name.into(),
             data: b64(&data),
@@ -598,11 +768,19 @@ async fn attest_session_file(signing: &SigningKms, other: &SigningKms) -> File {
             nonce: None,
             session_seed: Some(b64(&seed)),
             header: String::new(),
-            fingerprint: b64(&digest.as_ref()[..16]),
+            fingerprint: String::new(),
             sealed: message(&sealed),
             deterministic: true,
         });
     }
+    // The same message with its certificate's signature malleated: it verifies too,
+    // and keeps its original's fingerprint.
+    let mut malleated = valid[1].clone();
+    malleated.name =
+        "the article's message again, its certificate signature (r, s) made (r, n - s): same fingerprint".into();
+    let signature = unb64(&malleated.sealed.attributes[ATTEST_CERT_SIGNATURE_ATTR]);
+    malleated.sealed.attributes.insert(ATTEST_CERT_SIGNATURE_ATTR.into(), b64(&ecdsa_negated(&signature)));
+    valid.push(malleated);
     let base = valid[1].sealed.clone();
     let fixed_seal = |cert: &[u8], cert_signature: &[u8], sealed_at: u64| {
         let fixed = FixedKey::AttestSession {
@@ -685,8 +863,6 @@ async fn attest_kms_file(signing: Arc<SigningKms>) -> File {
         let sealed_at = SEALED_AT + i as u64;
         let sealed =
             sealer(TENANT, sealed_at).seal(Bytes::from(data.clone()), to_attributes(&attributes)).await.unwrap();
-        let digest =
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &unb64(&sealed.attributes[KMS_SIGNATURE_ATTR]));
         valid.push(Valid {
             name: name.into(),
             data: b64(&data),
@@ -695,13 +871,28 @@ async fn attest_kms_file(signing: Arc<SigningKms>) -> File {
             nonce: None,
             session_seed: None,
             header: String::new(),
-            fingerprint: b64(&digest.as_ref()[..16]),
+            fingerprint: String::new(),
             sealed: message(&sealed),
             deterministic: false,
         });
     }
+    // The same message with its signature malleated, (r, s) -> (r, n - s): it verifies
+    // too, and must have its original's fingerprint, or a copy would count twice.
+    let mut malleated = valid[1].clone();
+    malleated.name = "the article's message again, its signature (r, s) made (r, n - s): same fingerprint".into();
+    let signature = unb64(&malleated.sealed.attributes[KMS_SIGNATURE_ATTR]);
+    malleated.sealed.attributes.insert(KMS_SIGNATURE_ATTR.into(), b64(&ecdsa_negated(&signature)));
+    valid.push(malleated);
     let base = valid[1].sealed.clone();
     let for_other_tenant = sealer("tenant-2", SEALED_AT).seal(Bytes::from_static(b"words"), Attributes::new()).await;
+    // A message whose DER signature is at most 71 bytes, so that one more byte of BER
+    // stays within the 72 allowed.
+    let short = loop {
+        let sealed = sealer(TENANT, SEALED_AT).seal(Bytes::from_static(b"words"), Attributes::new()).await.unwrap();
+        if unb64(&sealed.attributes[KMS_SIGNATURE_ATTR]).len() <= 71 {
+            break message(&sealed);
+        }
+    };
     let mut invalid_cases = common_invalid(&base);
     invalid_cases.extend([
         invalid("data altered", altered(&base, |d, _| d[0] ^= 1), "tampered"),
@@ -716,6 +907,14 @@ async fn attest_kms_file(signing: Arc<SigningKms>) -> File {
             "kms_signature of 73 bytes",
             altered(&base, |_, a| _ = a.insert(KMS_SIGNATURE_ATTR.into(), b64(&[0x30; 73]))),
             "garbled_attribute",
+        ),
+        invalid(
+            "kms_signature in BER, not DER (r with a needless leading zero byte)",
+            altered(&short, |_, a| {
+                let der = unb64(&a[KMS_SIGNATURE_ATTR]);
+                a.insert(KMS_SIGNATURE_ATTR.into(), b64(&ecdsa_ber(&der)));
+            }),
+            "tampered",
         ),
         invalid(
             "kms_key a key, not a key version",
@@ -740,6 +939,65 @@ async fn attest_kms_file(signing: Arc<SigningKms>) -> File {
         valid,
         invalid: invalid_cases,
     }
+}
+
+/// P-256's group order `n`, big-endian.
+const P256_ORDER: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xbc, 0xe6, 0xfa,
+    0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+
+/// The two integers of a DER ECDSA signature `SEQUENCE { INTEGER r, INTEGER s }`, as
+/// 32-byte big-endian numbers (short-form lengths: P-256's are at most 72 bytes).
+fn ecdsa_integers(der: &[u8]) -> ([u8; 32], [u8; 32]) {
+    assert_eq!(der[0], 0x30);
+    let mut at = 2;
+    let mut next = || {
+        assert_eq!(der[at], 0x02);
+        let len = der[at + 1] as usize;
+        let bytes = &der[at + 2..at + 2 + len];
+        at += 2 + len;
+        let bytes = &bytes[bytes.len().saturating_sub(32)..];
+        let mut out = [0; 32];
+        out[32 - bytes.len()..].copy_from_slice(bytes);
+        out
+    };
+    (next(), next())
+}
+
+/// `SEQUENCE { INTEGER r, INTEGER s }` in DER, each integer minimal, with `pad` extra
+/// leading zero bytes on `r` (0 for DER; more makes a BER encoding).
+fn ecdsa_der(r: &[u8; 32], s: &[u8; 32], pad: usize) -> Vec<u8> {
+    let integer = |n: &[u8; 32], pad: usize| {
+        let first = n.iter().position(|&b| b != 0).unwrap_or(31);
+        let mut body = vec![0; pad + usize::from(n[first] & 0x80 != 0)];
+        body.extend_from_slice(&n[first..]);
+        let mut out = vec![0x02, body.len() as u8];
+        out.extend(body);
+        out
+    };
+    let body = [integer(r, pad), integer(s, 0)].concat();
+    [vec![0x30, body.len() as u8], body].concat()
+}
+
+/// The other valid signature of the same message: `(r, n - s)`.
+fn ecdsa_negated(der: &[u8]) -> Vec<u8> {
+    let (r, s) = ecdsa_integers(der);
+    let mut negated = [0u8; 32];
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let mut digit = i16::from(P256_ORDER[i]) - i16::from(s[i]) - borrow;
+        borrow = i16::from(digit < 0);
+        digit += 256 * borrow;
+        negated[i] = digit as u8;
+    }
+    ecdsa_der(&r, &negated, 0)
+}
+
+/// The same signature encoded in BER: `r` with a leading zero byte DER forbids.
+fn ecdsa_ber(der: &[u8]) -> Vec<u8> {
+    let (r, s) = ecdsa_integers(der);
+    ecdsa_der(&r, &s, 1)
 }
 
 fn write(name: &str, file: &impl Serialize) {
@@ -778,8 +1036,16 @@ async fn write_vectors() {
         wrapped: b64(&wrapped),
         data_key: b64(&counting(0)),
     };
+    // Tenant-3's data key, wrapped under the same keyring KEK for its own tenant id.
+    let steering_key = SecretKey::from_slice(&counting(0x20)).unwrap();
+    let steering = WrappedKey {
+        kms_key: STEERING_KEY.into(),
+        tenant_id: STEERING_TENANT.into(),
+        wrapped: b64(&local_wrap_with(&kek, 1, [0x5b; 12], &steering_key, STEERING_TENANT.as_bytes())),
+        data_key: b64(&counting(0x20)),
+    };
     let mut files = vec![
-        ("encrypt.json", encrypt_file(&wrapped_key)),
+        ("encrypt.json", encrypt_file(&wrapped_key, &steering)),
         ("sign.json", sign_file(&wrapped_key)),
         ("attest_session.json", attest_session_file(&SigningKms(p256()), &SigningKms(p256())).await),
         ("attest_kms.json", attest_kms_file(Arc::new(SigningKms(p256()))).await),
@@ -788,6 +1054,10 @@ async fn write_vectors() {
         let headers: Vec<String> = file.valid.iter().map(|vector| b64(&header(file, vector))).collect();
         for (vector, header) in file.valid.iter_mut().zip(headers) {
             vector.header = header;
+        }
+        let fingerprints: Vec<String> = file.valid.iter().map(|vector| spec_fingerprint(file, vector)).collect();
+        for (vector, fingerprint) in file.valid.iter_mut().zip(fingerprints) {
+            vector.fingerprint = fingerprint;
         }
         write(name, file);
     }

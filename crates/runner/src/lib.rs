@@ -105,9 +105,9 @@ pub trait Open: Send + Sync + 'static {
     fn open(&self, message: &Message) -> impl Future<Output = Result<Text, OpenError>> + Send;
 }
 
-/// Fingerprints by the envelope's authentication tag rather than Pub/Sub's message id:
-/// a redelivery keeps both, but a copy published again (a replay) gets a new message
-/// id and keeps its tag.
+/// Fingerprints by the envelope's fingerprint rather than Pub/Sub's message id: a
+/// redelivery keeps both, but a copy published again (a replay) gets a new message id
+/// and keeps its fingerprint.
 impl Open for Opener {
     async fn open(&self, message: &Message) -> Result<Text, OpenError> {
         let opened = Opener::open(self, &message.data, &message.attributes).await?;

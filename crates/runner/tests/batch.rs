@@ -26,7 +26,7 @@ impl Open for Gated {
         if message.data.starts_with(b"slow") {
             self.gate.acquire().await.expect("never closed").forget();
         }
-        let mut fingerprint = [0; 16];
+        let mut fingerprint = [0; 32];
         fingerprint[..message.message_id.len()].copy_from_slice(message.message_id.as_bytes());
         Ok(Text { data: message.data.clone(), fingerprint })
     }
@@ -117,7 +117,7 @@ struct ById;
 
 impl Open for ById {
     async fn open(&self, message: &Message) -> Result<Text, OpenError> {
-        let mut fingerprint = [0; 16];
+        let mut fingerprint = [0; 32];
         fingerprint[..message.message_id.len()].copy_from_slice(message.message_id.as_bytes());
         Ok(Text { data: message.data.clone(), fingerprint })
     }

@@ -140,7 +140,7 @@ pub struct Pane<H> {
 
 /// What tells one message from another: equal for copies of one message (a redelivery,
 /// a replay), different for any two distinct messages.
-pub type Fingerprint = [u8; 16];
+pub type Fingerprint = [u8; 32];
 
 /// Whether a message was counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,7 +215,7 @@ impl<H> Windows<H> {
     pub fn add(&self, published: SystemTime, id: Fingerprint, text: &str, hold: H, now: SystemTime) -> Added {
         let window = Window::containing(published, self.size);
         let key = u64::from_le_bytes(id[..8].try_into().expect("8 bytes"));
-        // Fingerprints are hashes (or MACs), uniform in their first bytes.
+        // Fingerprints are hashes, uniform in their first bytes.
         let mut seen = lock(&self.seen[(key % self.seen.len() as u64) as usize]);
         let new = seen.entry(window).or_default().insert(id);
         let mut counting = lock(&self.counting[thread_slot() % self.counting.len()]);
@@ -339,7 +339,7 @@ mod tests {
     }
 
     fn id(tag: u8) -> Fingerprint {
-        [tag; 16]
+        [tag; 32]
     }
 
     fn sorted(mut holds: Vec<u32>) -> Vec<u32> {
@@ -420,7 +420,7 @@ mod tests {
                 let windows = &windows;
                 scope.spawn(move || {
                     for tag in (0..=255u8).filter(|tag| tag % 4 == thread) {
-                        let mut id = [0; 16];
+                        let mut id = [0; 32];
                         id[0] = tag;
                         windows.add(at(1_000_005), id, "w w x", u32::from(tag), at(1_000_005));
                     }
@@ -438,7 +438,7 @@ mod tests {
         // A late message arriving in one shard after another shard's part became ready
         // does not split the window into two panes: the ready part takes the rest along.
         let windows = windows();
-        let (early, late) = ([0; 16], [1; 16]);
+        let (early, late) = ([0; 32], [1; 32]);
         // From two threads, so into two counting shards.
         std::thread::scope(|scope| {
             scope.spawn(|| windows.add(at(1_000_005), early, "a", 1, at(1_000_005)));
@@ -457,9 +457,9 @@ mod tests {
         // Pane numbers count the window's emissions, not a shard's: a late message
         // landing in a shard that never saw the window still gets pane 1.
         let windows = windows();
-        windows.add(at(1_000_005), [0; 16], "x", 1, at(1_000_005));
+        windows.add(at(1_000_005), [0; 32], "x", 1, at(1_000_005));
         assert_eq!(windows.take_ready(at(1_000_030))[0].number, 0);
-        windows.add(at(1_000_005), [3; 16], "x", 2, at(1_000_031));
+        windows.add(at(1_000_005), [3; 32], "x", 2, at(1_000_031));
         let late = windows.take_all();
         assert_eq!((late[0].number, late[0].holds.as_slice()), (1, &[2][..]));
     }
@@ -475,7 +475,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for n in 0..2_000u32 {
                         let message = n % 1_000 * 4 + thread;
-                        let mut id = [0; 16];
+                        let mut id = [0; 32];
                         id[..4].copy_from_slice(&message.to_le_bytes());
                         let text = format!("all t{thread} m{}", message % 7);
                         windows.add(at(1_000_005 + u64::from(message % 30)), id, &text, message, at(1_000_000));
