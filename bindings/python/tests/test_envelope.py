@@ -37,7 +37,7 @@ def test_every_mode_round_trips_data_and_attributes(kms, flavour):
     assert opened.attributes == ATTRIBUTES
     assert opened.mode == sealer.mode == flavour.split("_")[0]
     assert opened.kms_key == (KEY if flavour in ("encrypt", "sign") else SIGNER_VERSION.rsplit("/cryptoKeyVersions", 1)[0])
-    assert len(opened.fingerprint) == 16
+    assert len(opened.fingerprint) == 32
     if flavour.startswith("attest"):
         assert SIGNER_VERSION in opened.attested_by
     else:

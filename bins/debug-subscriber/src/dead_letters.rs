@@ -10,6 +10,7 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use cli::escape::{Escaped, escaped};
 use envelope::Opener;
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::handler::Handler;
@@ -147,8 +148,17 @@ fn record(
             Some((end, _)) => format!("{}…({} bytes)", &value[..end], value.len()),
             None => value.to_owned(),
         };
+        // Everything here but the status's own words came with the message: escaped,
+        // so that none of it can start a line that looks like this tool's own.
         let attributes: Vec<String> =
-            attributes.into_iter().map(|(key, value)| format!("{key}={}", short(value))).collect();
-        format!("DEAD {original} reason={reason}: {detail}\n  attributes={{{}}}\n  {status}", attributes.join(", "))
+            attributes.into_iter().map(|(key, value)| format!("{}={}", Escaped(key), short(&escaped(value)))).collect();
+        format!(
+            "DEAD {} reason={}: {}\n  attributes={{{}}}\n  {}",
+            Escaped(original),
+            Escaped(reason),
+            Escaped(detail),
+            attributes.join(", "),
+            Escaped(status)
+        )
     }
 }

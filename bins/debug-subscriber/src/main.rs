@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use cli::escape::{Escaped, escaped};
 use cli::flags::{KmsFlags, OpenMode};
 
 /// Read the shared topic and show each message opened, or why it was rejected.
@@ -93,6 +94,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if !cli.common.start::<Cli>()? {
         return Ok(());
     }
+    cli.trust.require::<Cli>();
     // Listening from the start: a signal during start-up is not lost.
     let signals = cli::signals::StopSignals::listen()?;
     let project = cli.account.pubsub_project_id.as_deref();
@@ -144,18 +146,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         });
                         writeln!(out, "{record}")?;
                     } else {
-                        let mut attributes: Vec<_> = opened.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        // Escaped: whoever publishes chooses these, and a newline would
+                        // start a line that looks like this tool's own.
+                        let mut attributes: Vec<_> =
+                            opened.attributes.iter().map(|(k, v)| format!("{}={}", Escaped(k), Escaped(v))).collect();
                         attributes.sort();
                         let attributes = attributes.join(", ");
                         let attested = match &opened.attestation {
-                            Some(attestation) => format!(" attested_by=({attestation})"),
+                            Some(attestation) => format!(" attested_by=({})", escaped(&attestation.to_string())),
                             None => String::new(),
                         };
                         writeln!(
                             out,
-                            "OPENED {id} mode={} kms_key={} sealed_at={sealed_at}{attested} attributes={{{attributes}}}\n  {text}",
+                            "OPENED {} mode={} kms_key={} sealed_at={sealed_at}{attested} attributes={{{attributes}}}\n  {}",
+                            Escaped(id),
                             opened.mode,
-                            opened.kms_key.as_ref().map_or("-", |key| key.as_str())
+                            opened.kms_key.as_ref().map_or("-", |key| key.as_str()),
+                            Escaped(&text)
                         )?;
                     }
                     handler.ack();
@@ -167,7 +174,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         let record = serde_json::json!({"message_id": id, "status": status, "reason": error.reason(), "detail": error.to_string()});
                         writeln!(out, "{record}")?;
                     } else {
-                        writeln!(out, "{} {id} reason={}: {error}", status.to_uppercase(), error.reason())?;
+                        let (id, detail) = (Escaped(id), escaped(&error.to_string()));
+                        writeln!(out, "{} {id} reason={}: {detail}", status.to_uppercase(), error.reason())?;
                     }
                     if error.is_transient() { handler.nack() } else { handler.ack() }
                     metrics.message(status, error.reason());

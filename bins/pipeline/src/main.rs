@@ -133,6 +133,7 @@ fn start(cli: Cli) -> anyhow::Result<ExitCode> {
     if !cli.common.start::<Cli>()? {
         return Ok(ExitCode::SUCCESS);
     }
+    cli.trust.require::<Cli>();
     let workers = match cli.workers {
         Some(workers) => workers.into(),
         None => std::thread::available_parallelism().map_or(1, usize::from),

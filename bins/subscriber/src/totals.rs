@@ -125,19 +125,21 @@ impl Window {
 }
 
 impl Snapshot {
-    /// The window as a person reads it: a heading, then a line per word.
+    /// The window as a person reads it: a heading, then a line per word. Words and
+    /// window bounds come from the output topic's messages, so they are shown escaped.
     pub fn text(&self) -> String {
+        use cli::escape::Escaped;
         let plural = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         let mut text = format!(
             "window {} .. {}: {} words ({}, {})\n",
-            self.window_start,
-            self.window_end,
+            Escaped(&self.window_start),
+            Escaped(&self.window_end),
             self.total,
             plural(self.replicas, "replica", "replicas"),
             plural(self.panes, "pane", "panes"),
         );
         for (word, count) in &self.counts {
-            text.push_str(&format!("  {word}: {count}\n"));
+            text.push_str(&format!("  {}: {count}\n", Escaped(word)));
         }
         text
     }
@@ -284,6 +286,19 @@ mod tests {
             totals.forget_quiet(now);
             assert!(totals.len() <= 61, "held {} windows", totals.len());
         }
+    }
+
+    // Whoever can publish to the output topic chooses words and window bounds: a
+    // newline in either must not print a line of a window that was never counted.
+    #[test]
+    fn text_shows_words_and_window_bounds_escaped() {
+        let mut totals = Totals::new(Duration::from_secs(60));
+        let now = Instant::now();
+        totals.add(&part("r1", "w1\nwindow forged", 0), b"fox\n  wolf: 1000: 1", now);
+        let text = totals.take_changed(now + Duration::from_secs(60), Duration::ZERO)[0].text();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.contains(r"window w1\nwindow forged"), "{text}");
+        assert!(text.contains(r"  fox\n  wolf: 1000: 1"), "{text}");
     }
 
     #[test]

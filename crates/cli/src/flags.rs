@@ -202,12 +202,16 @@ impl KmsFlags {
 }
 
 /// Which KMS keys a consumer accepts messages from.
+///
+/// Nothing is trusted unless named: at least one of `--trusted_kms_key`,
+/// `--trusted_signer` or `--dangerous_trust_any_kms_key` is required
+/// ([`require`](Self::require)), and a service account alone trusts no KMS key.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrustFlags {
     /// A KMS key to accept, or a prefix ending in `/*` (repeatable), optionally followed
     /// by `=TENANT_ID`, the tenant id that key's producers bind (else `--tenant_id`): one
-    /// pipeline serves tenants with ids of their own. None: every key the KMS
-    /// credentials can use, with a warning (for trials only).
+    /// pipeline serves tenants with ids of their own. No KMS key is trusted unless named
+    /// here (or by --dangerous_trust_any_kms_key).
     #[arg(
         long = "trusted_kms_key",
         visible_alias = "trusted-kms-key",
@@ -215,6 +219,17 @@ pub struct TrustFlags {
         value_delimiter = ','
     )]
     pub trusted_kms_key: Vec<String>,
+
+    /// Accept messages under ANY KMS key these credentials can use: for trials only.
+    /// Every tenant on the bus (and anyone with publish rights whose key the
+    /// credentials can use) is then counted.
+    #[arg(
+        long = "dangerous_trust_any_kms_key",
+        visible_alias = "dangerous-trust-any-kms-key",
+        env = "PUBSUB_ENVELOPE_DANGEROUS_TRUST_ANY_KMS_KEY",
+        conflicts_with = "trusted_kms_key"
+    )]
+    pub dangerous_trust_any_kms_key: bool,
 
     /// Refuse messages sealed longer ago than this (e.g. `5m`, `1h`): stale messages and
     /// old ones published again. Off by default.
@@ -244,14 +259,40 @@ pub struct TrustFlags {
 }
 
 impl TrustFlags {
-    /// The trusted set the flags describe: with no `--trusted_kms_key`, every key,
-    /// which is logged as a warning.
+    /// Ends the process with a usage error (exit 2) that names both choices when
+    /// nothing is trusted: the article's command lines had no trust flag and trusted
+    /// every key, which on a shared bus counts any tenant, or anyone whose key the
+    /// credentials can use. Not a required clap group, so that `--generate` and
+    /// `--help` need none.
+    pub fn require<C: clap::CommandFactory>(&self) {
+        if self.trusted_kms_key.is_empty() && self.trusted_signer.is_empty() && !self.dangerous_trust_any_kms_key {
+            C::command()
+                .error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "no KMS key is trusted: name the keys whose messages to accept with --trusted_kms_key KEY \
+                     (or a prefix, projects/TENANT_PROJECT/*), or accept every key these credentials can use with \
+                     --dangerous_trust_any_kms_key (for trials only)",
+                )
+                .exit();
+        }
+    }
+
+    /// The trusted set the flags describe: the keys `--trusted_kms_key` names (none
+    /// without it), or every key with `--dangerous_trust_any_kms_key`, which is logged
+    /// as a warning. An entry that trusts every project (`projects/*`) warns too.
     pub fn trusted_keys(&self) -> anyhow::Result<envelope::TrustedKeys> {
-        if self.trusted_kms_key.is_empty() {
+        if self.dangerous_trust_any_kms_key {
             tracing::warn!(
-                "no --trusted_kms_key given: messages under ANY KMS key these credentials can use will be accepted"
+                "--dangerous_trust_any_kms_key: messages under ANY KMS key these credentials can use will be accepted"
             );
             return Ok(envelope::TrustedKeys::dangerous_any_key());
+        }
+        for entry in self.trusted_kms_key.iter().filter(|entry| trusts_every_project(entry)) {
+            tracing::warn!(
+                entry = %crate::escape::Escaped(entry),
+                "--trusted_kms_key trusts every project's keys: any tenant whose key these credentials can use \
+                 will be accepted; name each tenant's project instead (projects/TENANT_PROJECT/*)"
+            );
         }
         Ok(envelope::TrustedKeys::from_patterns(&self.trusted_kms_key)?)
     }
@@ -296,6 +337,13 @@ impl TrustFlags {
     pub fn max_message_age(&self) -> Option<std::time::Duration> {
         self.max_message_age.map(Into::into)
     }
+}
+
+/// Whether a `--trusted_kms_key` entry names no project: `projects/*`, however spelt.
+fn trusts_every_project(entry: &str) -> bool {
+    let pattern = entry.split_once('=').map_or(entry, |(pattern, _)| pattern);
+    let pattern = pattern.strip_prefix("gcp-kms://").unwrap_or(pattern);
+    pattern == "projects/*"
 }
 
 /// The dead-letter topic, which the pipeline writes and `debug-subscriber

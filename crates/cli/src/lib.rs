@@ -8,8 +8,11 @@
 //! * A process's edges: [`logging`] (text or Cloud Logging JSON), [`signals`] (drain on
 //!   the first, stop at the second), [`report`] (an error as one headline with its
 //!   cause), [`generate`] (man pages and completions) and [`stdin_lines`].
+//! * [`escape`] shows message-derived text to a person with its control characters
+//!   escaped.
 #![cfg_attr(test, allow(unused_crate_dependencies, reason = "unit tests build with the dev-dependencies too"))]
 
+pub mod escape;
 pub mod flags;
 pub mod generate;
 pub mod logging;

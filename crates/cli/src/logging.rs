@@ -54,12 +54,29 @@ pub fn init(format: LogFormat) {
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.with_ansi(use_colour()).init(),
+        LogFormat::Text => builder.with_ansi(use_colour()).fmt_fields(escaping_fields()).init(),
         LogFormat::Json => builder.event_format(CloudLogging).init(),
     }
     if let Some((text, error)) = invalid {
         tracing::warn!("RUST_LOG `{text}` is not a valid filter ({error}); logging at `info`");
     }
+}
+
+/// Text logs' fields as `name=value`, space-separated as tracing's own, with control
+/// characters escaped ([`Escaped`](crate::escape::Escaped)): fields carry what
+/// messages say (attribute names, key names, reasons' details), and tracing's default
+/// writes a newline in one as it is, which forges a log line.
+fn escaping_fields() -> impl for<'writer> FormatFields<'writer> + 'static {
+    use tracing_subscriber::field::MakeExt as _;
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let text = format!("{value:?}");
+        let text = crate::escape::Escaped(&text);
+        match field.name() {
+            "message" => write!(writer, "{text}"),
+            name => write!(writer, "{}={text}", name.strip_prefix("r#").unwrap_or(name)),
+        }
+    })
+    .delimited(" ")
 }
 
 /// Colour only for a person at a terminal who has not asked for none
@@ -153,6 +170,26 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    // A field that carries a newline (an attacker's attribute name, say) stays on its
+    // line: text logs escape control characters in every field and in the message.
+    #[test]
+    fn text_lines_escape_control_characters_in_fields_and_message() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .fmt_fields(escaping_fields())
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let name = "x\nERROR forged line";
+            tracing::warn!(attribute = %name, count = 3_u64, "rejected {}", "a\rb");
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains(r"rejected a\rb attribute=x\nERROR forged line count=3"), "{text}");
     }
 
     #[test]

@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use envelope::kms::local::{Keyring, Purpose};
 
+/// Where the consumers read `--trusted_kms_key` from; [`Harness::command`] sets it.
+pub const TRUSTED_KMS_KEYS_ENV: &str = "PUBSUB_ENVELOPE_TRUSTED_KMS_KEYS";
+
 /// The article's tenant key, and a second tenant's.
 pub const TENANT_1_KEY: &str = "projects/tenant-1/locations/us-central1/keyRings/tenant1-keyring/cryptoKeys/key1";
 /// Another tenant's key in the same keyring.
@@ -112,6 +115,9 @@ impl Harness {
             .env("PUBSUB_EMULATOR_HOST", &self.emulator.host)
             .env("PUBSUB_ENVELOPE_KMS", format!("local:{}", self.keyring().display()))
             .env("RUST_LOG", "info")
+            // The consumers trust no key unless told; the tests' two tenants by default
+            // (a test's own --trusted_kms_key replaces this).
+            .env(TRUSTED_KMS_KEYS_ENV, "projects/tenant-1/*,projects/tenant-2/*")
             .stdin(Stdio::null());
         command
     }

@@ -57,3 +57,53 @@ def test_counts_per_window_and_dead_letters(keyring):
             lambda m: (m.attributes["reject_reason"], m.attributes["original_message_id"], m.data)
         )
         assert_that(dead, equal_to([("tampered", "5", tampered[0]), ("untrusted_key", "6", untrusted[0])]), label="dead")
+
+
+def test_a_tenant_that_steers_its_tag_onto_another_tenants_message_suppresses_nothing(tmp_path):
+    """Two tenants' messages with one AES-GCM tag (tenant-3 steered its own onto tenant-1's, as
+    any tenant can with its own data key) are both counted: dedup keys on the fingerprint,
+    which binds the sealer's key, not on the tag."""
+    import base64
+    import json
+
+    from conftest_shared import REPO
+
+    vectors_dir = REPO / "crates" / "envelope" / "tests" / "vectors"
+    vectors = json.loads((vectors_dir / "encrypt.json").read_text())
+    kek = json.loads((vectors_dir / "keyring_wrap.json").read_text())
+    # The vectors' data keys were wrapped by the local keyring under keyring_wrap.json's KEK.
+    keys = [
+        {"name": w["kms_key"], "purpose": "ENCRYPT_DECRYPT", "primary": kek["version"],
+         "versions": [{"version": kek["version"], "material": kek["kek"]}]}
+        for w in vectors["wrapped_keys"]
+    ]
+    keyring = tmp_path / "vectors-keyring.json"
+    keyring.write_text(json.dumps({"format": "pubsub-envelope-keyring/1", "keys": keys}))
+    by_name = {case["name"]: case for case in vectors["valid"]}
+    victim = by_name["the article's message with attributes"]
+    steered = next(case for name, case in by_name.items() if name.startswith("tenant-3"))
+    tag = lambda case: base64.b64decode(case["sealed"]["data"])[-16:]  # noqa: E731
+    assert tag(victim) == tag(steered), "the vectors share a tag"
+    messages = [victim, steered]
+    settings = OpenSettings(tenant_id=TENANT, trusted_kms_keys=vectors["trusted_kms_keys"], kms=f"local:{keyring}")
+
+    with test_pipeline.TestPipeline() as pipeline:
+        results = (
+            pipeline
+            | beam.Create(
+                [
+                    beam.window.TimestampedValue(
+                        PubsubMessage(base64.b64decode(c["sealed"]["data"]), c["sealed"]["attributes"], message_id=str(i)),
+                        START + 1,
+                    )
+                    for i, c in enumerate(messages)
+                ]
+            )
+            | CountSealedWords(settings, window_secs=15, replica="test")
+        )
+        counts = results["counts"] | "Counts" >> beam.Map(lambda m: m.data.decode())
+        # "the quick brown fox jumps over the lazy dog" and tenant-3's words, each counted.
+        assert_that(
+            counts | "Words" >> beam.Filter(lambda line: line.split(":")[0] in ("the", "fox", "another", "tag")),
+            equal_to(["the: 2", "fox: 1", "another: 1", "tag: 1"]),
+        )

@@ -110,7 +110,9 @@ class Opened:
     @property
     def attested_by(self) -> Optional[str]: ...
     @property
-    def fingerprint(self) -> bytes: ...
+    def fingerprint(self) -> bytes:
+        """32 bytes: the message's identity (docs/FORMAT.md, "Fingerprint"), equal for every copy and every valid encoding of one sealed message, different for any two messages, whoever sealed them."""
+        ...
 
 class Opener:
     """Opens messages for one tenant, from the keys and accounts it trusts."""

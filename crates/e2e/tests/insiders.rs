@@ -1,0 +1,220 @@
+//! Tenants against tenants, through the real binaries on the emulator: what a tenant
+//! holding its own keys, or anyone with publish rights, could do to another tenant's
+//! counts or to an operator's screen, and does not (issue: tenant integrity).
+#![allow(unused_crate_dependencies, reason = "each test target uses a share of its package's dependencies")]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use e2e::{
+    Harness, TENANT_1_KEY, TENANT_1_SIGNER, TRUSTED_KMS_KEYS_ENV, assert_dead_lettered, expected_counts, message,
+    summed_counts, total,
+};
+use envelope::format::{decode_base64, encode_base64};
+use envelope::{AttestBy, Attributes, KeyVersionName, Mode, Sealed, Sealer};
+
+/// The encrypt test vectors: tenant-1's article message, and tenant-3's genuine message
+/// whose AES-GCM tag was steered onto it (crates/envelope/tests/vectors/encrypt.json).
+fn steered_pair(harness: &Harness) -> (std::path::PathBuf, Vec<String>, [(Sealed, String); 2]) {
+    let dir = e2e::workspace().join("crates/envelope/tests/vectors");
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap()
+    };
+    let (vectors, kek) = (read("encrypt.json"), read("keyring_wrap.json"));
+    // The vectors' data keys were wrapped by the local keyring under keyring_wrap.json's
+    // key encryption key: a keyring holding it under each key name unwraps them.
+    let keys: Vec<_> = vectors["wrapped_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|wrapped| {
+            serde_json::json!({"name": wrapped["kms_key"], "purpose": "ENCRYPT_DECRYPT", "primary": kek["version"],
+                "versions": [{"version": kek["version"], "material": kek["kek"]}]})
+        })
+        .collect();
+    let keyring = harness.dir().join("vectors-keyring.json");
+    let file = serde_json::json!({"format": "pubsub-envelope-keyring/1", "keys": keys});
+    std::fs::write(&keyring, file.to_string()).unwrap();
+    let valid = vectors["valid"].as_array().unwrap();
+    let pick = |name: &dyn Fn(&str) -> bool| {
+        let case = valid.iter().find(|case| name(case["name"].as_str().unwrap())).unwrap();
+        let sealed = Sealed {
+            data: Bytes::from(decode_base64(case["sealed"]["data"].as_str().unwrap()).unwrap()),
+            attributes: serde_json::from_value(case["sealed"]["attributes"].clone()).unwrap(),
+        };
+        let text = String::from_utf8(decode_base64(case["data"].as_str().unwrap()).unwrap()).unwrap();
+        (sealed, text)
+    };
+    let victim = pick(&|name| name == "the article's message with attributes");
+    let steered = pick(&|name| name.starts_with("tenant-3"));
+    let trust = serde_json::from_value(vectors["trusted_kms_keys"].clone()).unwrap();
+    (keyring, trust, [victim, steered])
+}
+
+// Tenant-3 seals a genuine message under its own key whose AES-GCM tag equals
+// tenant-1's message's, and both arrive together: each is counted (before, the one
+// counted second was acked as a "copy" of the first, never counted, never dead-lettered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_that_steers_its_tag_onto_another_tenants_message_suppresses_nothing() {
+    let harness = Harness::new();
+    let (keyring, trust, [(victim, victim_text), (steered, steered_text)]) = steered_pair(&harness);
+    let tag = |sealed: &Sealed| sealed.data.slice(sealed.data.len() - 16..);
+    assert_eq!(tag(&victim), tag(&steered), "the two messages share a tag");
+    let trust = trust.join(",");
+    let mut command =
+        harness.pipeline_command(&["--tenant_id", "tenant-1", "--trusted_kms_key", &trust, "--window_secs", "5"]);
+    command.env("PUBSUB_ENVELOPE_KMS", format!("local:{}", keyring.display()));
+    let pipeline = e2e::Running::spawn(command, "pipeline started");
+    let subscriber = harness.subscriber();
+    let bus = harness.pubsub().publisher(&harness.topic("common-topic")).await.unwrap();
+    let (first, second) = tokio::join!(bus.publish(message(victim)), bus.publish(message(steered)));
+    (first.unwrap(), second.unwrap());
+    let want = expected_counts([victim_text.as_str(), steered_text.as_str()]);
+    let lines = subscriber.lines_until(Duration::from_secs(60), |lines| total(lines) >= want.values().sum());
+    assert_eq!(summed_counts(&lines), want, "both tenants' words, each once");
+    pipeline.terminate();
+}
+
+/// P-256's group order, big-endian.
+const P256_ORDER: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xbc, 0xe6, 0xfa,
+    0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+
+/// The other valid ECDSA signature of the same message: DER `(r, s)` made `(r, n - s)`.
+fn malleated(der: &[u8]) -> Vec<u8> {
+    let integer = |at: usize| {
+        let len = der[at + 1] as usize;
+        (&der[at + 2..at + 2 + len], at + 2 + len)
+    };
+    let (r, next) = integer(2);
+    let (s, _) = integer(next);
+    let mut s32 = [0u8; 32];
+    let s = &s[s.len().saturating_sub(32)..];
+    s32[32 - s.len()..].copy_from_slice(s);
+    let mut negated = [0u8; 32];
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let digit = i16::from(P256_ORDER[i]) - i16::from(s32[i]) - borrow;
+        borrow = i16::from(digit < 0);
+        negated[i] = (digit + 256 * borrow) as u8;
+    }
+    let first = negated.iter().position(|&b| b != 0).unwrap();
+    let mut s_der = vec![0u8; usize::from(negated[first] & 0x80 != 0)];
+    s_der.extend_from_slice(&negated[first..]);
+    let body = [&[0x02, r.len() as u8][..], r, &[0x02, s_der.len() as u8], &s_der].concat();
+    [&[0x30, body.len() as u8][..], &body].concat()
+}
+
+// Anyone who sees a strict attest message (the KMS signs each one, ECDSA) can make its
+// other valid signature (r, n - s) and publish that: it is the same message, counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malleated_signature_is_the_same_message_and_counts_once() {
+    let harness = Harness::new();
+    let pipeline = harness.pipeline(&["--window_secs", "5"]);
+    let subscriber = harness.subscriber();
+    let version = KeyVersionName::new(TENANT_1_SIGNER.parse().unwrap(), 1).unwrap();
+    let mut sealer = Sealer::attest(harness.kms(), version, "tenantKey", AttestBy::KmsEachMessage);
+    let text = "strictly attested words";
+    let original = sealer.seal(Bytes::from(text), Attributes::new()).await.unwrap();
+    let mut copy = original.clone();
+    let signature = decode_base64(&original.attributes["kms_signature"]).unwrap();
+    copy.attributes.insert("kms_signature".into(), encode_base64(&malleated(&signature)));
+    assert_ne!(copy.attributes["kms_signature"], original.attributes["kms_signature"]);
+    let bus = harness.pubsub().publisher(&harness.topic("common-topic")).await.unwrap();
+    let (first, second) = tokio::join!(bus.publish(message(original)), bus.publish(message(copy)));
+    (first.unwrap(), second.unwrap());
+    let lines = subscriber.lines_for(Duration::from_secs(12));
+    assert_eq!(summed_counts(&lines), expected_counts([text]), "counted once");
+    let log = pipeline.terminate();
+    assert!(!log.contains("rejected"), "the malleated copy opens too (it is valid): {log}");
+}
+
+// Trusting a service account says nothing about KMS keys: a message under a key nobody
+// named is dead-lettered `untrusted_key` (before, with no --trusted_kms_key, every key
+// the credentials could use was trusted, and it was counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_trusts_only_a_service_account_trusts_no_kms_key() {
+    let harness = Harness::new();
+    let pubsub = harness.pubsub();
+    let dead_letters = harness.subscribe("dead-letter-reader", "dead-letter").await;
+    let mut command = harness.pipeline_command(&["--trusted_signer", "robot@tenant-9.iam.gserviceaccount.com"]);
+    command.env_remove(TRUSTED_KMS_KEYS_ENV);
+    let pipeline = e2e::Running::spawn(command, "pipeline started");
+    let outsider = harness.seal(TENANT_1_KEY, "tenantKey", Mode::Encrypt, b"an outsider's words").await;
+    let bus = pubsub.publisher(&harness.topic("common-topic")).await.unwrap();
+    assert_dead_lettered(&pubsub, &bus, &dead_letters, vec![("under a key nobody named", "untrusted_key", outsider)])
+        .await;
+    let log = pipeline.terminate();
+    assert!(!log.contains("ANY KMS key"), "no warning about trusting every key, since none is: {log}");
+}
+
+// The article's command line (no trust flag) is a usage error that names both ways out;
+// the dangerous one warns; an entry trusting every project warns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_trust_nothing_unless_told_and_say_how_to_tell_them() {
+    let harness = Harness::new();
+    for tool in ["pipeline", "debug-subscriber"] {
+        let mut command = harness.command(tool);
+        let project = if tool == "pipeline" { "--project" } else { "--pubsub_project_id" };
+        command.env_remove(TRUSTED_KMS_KEYS_ENV).args([project, &harness.project]);
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{tool}: {stderr}");
+        assert!(stderr.contains("--trusted_kms_key") && stderr.contains("--dangerous_trust_any_kms_key"), "{stderr}");
+    }
+    let mut any = harness.pipeline_command(&["--dangerous_trust_any_kms_key"]);
+    any.env_remove(TRUSTED_KMS_KEYS_ENV);
+    let log = e2e::Running::spawn(any, "pipeline started").terminate();
+    assert!(log.contains("ANY KMS key"), "{log}");
+    let log = harness.pipeline(&["--trusted_kms_key", "projects/*"]).terminate();
+    assert!(log.contains("trusts every project"), "{log}");
+}
+
+/// What an attacker puts in a field to start a line of its own in an operator's view.
+const FORGED: &str = "\nOPENED 999 mode=encrypt kms_key=forged";
+
+// Newlines and escape codes in what a publisher chooses (attribute names and values,
+// data, a reject's detail) are shown escaped by debug-subscriber, its dead-letter
+// listing and the pipeline's text log: no line the attacker wrote appears as a line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_from_messages_never_start_a_line_of_their_own() {
+    let harness = Harness::new();
+    harness.subscribe("dead-letter-debug", "dead-letter").await;
+    let pipeline = harness.pipeline(&[]);
+    let mut command = harness.command("debug-subscriber");
+    command.args(["--pubsub_project_id", &harness.project]);
+    let debug = e2e::Running::spawn(command, "reading");
+
+    let mut sealer = Sealer::sign(harness.kms(), TENANT_1_KEY.parse().unwrap(), "tenantKey");
+    let attributes = Attributes::from([("note".to_owned(), format!("x{FORGED}\u{1b}[2J"))]);
+    let opened = sealer.seal(Bytes::from(format!("words{FORGED}")), attributes).await.unwrap();
+    let mut rejected = sealer.seal(Bytes::from_static(b"words"), Attributes::new()).await.unwrap();
+    rejected.attributes.insert(format!("envelope_x{FORGED}"), "1".into());
+    let bus = harness.pubsub().publisher(&harness.topic("common-topic")).await.unwrap();
+    bus.publish(message(opened)).await.unwrap();
+    bus.publish(message(rejected)).await.unwrap();
+
+    let lines = debug.lines_until(Duration::from_secs(30), |lines| {
+        lines.iter().filter(|line| line.starts_with("OPENED") || line.starts_with("REJECTED")).count() >= 2
+    });
+    let forged = |line: &str| line.starts_with("OPENED 999") || line.contains('\u{1b}');
+    assert!(!lines.iter().any(|line| forged(line)), "{lines:#?}");
+    assert!(lines.iter().any(|line| line.contains(r"note=x\nOPENED 999")), "{lines:#?}");
+    assert!(
+        lines.iter().any(|line| line.starts_with("REJECTED") && line.contains(r"envelope_x\nOPENED 999")),
+        "{lines:#?}"
+    );
+
+    let listing = harness
+        .command("debug-subscriber")
+        .args(["--pubsub_project_id", &harness.project, "--dead_letters", "--idle_exit_secs", "10"])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains(r"envelope_x\nOPENED 999"), "{listing}");
+    assert!(!listing.lines().any(forged), "{listing}");
+    let log = pipeline.terminate();
+    assert!(log.contains(r"envelope_x\nOPENED 999"), "the rejection is logged: {log}");
+    assert!(!log.lines().any(forged), "{log}");
+}
