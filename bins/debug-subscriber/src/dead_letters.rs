@@ -17,6 +17,9 @@ use google_cloud_pubsub::subscriber::handler::Handler;
 
 /// What to do with each dead letter.
 pub struct Settings<'a> {
+    /// Checks receipts made with the pipeline's key; `None` checks none (and then
+    /// nothing is redriven: `--redrive` requires the key).
+    pub receipts: Option<&'a Opener>,
     pub subscription: &'a str,
     /// The bus, to publish redriven originals to; `None` lists only.
     pub redrive_to: Option<&'a str>,
@@ -68,6 +71,10 @@ pub async fn run(
                 record(&message, None, "not a dead letter (no reject_reason)", None, settings.json)
             }
             Some(dead) => {
+                let receipt = match settings.receipts {
+                    Some(opener) => Some(runner::own_key::verify_receipt(opener, &message).await),
+                    None => None,
+                };
                 let now = match &dead.original {
                     None => Err("cut to fit Pub/Sub's limits: cannot be redriven".to_owned()),
                     Some(original) => opener
@@ -78,6 +85,12 @@ pub async fn run(
                 };
                 tally.opens_now += u64::from(now.is_ok());
                 let redriven = match (&publisher, &now, dead.original) {
+                    // The pipeline's receipt is what makes a dead letter its own: a
+                    // message someone else published here is never sent to the bus.
+                    (Some(_), Ok(_), Some(_)) if !matches!(receipt, Some(Ok(()))) => {
+                        held.push(handler);
+                        None
+                    }
                     (Some(publisher), Ok(_), Some(original)) => {
                         let republished = Message::new().set_data(original.data).set_attributes(original.attributes);
                         match publisher.publish(republished).await {
@@ -105,7 +118,16 @@ pub async fn run(
                     (Ok(mode), None) => format!("opens now as {mode}"),
                     (Err(why), _) => format!("still rejected: {why}"),
                 };
-                record(&message, Some(&dead.rejection), &status, redriven.as_deref(), settings.json)
+                let status = match &receipt {
+                    Some(Err(error)) => format!("{status}; not redriven: {error}"),
+                    _ => status,
+                };
+                let receipt = receipt.map(|receipt| match receipt {
+                    Ok(()) => "verified".to_owned(),
+                    Err(error) => error.to_string(),
+                });
+                let line = record(&message, Some(&dead.rejection), &status, redriven.as_deref(), settings.json);
+                with_receipt(line, receipt.as_deref(), settings.json)
             }
         };
         writeln!(out, "{line}")?;
@@ -116,6 +138,19 @@ pub async fn run(
     stop.shutdown().await;
     tracing::info!(read = tally.read, opens_now = tally.opens_now, redriven = tally.redriven, "dead letters done");
     Ok(())
+}
+
+/// `line` with what its receipt check found, if one was made.
+fn with_receipt(line: String, receipt: Option<&str>, json: bool) -> String {
+    match (receipt, json) {
+        (None, _) => line,
+        (Some(receipt), true) => {
+            let mut record: serde_json::Value = serde_json::from_str(&line).expect("a record is JSON");
+            record["receipt"] = receipt.into();
+            record.to_string()
+        }
+        (Some(receipt), false) => format!("{line}\n  receipt: {}", Escaped(receipt)),
+    }
 }
 
 /// One dead letter, as a line of text or JSON.
@@ -129,7 +164,12 @@ fn record(
     let mut attributes: Vec<(&String, &String)> = message
         .attributes
         .iter()
-        .filter(|(key, _)| !matches!(key.as_str(), "reject_reason" | "reject_detail" | "original_message_id"))
+        .filter(|(key, _)| {
+            !matches!(
+                key.as_str(),
+                "reject_reason" | "reject_detail" | "original_message_id" | runner::own_key::RECEIPT_ATTR
+            )
+        })
         .collect();
     attributes.sort();
     let (reason, detail, original) =

@@ -50,9 +50,14 @@ struct Cli {
 
     /// With `--dead_letters`: publish each original that opens now back to the shared
     /// topic, then ack its dead letter (once the cause is fixed: a trust list, a
-    /// restored key). Those that still do not open are kept.
-    #[arg(long, requires = "dead_letters")]
+    /// restored key). Only dead letters whose receipt holds under --pipeline_kms_key
+    /// are redriven (anyone who can publish to the dead-letter topic could otherwise
+    /// replay a message through it); the rest are kept.
+    #[arg(long, requires_all = ["dead_letters", "pipeline_kms_key"])]
     redrive: bool,
+
+    #[command(flatten)]
+    pipeline_key: cli::flags::PipelineKeyFlags,
 
     #[command(flatten)]
     dead_letter: cli::flags::DeadLetterFlags,
@@ -105,7 +110,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let account = cli.account.account();
     let kms = cli.kms.backend(&account).await?;
     let opener = Arc::new(cli.trust.opener(kms.clone(), &cli.kms.tenant_id, cli.mode.accepts())?.build()?);
-    let metrics = Arc::new(cli::metrics::Metrics::new(Some((opener.clone(), kms))));
+    let metrics = Arc::new(cli::metrics::Metrics::new(Some((opener.clone(), kms.clone()))));
     cli.metrics.serve(&metrics).await?;
     let pubsub = bus::PubSub::from_env(|| account.credentials())?;
     pubsub.probe_subscription(&subscription).await?;
@@ -117,7 +122,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             pubsub.probe_topic(&bus_topic).await?;
         }
         tracing::info!("reading dead letters from {subscription}");
+        let receipts = match cli.pipeline_key.key()? {
+            Some(key) => Some(runner::own_key::receipt_opener(kms.clone(), &key)?),
+            None => None,
+        };
         let settings = dead_letters::Settings {
+            receipts: receipts.as_ref(),
             subscription: &subscription,
             redrive_to: cli.redrive.then_some(bus_topic.as_str()),
             idle_exit: Duration::from_secs(cli.idle_exit_secs),

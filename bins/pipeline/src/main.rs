@@ -72,6 +72,9 @@ struct Cli {
     #[command(flatten)]
     trust: cli::flags::TrustFlags,
 
+    #[command(flatten)]
+    pipeline_key: cli::flags::PipelineKeyFlags,
+
     /// Seconds an unwrapped data key stays cached.
     #[arg(long = "cache_ttl_secs", visible_alias = "cache-ttl-secs", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
     cache_ttl_secs: u64,
@@ -150,6 +153,8 @@ async fn run(cli: Cli, workers: usize) -> anyhow::Result<ExitCode> {
     let project = cli.project.as_deref();
     let (input_subscription, project) = bus::names::subscription_and_project(project, &cli.input_subscription)?;
     let project = project.as_deref();
+    let account = cli::flags::Account::new(cli.service_account.clone());
+    let kms = cli.kms.backend(&account).await?;
     let config = runner::Config {
         output_topic: bus::names::topic(project, &cli.output_topic)?,
         dead_letter_topic: bus::names::topic(project, &cli.dead_letter.dead_letter_topic)?,
@@ -164,10 +169,9 @@ async fn run(cli: Cli, workers: usize) -> anyhow::Result<ExitCode> {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis()
         ),
         input_subscription,
+        own_key: cli.pipeline_key.key()?.map(|key| Arc::new(runner::own_key::OwnKey::new(kms.clone(), key))),
     };
 
-    let account = cli::flags::Account::new(cli.service_account.clone());
-    let kms = cli.kms.backend(&account).await?;
     let opener = Arc::new(
         cli.trust
             .opener(kms.clone(), &cli.kms.tenant_id, cli.mode.accepts())?

@@ -53,6 +53,13 @@ struct Cli {
     /// memory stays flat however long the subscriber runs.
     #[arg(long = "forget_after_secs", visible_alias = "forget-after-secs", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     forget_after_secs: u64,
+
+    #[command(flatten)]
+    pipeline_key: cli::flags::PipelineKeyFlags,
+
+    /// How to reach the KMS that holds --pipeline_kms_key (unused without it).
+    #[command(flatten)]
+    kms: cli::flags::KmsFlags,
 }
 
 #[tokio::main]
@@ -71,6 +78,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let (subscription, project) = bus::names::subscription_and_project(project, &cli.pubsub_subscription)?;
     let project = project.as_deref();
     let account = cli.account.account();
+    // With the pipeline's key, only output sealed under it is counted: whoever else can
+    // publish to the output topic cannot pass counts off as the pipeline's.
+    let opener = match cli.pipeline_key.key()? {
+        Some(key) => Some(runner::own_key::output_opener(cli.kms.backend(&account).await?, &key)?),
+        None => None,
+    };
     let pubsub = bus::PubSub::from_env(|| account.credentials())?;
     pubsub.probe_subscription(&subscription).await?;
     pubsub
@@ -85,15 +98,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut skipped = 0u64;
     let tailed = pubsub
         .tail(&subscription, signals.drain(SHUTDOWN_GRACE), async |message, handler| {
-            let added = lock(&totals).add(&message.attributes, &message.data, Instant::now());
+            let added = match &opener {
+                Some(opener) => match opener.open(&message.data, &message.attributes).await {
+                    Ok(opened) => lock(&totals).add(&opened.attributes, &opened.data, Instant::now()),
+                    Err(error) => {
+                        tracing::warn!(
+                            message_id = %message.message_id, reason = error.reason(), %error,
+                            "skipping a message not sealed under --pipeline_kms_key: not the pipeline's output"
+                        );
+                        Added::Unauthenticated
+                    }
+                },
+                None => lock(&totals).add(&message.attributes, &message.data, Instant::now()),
+            };
             if added == Added::NotPipelineOutput {
                 if skipped == 0 {
+                    let sealed = message.attributes.contains_key("envelope_version");
                     tracing::warn!(
                         message_id = %message.message_id,
-                        "skipping messages that are not pipeline output (no window attributes, or not `word: count`): \
-                         is --pubsub_subscription on the pipeline's output topic?"
+                        "skipping messages that are not pipeline output (no window attributes, or not `word: count`): {}",
+                        if sealed {
+                            "they are sealed: give the pipeline's --pipeline_kms_key"
+                        } else {
+                            "is --pubsub_subscription on the pipeline's output topic?"
+                        }
                     );
                 }
+                skipped += 1;
+            } else if added == Added::Unauthenticated {
                 skipped += 1;
             }
             handler.ack();

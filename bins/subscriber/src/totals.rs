@@ -14,6 +14,8 @@ pub enum Added {
     Repeat,
     /// Not a pipeline's output (no window attributes, or not `word: count`).
     NotPipelineOutput,
+    /// Not sealed under the pipeline's key, which the subscriber was told to require.
+    Unauthenticated,
 }
 
 /// The sums of every window seen and not yet forgotten.

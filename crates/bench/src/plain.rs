@@ -81,6 +81,7 @@ pub async fn pipeline(options: PipelineOptions) -> anyhow::Result<()> {
         lease_extension: Duration::from_secs(60),
         workers: std::thread::available_parallelism().map_or(1, usize::from),
         replica: std::process::id().to_string(),
+        own_key: None,
     };
     pubsub.ensure_topic(&config.output_topic).await?;
     pubsub.ensure_topic(&config.dead_letter_topic).await?;

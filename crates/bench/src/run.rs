@@ -303,6 +303,7 @@ impl Bench {
             ];
             if case != Case::Plaintext {
                 args.push(format!("--input_topic={input}"));
+                args.push("--trusted_kms_key=projects/bench/*".to_owned());
                 args.extend(kms_args.clone());
             }
             args

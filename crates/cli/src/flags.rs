@@ -346,6 +346,29 @@ fn trusts_every_project(entry: &str) -> bool {
     pattern == "projects/*"
 }
 
+/// The pipeline's own KMS key, which the pipeline, `subscriber` and `debug-subscriber`
+/// must agree on.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PipelineKeyFlags {
+    /// The pipeline's own KMS key (not a tenant's): the pipeline seals its output under
+    /// it and puts a receipt made with it on each dead letter; `subscriber` then opens
+    /// only output sealed under it, and `debug-subscriber --redrive` republishes only
+    /// dead letters whose receipt holds. Without it the output is published in the
+    /// clear (docs/THREATS.md says who can then read and write it).
+    #[arg(long = "pipeline_kms_key", visible_alias = "pipeline-kms-key", env = "PUBSUB_ENVELOPE_PIPELINE_KMS_KEY")]
+    pub pipeline_kms_key: Option<String>,
+}
+
+impl PipelineKeyFlags {
+    /// The key named, parsed (a `gcp-kms://` prefix is taken off).
+    pub fn key(&self) -> anyhow::Result<Option<envelope::KeyName>> {
+        self.pipeline_kms_key
+            .as_deref()
+            .map(|text| envelope::KeyName::from_uri_or_name(text).context("--pipeline_kms_key"))
+            .transpose()
+    }
+}
+
 /// The dead-letter topic, which the pipeline writes and `debug-subscriber
 /// --dead_letters` reads.
 #[derive(Debug, Clone, clap::Args)]

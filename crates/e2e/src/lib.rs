@@ -25,6 +25,8 @@ pub const TENANT_1_KEY: &str = "projects/tenant-1/locations/us-central1/keyRings
 pub const TENANT_2_KEY: &str = "projects/tenant-2/locations/us-central1/keyRings/tenant2-keyring/cryptoKeys/key1";
 /// Tenant 1's P-256 signing key, for attest mode.
 pub const TENANT_1_SIGNER: &str = "projects/tenant-1/locations/us-central1/keyRings/tenant1-keyring/cryptoKeys/signer";
+/// The pipeline's own key (`--pipeline_kms_key`): its output and dead-letter receipts.
+pub const PIPELINE_KEY: &str = "projects/ops/locations/us-central1/keyRings/pipeline/cryptoKeys/own";
 /// Tenant 2's signing key.
 pub const TENANT_2_SIGNER: &str = "projects/tenant-2/locations/us-central1/keyRings/tenant2-keyring/cryptoKeys/signer";
 
@@ -94,6 +96,7 @@ impl Harness {
         let mut keyring = Keyring::load_or_new(dir.path().join("keyring.json")).unwrap();
         keyring.create(&TENANT_1_KEY.parse().unwrap()).unwrap();
         keyring.create(&TENANT_2_KEY.parse().unwrap()).unwrap();
+        keyring.create(&PIPELINE_KEY.parse().unwrap()).unwrap();
         keyring.create_for(&TENANT_1_SIGNER.parse().unwrap(), Purpose::AsymmetricSign).unwrap();
         keyring.create_for(&TENANT_2_SIGNER.parse().unwrap(), Purpose::AsymmetricSign).unwrap();
         keyring.save().unwrap();
@@ -144,8 +147,13 @@ impl Harness {
 
     /// Starts `subscriber --json` on the output topic.
     pub fn subscriber(&self) -> Running {
+        self.subscriber_with(&[])
+    }
+
+    /// [`subscriber`](Self::subscriber) with `extra` flags.
+    pub fn subscriber_with(&self, extra: &[&str]) -> Running {
         let mut command = self.command("subscriber");
-        command.args(["--pubsub_project_id", &self.project, "--json"]);
+        command.args(["--pubsub_project_id", &self.project, "--json"]).args(extra);
         Running::spawn(command, "listening for messages")
     }
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use e2e::{Harness, TENANT_1_KEY, TENANT_2_KEY, expected_counts, summed_counts, total};
+use e2e::{Harness, PIPELINE_KEY, TENANT_1_KEY, TENANT_2_KEY, expected_counts, summed_counts, total};
 
 /// Runs `debug-subscriber --dead_letters --json` with `extra`; its records.
 fn dead_letters(harness: &Harness, extra: &[&str]) -> Vec<serde_json::Value> {
@@ -30,8 +30,8 @@ async fn dead_letters_are_listed_and_redriven_once_their_cause_is_fixed() {
     // `Harness::pull_attributes`), so a second streaming read of one would wait on it.
     harness.subscribe("dead-letter-list", "dead-letter").await;
     harness.subscribe("dead-letter-debug", "dead-letter").await;
-    let subscriber = harness.subscriber();
-    let only_tenant_1 = ["--trusted_kms_key", "projects/tenant-1/*"];
+    let subscriber = harness.subscriber_with(&["--pipeline_kms_key", PIPELINE_KEY]);
+    let only_tenant_1 = ["--trusted_kms_key", "projects/tenant-1/*", "--pipeline_kms_key", PIPELINE_KEY];
     let pipeline = harness.pipeline(&only_tenant_1);
     harness.publish(&["--kms_key", TENANT_1_KEY, "--message", "trusted words"]);
     harness.publish(&["--kms_key", TENANT_2_KEY, "--message", "late trust", "--attribute", "origin=tenant-2"]);
@@ -41,7 +41,14 @@ async fn dead_letters_are_listed_and_redriven_once_their_cause_is_fixed() {
 
     // Listed, with its reason and the envelope's attributes; it does not open with the
     // same trust; and the listing acks nothing: the dead letter is still there after it.
-    let trust_both = ["--trusted_kms_key", "projects/tenant-1/*", "--trusted_kms_key", "projects/tenant-2/*"];
+    let trust_both = [
+        "--trusted_kms_key",
+        "projects/tenant-1/*",
+        "--trusted_kms_key",
+        "projects/tenant-2/*",
+        "--pipeline_kms_key",
+        PIPELINE_KEY,
+    ];
     let list = [&only_tenant_1[..], &["--pubsub_subscription", "dead-letter-list"]].concat();
     let listed = dead_letters(&harness, &list);
     assert_eq!(listed.len(), 1, "{listed:?}");
@@ -49,6 +56,7 @@ async fn dead_letters_are_listed_and_redriven_once_their_cause_is_fixed() {
     assert_eq!(listed[0]["attributes"]["kms_key"], TENANT_2_KEY, "{listed:?}");
     assert!(listed[0]["status"].as_str().unwrap().starts_with("still rejected: untrusted_key"), "{listed:?}");
     assert!(listed[0]["redriven_as"].is_null());
+    assert_eq!(listed[0]["receipt"], "verified", "the pipeline signed it: {listed:?}");
     let kept = harness.pull_attributes("dead-letter-list", Duration::from_secs(120));
     assert_eq!(kept.len(), 1, "the listing acked nothing: {kept:?}");
     assert_eq!(kept[0]["reject_reason"], "untrusted_key", "{kept:?}");

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use e2e::{
-    Harness, TENANT_1_KEY, TENANT_1_SIGNER, TRUSTED_KMS_KEYS_ENV, assert_dead_lettered, expected_counts, message,
-    summed_counts, total,
+    Harness, PIPELINE_KEY, TENANT_1_KEY, TENANT_1_SIGNER, TENANT_2_KEY, TRUSTED_KMS_KEYS_ENV, assert_dead_lettered,
+    expected_counts, message, summed_counts, total,
 };
 use envelope::format::{decode_base64, encode_base64};
 use envelope::{AttestBy, Attributes, KeyVersionName, Mode, Sealed, Sealer};
@@ -68,7 +68,8 @@ async fn a_tenant_that_steers_its_tag_onto_another_tenants_message_suppresses_no
     let subscriber = harness.subscriber();
     let bus = harness.pubsub().publisher(&harness.topic("common-topic")).await.unwrap();
     let (first, second) = tokio::join!(bus.publish(message(victim)), bus.publish(message(steered)));
-    (first.unwrap(), second.unwrap());
+    first.unwrap();
+    second.unwrap();
     let want = expected_counts([victim_text.as_str(), steered_text.as_str()]);
     let lines = subscriber.lines_until(Duration::from_secs(60), |lines| total(lines) >= want.values().sum());
     assert_eq!(summed_counts(&lines), want, "both tenants' words, each once");
@@ -123,7 +124,8 @@ async fn a_malleated_signature_is_the_same_message_and_counts_once() {
     assert_ne!(copy.attributes["kms_signature"], original.attributes["kms_signature"]);
     let bus = harness.pubsub().publisher(&harness.topic("common-topic")).await.unwrap();
     let (first, second) = tokio::join!(bus.publish(message(original)), bus.publish(message(copy)));
-    (first.unwrap(), second.unwrap());
+    first.unwrap();
+    second.unwrap();
     let lines = subscriber.lines_for(Duration::from_secs(12));
     assert_eq!(summed_counts(&lines), expected_counts([text]), "counted once");
     let log = pipeline.terminate();
@@ -217,4 +219,122 @@ async fn control_characters_from_messages_never_start_a_line_of_their_own() {
     let log = pipeline.terminate();
     assert!(log.contains(r"envelope_x\nOPENED 999"), "the rejection is logged: {log}");
     assert!(!log.lines().any(forged), "{log}");
+}
+
+/// Runs `debug-subscriber --dead_letters --json` with `extra`; its records.
+fn dead_letter_records(harness: &Harness, extra: &[&str]) -> Vec<serde_json::Value> {
+    let output = harness
+        .command("debug-subscriber")
+        .args(["--pubsub_project_id", &harness.project, "--dead_letters", "--json", "--idle_exit_secs", "10"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).lines().map(|line| serde_json::from_str(line).expect(line)).collect()
+}
+
+// Anyone who can publish to the dead-letter topic could replay a genuine, already
+// counted message through `--redrive`. Redrive sends back only dead letters whose
+// receipt (made with the pipeline's key over that very dead letter) holds: not one
+// without a receipt, nor one wearing a receipt taken from another dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_dead_letter_is_not_redriven() {
+    let harness = Harness::new();
+    let pubsub = harness.pubsub();
+    harness.subscribe("dead-letter-debug", "dead-letter").await;
+    let peek = harness.subscribe("dead-letter-peek", "dead-letter").await;
+    harness.subscribe("bus-watch", "common-topic").await;
+    let own = ["--pipeline_kms_key", PIPELINE_KEY];
+    let pipeline = harness.pipeline(&[&own[..], &["--trusted_kms_key", "projects/tenant-1/*"]].concat());
+    // A genuine dead letter: tenant 2 is not trusted yet.
+    let late = harness.seal(TENANT_2_KEY, "tenantKey", Mode::Encrypt, b"late trust").await;
+    let bus = pubsub.publisher(&harness.topic("common-topic")).await.unwrap();
+    let late_id = bus.publish(message(late.clone())).await.unwrap();
+    let genuine = e2e::receive(&pubsub, &peek, 1, Duration::from_secs(60)).await.remove(0);
+    assert!(genuine.attributes.contains_key("reject_receipt"), "{genuine:?}");
+    // A replay of tenant 1's counted message dressed as a dead letter, with no receipt,
+    // and again wearing the genuine one's receipt.
+    let counted = harness.seal(TENANT_1_KEY, "tenantKey", Mode::Encrypt, b"counted once").await;
+    let forged = |receipt: Option<&String>| {
+        let mut forged = message(counted.clone());
+        forged.attributes.insert("reject_reason".into(), "untrusted_key".into());
+        forged.attributes.insert("original_message_id".into(), "forged".into());
+        if let Some(receipt) = receipt {
+            forged.attributes.insert("reject_receipt".into(), receipt.clone());
+        }
+        forged
+    };
+    let dead_letter_topic = pubsub.publisher(&harness.topic("dead-letter")).await.unwrap();
+    dead_letter_topic.publish(forged(None)).await.unwrap();
+    dead_letter_topic.publish(forged(Some(&genuine.attributes["reject_receipt"]))).await.unwrap();
+    pipeline.terminate();
+
+    let trust_both = ["--trusted_kms_key", "projects/tenant-1/*,projects/tenant-2/*"];
+    let records = dead_letter_records(&harness, &[&own[..], &trust_both[..], &["--redrive"]].concat());
+    assert_eq!(records.len(), 3, "{records:#?}");
+    for record in &records {
+        let genuine = record["original_message_id"] == late_id.as_str();
+        assert_eq!(record["redriven_as"].is_string(), genuine, "{record}");
+        let receipt = record["receipt"].as_str().unwrap();
+        assert_eq!(receipt == "verified", genuine, "{record}");
+        if !genuine {
+            assert!(record["status"].as_str().unwrap().contains("not redriven"), "{record}");
+        }
+    }
+    // On the bus: the late message as first published, and its redriven copy; neither
+    // forged one. (Pulled, not streamed: see `Harness::pull_attributes`.)
+    let mut on_bus = harness.pull_attributes("bus-watch", Duration::from_secs(30));
+    if on_bus.len() < 2 {
+        on_bus.extend(harness.pull_attributes("bus-watch", Duration::from_secs(5)));
+    }
+    let late: serde_json::Map<String, serde_json::Value> =
+        late.attributes.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
+    assert_eq!(on_bus, [late.clone(), late], "the genuine original and its redriven copy, nothing else");
+    // Redrive needs the key: without one, nothing could be told apart.
+    let output = harness
+        .command("debug-subscriber")
+        .args(["--pubsub_project_id", &harness.project, "--dead_letters", "--redrive"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--pipeline_kms_key"));
+}
+
+// With the pipeline's own key, its output is sealed: nothing of the counts is in the
+// clear on the output topic, the subscriber with the key reads them, and counts that
+// someone else publishes to the output topic are not taken for the pipeline's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_output_is_read_only_with_the_pipelines_key_and_forged_counts_are_skipped() {
+    let harness = Harness::new();
+    let pubsub = harness.pubsub();
+    let raw = harness.subscribe("output-raw", "df_out").await;
+    let own = ["--pipeline_kms_key", PIPELINE_KEY];
+    let pipeline = harness.pipeline(&own);
+    let subscriber = harness.subscriber_with(&own);
+    let text = "sealed output words";
+    harness.publish(&["--kms_key", TENANT_1_KEY, "--message", text]);
+    let lines = subscriber.lines_until(Duration::from_secs(60), |lines| total(lines) >= 3);
+    assert_eq!(summed_counts(&lines), expected_counts([text]));
+    let sealed = e2e::receive(&pubsub, &raw, 3, Duration::from_secs(30)).await;
+    for part in &sealed {
+        assert!(
+            part.attributes.contains_key("dek_wrapped") && !part.attributes.contains_key("window_start"),
+            "{part:?}"
+        );
+        assert!(!String::from_utf8_lossy(&part.data).contains("words"), "sealed: {part:?}");
+    }
+    // Counts in the clear, as the pipeline without a key writes them: skipped.
+    let window = lines.last().map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()).unwrap();
+    let forged = google_cloud_pubsub::model::Message::new().set_data("words: 1000").set_attributes([
+        ("window_start", window["window_start"].as_str().unwrap()),
+        ("window_end", window["window_end"].as_str().unwrap()),
+        ("replica", "forger"),
+        ("pane", "0"),
+    ]);
+    pubsub.publisher(&harness.topic("df_out")).await.unwrap().publish(forged).await.unwrap();
+    let more = subscriber.lines_for(Duration::from_secs(4));
+    assert!(more.is_empty(), "nothing changed: {more:?}");
+    let log = subscriber.terminate();
+    assert!(log.contains("not sealed under --pipeline_kms_key"), "{log}");
+    pipeline.terminate();
 }

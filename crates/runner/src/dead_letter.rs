@@ -6,8 +6,12 @@ use bus::{MAX_ATTRIBUTES, MAX_MESSAGE_BYTES};
 use google_cloud_pubsub::model::Message;
 use sha2::{Digest as _, Sha256};
 
-/// Room left under [`MAX_MESSAGE_BYTES`] for the request's own framing.
-const FRAMING_BYTES: usize = 4096;
+/// Room left under [`MAX_MESSAGE_BYTES`] for the request's own framing, and for the
+/// receipt a pipeline with its own key adds ([`crate::own_key`]; its JSON is a few
+/// hundred bytes, and an attribute value is at most 1024).
+const FRAMING_BYTES: usize = 4096 + 1024 + crate::own_key::RECEIPT_ATTR.len();
+/// Attributes left for the receipt.
+const RESERVED_ATTRIBUTES: usize = 1;
 
 /// A copy of a message that could not be opened, for the dead-letter topic: its
 /// original data and attributes, plus `reject_reason` (a stable code), `reject_detail`
@@ -27,7 +31,9 @@ pub fn copy(original: &Message, reason: &str, detail: &str) -> Message {
     ];
     let whole =
         attribute_bytes(ours.iter().map(|(k, v)| (k, v))) + attribute_bytes(&original.attributes) + original.data.len();
-    if ours.len() + original.attributes.len() <= MAX_ATTRIBUTES && whole <= MAX_MESSAGE_BYTES - FRAMING_BYTES {
+    if ours.len() + original.attributes.len() <= MAX_ATTRIBUTES - RESERVED_ATTRIBUTES
+        && whole <= MAX_MESSAGE_BYTES - FRAMING_BYTES
+    {
         let mut attributes = original.attributes.clone();
         attributes.extend(ours);
         return Message::new().set_data(original.data.clone()).set_attributes(attributes);
@@ -38,7 +44,7 @@ pub fn copy(original: &Message, reason: &str, detail: &str) -> Message {
     ours.push(("original_attribute_count".to_owned(), original.attributes.len().to_string()));
     let mut kept: Vec<_> = original.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     kept.sort_unstable();
-    kept.truncate(MAX_ATTRIBUTES - ours.len());
+    kept.truncate(MAX_ATTRIBUTES - RESERVED_ATTRIBUTES - ours.len());
     let mut attributes: HashMap<String, String> = kept.into_iter().collect();
     attributes.extend(ours);
     let room = (MAX_MESSAGE_BYTES - FRAMING_BYTES).saturating_sub(attribute_bytes(&attributes));
@@ -79,7 +85,7 @@ pub fn restore(dead: &Message) -> Option<DeadLetter> {
     let cut = dead.attributes.contains_key("original_data_bytes");
     let original = (!cut).then(|| {
         let mut attributes = dead.attributes.clone();
-        for ours in ["reject_reason", "reject_detail", "original_message_id"] {
+        for ours in ["reject_reason", "reject_detail", "original_message_id", crate::own_key::RECEIPT_ATTR] {
             attributes.remove(ours);
         }
         Message::new().set_data(dead.data.clone()).set_attributes(attributes)
@@ -100,7 +106,9 @@ mod tests {
         // Redriving publishes the original again: its data and attributes exactly, none
         // of the reject attributes; a copy cut to fit Pub/Sub cannot be redriven.
         let original = message(b"sealed bytes".to_vec(), 3);
-        let dead = restore(&copy(&original, "untrusted_key", "not trusted")).unwrap();
+        let mut written = copy(&original, "untrusted_key", "not trusted");
+        written.attributes.insert(crate::own_key::RECEIPT_ATTR.into(), "{}".into());
+        let dead = restore(&written).unwrap();
         assert_eq!(dead.rejection.reason, "untrusted_key");
         assert_eq!(dead.rejection.detail, "not trusted");
         assert_eq!(dead.rejection.original_message_id, "42");
@@ -149,7 +157,7 @@ mod tests {
     fn a_dead_letter_of_a_message_with_every_attribute_pubsub_allows_still_fits() {
         let original = message(b"payload".to_vec(), MAX_ATTRIBUTES);
         let dead = copy(&original, "tampered", "detail");
-        assert_eq!(dead.attributes.len(), MAX_ATTRIBUTES);
+        assert_eq!(dead.attributes.len(), MAX_ATTRIBUTES - RESERVED_ATTRIBUTES, "room for a receipt");
         assert_eq!(dead.attributes["original_attribute_count"], "100");
         assert_eq!(dead.attributes["reject_reason"], "tampered");
         assert_eq!(dead.data, original.data, "the data fits whole");

@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dead_letter;
+pub mod own_key;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -76,6 +77,9 @@ pub struct Config {
     pub replica: String,
     /// Threads that open and count; see [`Settings::workers`].
     pub workers: usize,
+    /// The pipeline's own key: when given, its output is sealed under it and its dead
+    /// letters carry receipts made with it ([`own_key`]).
+    pub own_key: Option<Arc<own_key::OwnKey>>,
 }
 
 /// A window's first pane is emitted this long after the window ends.
@@ -303,7 +307,13 @@ pub async fn run(
             stop.send_replace(true);
         }
     });
-    let summary = emitter.run(output, dead_letter).await;
+    let summary = match &config.own_key {
+        Some(key) => {
+            let output = own_key::SealedOutput { inner: output, key: key.clone() };
+            emitter.run(output, own_key::Receipted { inner: dead_letter, key: key.clone() }).await
+        }
+        None => emitter.run(output, dead_letter).await,
+    };
     // However it ended, the workers stop; each ends once every message its streams
     // delivered is acked or nacked.
     stop.send_replace(true);
@@ -539,7 +549,7 @@ impl<P: Open, A: Ack> Emitter<P, A> {
     /// Publishes each ready pane to `output` and each dead letter to `dead_letter`, and
     /// acks their messages once published, until every intake has ended; then flushes
     /// the open panes the same way and sums up.
-    pub async fn run<O: Output>(mut self, output: O, dead_letter: O) -> anyhow::Result<Summary> {
+    pub async fn run<O: Output, D: Output>(mut self, output: O, dead_letter: D) -> anyhow::Result<Summary> {
         let shared = self.shared.clone();
         let metrics = &shared.metrics;
         let mut summary = Summary::default();
