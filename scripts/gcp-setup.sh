@@ -22,11 +22,16 @@
 # CLOUDSDK_AUTH_DISABLE_CREDENTIALS=true); the others need Google Cloud.
 #
 # Accounts made (in the bus project unless said):
-#   pipeline@     subscribes to message-bus; publishes to df_out and dead-letter;
-#                 unwraps (cryptoKeyDecrypter) and reads public keys of every tenant
-#   subscriber@   subscribes to df_subscribe
+#   pipeline@     subscribes to message-bus; the only account that publishes to df_out
+#                 and dead-letter (whoever can publish there could forge counts or dead
+#                 letters); unwraps (cryptoKeyDecrypter) and reads public keys of every
+#                 tenant; wraps with its own key `pipeline-keyring/own` in the bus
+#                 project (--pipeline_kms_key: sealed output, dead-letter receipts)
+#   subscriber@   subscribes to df_subscribe; unwraps with the pipeline's own key
 #   operator@     debug-subscriber: subscribes to message-bus-debug and
 #                 dead-letter-debug, publishes to common-topic (--redrive), unwraps
+#                 and reads public keys as the pipeline does, and unwraps with the
+#                 pipeline's own key (to check dead-letter receipts)
 #   publisher@T   per tenant, in its project: publishes to common-topic; encrypts with
 #                 key1 (cryptoKeyEncrypter) and signs with signer (signer)
 # Run the binaries as these accounts through Workload Identity or Application Default
@@ -45,7 +50,7 @@ while [ $# -gt 0 ]; do
     --location) location=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
     --dry-run) dry_run=true; shift ;;
-    -h|--help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gcp-setup.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -141,6 +146,19 @@ if step pubsub-iam; then
 fi
 
 if step kms; then
+  # The pipeline's own key: it seals the output and signs dead-letter receipts (so it
+  # only wraps); the subscriber opens the output and the operator checks receipts.
+  ensure "gcloud kms keyrings describe pipeline-keyring --location $location --project $bus" \
+    gcloud kms keyrings create pipeline-keyring --location "$location" --project "$bus"
+  ensure "gcloud kms keys describe own --keyring pipeline-keyring --location $location --project $bus" \
+    gcloud kms keys create own --keyring pipeline-keyring --location "$location" --project "$bus" --purpose encryption
+  grant_own() {
+    run gcloud kms keys add-iam-policy-binding own --keyring pipeline-keyring --location "$location" \
+      --project "$bus" --member "serviceAccount:$1" --role "$2"
+  }
+  grant_own "$pipeline_sa" roles/cloudkms.cryptoKeyEncrypter
+  grant_own "$subscriber_sa" roles/cloudkms.cryptoKeyDecrypter
+  grant_own "$operator_sa" roles/cloudkms.cryptoKeyDecrypter
   for tenant in "${tenants[@]}"; do
     ensure "gcloud kms keyrings describe bus-keyring --location $location --project $tenant" \
       gcloud kms keyrings create bus-keyring --location "$location" --project "$tenant"
@@ -168,4 +186,6 @@ if ! $dry_run && [ -z "$only" ]; then
   for tenant in "${tenants[@]}"; do
     echo "  --trusted_kms_key 'projects/$tenant/locations/$location/keyRings/bus-keyring/*=$tenant'" >&2
   done
+  echo "and the pipeline, subscriber and debug-subscriber share its own key:" >&2
+  echo "  --pipeline_kms_key projects/$bus/locations/$location/keyRings/pipeline-keyring/cryptoKeys/own" >&2
 fi

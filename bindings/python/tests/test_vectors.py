@@ -18,7 +18,10 @@ def b64(text):
     return base64.b64decode(text)
 
 
-def opener_for(vectors, tmp_path, pin=True):
+PYTHON_MODE = {"encrypt": "decrypt", "sign": "verify", "attest": "attest"}
+
+
+def opener_for(vectors, tmp_path, pin=True, settings=None):
     """An opener as the Rust tests build theirs: the vectors' data keys were wrapped by the
     local keyring backend under the KEK of keyring_wrap.json, so a keyring holding that KEK
     unwraps them. Attest public keys are pinned (the keyring has no signing keys), unless
@@ -40,11 +43,18 @@ def opener_for(vectors, tmp_path, pin=True):
         for version, der in vectors.get("public_keys", {}).items()
         if pin
     }
+    # A vector refused by policy names the opener's settings; its `now` is not needed
+    # here, since each such vector holds at any real time this package will meet.
+    settings = settings or {}
+    accept = settings.get("accept")
+    assert accept is None or len(accept) == 1, "the package's modes accept one mode or all"
     return pe.Opener(
         pe.LocalKms(keyring),
         tenant_id=vectors["tenant_id"],
         trusted_kms_keys=vectors["trusted_kms_keys"],
         trusted_public_keys=pinned,
+        mode=PYTHON_MODE[accept[0]] if accept else "auto",
+        max_message_age_secs=settings.get("max_age_secs"),
     )
 
 
@@ -71,5 +81,6 @@ def test_invalid_vectors_give_their_reason(vectors, case, tmp_path):
     """A catalogued bad message raises an OpenError with the vector's reason code."""
     with pytest.raises(pe.OpenError) as raised:
         pin = "the KMS lacks" not in case["name"]
-        opener_for(vectors, tmp_path, pin).open(b64(case["sealed"]["data"]), case["sealed"]["attributes"])
+        opener = opener_for(vectors, tmp_path, pin, case.get("opener"))
+        opener.open(b64(case["sealed"]["data"]), case["sealed"]["attributes"])
     assert raised.value.reason == case["reason"], str(raised.value)

@@ -106,6 +106,20 @@ fn the_plan_grants_each_account_only_what_it_uses() {
     assert!(grant("keys add-iam-policy-binding key1 ", "publisher@t-2", "roles/cloudkms.cryptoKeyEncrypter"));
     assert!(!grant("keys add-iam-policy-binding key1 ", "publisher@t-2", "roles/cloudkms.cryptoKeyDecrypter"));
     assert!(grant("keys add-iam-policy-binding key1 ", "pipeline@bus", "roles/cloudkms.cryptoKeyDecrypter"));
+    // Only the pipeline may write what others trust as the pipeline's: counts and dead
+    // letters (issue: tenant integrity).
+    for topic in ["df_out", "dead-letter"] {
+        let publishers: Vec<&str> = plan
+            .lines()
+            .filter(|line| line.contains(&format!("topics add-iam-policy-binding {topic} ")))
+            .filter(|line| line.ends_with("roles/pubsub.publisher"))
+            .collect();
+        assert_eq!(publishers.len(), 1, "{topic}: {publishers:?}");
+        assert!(publishers[0].contains("serviceAccount:pipeline@bus"), "{publishers:?}");
+    }
+    assert!(grant("keys add-iam-policy-binding own ", "pipeline@bus", "roles/cloudkms.cryptoKeyEncrypter"));
+    assert!(!grant("keys add-iam-policy-binding own ", "pipeline@bus", "roles/cloudkms.cryptoKeyDecrypter"));
+    assert!(grant("keys add-iam-policy-binding own ", "subscriber@bus", "roles/cloudkms.cryptoKeyDecrypter"));
     assert_eq!(plan.matches("subscriptions create").count(), 4);
     assert!(plan.contains("dead-letter-debug --topic dead-letter"));
 }

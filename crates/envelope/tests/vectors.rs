@@ -97,6 +97,24 @@ struct Invalid {
     name: String,
     sealed: Message,
     reason: String,
+    /// Settings of the opener this vector needs beyond the file's, when it is refused
+    /// by policy rather than by the format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    opener: Option<OpenerSettings>,
+}
+
+/// An opener's policy settings: the modes it accepts (all by default), its maximum
+/// message age, and the time it opens at (µs since the Unix epoch). Each vector that
+/// names `now` also holds at any real time between 2026 and 2100, for implementations
+/// without a settable clock.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct OpenerSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    accept: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_age_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    now: Option<u64>,
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -148,9 +166,27 @@ impl KeySign for VectorKms {
 }
 
 fn opener(file: &File) -> Opener {
+    opener_with(file, &OpenerSettings::default())
+}
+
+fn parse_mode(text: &str) -> Mode {
+    [Mode::Encrypt, Mode::Sign, Mode::Attest].into_iter().find(|mode| mode.as_str() == text).expect("a mode")
+}
+
+/// The file's opener with `settings` applied.
+fn opener_with(file: &File, settings: &OpenerSettings) -> Opener {
     let kms = Arc::new(VectorKms { wrapped: file.wrapped_keys.clone(), public_keys: file.public_keys.clone() });
     let trusted = TrustedKeys::from_patterns(&file.trusted_kms_keys).unwrap();
-    Opener::builder(file.tenant_id.clone(), trusted).kms(kms).build().unwrap()
+    let mut builder = Opener::builder(file.tenant_id.clone(), trusted).kms(kms);
+    if let Some(accept) = &settings.accept {
+        let modes: Vec<Mode> = accept.iter().map(|mode| parse_mode(mode)).collect();
+        builder = builder.accept(&modes);
+    }
+    builder = builder.max_age(settings.max_age_secs.map(Duration::from_secs));
+    if let Some(now) = settings.now {
+        builder = builder.clock(Arc::new(ManualClock::at(UNIX_EPOCH + Duration::from_micros(now))));
+    }
+    builder.build().unwrap()
 }
 
 fn to_attributes(map: &BTreeMap<String, String>) -> Attributes {
@@ -228,6 +264,8 @@ async fn check(name: &str, mode: Mode) {
     }
     for vector in &file.invalid {
         let data = Bytes::from(unb64(&vector.sealed.data));
+        let with_settings = vector.opener.as_ref().map(|settings| opener_with(&file, settings));
+        let opener = with_settings.as_ref().unwrap_or(&opener);
         let error = opener.open(&data, &to_attributes(&vector.sealed.attributes)).await.err();
         let reason = error.as_ref().map(pubsub_envelope::OpenError::reason);
         assert_eq!(reason, Some(vector.reason.as_str()), "{name} {}: {error:?}", vector.name);
@@ -391,7 +429,50 @@ fn replaced(base: &Message, name: &str, value: impl FnOnce(&str) -> String) -> M
 }
 
 fn invalid(name: &str, sealed: Message, reason: &str) -> Invalid {
-    Invalid { name: name.into(), sealed, reason: reason.into() }
+    Invalid { name: name.into(), sealed, reason: reason.into(), opener: None }
+}
+
+/// An invalid vector that the opener refuses by policy: its `settings`.
+fn refused(name: &str, sealed: Message, reason: &str, settings: OpenerSettings) -> Invalid {
+    Invalid { opener: Some(settings), ..invalid(name, sealed, reason) }
+}
+
+/// A seal time in 2100: ahead of any real clock these vectors will meet.
+const FUTURE: u64 = 4_102_444_800_000_000;
+
+/// `base` refused by an opener that does not accept its mode, and by one whose maximum
+/// age it exceeds; `sealed_in_future`, a message sealed at [`FUTURE`] (where the file
+/// can make one), refused by an opener with a maximum age.
+fn policy_invalid(base: &Message, mode: Mode, future: Option<Message>) -> Vec<Invalid> {
+    let other = if mode == Mode::Encrypt { Mode::Sign } else { Mode::Encrypt };
+    let sealed_at: u64 = base.attributes[SEALED_AT_ATTR].parse().unwrap();
+    let mut cases = vec![
+        refused(
+            &format!("{mode} not among the modes the opener accepts"),
+            base.clone(),
+            "mode_not_accepted",
+            OpenerSettings { accept: Some(vec![other.to_string()]), ..OpenerSettings::default() },
+        ),
+        refused(
+            "sealed two hours before the opener's now, maximum age one hour",
+            base.clone(),
+            "too_old",
+            OpenerSettings {
+                max_age_secs: Some(3600),
+                now: Some(sealed_at + 7_200_000_000),
+                ..OpenerSettings::default()
+            },
+        ),
+    ];
+    if let Some(future) = future {
+        cases.push(refused(
+            "sealed two hours after the opener's now (more than 60 s ahead), with a maximum age",
+            future,
+            "sealed_in_future",
+            OpenerSettings { max_age_secs: Some(3600), now: Some(FUTURE - 7_200_000_000), ..OpenerSettings::default() },
+        ));
+    }
+    cases
 }
 
 /// Cases every mode shares, made from a valid message.
@@ -572,7 +653,10 @@ fn encrypt_file(wrapped_key: &WrappedKey, steering: &WrappedKey) -> File {
         deterministic: true,
     });
     let base = valid[1].sealed.clone();
+    let future = FixedKey::Encrypt { data_key: &data_key, kms_key: KMS_KEY, wrapped: &wrapped, nonce: [0xf0; 12] };
+    let future = message(&seal(future, FUTURE, Bytes::from_static(b"words"), Attributes::new()));
     let mut invalid_cases = common_invalid(&base);
+    invalid_cases.extend(policy_invalid(&base, Mode::Encrypt, Some(future)));
     // A plaintext the producer should never have sealed, encrypted properly: the spec's
     // key derivation written out independently of the crate.
     let crafted = |plaintext: &[u8]| {
@@ -675,7 +759,10 @@ fn sign_file(wrapped_key: &WrappedKey) -> File {
         });
     }
     let base = valid[1].sealed.clone();
+    let future = FixedKey::Sign { data_key: &data_key, kms_key: KMS_KEY, wrapped: &wrapped };
+    let future = message(&seal(future, FUTURE, Bytes::from_static(b"words"), Attributes::new()));
     let mut invalid_cases = common_invalid(&base);
+    invalid_cases.extend(policy_invalid(&base, Mode::Sign, Some(future)));
     invalid_cases.extend([
         invalid("data altered", altered(&base, |d, _| d[0] ^= 1), "tampered"),
         invalid("attribute value altered", altered(&base, |_, a| _ = a.insert("lang".into(), "fr".into())), "tampered"),
@@ -795,6 +882,9 @@ async fn attest_session_file(signing: &SigningKms, other: &SigningKms) -> File {
     let other_tenant_signature = signing.sign(&version, &other_tenant_cert).await.unwrap();
     let forged_signature = other.sign(&version, &cert).await.unwrap();
     let mut invalid_cases = common_invalid(&base);
+    // No sealed_in_future here: a message sealed outside its certificate's validity is
+    // refused for that first (the age is checked after authentication).
+    invalid_cases.extend(policy_invalid(&base, Mode::Attest, None));
     invalid_cases.extend([
         invalid("data altered", altered(&base, |d, _| d[0] ^= 1), "tampered"),
         invalid("attribute added", altered(&base, |_, a| _ = a.insert("added".into(), "".into())), "tampered"),
@@ -893,7 +983,9 @@ async fn attest_kms_file(signing: Arc<SigningKms>) -> File {
             break message(&sealed);
         }
     };
+    let future = sealer(TENANT, FUTURE).seal(Bytes::from_static(b"words"), Attributes::new()).await.unwrap();
     let mut invalid_cases = common_invalid(&base);
+    invalid_cases.extend(policy_invalid(&base, Mode::Attest, Some(message(&future))));
     invalid_cases.extend([
         invalid("data altered", altered(&base, |d, _| d[0] ^= 1), "tampered"),
         invalid("attribute dropped", altered(&base, |_, a| _ = a.remove("lang")), "tampered"),
