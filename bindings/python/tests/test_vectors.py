@@ -46,6 +46,11 @@ def opener_for(vectors, tmp_path, pin=True, settings=None):
     # A vector refused by policy names the opener's settings; its `now` is not needed
     # here, since each such vector holds at any real time this package will meet.
     settings = settings or {}
+    if "pinned" in settings:
+        pinned = {
+            version: "-----BEGIN PUBLIC KEY-----\n" + der + "\n-----END PUBLIC KEY-----\n"
+            for version, der in settings["pinned"].items()
+        }
     accept = settings.get("accept")
     assert accept is None or len(accept) == 1, "the package's modes accept one mode or all"
     return pe.Opener(

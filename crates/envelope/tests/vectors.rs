@@ -115,6 +115,10 @@ struct OpenerSettings {
     max_age_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     now: Option<u64>,
+    /// Public keys pinned, by key version (DER `SubjectPublicKeyInfo`, base64): once
+    /// any is, only pinned versions verify and none is fetched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pinned: Option<BTreeMap<String, String>>,
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -183,6 +187,13 @@ fn opener_with(file: &File, settings: &OpenerSettings) -> Opener {
         builder = builder.accept(&modes);
     }
     builder = builder.max_age(settings.max_age_secs.map(Duration::from_secs));
+    if let Some(pinned) = &settings.pinned {
+        let keys = pinned.iter().map(|(version, der)| {
+            let pem = pubsub_envelope::public_key_pem(&unb64(der));
+            pubsub_envelope::TrustedPublicKey::from_pem(version.parse().unwrap(), pem.as_bytes()).unwrap()
+        });
+        builder = builder.pinned_public_keys(keys.collect());
+    }
     if let Some(now) = settings.now {
         builder = builder.clock(Arc::new(ManualClock::at(UNIX_EPOCH + Duration::from_micros(now))));
     }
@@ -986,6 +997,16 @@ async fn attest_kms_file(signing: Arc<SigningKms>) -> File {
     let future = sealer(TENANT, FUTURE).seal(Bytes::from_static(b"words"), Attributes::new()).await.unwrap();
     let mut invalid_cases = common_invalid(&base);
     invalid_cases.extend(policy_invalid(&base, Mode::Attest, Some(message(&future))));
+    // Pinning a key for version 2 alone: version 1 is then not trusted, and its public
+    // key is not fetched.
+    let version_2 = SIGNER.replace("cryptoKeyVersions/1", "cryptoKeyVersions/2");
+    let other_key = b64(&SigningKms(p256()).public_key(&version).await.unwrap());
+    invalid_cases.push(refused(
+        "a key pinned for another version only (version 1 has none)",
+        base.clone(),
+        "untrusted_key",
+        OpenerSettings { pinned: Some(BTreeMap::from([(version_2, other_key)])), ..OpenerSettings::default() },
+    ));
     invalid_cases.extend([
         invalid("data altered", altered(&base, |d, _| d[0] ^= 1), "tampered"),
         invalid("attribute dropped", altered(&base, |_, a| _ = a.remove("lang")), "tampered"),
