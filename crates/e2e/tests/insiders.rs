@@ -160,7 +160,7 @@ async fn consumers_trust_nothing_unless_told_and_say_how_to_tell_them() {
         let mut command = harness.command(tool);
         let project = if tool == "pipeline" { "--project" } else { "--pubsub_project_id" };
         command.env_remove(TRUSTED_KMS_KEYS_ENV).args([project, &harness.project]);
-        let output = command.output().unwrap();
+        let output = output_within(command, Duration::from_secs(30));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{tool}: {stderr}");
         assert!(stderr.contains("--trusted_kms_key") && stderr.contains("--dangerous_trust_any_kms_key"), "{stderr}");
@@ -171,6 +171,21 @@ async fn consumers_trust_nothing_unless_told_and_say_how_to_tell_them() {
     assert!(log.contains("ANY KMS key"), "{log}");
     let log = harness.pipeline(&["--trusted_kms_key", "projects/*"]).terminate();
     assert!(log.contains("trusts every project"), "{log}");
+}
+
+/// Runs `command` to its end, or panics if it is still running after `timeout` (a
+/// consumer that trusted every key would start and never stop).
+fn output_within(mut command: std::process::Command, timeout: Duration) -> std::process::Output {
+    let mut child = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("still running after {timeout:?}: it started without being told what to trust");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
 }
 
 /// What an attacker puts in a field to start a line of its own in an operator's view.
