@@ -157,6 +157,18 @@ impl Harness {
         Running::spawn(command, "listening for messages")
     }
 
+    /// Runs `debug-subscriber --dead_letters --json` with `extra` to its end; its records.
+    pub fn dead_letter_records(&self, extra: &[&str]) -> Vec<serde_json::Value> {
+        let output = self
+            .command("debug-subscriber")
+            .args(["--pubsub_project_id", &self.project, "--dead_letters", "--json", "--idle_exit_secs", "10"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).lines().map(|line| serde_json::from_str(line).expect(line)).collect()
+    }
+
     /// Clients for the emulator, for tests that publish crafted messages or read a topic.
     pub fn pubsub(&self) -> bus::PubSub {
         bus::PubSub::emulator(&self.emulator.host)

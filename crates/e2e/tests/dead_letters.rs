@@ -7,19 +7,6 @@ use std::time::Duration;
 
 use e2e::{Harness, PIPELINE_KEY, TENANT_1_KEY, TENANT_2_KEY, expected_counts, summed_counts, total};
 
-/// Runs `debug-subscriber --dead_letters --json` with `extra`; its records.
-fn dead_letters(harness: &Harness, extra: &[&str]) -> Vec<serde_json::Value> {
-    let output = harness
-        .command("debug-subscriber")
-        .args(["--pubsub_project_id", &harness.project, "--dead_letters", "--json", "--idle_exit_secs", "10"])
-        .args(extra)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    String::from_utf8_lossy(&output.stdout).lines().map(|line| serde_json::from_str(line).expect(line)).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_and_redriven_once_their_cause_is_fixed() {
     let harness = Harness::new();
@@ -50,7 +37,7 @@ async fn dead_letters_are_listed_and_redriven_once_their_cause_is_fixed() {
         PIPELINE_KEY,
     ];
     let list = [&only_tenant_1[..], &["--pubsub_subscription", "dead-letter-list"]].concat();
-    let listed = dead_letters(&harness, &list);
+    let listed = harness.dead_letter_records(&list);
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["reason"], "untrusted_key", "{listed:?}");
     assert_eq!(listed[0]["attributes"]["kms_key"], TENANT_2_KEY, "{listed:?}");
@@ -67,7 +54,7 @@ async fn dead_letters_are_listed_and_redriven_once_their_cause_is_fixed() {
     // first pipeline's closed streams as often as to the new one's.
     pipeline.terminate();
     let pipeline = harness.pipeline(&[&trust_both[..], &["--input_subscription", "message-bus-restarted"]].concat());
-    let redriven = dead_letters(&harness, &[&trust_both[..], &["--redrive"]].concat());
+    let redriven = harness.dead_letter_records(&[&trust_both[..], &["--redrive"]].concat());
     assert_eq!(redriven.len(), 1, "{redriven:?}");
     assert_eq!(redriven[0]["status"], "redriven (opens now as encrypt)", "{redriven:?}");
     assert!(redriven[0]["redriven_as"].is_string());

@@ -236,18 +236,6 @@ async fn control_characters_from_messages_never_start_a_line_of_their_own() {
     assert!(!log.lines().any(forged), "{log}");
 }
 
-/// Runs `debug-subscriber --dead_letters --json` with `extra`; its records.
-fn dead_letter_records(harness: &Harness, extra: &[&str]) -> Vec<serde_json::Value> {
-    let output = harness
-        .command("debug-subscriber")
-        .args(["--pubsub_project_id", &harness.project, "--dead_letters", "--json", "--idle_exit_secs", "10"])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).lines().map(|line| serde_json::from_str(line).expect(line)).collect()
-}
-
 // Anyone who can publish to the dead-letter topic could replay a genuine, already
 // counted message through `--redrive`. Redrive sends back only dead letters whose
 // receipt (made with the pipeline's key over that very dead letter) holds: not one
@@ -285,7 +273,7 @@ async fn a_forged_dead_letter_is_not_redriven() {
     pipeline.terminate();
 
     let trust_both = ["--trusted_kms_key", "projects/tenant-1/*,projects/tenant-2/*"];
-    let records = dead_letter_records(&harness, &[&own[..], &trust_both[..], &["--redrive"]].concat());
+    let records = harness.dead_letter_records(&[&own[..], &trust_both[..], &["--redrive"]].concat());
     assert_eq!(records.len(), 3, "{records:#?}");
     for record in &records {
         let genuine = record["original_message_id"] == late_id.as_str();

@@ -527,6 +527,30 @@ fn common_invalid(base: &Message) -> Vec<Invalid> {
     ]
 }
 
+/// A deterministic encrypt vector; its header and fingerprint are filled in when the
+/// files are written.
+fn encrypt_valid(
+    name: &str,
+    data: &[u8],
+    attributes: BTreeMap<String, String>,
+    sealed_at: u64,
+    nonce: [u8; 12],
+    sealed: &Sealed,
+) -> Valid {
+    Valid {
+        name: name.into(),
+        data: b64(data),
+        attributes,
+        sealed_at,
+        nonce: Some(b64(&nonce)),
+        session_seed: None,
+        header: String::new(),
+        fingerprint: String::new(),
+        sealed: message(sealed),
+        deterministic: true,
+    }
+}
+
 /// `x · y` in GCM's field GF(2^128), blocks read big-endian (NIST SP 800-38D, 6.3).
 fn gf_mul(x: u128, y: u128) -> u128 {
     let (mut z, mut v) = (0, y);
@@ -620,18 +644,7 @@ fn encrypt_file(wrapped_key: &WrappedKey, steering: &WrappedKey) -> File {
         let sealed_at = SEALED_AT + i as u64;
         let fixed = FixedKey::Encrypt { data_key: &data_key, kms_key: KMS_KEY, wrapped: &wrapped, nonce };
         let sealed = seal(fixed, sealed_at, Bytes::from(data.clone()), to_attributes(&attributes));
-        valid.push(Valid {
-            name: name.into(),
-            data: b64(&data),
-            attributes,
-            sealed_at,
-            nonce: Some(b64(&nonce)),
-            session_seed: None,
-            header: String::new(),
-            fingerprint: String::new(),
-            sealed: message(&sealed),
-            deterministic: true,
-        });
+        valid.push(encrypt_valid(name, &data, attributes, sealed_at, nonce, &sealed));
     }
     // Another tenant's genuine message whose AES-GCM tag equals tenant-1's article
     // message's: it opens, and has a fingerprint of its own.
@@ -651,18 +664,8 @@ fn encrypt_file(wrapped_key: &WrappedKey, steering: &WrappedKey) -> File {
     let fixed = FixedKey::Encrypt { data_key: &secret, kms_key: STEERING_KEY, wrapped: steering_parts.wrapped, nonce };
     let sealed = seal(fixed, sealed_at, Bytes::from(steered.clone()), Attributes::new());
     assert_eq!(sealed.data[sealed.data.len() - 16..], target, "the tag was steered");
-    valid.push(Valid {
-        name: "tenant-3's message whose AES-GCM tag equals the article's message's: another fingerprint".into(),
-        data: b64(&steered),
-        attributes: BTreeMap::new(),
-        sealed_at,
-        nonce: Some(b64(&nonce)),
-        session_seed: None,
-        header: String::new(),
-        fingerprint: String::new(),
-        sealed: message(&sealed),
-        deterministic: true,
-    });
+    let name = "tenant-3's message whose AES-GCM tag equals the article's message's: another fingerprint";
+    valid.push(encrypt_valid(name, &steered, BTreeMap::new(), sealed_at, nonce, &sealed));
     let base = valid[1].sealed.clone();
     let future = FixedKey::Encrypt { data_key: &data_key, kms_key: KMS_KEY, wrapped: &wrapped, nonce: [0xf0; 12] };
     let future = message(&seal(future, FUTURE, Bytes::from_static(b"words"), Attributes::new()));
