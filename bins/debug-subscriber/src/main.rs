@@ -122,7 +122,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             pubsub.probe_topic(&bus_topic).await?;
         }
         tracing::info!("reading dead letters from {subscription}");
-        let receipts = match cli.pipeline_key.key()? {
+        let receipts = match cli.pipeline_key.key() {
             Some(key) => Some(runner::own_key::receipt_opener(kms.clone(), &key)?),
             None => None,
         };

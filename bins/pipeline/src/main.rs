@@ -169,7 +169,7 @@ async fn run(cli: Cli, workers: usize) -> anyhow::Result<ExitCode> {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis()
         ),
         input_subscription,
-        own_key: cli.pipeline_key.key()?.map(|key| Arc::new(runner::own_key::OwnKey::new(kms.clone(), key))),
+        own_key: cli.pipeline_key.key().map(|key| Arc::new(runner::own_key::OwnKey::new(kms.clone(), key))),
     };
 
     let opener = Arc::new(

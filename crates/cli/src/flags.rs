@@ -355,17 +355,20 @@ pub struct PipelineKeyFlags {
     /// only output sealed under it, and `debug-subscriber --redrive` republishes only
     /// dead letters whose receipt holds. Without it the output is published in the
     /// clear (docs/THREATS.md says who can then read and write it).
-    #[arg(long = "pipeline_kms_key", visible_alias = "pipeline-kms-key", env = "PUBSUB_ENVELOPE_PIPELINE_KMS_KEY")]
-    pub pipeline_kms_key: Option<String>,
+    #[arg(
+        long = "pipeline_kms_key",
+        visible_alias = "pipeline-kms-key",
+        env = "PUBSUB_ENVELOPE_PIPELINE_KMS_KEY",
+        value_parser = |text: &str| envelope::KeyName::from_uri_or_name(text)
+    )]
+    pub pipeline_kms_key: Option<envelope::KeyName>,
 }
 
 impl PipelineKeyFlags {
-    /// The key named, parsed (a `gcp-kms://` prefix is taken off).
-    pub fn key(&self) -> anyhow::Result<Option<envelope::KeyName>> {
-        self.pipeline_kms_key
-            .as_deref()
-            .map(|text| envelope::KeyName::from_uri_or_name(text).context("--pipeline_kms_key"))
-            .transpose()
+    /// The key named (a `gcp-kms://` prefix taken off; a name that is not a key's is a
+    /// usage error).
+    pub fn key(&self) -> Option<envelope::KeyName> {
+        self.pipeline_kms_key.clone()
     }
 }
 

@@ -309,6 +309,10 @@ async fn a_forged_dead_letter_is_not_redriven() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_output_is_read_only_with_the_pipelines_key_and_forged_counts_are_skipped() {
     let harness = Harness::new();
+    let mut misnamed = harness.command("subscriber");
+    misnamed.args(["--pubsub_project_id", &harness.project, "--pipeline_kms_key", "projects/ops/keys/own"]);
+    let misnamed = output_within(misnamed, Duration::from_secs(30));
+    assert_eq!(misnamed.status.code(), Some(2), "a usage error: {}", String::from_utf8_lossy(&misnamed.stderr));
     let pubsub = harness.pubsub();
     let raw = harness.subscribe("output-raw", "df_out").await;
     let own = ["--pipeline_kms_key", PIPELINE_KEY];
