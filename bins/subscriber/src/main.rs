@@ -101,6 +101,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let added = match &opener {
                 Some(opener) => match opener.open(&message.data, &message.attributes).await {
                     Ok(opened) => lock(&totals).add(&opened.attributes, &opened.data, Instant::now()),
+                    // The KMS did not answer: the part is the pipeline's for all we know,
+                    // so it comes back rather than being lost.
+                    Err(error) if error.is_transient() => {
+                        tracing::warn!(message_id = %message.message_id, reason = error.reason(), %error, "could not open a part now; it will be redelivered");
+                        handler.nack();
+                        return Ok(());
+                    }
                     Err(error) => {
                         tracing::warn!(
                             message_id = %message.message_id, reason = error.reason(), %error,

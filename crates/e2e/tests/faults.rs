@@ -106,3 +106,36 @@ async fn kms_permission_denied_is_dead_lettered_with_its_reason() {
     assert_eq!(rejected[0].attributes["kms_key"], TENANT_1_KEY, "the envelope travels with it, for a later retry");
     pipeline.terminate();
 }
+
+// A subscriber that cannot reach the KMS to open the pipeline's sealed output loses none
+// of it: each part is nacked and comes back, and once the KMS answers every word is
+// counted (had it skipped them as not the pipeline's, they would be gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_facing_a_kms_outage_loses_no_sealed_output() {
+    let harness = Harness::new();
+    // The output's subscription exists before the pipeline publishes to it.
+    harness.subscribe("df_subscribe", "df_out").await;
+    let kms = FakeKms::start().await.unwrap();
+    let own = ["--pipeline_kms_key", e2e::PIPELINE_KEY];
+    let mut pipeline = harness.pipeline_command(&own);
+    use_fake_kms(&mut pipeline, &kms);
+    let pipeline = e2e::Running::spawn(pipeline, "pipeline started");
+    let mut publisher = harness.command("publisher");
+    use_fake_kms(&mut publisher, &kms);
+    let text = "sealed parts survive an outage";
+    publisher.args(["--pubsub_project_id", &harness.project, "--kms_key", TENANT_1_KEY, "--message", text]);
+    assert!(publisher.output().unwrap().status.success());
+    pipeline.wait_for_log("published pane", Duration::from_secs(30));
+
+    kms.set_behaviour(Behaviour::Fail(503));
+    let mut subscriber = harness.command("subscriber");
+    use_fake_kms(&mut subscriber, &kms);
+    subscriber.args(["--pubsub_project_id", &harness.project, "--json"]).args(own);
+    let subscriber = e2e::Running::spawn(subscriber, "listening for messages");
+    subscriber.wait_for_log("will be redelivered", Duration::from_secs(30));
+    assert!(subscriber.lines_for(Duration::from_secs(2)).is_empty(), "nothing opened during the outage");
+    kms.set_behaviour(Behaviour::Normal);
+    let lines = subscriber.lines_until(Duration::from_secs(90), |lines| total(lines) >= 5);
+    assert_eq!(summed_counts(&lines), expected_counts([text]));
+    pipeline.terminate();
+}
