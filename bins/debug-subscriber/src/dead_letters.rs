@@ -68,7 +68,7 @@ pub async fn run(
         let line = match runner::dead_letter::restore(&message) {
             None => {
                 held.push(handler);
-                record(&message, None, "not a dead letter (no reject_reason)", None, settings.json)
+                record(&message, None, "not a dead letter (no reject_reason)", None, None, settings.json)
             }
             Some(dead) => {
                 let receipt = match settings.receipts {
@@ -126,8 +126,8 @@ pub async fn run(
                     Ok(()) => "verified".to_owned(),
                     Err(error) => error.to_string(),
                 });
-                let line = record(&message, Some(&dead.rejection), &status, redriven.as_deref(), settings.json);
-                with_receipt(line, receipt.as_deref(), settings.json)
+                let (redriven, receipt) = (redriven.as_deref(), receipt.as_deref());
+                record(&message, Some(&dead.rejection), &status, redriven, receipt, settings.json)
             }
         };
         writeln!(out, "{line}")?;
@@ -140,36 +140,20 @@ pub async fn run(
     Ok(())
 }
 
-/// `line` with what its receipt check found, if one was made.
-fn with_receipt(line: String, receipt: Option<&str>, json: bool) -> String {
-    match (receipt, json) {
-        (None, _) => line,
-        (Some(receipt), true) => {
-            let mut record: serde_json::Value = serde_json::from_str(&line).expect("a record is JSON");
-            record["receipt"] = receipt.into();
-            record.to_string()
-        }
-        (Some(receipt), false) => format!("{line}\n  receipt: {}", Escaped(receipt)),
-    }
-}
-
-/// One dead letter, as a line of text or JSON.
+/// One dead letter, as a line of text or JSON, with what its receipt check found if
+/// one was made.
 fn record(
     message: &Message,
     rejection: Option<&runner::dead_letter::Rejection>,
     status: &str,
     redriven_as: Option<&str>,
+    receipt: Option<&str>,
     json: bool,
 ) -> String {
     let mut attributes: Vec<(&String, &String)> = message
         .attributes
         .iter()
-        .filter(|(key, _)| {
-            !matches!(
-                key.as_str(),
-                "reject_reason" | "reject_detail" | "original_message_id" | runner::own_key::RECEIPT_ATTR
-            )
-        })
+        .filter(|(key, _)| !runner::dead_letter::DEAD_LETTER_ATTRS.contains(&key.as_str()))
         .collect();
     attributes.sort();
     let (reason, detail, original) =
@@ -177,11 +161,14 @@ fn record(
     if json {
         let attributes: serde_json::Map<String, serde_json::Value> =
             attributes.into_iter().map(|(key, value)| (key.clone(), value.clone().into())).collect();
-        serde_json::json!({
+        let mut record = serde_json::json!({
             "message_id": message.message_id, "original_message_id": original, "reason": reason,
             "detail": detail, "attributes": attributes, "status": status, "redriven_as": redriven_as,
-        })
-        .to_string()
+        });
+        if let Some(receipt) = receipt {
+            record["receipt"] = receipt.into();
+        }
+        record.to_string()
     } else {
         // Wrapped keys and signatures run to hundreds of characters: shortened for a person.
         let short = |value: &str| match value.char_indices().nth(48) {
@@ -192,8 +179,9 @@ fn record(
         // so that none of it can start a line that looks like this tool's own.
         let attributes: Vec<String> =
             attributes.into_iter().map(|(key, value)| format!("{}={}", Escaped(key), short(&escaped(value)))).collect();
+        let receipt = receipt.map(|receipt| format!("\n  receipt: {}", Escaped(receipt))).unwrap_or_default();
         format!(
-            "DEAD {} reason={}: {}\n  attributes={{{}}}\n  {}",
+            "DEAD {} reason={}: {}\n  attributes={{{}}}\n  {}{receipt}",
             Escaped(original),
             Escaped(reason),
             Escaped(detail),

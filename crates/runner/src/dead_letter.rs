@@ -13,6 +13,11 @@ const FRAMING_BYTES: usize = 4096 + 1024 + crate::own_key::RECEIPT_ATTR.len();
 /// Attributes left for the receipt.
 const RESERVED_ATTRIBUTES: usize = 1;
 
+/// The attributes a dead letter adds to its original (the receipt only where the
+/// pipeline has its own key): what a reader strips to get the original back.
+pub const DEAD_LETTER_ATTRS: [&str; 4] =
+    ["reject_reason", "reject_detail", "original_message_id", crate::own_key::RECEIPT_ATTR];
+
 /// A copy of a message that could not be opened, for the dead-letter topic: its
 /// original data and attributes, plus `reject_reason` (a stable code), `reject_detail`
 /// (a sentence) and `original_message_id`.
@@ -85,7 +90,7 @@ pub fn restore(dead: &Message) -> Option<DeadLetter> {
     let cut = dead.attributes.contains_key("original_data_bytes");
     let original = (!cut).then(|| {
         let mut attributes = dead.attributes.clone();
-        for ours in ["reject_reason", "reject_detail", "original_message_id", crate::own_key::RECEIPT_ATTR] {
+        for ours in DEAD_LETTER_ATTRS {
             attributes.remove(ours);
         }
         Message::new().set_data(dead.data.clone()).set_attributes(attributes)
