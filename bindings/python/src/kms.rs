@@ -71,6 +71,10 @@ impl LocalKms {
     #[new]
     #[pyo3(signature = (path, latency_ms = 0))]
     fn new(path: PathBuf, latency_ms: u64) -> PyResult<PyClassInitializer<Self>> {
+        let max = envelope::limits::MAX_LOCAL_KMS_LATENCY;
+        if u128::from(latency_ms) > max.as_millis() {
+            return Err(config_error(format!("latency_ms must be at most {}, not {latency_ms}", max.as_millis())));
+        }
         let kms = envelope::kms::local::LocalKms::open(&path)
             .map_err(|error| {
                 config_error(format!("{error} (make one with create_local_key, or `publisher keyring create`)"))
@@ -118,8 +122,8 @@ impl CloudKms {
         timeout_secs: f64,
     ) -> PyResult<PyClassInitializer<Self>> {
         let timeout =
-            Duration::try_from_secs_f64(timeout_secs).ok().filter(|timeout| !timeout.is_zero()).ok_or_else(|| {
-                config_error(format!("timeout_secs must be a positive number of seconds, not {timeout_secs}"))
+            Duration::try_from_secs_f64(timeout_secs).ok().filter(|timeout| !timeout.is_zero() && *timeout <= envelope::limits::MAX_KMS_TIMEOUT).ok_or_else(|| {
+                config_error(format!("timeout_secs must be more than 0 and at most 600 seconds, not {timeout_secs}"))
             })?;
         let credentials = match (&credentials_file, &endpoint) {
             (Some(file), _) => CredentialSource::ServiceAccountFile(file.clone()),

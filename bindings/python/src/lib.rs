@@ -116,10 +116,29 @@ fn repr_optional(text: Option<&str>) -> String {
     text.map_or_else(|| "None".to_owned(), |text| format!("{text:?}").replace('"', "'"))
 }
 
+/// The library's limits table (`envelope::limits`), by the keyword each bounds: what a
+/// keyword beyond raises `ValueError` for.
+fn limits(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    use envelope::limits;
+    let table = PyDict::new(py);
+    table.set_item("cache_ttl_secs", limits::MAX_CACHE_TTL.as_secs())?;
+    table.set_item("cache_capacity", limits::MAX_CACHE_CAPACITY)?;
+    table.set_item("max_message_age_secs", limits::MAX_MESSAGE_AGE.as_secs())?;
+    table.set_item("max_certificate_lifetime_secs", limits::MAX_CERTIFICATE_LIFETIME.as_secs())?;
+    table.set_item("default_max_certificate_lifetime_secs", limits::DEFAULT_MAX_CERTIFICATE_LIFETIME.as_secs())?;
+    table.set_item("max_age_secs", limits::MAX_KEY_AGE.as_secs())?;
+    table.set_item("max_messages", limits::MAX_KEY_MESSAGES)?;
+    table.set_item("keys_ahead", limits::MAX_KEYS_AHEAD)?;
+    table.set_item("timeout_secs", limits::MAX_KMS_TIMEOUT.as_secs())?;
+    table.set_item("latency_ms", limits::MAX_LOCAL_KMS_LATENCY.as_millis() as u64)?;
+    Ok(table)
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("DEFAULT_TENANT_ID", envelope::DEFAULT_TENANT_ID)?;
+    m.add("LIMITS", limits(m.py())?)?;
     errors::register(m)?;
     kms::register(m)?;
     seal::register(m)?;

@@ -33,6 +33,12 @@ use crate::kms::Kms;
 /// * `cache_ttl_secs`, `cache_capacity`: how long and how many unwrapped data keys are
 ///   kept (each is unwrapped once; concurrent opens of one new key share one KMS call).
 /// * `max_message_age_secs`: refuse messages sealed longer ago than this.
+/// * `max_certificate_lifetime_secs`: refuse attest session certificates valid for
+///   longer (`certificate_lifetime_too_long`); 3660 by default.
+///
+/// Every duration and size is checked against `pubsub_envelope.LIMITS` (the library's
+/// one table) and a value outside it raises `ValueError`, as does a trust list whose
+/// entries contradict each other or a certificate URL that is not https.
 ///
 /// `open(data, attributes)` returns an `Opened` or raises an `OpenError` subclass with
 /// a stable `reason` and a `transient` flag. It is safe to call from many threads and
@@ -57,6 +63,7 @@ struct Settings {
     cache_ttl_secs: f64,
     cache_capacity: u64,
     max_message_age_secs: Option<f64>,
+    max_certificate_lifetime_secs: f64,
     dangerous_trust_any_kms_key: bool,
 }
 
@@ -102,14 +109,16 @@ impl Settings {
                 TrustedPublicKey::from_pem(version, pem.as_bytes()).map_err(config_error)
             })
             .collect::<PyResult<Vec<_>>>()?;
-        let signers = TrustedSigners::from_entries(&self.trusted_signers);
+        let signers = TrustedSigners::from_entries(&self.trusted_signers).map_err(config_error)?;
         let cache =
             CacheSettings { ttl: seconds("cache_ttl_secs", self.cache_ttl_secs)?, capacity: self.cache_capacity };
         let max_age = self.max_message_age_secs.map(|age| seconds("max_message_age_secs", age)).transpose()?;
+        let lifetime = seconds("max_certificate_lifetime_secs", self.max_certificate_lifetime_secs)?;
         let mut builder = envelope::Opener::builder(self.tenant_id.clone(), trusted)
             .accept(modes(&self.mode)?)
             .cache(cache)
             .max_age(max_age)
+            .max_certificate_lifetime(lifetime)
             .pinned_public_keys(pinned)
             .trusted_signers(signers);
         if let Some(kms) = &self.kms {
@@ -125,11 +134,12 @@ impl Opener {
     #[pyo3(signature = (
         kms = None, *, tenant_id, trusted_kms_keys = Vec::new(), trusted_public_keys = None, trusted_signers = Vec::new(),
         mode = "auto".to_owned(), cache_ttl_secs = 200.0, cache_capacity = 100_000, max_message_age_secs = None,
+        max_certificate_lifetime_secs = envelope::limits::DEFAULT_MAX_CERTIFICATE_LIFETIME.as_secs_f64(),
         dangerous_trust_any_kms_key = false,
     ))]
     #[pyo3(text_signature = "(kms=None, *, tenant_id, trusted_kms_keys=(), trusted_public_keys=None, \
         trusted_signers=(), mode='auto', cache_ttl_secs=200.0, cache_capacity=100000, max_message_age_secs=None, \
-        dangerous_trust_any_kms_key=False)")]
+        max_certificate_lifetime_secs=3660.0, dangerous_trust_any_kms_key=False)")]
     #[allow(clippy::too_many_arguments, reason = "Python keywords, each with a default")]
     fn new(
         py: Python<'_>,
@@ -142,6 +152,7 @@ impl Opener {
         cache_ttl_secs: f64,
         cache_capacity: u64,
         max_message_age_secs: Option<f64>,
+        max_certificate_lifetime_secs: f64,
         dangerous_trust_any_kms_key: bool,
     ) -> PyResult<Self> {
         let settings = Settings {
@@ -154,6 +165,7 @@ impl Opener {
             cache_ttl_secs,
             cache_capacity,
             max_message_age_secs,
+            max_certificate_lifetime_secs,
             dangerous_trust_any_kms_key,
         };
         Ok(Self { inner: Arc::new(settings.build(py)?), settings })
@@ -199,6 +211,7 @@ impl Opener {
         settings.set_item("cache_ttl_secs", s.cache_ttl_secs)?;
         settings.set_item("cache_capacity", s.cache_capacity)?;
         settings.set_item("max_message_age_secs", s.max_message_age_secs)?;
+        settings.set_item("max_certificate_lifetime_secs", s.max_certificate_lifetime_secs)?;
         settings.set_item("dangerous_trust_any_kms_key", s.dangerous_trust_any_kms_key)?;
         let kms = s.kms.as_ref().map(|kms| kms.clone_ref(py)).into_pyobject(py)?;
         crate::reduce_to_call(slf.as_any(), &[kms], &settings)

@@ -55,13 +55,18 @@ impl Rotation {
         keys_ahead: Option<usize>,
     ) -> PyResult<Self> {
         let keys_ahead = keys_ahead.unwrap_or(if kms.remote { KEYS_AHEAD } else { 0 });
-        let max_age = Duration::try_from_secs_f64(max_age_secs).ok().filter(|age| !age.is_zero()).ok_or_else(|| {
+        let max_age = Duration::try_from_secs_f64(max_age_secs).map_err(|_| {
             config_error(format!("max_age_secs must be a positive number of seconds, not {max_age_secs}"))
         })?;
-        if max_messages == 0 || max_bytes == 0 {
-            return Err(config_error("max_messages and max_bytes must be at least 1"));
+        let policy = RotationPolicy { max_age, max_messages, max_bytes };
+        policy.check().map_err(config_error)?;
+        if keys_ahead > envelope::limits::MAX_KEYS_AHEAD {
+            return Err(config_error(format!(
+                "keys_ahead must be at most {}, not {keys_ahead}",
+                envelope::limits::MAX_KEYS_AHEAD
+            )));
         }
-        Ok(Self { policy: RotationPolicy { max_age, max_messages, max_bytes }, keys_ahead })
+        Ok(Self { policy, keys_ahead })
     }
 
     fn apply(self, sealer: envelope::Sealer) -> Sealer {

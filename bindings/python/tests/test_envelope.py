@@ -142,6 +142,89 @@ def test_configuration_errors_are_value_errors(kms):
         pe.Opener(tenant_id=TENANT, trusted_kms_keys=[KEY])  # encrypt and sign need a KMS
 
 
+def test_trust_lists_that_contradict_or_fetch_in_the_clear_are_value_errors(kms):
+    """The library's trust rules hold here too: entries for one set of keys that bind
+    different tenant ids, an entry without an id under a prefix that names one, a `*`
+    that could never match, and a certificate URL that is not https are refused."""
+    for trusted, why in [
+        (["projects/tenant-2/*=tenant-2", "projects/tenant-2/*=tenant-x"], "different tenant ids"),
+        (["projects/tenant-1/*=tenant-1", KEY], "names no tenant id"),
+        (["projects/*/locations/global/*"], "may only end"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            pe.Opener(kms, tenant_id=TENANT, trusted_kms_keys=trusted)
+    with pytest.raises(ValueError, match="must be https"):
+        opener(kms, trusted_signers=["a@p.iam.gserviceaccount.com=http://certs.example.com/a"])
+    opener(kms, trusted_signers=["a@p.iam.gserviceaccount.com=http://127.0.0.1:9/a"])  # a test's server
+
+
+# Values a caller might pass by mistake; none may escape as pyo3's PanicException,
+# which derives from BaseException and so passes through a Beam DoFn's `except Exception`.
+EXTREMES = [0, -1, 0.5, 4e10, 1e300, float("inf"), float("nan"), 2**63, 2**64, 2**200]
+
+
+def no_panic(call):
+    """Calls `call`; returns the Exception it raised (None if none). A BaseException
+    that is not an Exception (PanicException) propagates and fails the test."""
+    try:
+        call()
+    except Exception as error:  # noqa: BLE001 - which kind is the caller's to check
+        return error
+    return None
+
+
+def test_every_duration_and_size_keyword_is_bounded_and_nothing_panics(kms, keyring):
+    """`Opener(cache_ttl_secs=4e10)` took moka's panicking path (PanicException). Each
+    keyword is checked against `LIMITS`, the library's one table: its limit is
+    accepted, beyond it is a ValueError, and no value at all makes a panic."""
+    limits = pe.LIMITS
+    makers = {
+        "cache_ttl_secs": lambda v: opener(kms, cache_ttl_secs=v),
+        "cache_capacity": lambda v: opener(kms, cache_capacity=v),
+        "max_message_age_secs": lambda v: opener(kms, max_message_age_secs=v),
+        "max_certificate_lifetime_secs": lambda v: opener(kms, max_certificate_lifetime_secs=v),
+        "max_age_secs": lambda v: pe.Sealer.encrypt(kms, KEY, TENANT, max_age_secs=v),
+        "max_messages": lambda v: pe.Sealer.sign(kms, KEY, TENANT, max_messages=v),
+        "keys_ahead": lambda v: pe.Sealer.attest(kms, SIGNER_VERSION, TENANT, keys_ahead=v),
+        "timeout_secs": lambda v: pe.CloudKms(endpoint="http://127.0.0.1:9", timeout_secs=v),
+        "latency_ms": lambda v: pe.LocalKms(keyring, latency_ms=v),
+    }
+    assert set(makers) <= set(limits), "every keyword bounded has its limit published"
+    for keyword, make in makers.items():
+        assert no_panic(lambda: make(limits[keyword])) is None, f"{keyword} at its limit"
+        beyond = no_panic(lambda: make(limits[keyword] + 1))
+        assert isinstance(beyond, (ValueError, OverflowError)), f"{keyword} beyond its limit: {beyond!r}"
+        for value in EXTREMES:
+            error = no_panic(lambda: make(value))
+            assert error is None or isinstance(error, (ValueError, TypeError, OverflowError)), (keyword, value, error)
+    assert limits["default_max_certificate_lifetime_secs"] == 3660
+
+
+def test_garbage_messages_raise_open_errors_and_never_panic(kms):
+    """Whatever a message holds, `open` raises an OpenError subclass (or returns)."""
+    import random
+
+    rng = random.Random(28)
+    opener_ = opener(kms)
+    good_data, good = pe.Sealer.encrypt(kms, KEY, TENANT).seal(b"words", {"a": "b"})
+    for _ in range(500):
+        attributes = dict(good)
+        for key in rng.sample(sorted(attributes), rng.randint(0, len(attributes))):
+            choice = rng.random()
+            if choice < 0.3:
+                del attributes[key]
+            elif choice < 0.6:
+                attributes[key] = "".join(chr(rng.randint(0, 0x2FF)) for _ in range(rng.randint(0, 40)))
+            else:
+                value = bytearray(attributes[key].encode())
+                if value:
+                    value[rng.randrange(len(value))] ^= 1 << rng.randrange(7)
+                attributes[key] = value.decode("utf-8", "replace")
+        data = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 64))) if rng.random() < 0.5 else good_data
+        error = no_panic(lambda: opener_.open(data, attributes))
+        assert error is None or isinstance(error, pe.OpenError), repr(error)
+
+
 def test_trusting_any_key_is_explicit_and_warns(kms):
     """Trusting every key takes a loudly named flag, which warns."""
     with warnings.catch_warnings(record=True) as caught:

@@ -60,6 +60,7 @@ def opener_for(vectors, tmp_path, pin=True, settings=None):
         trusted_public_keys=pinned,
         mode=PYTHON_MODE[accept[0]] if accept else "auto",
         max_message_age_secs=settings.get("max_age_secs"),
+        max_certificate_lifetime_secs=settings.get("max_certificate_lifetime_secs", 3660),
     )
 
 

@@ -63,7 +63,7 @@ struct Cli {
     dead_letter: cli::flags::DeadLetterFlags,
 
     /// With `--dead_letters`: stop once no dead letter has arrived for this many seconds.
-    #[arg(long = "idle_exit_secs", visible_alias = "idle-exit-secs", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = "idle_exit_secs", visible_alias = "idle-exit-secs", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     idle_exit_secs: u64,
 
     /// The shared topic; only used to create the subscription on the emulator.

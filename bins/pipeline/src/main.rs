@@ -75,17 +75,17 @@ struct Cli {
     #[command(flatten)]
     pipeline_key: cli::flags::PipelineKeyFlags,
 
-    /// Seconds an unwrapped data key stays cached.
-    #[arg(long = "cache_ttl_secs", visible_alias = "cache-ttl-secs", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Seconds an unwrapped data key stays cached (at most 86,400).
+    #[arg(long = "cache_ttl_secs", visible_alias = "cache-ttl-secs", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=envelope::limits::MAX_CACHE_TTL.as_secs()))]
     cache_ttl_secs: u64,
 
     /// Data keys cached at most, per mode (a few hundred bytes each): enough that keys
     /// in use are never evicted, even when every producer rotates every few messages.
-    #[arg(long = "cache_capacity", visible_alias = "cache-capacity", default_value_t = CacheSettings::default().capacity, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = "cache_capacity", visible_alias = "cache-capacity", default_value_t = CacheSettings::default().capacity, value_parser = clap::value_parser!(u64).range(1..=envelope::limits::MAX_CACHE_CAPACITY))]
     cache_capacity: u64,
 
-    /// Messages held unacknowledged at most; must cover a window's input.
-    #[arg(long = "max_outstanding_messages", visible_alias = "max-outstanding-messages", default_value_t = 100_000, value_parser = clap::value_parser!(i64).range(1..))]
+    /// Messages held unacknowledged at most (up to 1,000,000); must cover a window's input.
+    #[arg(long = "max_outstanding_messages", visible_alias = "max-outstanding-messages", default_value_t = 100_000, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
     max_outstanding_messages: i64,
 
     /// Streaming-pull streams on the subscription, shared out between the workers (at
@@ -111,7 +111,7 @@ struct Cli {
         visible_alias = "shutdown-grace-secs",
         env = "PUBSUB_ENVELOPE_SHUTDOWN_GRACE_SECS",
         default_value_t = 25,
-        value_parser = clap::value_parser!(u64).range(1..)
+        value_parser = clap::value_parser!(u64).range(1..=3_600)
     )]
     shutdown_grace_secs: u64,
 
@@ -171,6 +171,7 @@ async fn run(cli: Cli, workers: usize) -> anyhow::Result<ExitCode> {
         input_subscription,
         own_key: cli.pipeline_key.key().map(|key| Arc::new(runner::own_key::OwnKey::new(kms.clone(), key))),
     };
+    cli.pipeline_key.warn_if_absent(&config.output_topic);
 
     let opener = Arc::new(
         cli.trust

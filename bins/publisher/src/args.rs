@@ -93,12 +93,15 @@ pub(crate) struct Cli {
     #[arg(long = "attribute", value_parser = cli::flags::key_value)]
     pub(crate) attributes: Vec<(String, String)>,
 
-    /// Rotate the data key after this many seconds.
-    #[arg(long = "key_max_age_secs", visible_alias = "key-max-age-secs", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Rotate the data key after this many seconds (at most 86,400). In attest mode a
+    /// session certificate lives this long plus 60 s, and consumers refuse certificates
+    /// longer than 3,660 s unless told otherwise (--max_certificate_lifetime_secs).
+    #[arg(long = "key_max_age_secs", visible_alias = "key-max-age-secs", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=envelope::limits::MAX_KEY_AGE.as_secs()))]
     pub(crate) key_max_age_secs: u64,
 
-    /// Rotate the data key after this many messages (5 for the article's run, 2^20 otherwise).
-    #[arg(long = "key_max_messages", visible_alias = "key-max-messages", value_parser = clap::value_parser!(u64).range(1..))]
+    /// Rotate the data key after this many messages (5 for the article's run, 2^20
+    /// otherwise; at most 2^32, what AES-GCM with random nonces allows).
+    #[arg(long = "key_max_messages", visible_alias = "key-max-messages", value_parser = clap::value_parser!(u64).range(1..=envelope::limits::MAX_KEY_MESSAGES))]
     pub(crate) key_max_messages: Option<u64>,
 
     /// Data keys (or attest session keys) wrapped ahead of need, at most: that many KMS
@@ -107,7 +110,7 @@ pub(crate) struct Cli {
     /// the run ends. `0`: wrap each key when it is needed.
     /// At most 1,024: each is a KMS call in flight, and Cloud KMS's default quota is
     /// about 1,000 calls a second.
-    #[arg(long = "keys_ahead", visible_alias = "keys-ahead", default_value_t = 16, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    #[arg(long = "keys_ahead", visible_alias = "keys-ahead", default_value_t = 16, value_parser = clap::value_parser!(u16).range(0..=envelope::limits::MAX_KEYS_AHEAD as i64))]
     pub(crate) keys_ahead: u16,
 }
 

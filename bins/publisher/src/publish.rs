@@ -46,6 +46,16 @@ pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Mode::Attest => {
             let version = KeyVersionName::new(cli.key.name()?, cli.kms_key_version)?;
             let by = if cli.kms_sign_every_message { AttestBy::KmsEachMessage } else { AttestBy::SessionKey };
+            let lifetime = policy.max_age + envelope::limits::CERTIFICATE_SLACK;
+            if by == AttestBy::SessionKey && lifetime > envelope::limits::DEFAULT_MAX_CERTIFICATE_LIFETIME {
+                tracing::warn!(
+                    lifetime_secs = lifetime.as_secs(),
+                    "--key_max_age_secs makes session certificates that consumers refuse by default \
+                     (certificate_lifetime_too_long, over {} s): rotate more often, or have them raise \
+                     --max_certificate_lifetime_secs",
+                    envelope::limits::DEFAULT_MAX_CERTIFICATE_LIFETIME.as_secs()
+                );
+            }
             (version.to_string(), Sealer::attest(kms.clone(), version, tenant_id, by))
         }
         Mode::Encrypt => {

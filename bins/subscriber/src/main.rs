@@ -49,9 +49,9 @@ struct Cli {
     #[arg(long)]
     json: bool,
 
-    /// Forget a window once no part of it has arrived for this many seconds, so that
-    /// memory stays flat however long the subscriber runs.
-    #[arg(long = "forget_after_secs", visible_alias = "forget-after-secs", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Forget a window once no part of it has arrived for this many seconds (at most a
+    /// week), so that memory stays flat however long the subscriber runs.
+    #[arg(long = "forget_after_secs", visible_alias = "forget-after-secs", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
     forget_after_secs: u64,
 
     #[command(flatten)]
@@ -80,6 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let account = cli.account.account();
     // With the pipeline's key, only output sealed under it is counted: whoever else can
     // publish to the output topic cannot pass counts off as the pipeline's.
+    cli.pipeline_key.warn_if_absent(&cli.pubsub_topic);
     let opener = match cli.pipeline_key.key() {
         Some(key) => Some(runner::own_key::output_opener(cli.kms.backend(&account).await?, &key)?),
         None => None,

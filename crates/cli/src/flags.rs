@@ -138,22 +138,24 @@ pub struct KmsFlags {
     #[arg(long = "kms_endpoint", visible_alias = "kms-endpoint", env = "PUBSUB_ENVELOPE_KMS_ENDPOINT")]
     pub kms_endpoint: Option<String>,
 
-    /// Deadline of each Cloud KMS call, in seconds.
+    /// Deadline of each Cloud KMS call, in seconds (1 to 600).
     #[arg(
         long = "kms_timeout_secs",
         visible_alias = "kms-timeout-secs",
         env = "PUBSUB_ENVELOPE_KMS_TIMEOUT_SECS",
-        default_value_t = 10
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=envelope::limits::MAX_KMS_TIMEOUT.as_secs())
     )]
     pub kms_timeout_secs: u64,
 
     /// Milliseconds added to every call of the local backend, to stand in for a remote
-    /// KMS in benchmarks.
+    /// KMS in benchmarks (at most 60,000).
     #[arg(
         long = "local_kms_latency_ms",
         visible_alias = "local-kms-latency-ms",
         env = "PUBSUB_ENVELOPE_LOCAL_KMS_LATENCY_MS",
         default_value_t = 0,
+        value_parser = clap::value_parser!(u64).range(0..=envelope::limits::MAX_LOCAL_KMS_LATENCY.as_millis() as u64),
         hide_short_help = true
     )]
     pub local_kms_latency_ms: u64,
@@ -231,10 +233,28 @@ pub struct TrustFlags {
     )]
     pub dangerous_trust_any_kms_key: bool,
 
-    /// Refuse messages sealed longer ago than this (e.g. `5m`, `1h`): stale messages and
-    /// old ones published again. Off by default.
-    #[arg(long = "max_message_age", visible_alias = "max-message-age", env = "PUBSUB_ENVELOPE_MAX_MESSAGE_AGE")]
-    pub max_message_age: Option<humantime::Duration>,
+    /// Refuse messages sealed longer ago than this (e.g. `5m`, `1h`; at most 31 days):
+    /// stale messages and old ones published again. Off by default.
+    #[arg(
+        long = "max_message_age",
+        visible_alias = "max-message-age",
+        env = "PUBSUB_ENVELOPE_MAX_MESSAGE_AGE",
+        value_parser = max_message_age
+    )]
+    pub max_message_age: Option<Duration>,
+
+    /// Attest mode: refuse session certificates valid for longer than this many seconds
+    /// (`certificate_lifetime_too_long`). A certificate lives as long as its producer's
+    /// `--key_max_age_secs` plus 60 s; this caps how long a stolen session key signs,
+    /// whatever the producer chose.
+    #[arg(
+        long = "max_certificate_lifetime_secs",
+        visible_alias = "max-certificate-lifetime-secs",
+        env = "PUBSUB_ENVELOPE_MAX_CERTIFICATE_LIFETIME_SECS",
+        default_value_t = envelope::limits::DEFAULT_MAX_CERTIFICATE_LIFETIME.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=envelope::limits::MAX_CERTIFICATE_LIFETIME.as_secs())
+    )]
+    pub max_certificate_lifetime_secs: u64,
 
     /// Attest mode: `KEY_VERSION=FILE.pem`, the public key of that KMS key version (as
     /// `publisher keyring public-key` or Cloud KMS prints it; repeatable). Once any is
@@ -259,21 +279,28 @@ pub struct TrustFlags {
 }
 
 impl TrustFlags {
-    /// Ends the process with a usage error (exit 2) that names both choices when
-    /// nothing is trusted: the article's command lines had no trust flag and trusted
-    /// every key, which on a shared bus counts any tenant, or anyone whose key the
-    /// credentials can use. Not a required clap group, so that `--generate` and
-    /// `--help` need none.
+    /// Ends the process with a usage error (exit 2) when nothing is trusted, naming both
+    /// choices: the article's command lines had no trust flag and trusted every key,
+    /// which on a shared bus counts any tenant, or anyone whose key the credentials can
+    /// use. Not a required clap group, so that `--generate` and `--help` need none. A
+    /// trust entry that contradicts another, or a certificate URL that is not https, is
+    /// a usage error too, with the library's reason.
     pub fn require<C: clap::CommandFactory>(&self) {
+        let usage = |kind, message: String| C::command().error(kind, message).exit();
         if self.trusted_kms_key.is_empty() && self.trusted_signer.is_empty() && !self.dangerous_trust_any_kms_key {
-            C::command()
-                .error(
-                    clap::error::ErrorKind::MissingRequiredArgument,
-                    "no KMS key is trusted: name the keys whose messages to accept with --trusted_kms_key KEY \
-                     (or a prefix, projects/TENANT_PROJECT/*), or accept every key these credentials can use with \
-                     --dangerous_trust_any_kms_key (for trials only)",
-                )
-                .exit();
+            usage(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "no KMS key is trusted: name the keys whose messages to accept with --trusted_kms_key KEY \
+                 (or a prefix, projects/TENANT_PROJECT/*), or accept every key these credentials can use with \
+                 --dangerous_trust_any_kms_key (for trials only)"
+                    .to_owned(),
+            );
+        }
+        if let Err(error) = envelope::TrustedKeys::from_patterns(&self.trusted_kms_key) {
+            usage(clap::error::ErrorKind::ValueValidation, format!("--trusted_kms_key: {error}"));
+        }
+        if let Err(error) = self.trusted_signers() {
+            usage(clap::error::ErrorKind::ValueValidation, format!("--trusted_signer: {error}"));
         }
     }
 
@@ -322,21 +349,28 @@ impl TrustFlags {
     ) -> anyhow::Result<envelope::OpenerBuilder> {
         Ok(envelope::Opener::builder(tenant_id, self.trusted_keys()?)
             .kms(kms)
-            .max_age(self.max_message_age())
+            .max_age(self.max_message_age)
+            .max_certificate_lifetime(Duration::from_secs(self.max_certificate_lifetime_secs))
             .pinned_public_keys(self.pinned_public_keys()?)
-            .trusted_signers(self.trusted_signers())
+            .trusted_signers(self.trusted_signers()?)
             .accept(modes))
     }
 
     /// The service accounts given with `--trusted_signer`.
-    pub fn trusted_signers(&self) -> envelope::TrustedSigners {
+    pub fn trusted_signers(&self) -> Result<envelope::TrustedSigners, envelope::TrustError> {
         envelope::TrustedSigners::from_entries(&self.trusted_signer)
     }
+}
 
-    /// The maximum message age, if one was given.
-    pub fn max_message_age(&self) -> Option<std::time::Duration> {
-        self.max_message_age.map(Into::into)
+/// Parses `--max_message_age`: a human duration (`90s`, `5m`, `1h`) more than 0 and at
+/// most [`MAX_MESSAGE_AGE`](envelope::limits::MAX_MESSAGE_AGE) (31 days).
+fn max_message_age(text: &str) -> Result<Duration, String> {
+    let age: Duration = text.parse::<humantime::Duration>().map_err(|error| format!("`{text}`: {error}"))?.into();
+    let max = envelope::limits::MAX_MESSAGE_AGE;
+    if age.is_zero() || age > max {
+        return Err(format!("`{text}` is not more than 0 and at most {}", humantime::format_duration(max)));
     }
+    Ok(age)
 }
 
 /// Whether a `--trusted_kms_key` entry names no project: `projects/*`, however spelt.
@@ -369,6 +403,21 @@ impl PipelineKeyFlags {
     /// usage error).
     pub fn key(&self) -> Option<envelope::KeyName> {
         self.pipeline_kms_key.clone()
+    }
+
+    /// Without a key, warns at start-up who can then read and forge the counts on
+    /// `output_topic`: the pipeline and `subscriber` both say it, since either end may
+    /// be the one an operator watches.
+    pub fn warn_if_absent(&self, output_topic: &str) {
+        if self.pipeline_kms_key.is_none() {
+            tracing::warn!(
+                topic = %crate::escape::Escaped(output_topic),
+                "no --pipeline_kms_key: the counts travel in the clear and unauthenticated, so whoever may \
+                 subscribe to the output topic reads every tenant's words, and whoever may publish to it can forge \
+                 the totals subscriber prints; give pipeline and subscriber the same --pipeline_kms_key, or let only \
+                 the pipeline's account publish to the topic (scripts/gcp-setup.sh does; docs/THREATS.md, \"The output\")"
+            );
+        }
     }
 }
 

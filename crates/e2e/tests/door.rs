@@ -40,6 +40,65 @@ fn rates_and_windows_that_mean_nothing_are_refused_by_the_flags() {
     }
 }
 
+#[test]
+fn every_duration_and_size_flag_out_of_range_is_a_usage_error_not_a_panic() {
+    // `pipeline --cache_ttl_secs 40000000000` panicked inside moka (exit 101). Every
+    // duration and size flag is bounded by the library's limits table, at the door.
+    let cases: &[(&str, &[&str])] = &[
+        ("pipeline", &["--cache_ttl_secs", "40000000000"]),
+        ("pipeline", &["--cache_ttl_secs", "86401"]),
+        ("pipeline", &["--cache_capacity", "18446744073709551615"]),
+        ("pipeline", &["--max_outstanding_messages", "9223372036854775807"]),
+        ("pipeline", &["--shutdown_grace_secs", "99999999999"]),
+        ("pipeline", &["--kms_timeout_secs", "0"]),
+        ("pipeline", &["--kms_timeout_secs", "18446744073709551615"]),
+        ("pipeline", &["--local_kms_latency_ms", "18446744073709551615"]),
+        ("pipeline", &["--max_message_age", "100years"]),
+        ("pipeline", &["--max_message_age", "0s"]),
+        ("pipeline", &["--max_certificate_lifetime_secs", "0"]),
+        ("pipeline", &["--max_certificate_lifetime_secs", "86461"]),
+        ("debug-subscriber", &["--idle_exit_secs", "18446744073709551615"]),
+        ("debug-subscriber", &["--max_message_age", "32d"]),
+        ("publisher", &["--key_max_age_secs", "86401"]),
+        ("publisher", &["--key_max_messages", "4294967297"]),
+        ("publisher", &["--kms_timeout_secs", "601"]),
+        ("subscriber", &["--forget_after_secs", "604801"]),
+    ];
+    for (tool, args) in cases {
+        let output = Command::new(binary(tool)).args(*args).output().unwrap();
+        let stderr = stderr_of(&output);
+        assert_eq!(output.status.code(), Some(2), "{tool} {args:?}: {stderr}");
+        assert!(stderr.contains(args[0]), "{tool} {args:?} names the flag: {stderr}");
+        assert!(!stderr.contains("panicked"), "{tool} {args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn trust_flags_that_contradict_or_could_never_match_are_usage_errors() {
+    // Each started before: the last prefix entry won (a tenant-x wrap opened, a
+    // tenant-2 one was refused), an inner `*` matched nothing, an exact entry without
+    // a tenant id brought back `tenantKey` for a key the prefix bound to tenant-1, and
+    // certificates were fetched over plain http.
+    let key = "projects/tenant-1/locations/global/keyRings/r/cryptoKeys/k";
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--trusted_kms_key", "projects/tenant-2/*=tenant-2", "--trusted_kms_key", "projects/tenant-2/*=tenant-x"],
+            "trust the same keys for different tenant ids",
+        ),
+        (&["--trusted_kms_key", "projects/*/locations/global/*"], "`*` may only end it"),
+        (&["--trusted_kms_key", "projects/tenant-1/*=tenant-1", "--trusted_kms_key", key], "names no tenant id"),
+        (&["--trusted_signer", "a@p.iam.gserviceaccount.com=http://certs.example.com/a"], "must be https"),
+    ];
+    for tool in ["pipeline", "debug-subscriber"] {
+        for (args, why) in cases {
+            let output = Command::new(binary(tool)).args(*args).output().unwrap();
+            let stderr = stderr_of(&output);
+            assert_eq!(output.status.code(), Some(2), "{tool} {args:?}: {stderr}");
+            assert!(stderr.contains(why), "{tool} {args:?}: {stderr}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_line_over_pub_subs_limit_is_refused_before_anything_is_sent() {
     // An 11 MB line made the publisher wait forever; now the whole file is checked

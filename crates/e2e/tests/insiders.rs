@@ -338,10 +338,40 @@ async fn sealed_output_is_read_only_with_the_pipelines_key_and_forged_counts_are
         ("replica", "forger"),
         ("pane", "0"),
     ]);
-    pubsub.publisher(&harness.topic("df_out")).await.unwrap().publish(forged).await.unwrap();
+    let output = pubsub.publisher(&harness.topic("df_out")).await.unwrap();
+    output.publish(forged).await.unwrap();
+    // Counts sealed as the pipeline seals them, output tenant id and all, but under a
+    // tenant's own key: the subscriber trusts the pipeline's key alone.
+    let attributes: Attributes = [
+        ("window_start", window["window_start"].as_str().unwrap()),
+        ("window_end", window["window_end"].as_str().unwrap()),
+        ("replica", "forger"),
+        ("pane", "1"),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+    .collect();
+    let mut forger = Sealer::encrypt(harness.kms(), TENANT_2_KEY.parse().unwrap(), runner::own_key::OUTPUT_TENANT);
+    let sealed = forger.seal(Bytes::from_static(b"words: 1000"), attributes).await.unwrap();
+    output.publish(e2e::message(sealed)).await.unwrap();
     let more = subscriber.lines_for(Duration::from_secs(4));
     assert!(more.is_empty(), "nothing changed: {more:?}");
     let log = subscriber.terminate();
     assert!(log.contains("not sealed under --pipeline_kms_key"), "{log}");
+    assert!(log.contains("untrusted_key"), "the tenant-sealed counts were skipped as such: {log}");
+    assert!(!log.contains("no --pipeline_kms_key"), "{log}");
     pipeline.terminate();
+}
+
+// Where the output is not sealed, anyone who may publish to the output topic can forge
+// the totals: both ends say so at start-up, with the two fixes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_pipelines_key_both_ends_warn_that_the_counts_can_be_forged() {
+    let harness = Harness::new();
+    let pipeline = harness.pipeline(&[]);
+    let subscriber = harness.subscriber();
+    for (name, log) in [("pipeline", pipeline.terminate()), ("subscriber", subscriber.terminate())] {
+        assert!(log.contains("no --pipeline_kms_key"), "{name}: {log}");
+        assert!(log.contains("can forge") && log.contains("scripts/gcp-setup.sh"), "{name}: {log}");
+    }
 }

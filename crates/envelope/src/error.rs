@@ -137,6 +137,17 @@ pub enum Refused {
     /// A message sealed outside its attest certificate's validity.
     #[error("message sealed outside its attest certificate's validity")]
     CertificateExpired,
+    /// An attest session certificate valid for longer than the opener allows
+    /// ([`OpenerBuilder::max_certificate_lifetime`](crate::OpenerBuilder::max_certificate_lifetime)):
+    /// its producer chose a rotation age that would let a stolen session key sign for
+    /// that long.
+    #[error("attest certificate is valid for {lifetime_secs} s, more than the {max_secs} s allowed")]
+    CertificateLifetimeTooLong {
+        /// Whole seconds from the certificate's `not_before` to its `not_after`.
+        lifetime_secs: u64,
+        /// The opener's maximum, in whole seconds.
+        max_secs: u64,
+    },
     /// Sealed longer ago than the opener's maximum message age: stale, or an old
     /// message published again.
     #[error("sealed {age_secs} s ago, more than the {max_secs} s allowed")]
@@ -167,6 +178,7 @@ impl Refused {
             Refused::UntrustedSigner(_) => "untrusted_signer",
             Refused::WrongTenant(_) => "wrong_tenant",
             Refused::CertificateExpired => "certificate_expired",
+            Refused::CertificateLifetimeTooLong { .. } => "certificate_lifetime_too_long",
             Refused::TooOld { .. } => "too_old",
             Refused::SealedInFuture { .. } => "sealed_in_future",
         }

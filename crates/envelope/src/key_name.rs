@@ -1,4 +1,4 @@
-//! Cloud KMS key names, and which of them a consumer trusts.
+//! Cloud KMS key names and key version names, parsed strictly.
 
 use std::fmt;
 use std::str::FromStr;
@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 /// The prefix of Tink-style key URIs, accepted from people (flags, trust patterns) but
 /// never in a message: see [`KeyName::from_uri_or_name`].
-const TINK_PREFIX: &str = "gcp-kms://";
+pub(crate) const TINK_PREFIX: &str = "gcp-kms://";
 
 /// A Cloud KMS crypto key: `projects/P/locations/L/keyRings/R/cryptoKeys/K`.
 ///
@@ -24,12 +24,12 @@ pub struct KeyName(Arc<str>);
 #[error("`{0}` is not a KMS key name of the form projects/P/locations/L/keyRings/R/cryptoKeys/K")]
 pub struct KeyNameError(String);
 
-const LITERALS: [&str; 4] = ["projects", "locations", "keyRings", "cryptoKeys"];
+pub(crate) const LITERALS: [&str; 4] = ["projects", "locations", "keyRings", "cryptoKeys"];
 
 /// Longest id of any segment, in bytes.
 const MAX_ID_LEN: usize = 63;
 
-fn is_valid_id(id: &str, literal: &str) -> bool {
+pub(crate) fn is_valid_id(id: &str, literal: &str) -> bool {
     let project = literal == "projects";
     (1..=MAX_ID_LEN).contains(&id.len())
         && id
@@ -151,103 +151,6 @@ impl fmt::Display for KeyVersionName {
     }
 }
 
-/// The KMS keys a consumer accepts messages from.
-///
-/// Each entry is an exact key name or a prefix ending in `/*` (for example
-/// `projects/tenant-1/*`), optionally with the tenant id its producers bind into their
-/// wraps and certificates (`projects/tenant-1/*=tenant-1`); an entry without one uses
-/// the opener's tenant id. So one opener serves tenants that each use an id of their
-/// own. The most specific entry decides: an exact name, else the longest prefix.
-/// The set is what it says: an empty one trusts no key (an
-/// opener of service-account messages only needs none). Trusting every key the
-/// opener's KMS credentials can use is possible, but only by name:
-/// [`dangerous_any_key`](Self::dangerous_any_key).
-#[derive(Debug, Clone, Default)]
-pub struct TrustedKeys {
-    exact: Vec<(KeyName, Option<String>)>,
-    prefixes: Vec<(String, Option<String>)>,
-    any: bool,
-}
-
-impl TrustedKeys {
-    /// Trusts no KMS key.
-    pub fn none() -> Self {
-        Self::default()
-    }
-
-    /// Trusts every KMS key, so that any producer whose key the opener's credentials
-    /// can use is accepted: for trials and debugging only. Every binary that makes this
-    /// choice warns about it at start-up.
-    pub fn dangerous_any_key() -> Self {
-        Self { any: true, ..Self::default() }
-    }
-
-    /// Parses entries as the `--trusted_kms_key` flag takes them: `NAME`, `PREFIX/*`,
-    /// either followed by `=TENANT_ID`.
-    pub fn from_patterns<I, S>(patterns: I) -> Result<Self, KeyNameError>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        let mut trusted = Self::default();
-        for entry in patterns {
-            let entry = entry.as_ref();
-            let (pattern, tenant) = match entry.split_once('=') {
-                Some((_, "")) => return Err(KeyNameError(entry.to_owned())),
-                Some((pattern, tenant)) => (pattern, Some(tenant.to_owned())),
-                None => (entry, None),
-            };
-            let bare = pattern.strip_prefix(TINK_PREFIX).unwrap_or(pattern);
-            match bare.strip_suffix('*') {
-                Some(prefix) if prefix.ends_with('/') && prefix.starts_with("projects/") => {
-                    trusted.prefixes.push((prefix.to_owned(), tenant));
-                }
-                Some(_) => return Err(KeyNameError(entry.to_owned())),
-                None => trusted.exact.push((bare.parse()?, tenant)),
-            }
-        }
-        Ok(trusted)
-    }
-
-    /// Whether this was made by [`dangerous_any_key`](Self::dangerous_any_key).
-    pub fn trusts_any_key(&self) -> bool {
-        self.any
-    }
-
-    /// Whether no key at all is trusted.
-    pub fn is_empty(&self) -> bool {
-        !self.any && self.exact.is_empty() && self.prefixes.is_empty()
-    }
-
-    /// Whether messages wrapped under `key` may be opened.
-    pub fn allows(&self, key: &KeyName) -> bool {
-        self.trust(key).is_some()
-    }
-
-    /// The tenant id that producers under `key` bind, if `key` is trusted: its entry's,
-    /// else `default` (the opener's).
-    pub fn tenant_of<'a>(&'a self, key: &KeyName, default: &'a str) -> Option<&'a str> {
-        self.trust(key).map(|tenant| tenant.unwrap_or(default))
-    }
-
-    /// The most specific entry trusting `key`, and its tenant id if it names one.
-    fn trust(&self, key: &KeyName) -> Option<Option<&str>> {
-        if let Some((_, tenant)) = self.exact.iter().find(|(name, _)| name == key) {
-            return Some(tenant.as_deref());
-        }
-        let prefix = self
-            .prefixes
-            .iter()
-            .filter(|(prefix, _)| key.as_str().starts_with(prefix.as_str()))
-            .max_by_key(|(prefix, _)| prefix.len());
-        match prefix {
-            Some((_, tenant)) => Some(tenant.as_deref()),
-            None if self.any => Some(None),
-            None => None,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,31 +167,6 @@ mod tests {
         assert_eq!(KeyName::from_parts("tenant-1", "us-central1", "tenant1-keyring", "key1").unwrap(), plain);
     }
 
-    #[test]
-    fn each_trusted_key_may_name_its_tenant_and_the_most_specific_entry_decides() {
-        // One opener serves tenants that bind ids of their own: the tenant of a key is
-        // its exact entry's, else its longest matching prefix's, else the opener's.
-        let trusted = TrustedKeys::from_patterns([
-            "projects/tenant-1/*=tenant-a",
-            "projects/tenant-1/locations/eu/*=tenant-eu",
-            &format!("{KEY}=tenant-exact"),
-            "projects/tenant-2/*",
-        ])
-        .unwrap();
-        let key = |name: &str| name.parse::<KeyName>().unwrap();
-        assert_eq!(trusted.tenant_of(&key(KEY), "default"), Some("tenant-exact"));
-        let other = "projects/tenant-1/locations/us-central1/keyRings/r/cryptoKeys/k2";
-        assert_eq!(trusted.tenant_of(&key(other), "default"), Some("tenant-a"));
-        let eu = "projects/tenant-1/locations/eu/keyRings/r/cryptoKeys/k";
-        assert_eq!(trusted.tenant_of(&key(eu), "default"), Some("tenant-eu"));
-        let two = "projects/tenant-2/locations/l/keyRings/r/cryptoKeys/k";
-        assert_eq!(trusted.tenant_of(&key(two), "default"), Some("default"));
-        let three = "projects/tenant-3/locations/l/keyRings/r/cryptoKeys/k";
-        assert_eq!(trusted.tenant_of(&key(three), "default"), None);
-        assert!(!trusted.allows(&key(three)));
-        assert!(TrustedKeys::from_patterns(["projects/tenant-1/*="]).is_err(), "an empty tenant id");
-        assert!(TrustedKeys::from_patterns(["projects/t*=x"]).is_err());
-    }
 
     #[test]
     fn rejects_malformed_names() {
@@ -333,18 +211,4 @@ mod tests {
         assert!(KEY.parse::<KeyVersionName>().is_err());
     }
 
-    #[test]
-    fn trust_by_exact_name_and_prefix() {
-        let key: KeyName = KEY.parse().unwrap();
-        let other: KeyName = "projects/tenant-2/locations/l/keyRings/r/cryptoKeys/k".parse().unwrap();
-        assert!(TrustedKeys::dangerous_any_key().allows(&other));
-        assert!(!TrustedKeys::none().allows(&other) && TrustedKeys::none().is_empty());
-        assert!(TrustedKeys::from_patterns(Vec::<String>::new()).unwrap().is_empty(), "no pattern trusts no key");
-        let exact = TrustedKeys::from_patterns([KEY]).unwrap();
-        assert!(exact.allows(&key) && !exact.allows(&other));
-        let prefix = TrustedKeys::from_patterns(["projects/tenant-1/*"]).unwrap();
-        assert!(prefix.allows(&key) && !prefix.allows(&other));
-        let no_slash = TrustedKeys::from_patterns(["projects/tenant-*"]);
-        assert!(no_slash.is_err(), "a prefix must end at a segment boundary");
-    }
 }

@@ -67,10 +67,12 @@ pub mod format;
 #[cfg(not(feature = "internals"))]
 mod format;
 mod key_name;
+pub mod limits;
 pub mod kms;
 mod open;
 mod seal;
 mod secret;
+mod trust;
 
 #[cfg(feature = "internals")]
 #[doc(hidden)]
@@ -87,10 +89,11 @@ pub use format::{
     AttributeError, Attributes, MAX_ATTRIBUTE_KEY_LEN, MAX_ATTRIBUTE_VALUE_LEN, MAX_ATTRIBUTES, Mode, PayloadError,
     is_reserved,
 };
-pub use key_name::{KeyName, KeyNameError, KeyVersionName, KeyVersionNameError, TrustedKeys};
+pub use key_name::{KeyName, KeyNameError, KeyVersionName, KeyVersionNameError};
 pub use open::{BuildError, CacheSettings, CacheStats, MAX_CLOCK_SKEW, Opened, Opener, OpenerBuilder};
 pub use seal::{AttestBy, RotationPolicy, Sealed, Sealer};
 pub use secret::SecretKey;
+pub use trust::{TrustError, TrustedKeys};
 
 /// The additional authenticated data the original proof of concept bound into every KMS
 /// wrap: the tenant id of deployments that never chose one.

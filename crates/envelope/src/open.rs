@@ -15,7 +15,9 @@ use crate::crypto::{EncryptionKey, OpenFailure, SigningKey};
 use crate::error::{Forged, Malformed, OpenError, Refused};
 use crate::fingerprint::{self, FINGERPRINT_LEN, FingerprintKey};
 use crate::format::{self, Attr, Attributes, Flavour, Mode};
-use crate::key_name::{KeyName, KeyVersionName, TrustedKeys};
+use crate::key_name::{KeyName, KeyVersionName};
+use crate::limits::{self, OutOfRange};
+use crate::trust::TrustedKeys;
 use crate::kms::{KeySign, KeyWrap, Kms};
 use crate::secret::SecretKey;
 
@@ -23,13 +25,15 @@ use crate::secret::SecretKey;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheSettings {
     /// Time to live of an entry from when it was unwrapped; 200 s by default, as the
-    /// article's `ExpiringDict(max_len=100, max_age_seconds=200)`.
+    /// article's `ExpiringDict(max_len=100, max_age_seconds=200)`; at most
+    /// [`MAX_CACHE_TTL`](limits::MAX_CACHE_TTL).
     pub ttl: Duration,
     /// Most data keys held per mode; 100,000 by default. The article's 100 was a proof
     /// of concept's number: a consumer that reads several streams sees keys out of
     /// order, and producers that rotate every few messages bring thousands of keys a
     /// second, so a small cache evicted keys still in use and unwrapped them again. An
-    /// entry is a few hundred bytes, so the default bounds the cache near 50 MB.
+    /// entry is a few hundred bytes, so the default bounds the cache near 50 MB. At most
+    /// [`MAX_CACHE_CAPACITY`](limits::MAX_CACHE_CAPACITY).
     pub capacity: u64,
 }
 
@@ -77,6 +81,7 @@ pub struct OpenerBuilder {
     modes: Vec<Mode>,
     cache: CacheSettings,
     max_age: Option<Duration>,
+    max_certificate_lifetime: Duration,
     clock: Arc<dyn Clock>,
     pinned: Vec<TrustedPublicKey>,
     signers: TrustedSigners,
@@ -95,6 +100,9 @@ pub enum BuildError {
     /// refused.
     #[error("nothing is trusted: name trusted KMS keys or service accounts")]
     NothingTrusted,
+    /// A duration or size outside its range ([`limits`](crate::limits)).
+    #[error(transparent)]
+    OutOfRange(#[from] OutOfRange),
 }
 
 impl OpenerBuilder {
@@ -131,9 +139,19 @@ impl OpenerBuilder {
     }
 
     /// Refuses messages sealed longer ago than `max_age` (`too_old`), or more than
-    /// [`MAX_CLOCK_SKEW`] in the future. No limit by default.
+    /// [`MAX_CLOCK_SKEW`] in the future. No limit by default; at most
+    /// [`MAX_MESSAGE_AGE`](limits::MAX_MESSAGE_AGE).
     pub fn max_age(mut self, max_age: Option<Duration>) -> Self {
         self.max_age = max_age;
+        self
+    }
+
+    /// Refuses attest session certificates valid for longer than `lifetime`
+    /// (`certificate_lifetime_too_long`), whatever rotation age their producer chose;
+    /// [`DEFAULT_MAX_CERTIFICATE_LIFETIME`](limits::DEFAULT_MAX_CERTIFICATE_LIFETIME)
+    /// by default, at most [`MAX_CERTIFICATE_LIFETIME`](limits::MAX_CERTIFICATE_LIFETIME).
+    pub fn max_certificate_lifetime(mut self, lifetime: Duration) -> Self {
+        self.max_certificate_lifetime = lifetime;
         self
     }
 
@@ -157,8 +175,19 @@ impl OpenerBuilder {
         self
     }
 
-    /// Builds the opener, refusing a configuration that could open nothing it accepts.
+    /// Builds the opener, refusing a configuration that could open nothing it accepts,
+    /// or a duration or size outside its range ([`limits`]).
     pub fn build(self) -> Result<Opener, BuildError> {
+        limits::duration("cache ttl", self.cache.ttl, limits::MAX_CACHE_TTL)?;
+        limits::count("cache capacity", self.cache.capacity, limits::MAX_CACHE_CAPACITY)?;
+        if let Some(max_age) = self.max_age {
+            limits::duration("maximum message age", max_age, limits::MAX_MESSAGE_AGE)?;
+        }
+        limits::duration(
+            "maximum certificate lifetime",
+            self.max_certificate_lifetime,
+            limits::MAX_CERTIFICATE_LIFETIME,
+        )?;
         if let Some(mode) = self.modes.iter().find(|mode| **mode != Mode::Attest)
             && self.unwrapper.is_none()
         {
@@ -177,7 +206,14 @@ impl OpenerBuilder {
             modes: self.modes,
             max_age: self.max_age,
             clock: self.clock.clone(),
-            attest: Verifier::new(self.public_keys, self.pinned, self.signers, self.cache.capacity, self.clock),
+            attest: Verifier::new(
+                self.public_keys,
+                self.pinned,
+                self.signers,
+                self.cache.capacity,
+                self.max_certificate_lifetime,
+                self.clock,
+            ),
             encryption_keys: new_cache(self.cache),
             signing_keys: new_cache(self.cache),
             hits: Striped::default(),
@@ -344,6 +380,7 @@ impl Opener {
             modes: vec![Mode::Encrypt, Mode::Sign, Mode::Attest],
             cache: CacheSettings::default(),
             max_age: None,
+            max_certificate_lifetime: limits::DEFAULT_MAX_CERTIFICATE_LIFETIME,
             clock: Arc::new(SystemClock),
             pinned: Vec::new(),
             signers: TrustedSigners::default(),

@@ -31,6 +31,21 @@ pub struct RotationPolicy {
     pub max_bytes: u64,
 }
 
+impl RotationPolicy {
+    /// Checks each setting against its range ([`limits`](crate::limits)): an age more
+    /// than 0 and at most [`MAX_KEY_AGE`](crate::limits::MAX_KEY_AGE), 1 to
+    /// [`MAX_KEY_MESSAGES`](crate::limits::MAX_KEY_MESSAGES) messages, at least one
+    /// byte. A sealer takes any policy; the binaries and the Python package check
+    /// theirs at the door, since an attest certificate lives as long as its key and
+    /// consumers refuse long-lived ones.
+    pub fn check(&self) -> Result<(), crate::limits::OutOfRange> {
+        use crate::limits;
+        limits::duration("key max age", self.max_age, limits::MAX_KEY_AGE)?;
+        limits::count("key max messages", self.max_messages, limits::MAX_KEY_MESSAGES)?;
+        limits::count("key max bytes", self.max_bytes, u64::MAX)
+    }
+}
+
 impl Default for RotationPolicy {
     fn default() -> Self {
         Self { max_age: Duration::from_secs(100), max_messages: 1 << 20, max_bytes: 1 << 34 }
@@ -389,7 +404,7 @@ impl KeyMaker {
     async fn certify_new_key(&self, kms: &dyn KeySign, signing_key: &KeyVersionName) -> Result<NewKey, SealError> {
         let session = SessionKey::generate();
         let not_before = micros_since_epoch(self.clock.wall()).max(self.last_sealed_at + 1);
-        let lifetime = u64::try_from((self.max_age + CERTIFICATE_SLACK).as_micros()).unwrap_or(u64::MAX);
+        let lifetime = u64::try_from((self.max_age + crate::limits::CERTIFICATE_SLACK).as_micros()).unwrap_or(u64::MAX);
         let certificate = Certificate {
             kms_key: signing_key.clone(),
             tenant_id: self.tenant_id.clone(),
@@ -421,8 +436,6 @@ fn with_envelope(mut attributes: Attributes, envelope: impl IntoIterator<Item = 
     attributes
 }
 
-/// How long a session certificate outlives its key's rotation age.
-const CERTIFICATE_SLACK: Duration = Duration::from_secs(60);
 
 /// The next seal time after `last`: now, but strictly after the previous one even if the
 /// wall clock stalls or steps back, so that every message is unique and an opener can

@@ -301,3 +301,40 @@ async fn a_session_certificate_covers_its_key_for_the_keys_whole_life() {
         opener.open(&sealed.data, &sealed.attributes).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_consumer_caps_how_long_a_producers_certificates_may_live() {
+    // A certificate lives its producer's rotation age plus 60 s, and the producer picks
+    // the age: without a cap a session key could sign for years. By default an opener
+    // takes 3,660 s (hourly rotation) and refuses longer with a reason of its own.
+    let fixture = fixture();
+    let sealed_with_age = async |secs: u64| {
+        let policy = pubsub_envelope::RotationPolicy { max_age: Duration::from_secs(secs), ..Default::default() };
+        let mut sealer = Sealer::attest(fixture.kms.clone(), version(SIGNER_1), "tenant-1", AttestBy::SessionKey)
+            .with_policy(policy);
+        sealer.seal(Bytes::from_static(b"m"), Attributes::new()).await.unwrap()
+    };
+    let opener = opener(&fixture, "tenant-1");
+    let hourly = sealed_with_age(3_600).await;
+    assert!(opener.open(&hourly.data, &hourly.attributes).await.is_ok(), "3,660 s is the default's edge");
+    let longer = sealed_with_age(3_601).await;
+    assert_eq!(open_error(&opener, &longer.data, &longer.attributes).await, "certificate_lifetime_too_long");
+    let daily = sealed_with_age(86_400).await;
+    assert_eq!(open_error(&opener, &daily.data, &daily.attributes).await, "certificate_lifetime_too_long");
+    // The consumer chooses: a longer cap takes the daily producer, a shorter one
+    // refuses even the default rotation (100 s + 60 s).
+    let trusted = || pubsub_envelope::TrustedKeys::from_patterns(["projects/tenant-1/*"]).unwrap();
+    let with_cap = |secs| {
+        Opener::builder("tenant-1", trusted())
+            .kms(fixture.kms.clone())
+            .max_certificate_lifetime(Duration::from_secs(secs))
+            .build()
+            .unwrap()
+    };
+    assert!(with_cap(86_460).open(&daily.data, &daily.attributes).await.is_ok());
+    let default_rotation = sealed_with_age(100).await;
+    assert_eq!(
+        open_error(&with_cap(120), &default_rotation.data, &default_rotation.attributes).await,
+        "certificate_lifetime_too_long"
+    );
+}

@@ -128,7 +128,49 @@ fn openers_that_could_open_nothing_are_not_built() {
     assert_eq!(nothing.err(), Some(BuildError::NothingTrusted));
     let no_unwrapper = Opener::builder("tenant-1", common::both_tenants()).build();
     assert_eq!(no_unwrapper.err(), Some(BuildError::NoUnwrapper(Mode::Encrypt)));
-    let signers = TrustedSigners::default().trust("a@p.iam.gserviceaccount.com", None);
+    let signers = TrustedSigners::default().trust("a@p.iam.gserviceaccount.com", None).unwrap();
     let attest_only = Opener::builder("tenant-1", TrustedKeys::none()).accept(&[Mode::Attest]).trusted_signers(signers);
     assert!(attest_only.build().is_ok(), "service accounts alone, attest only: no KMS needed");
+}
+
+#[test]
+fn settings_out_of_range_are_refused_at_build_not_left_to_panic_later() {
+    use std::time::Duration;
+
+    use pubsub_envelope::Opener;
+    // A cache ttl of 4e10 s panicked inside moka when the first key was cached (exit
+    // 101 in the pipeline, PanicException in Python); every setting is checked against
+    // the limits table when the opener is built.
+    use pubsub_envelope::{BuildError, CacheSettings, limits};
+    let trusted = || pubsub_envelope::TrustedKeys::from_patterns(["projects/tenant-1/*"]).unwrap();
+    let build = |change: &dyn Fn(pubsub_envelope::OpenerBuilder) -> pubsub_envelope::OpenerBuilder| {
+        change(Opener::builder("tenant-1", trusted()).accept(&[pubsub_envelope::Mode::Attest])).build()
+    };
+    let huge = Duration::from_secs(40_000_000_000);
+    let cases: [(&str, &dyn Fn(pubsub_envelope::OpenerBuilder) -> pubsub_envelope::OpenerBuilder); 7] = [
+        ("cache ttl", &|b| b.cache(CacheSettings { ttl: huge, ..CacheSettings::default() })),
+        ("cache ttl", &|b| b.cache(CacheSettings { ttl: Duration::ZERO, ..CacheSettings::default() })),
+        ("cache capacity", &|b| b.cache(CacheSettings { capacity: 0, ..CacheSettings::default() })),
+        ("cache capacity", &|b| b.cache(CacheSettings { capacity: u64::MAX, ..CacheSettings::default() })),
+        ("maximum message age", &|b| b.max_age(Some(huge))),
+        ("maximum certificate lifetime", &|b| b.max_certificate_lifetime(Duration::ZERO)),
+        ("maximum certificate lifetime", &|b| b.max_certificate_lifetime(limits::MAX_CERTIFICATE_LIFETIME * 2)),
+    ];
+    for (setting, change) in cases {
+        match build(change) {
+            Err(BuildError::OutOfRange(error)) => assert_eq!(error.setting, setting, "{error}"),
+            other => panic!("{setting}: {:?}", other.map(|_| "built")),
+        }
+    }
+    let edges = build(&|b| {
+        b.cache(CacheSettings { ttl: limits::MAX_CACHE_TTL, capacity: limits::MAX_CACHE_CAPACITY })
+            .max_age(Some(limits::MAX_MESSAGE_AGE))
+            .max_certificate_lifetime(limits::MAX_CERTIFICATE_LIFETIME)
+    });
+    assert!(edges.is_ok(), "each limit itself is allowed");
+    let policy = pubsub_envelope::RotationPolicy { max_age: limits::MAX_KEY_AGE + Duration::from_secs(1), ..Default::default() };
+    assert!(policy.check().is_err());
+    assert!(pubsub_envelope::RotationPolicy::default().check().is_ok());
+    let policy = pubsub_envelope::RotationPolicy { max_messages: limits::MAX_KEY_MESSAGES + 1, ..Default::default() };
+    assert!(policy.check().is_err());
 }

@@ -54,7 +54,7 @@ fn signer(server: &CertServer, file: &str, email: &str) -> ServiceAccountSigner 
 }
 
 fn opener(fixture: &Fixture, server: &CertServer) -> Opener {
-    let trusted = TrustedSigners::default().trust(PUBLISHER, Some(format!("{}/{PUBLISHER}", server.url)));
+    let trusted = TrustedSigners::default().trust(PUBLISHER, Some(format!("{}/{PUBLISHER}", server.url))).unwrap();
     Opener::builder("tenant-1", TrustedKeys::none()).kms(fixture.kms.clone()).trusted_signers(trusted).build().unwrap()
 }
 
@@ -132,7 +132,7 @@ async fn untrusted_forged_and_altered_signatures_are_refused() {
 async fn unknown_key_ids_refetch_at_most_once_a_minute() {
     let (fixture, server) = (Fixture::new(), cert_server().await);
     let clock = Arc::new(pubsub_envelope::ManualClock::new());
-    let trusted = TrustedSigners::default().trust(PUBLISHER, Some(format!("{}/{PUBLISHER}", server.url)));
+    let trusted = TrustedSigners::default().trust(PUBLISHER, Some(format!("{}/{PUBLISHER}", server.url))).unwrap();
     let opener = Opener::builder("tenant-1", TrustedKeys::none())
         .kms(fixture.kms.clone())
         .trusted_signers(trusted)
@@ -181,7 +181,7 @@ async fn unreachable_certificates_are_a_transient_failure() {
     let mut sealer = Sealer::service_account(signer(&server, "service-account.json", PUBLISHER));
     let sealed = sealer.seal(Bytes::from_static(b"x"), Attributes::new()).await.unwrap();
     assert!(opener(&fixture, &server).open(&sealed.data, &sealed.attributes).await.is_ok());
-    let unreachable = TrustedSigners::default().trust(PUBLISHER, Some("http://127.0.0.1:9/none".into()));
+    let unreachable = TrustedSigners::default().trust(PUBLISHER, Some("http://127.0.0.1:9/none".into())).unwrap();
     let opener = Opener::builder("tenant-1", TrustedKeys::none())
         .accept(&[Mode::Attest])
         .trusted_signers(unreachable)

@@ -115,6 +115,10 @@ struct OpenerSettings {
     max_age_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     now: Option<u64>,
+    /// The longest validity of a session certificate the opener takes, if not the
+    /// default (3,660 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_certificate_lifetime_secs: Option<u64>,
     /// Public keys pinned, by key version (DER `SubjectPublicKeyInfo`, base64): once
     /// any is, only pinned versions verify and none is fetched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -187,6 +191,9 @@ fn opener_with(file: &File, settings: &OpenerSettings) -> Opener {
         builder = builder.accept(&modes);
     }
     builder = builder.max_age(settings.max_age_secs.map(Duration::from_secs));
+    if let Some(lifetime) = settings.max_certificate_lifetime_secs {
+        builder = builder.max_certificate_lifetime(Duration::from_secs(lifetime));
+    }
     if let Some(pinned) = &settings.pinned {
         let keys = pinned.iter().map(|(version, der)| {
             let pem = pubsub_envelope::public_key_pem(&unb64(der));
@@ -893,6 +900,9 @@ async fn attest_session_file(signing: &SigningKms, other: &SigningKms) -> File {
         message(&seal(fixed, sealed_at, Bytes::from_static(b"words"), Attributes::new()))
     };
     let other_tenant_cert = certificate("tenant-2", &seed, SEALED_AT, not_after);
+    // A producer that rotates daily makes certificates a consumer refuses by default.
+    let day_cert = certificate(TENANT, &seed, SEALED_AT, SEALED_AT + 86_400_000_000);
+    let day_signature = signing.sign(&version, &day_cert).await.unwrap();
     let other_tenant_signature = signing.sign(&version, &other_tenant_cert).await.unwrap();
     let forged_signature = other.sign(&version, &cert).await.unwrap();
     let mut invalid_cases = common_invalid(&base);
@@ -911,6 +921,17 @@ async fn attest_session_file(signing: &SigningKms, other: &SigningKms) -> File {
             "certificate for another tenant",
             fixed_seal(&other_tenant_cert, &other_tenant_signature, SEALED_AT + 5),
             "wrong_tenant",
+        ),
+        invalid(
+            "certificate valid for a day, longer than the default maximum (3,660 s)",
+            fixed_seal(&day_cert, &day_signature, SEALED_AT + 5),
+            "certificate_lifetime_too_long",
+        ),
+        refused(
+            "certificate valid for 160 s, where the opener takes at most 100 s",
+            base.clone(),
+            "certificate_lifetime_too_long",
+            OpenerSettings { max_certificate_lifetime_secs: Some(100), ..OpenerSettings::default() },
         ),
         invalid(
             "sealed after the certificate's not_after",

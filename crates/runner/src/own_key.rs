@@ -70,8 +70,7 @@ pub fn receipt_opener(kms: Arc<dyn KeyWrap>, key: &KeyName) -> Result<Opener, en
 }
 
 fn own_opener(kms: Arc<dyn KeyWrap>, key: &KeyName, tenant: &str, mode: Mode) -> Result<Opener, envelope::BuildError> {
-    let trusted = TrustedKeys::from_patterns([key.as_str()]).expect("a key name is a trust pattern");
-    Opener::builder(tenant, trusted).unwrap_with(kms).accept(&[mode]).build()
+    Opener::builder(tenant, TrustedKeys::only(key.clone())).unwrap_with(kms).accept(&[mode]).build()
 }
 
 /// Publishes each message sealed under the pipeline's key.

@@ -25,6 +25,7 @@ Consumer::
 
 from ._native import (
     DEFAULT_TENANT_ID,
+    LIMITS,
     CloudKms,
     EnvelopeError,
     ForgedError,
@@ -45,6 +46,7 @@ from ._native import (
 
 __all__ = [
     "DEFAULT_TENANT_ID",
+    "LIMITS",
     "CloudKms",
     "EnvelopeError",
     "ForgedError",

@@ -5,6 +5,7 @@ from typing import Literal, Mapping, Optional, Sequence, Tuple, Union
 
 __version__: str
 DEFAULT_TENANT_ID: str
+LIMITS: dict[str, int]
 
 class EnvelopeError(Exception):
     """Base of every error the envelope raises."""
@@ -129,6 +130,7 @@ class Opener:
         cache_ttl_secs: float = 200.0,
         cache_capacity: int = 100_000,
         max_message_age_secs: Optional[float] = None,
+        max_certificate_lifetime_secs: float = 3660.0,
         dangerous_trust_any_kms_key: bool = False,
     ) -> None: ...
     def open(self, data: bytes, attributes: Mapping[str, str]) -> Opened: ...

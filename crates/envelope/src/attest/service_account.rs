@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use crate::format::{self, Attributes};
+use crate::trust::{TrustError, check_cert_url};
 
 /// The service accounts a consumer accepts attest signatures from, each with the URL of
 /// its published certificates.
@@ -16,20 +17,32 @@ pub fn google_cert_url(email: &str) -> String {
 
 impl TrustedSigners {
     /// Trusts `email`, whose certificates are at `cert_url` (Google's, by default:
-    /// [`google_cert_url`]).
-    pub fn trust(mut self, email: impl Into<String>, cert_url: Option<String>) -> Self {
+    /// [`google_cert_url`]). The URL must be `https` (plain `http` only to a loopback
+    /// address, for tests): certificates fetched in the clear could be swapped on the
+    /// way. Trusting one account at two URLs is refused.
+    pub fn trust(mut self, email: impl Into<String>, cert_url: Option<String>) -> Result<Self, TrustError> {
         let email = email.into();
+        if email.is_empty() || !email.contains('@') {
+            return Err(TrustError::BadSigner(email));
+        }
         let url = cert_url.unwrap_or_else(|| google_cert_url(&email));
-        self.0.insert(email, url);
-        self
+        check_cert_url(&email, &url)?;
+        match self.0.get(&email) {
+            Some(first) if *first != url => {
+                Err(TrustError::ContradictingSigner { signer: email, first: first.clone(), second: url })
+            }
+            _ => {
+                self.0.insert(email, url);
+                Ok(self)
+            }
+        }
     }
 
     /// Trusts each entry, written `EMAIL` (Google's certificate URL) or
     /// `EMAIL=CERT_URL`, as the binaries' `--trusted_signer` and the Python package's
-    /// `trusted_signers` take them.
-    #[must_use]
-    pub fn from_entries<S: AsRef<str>>(entries: impl IntoIterator<Item = S>) -> Self {
-        entries.into_iter().fold(Self::default(), |signers, entry| match entry.as_ref().split_once('=') {
+    /// `trusted_signers` take them; with [`trust`](Self::trust)'s rules.
+    pub fn from_entries<S: AsRef<str>>(entries: impl IntoIterator<Item = S>) -> Result<Self, TrustError> {
+        entries.into_iter().try_fold(Self::default(), |signers, entry| match entry.as_ref().split_once('=') {
             Some((email, url)) => signers.trust(email, Some(url.to_owned())),
             None => signers.trust(entry.as_ref(), None),
         })
@@ -130,7 +143,7 @@ mod tests {
             google_cert_url("publisher@p.iam.gserviceaccount.com"),
             "https://www.googleapis.com/robot/v1/metadata/x509/publisher%40p.iam.gserviceaccount.com"
         );
-        let trusted = TrustedSigners::default().trust("a@p.iam.gserviceaccount.com", None);
+        let trusted = TrustedSigners::default().trust("a@p.iam.gserviceaccount.com", None).unwrap();
         assert_eq!(
             trusted.cert_url("a@p.iam.gserviceaccount.com"),
             Some(google_cert_url("a@p.iam.gserviceaccount.com").as_str())
@@ -141,13 +154,27 @@ mod tests {
     #[test]
     fn entries_name_an_account_and_optionally_where_its_certificates_are() {
         // `EMAIL` takes Google's URL; `EMAIL=URL` its own, split at the first `=`.
-        let trusted = TrustedSigners::from_entries(["a@p.iam.gserviceaccount.com", "b@example.com=http://x/certs?k=v"]);
+        let trusted =
+            TrustedSigners::from_entries(["a@p.iam.gserviceaccount.com", "b@example.com=https://x/certs?k=v"]).unwrap();
         assert_eq!(
             trusted.cert_url("a@p.iam.gserviceaccount.com"),
             Some(google_cert_url("a@p.iam.gserviceaccount.com").as_str())
         );
-        assert_eq!(trusted.cert_url("b@example.com"), Some("http://x/certs?k=v"));
-        assert_eq!(trusted.cert_url("b@example.com=http://x/certs?k=v"), None);
-        assert!(TrustedSigners::from_entries(Vec::<String>::new()).is_empty());
+        assert_eq!(trusted.cert_url("b@example.com"), Some("https://x/certs?k=v"));
+        assert_eq!(trusted.cert_url("b@example.com=https://x/certs?k=v"), None);
+        assert!(TrustedSigners::from_entries(Vec::<String>::new()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_signer_is_trusted_at_one_https_url() {
+        // Plain http let anyone on the way swap the certificates (issue: trust that
+        // cannot surprise); loopback stays for tests' servers.
+        let plain = TrustedSigners::from_entries(["b@example.com=http://certs.example.com/b"]);
+        assert!(matches!(plain, Err(TrustError::InsecureCertUrl { .. })), "{plain:?}");
+        assert!(TrustedSigners::from_entries(["b@example.com=http://127.0.0.1:9/b"]).is_ok());
+        let twice = TrustedSigners::from_entries(["b@example.com=https://one/b", "b@example.com=https://two/b"]);
+        assert!(matches!(twice, Err(TrustError::ContradictingSigner { .. })), "{twice:?}");
+        assert!(TrustedSigners::from_entries(["b@example.com", "b@example.com"]).is_ok(), "a repeat");
+        assert!(matches!(TrustedSigners::from_entries(["https://x/certs"]), Err(TrustError::BadSigner(_))));
     }
 }

@@ -13,7 +13,8 @@ use super::{Attestation, TrustedPublicKey, TrustedSigners};
 use crate::clock::Clock;
 use crate::error::{Forged, Infrastructure, Malformed, OpenError, Refused};
 use crate::format::{self, Attributes, Flavour};
-use crate::key_name::{KeyVersionName, TrustedKeys};
+use crate::key_name::KeyVersionName;
+use crate::trust::TrustedKeys;
 use crate::kms::{KeySign, KmsError};
 
 /// The message parts attest verification needs.
@@ -53,6 +54,8 @@ pub(crate) struct Verifier {
     /// Each trusted signer's published certificates, by URL.
     published: Cache<String, Arc<Published>>,
     http: reqwest::Client,
+    /// Longest validity of a session certificate this opener takes.
+    max_certificate_lifetime: Duration,
     /// Measures when certificates were fetched, for [`REFETCH_AFTER`].
     clock: Arc<dyn Clock>,
     /// Session certificates found verified in the cache, and verified afresh.
@@ -78,6 +81,7 @@ impl Verifier {
         pinned: Vec<TrustedPublicKey>,
         signers: TrustedSigners,
         capacity: u64,
+        max_certificate_lifetime: Duration,
         clock: Arc<dyn Clock>,
     ) -> Self {
         let hour = Duration::from_secs(3600);
@@ -89,6 +93,7 @@ impl Verifier {
             signers,
             published: Cache::builder().max_capacity(capacity).time_to_live(hour).build(),
             http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("an HTTP client"),
+            max_certificate_lifetime,
             clock,
             certificate_hits: AtomicU64::new(0),
             certificate_misses: AtomicU64::new(0),
@@ -159,8 +164,9 @@ impl Verifier {
         self.published.try_get_with(url.to_owned(), fetch).await.map_err(|error: Arc<OpenError>| (*error).clone())
     }
 
-    /// Checks a delegated message: its certificate (once per session), that its seal time
-    /// lies within the certificate's validity, then its session signature.
+    /// Checks a delegated message: its certificate (once per session), its tenant, that
+    /// it is valid no longer than this opener allows, that the seal time lies within its
+    /// validity, then the session signature.
     pub(crate) async fn verify_session(
         &self,
         message: &Signed<'_>,
@@ -188,6 +194,14 @@ impl Verifier {
         let certificate = &certified.certificate;
         if certificate.tenant_id != tenant_id {
             return Err(Refused::WrongTenant(certificate.tenant_id.clone()).into());
+        }
+        let lifetime = Duration::from_micros(certificate.not_after.saturating_sub(certificate.not_before));
+        if lifetime > self.max_certificate_lifetime {
+            return Err(Refused::CertificateLifetimeTooLong {
+                lifetime_secs: lifetime.as_secs(),
+                max_secs: self.max_certificate_lifetime.as_secs(),
+            }
+            .into());
         }
         if !(certificate.not_before..=certificate.not_after).contains(&message.sealed_at) {
             return Err(Refused::CertificateExpired.into());
