@@ -121,8 +121,10 @@ impl CloudKms {
         endpoint: Option<String>,
         timeout_secs: f64,
     ) -> PyResult<PyClassInitializer<Self>> {
-        let timeout =
-            Duration::try_from_secs_f64(timeout_secs).ok().filter(|timeout| !timeout.is_zero() && *timeout <= envelope::limits::MAX_KMS_TIMEOUT).ok_or_else(|| {
+        let timeout = Duration::try_from_secs_f64(timeout_secs)
+            .ok()
+            .filter(|timeout| !timeout.is_zero() && *timeout <= envelope::limits::MAX_KMS_TIMEOUT)
+            .ok_or_else(|| {
                 config_error(format!("timeout_secs must be more than 0 and at most 600 seconds, not {timeout_secs}"))
             })?;
         let credentials = match (&credentials_file, &endpoint) {

@@ -167,7 +167,6 @@ mod tests {
         assert_eq!(KeyName::from_parts("tenant-1", "us-central1", "tenant1-keyring", "key1").unwrap(), plain);
     }
 
-
     #[test]
     fn rejects_malformed_names() {
         for bad in [
@@ -210,5 +209,4 @@ mod tests {
         }
         assert!(KEY.parse::<KeyVersionName>().is_err());
     }
-
 }

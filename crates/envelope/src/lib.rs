@@ -67,8 +67,8 @@ pub mod format;
 #[cfg(not(feature = "internals"))]
 mod format;
 mod key_name;
-pub mod limits;
 pub mod kms;
+pub mod limits;
 mod open;
 mod seal;
 mod secret;

@@ -16,10 +16,10 @@ use crate::error::{Forged, Malformed, OpenError, Refused};
 use crate::fingerprint::{self, FINGERPRINT_LEN, FingerprintKey};
 use crate::format::{self, Attr, Attributes, Flavour, Mode};
 use crate::key_name::{KeyName, KeyVersionName};
-use crate::limits::{self, OutOfRange};
-use crate::trust::TrustedKeys;
 use crate::kms::{KeySign, KeyWrap, Kms};
+use crate::limits::{self, OutOfRange};
 use crate::secret::SecretKey;
+use crate::trust::TrustedKeys;
 
 /// How long unwrapped data keys are kept, and how many.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -436,7 +436,6 @@ fn with_envelope(mut attributes: Attributes, envelope: impl IntoIterator<Item = 
     attributes
 }
 
-
 /// The next seal time after `last`: now, but strictly after the previous one even if the
 /// wall clock stalls or steps back, so that every message is unique and an opener can
 /// tell a copy from a new one.

@@ -143,7 +143,9 @@ impl TrustedKeys {
                 }
                 None if bare.contains('*') => return Err(bad("`*` may only end a prefix, as `/*`")),
                 None => {
-                    let name = bare.parse().map_err(|_| bad("not a key name (projects/P/locations/L/keyRings/R/cryptoKeys/K)"))?;
+                    let name = bare
+                        .parse()
+                        .map_err(|_| bad("not a key name (projects/P/locations/L/keyRings/R/cryptoKeys/K)"))?;
                     add(&mut trusted.exact, Entry { pattern: name, tenant, text: text.to_owned() })?;
                 }
             }
@@ -235,14 +237,12 @@ fn check_prefix(prefix: &str) -> Result<(), &'static str> {
         return Ok(());
     }
     let segments: Vec<&str> = prefix.split('/').collect();
-    if segments.len() % 2 != 0 || segments.len() > 6 {
+    if !segments.len().is_multiple_of(2) || segments.len() > 6 {
         return Err("a prefix ends after a project, location or key ring id (projects/P/*, projects/P/locations/L/*, \
                     projects/P/locations/L/keyRings/R/*), or is projects/*");
     }
-    let ids_valid = segments
-        .chunks(2)
-        .zip(LITERALS)
-        .all(|(pair, literal)| pair[0] == literal && is_valid_id(pair[1], literal));
+    let ids_valid =
+        segments.chunks(2).zip(LITERALS).all(|(pair, literal)| pair[0] == literal && is_valid_id(pair[1], literal));
     if !ids_valid {
         return Err("the prefix is not the start of a key name (`*` may only end it, as `/*`)");
     }

@@ -168,7 +168,8 @@ fn settings_out_of_range_are_refused_at_build_not_left_to_panic_later() {
             .max_certificate_lifetime(limits::MAX_CERTIFICATE_LIFETIME)
     });
     assert!(edges.is_ok(), "each limit itself is allowed");
-    let policy = pubsub_envelope::RotationPolicy { max_age: limits::MAX_KEY_AGE + Duration::from_secs(1), ..Default::default() };
+    let policy =
+        pubsub_envelope::RotationPolicy { max_age: limits::MAX_KEY_AGE + Duration::from_secs(1), ..Default::default() };
     assert!(policy.check().is_err());
     assert!(pubsub_envelope::RotationPolicy::default().check().is_ok());
     let policy = pubsub_envelope::RotationPolicy { max_messages: limits::MAX_KEY_MESSAGES + 1, ..Default::default() };

@@ -14,8 +14,8 @@ use crate::clock::Clock;
 use crate::error::{Forged, Infrastructure, Malformed, OpenError, Refused};
 use crate::format::{self, Attributes, Flavour};
 use crate::key_name::KeyVersionName;
-use crate::trust::TrustedKeys;
 use crate::kms::{KeySign, KmsError};
+use crate::trust::TrustedKeys;
 
 /// The message parts attest verification needs.
 pub(crate) struct Signed<'a> {
