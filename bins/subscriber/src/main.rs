@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use totals::{Added, Totals};
 
-/// Tail the pipeline's output topic and print each window's word counts, summed over
-/// replicas and panes.
 /// How long acks may take to reach Pub/Sub after SIGINT or SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// Tail the pipeline's output topic and print each window's word counts, summed over
+/// replicas and panes.
 #[derive(Parser)]
 #[command(name = "subscriber", version)]
 struct Cli {

@@ -1,16 +1,14 @@
-//! `bench pipeline`: the pipeline's core (open, count, emit, ack) laid out as `pipeline`
-//! runs it, in this process, fed pre-sealed 1 KiB messages from memory, with counters standing in
-//! for Pub/Sub's delivery, ack and publish. What the pipeline itself costs per message,
-//! and how it scales with workers, with no emulator in the way.
+//! `bench pipeline`: `runner::run` itself, the production layout, in this process, fed
+//! pre-sealed 1 KiB messages from memory (a [`runner::Source`] per worker), with
+//! counters standing in for Pub/Sub's ack and publish. What the pipeline itself costs
+//! per message, and how it scales with workers, with no emulator in the way.
 //!
 //! Each case seals its messages first (not timed), then for each worker count runs the
-//! core on that many threads, each with a single-thread runtime of its own and its own
-//! share of the messages (as each worker has its own streams), sharing a fresh opener
-//! (cold key cache) and the windows, with one emitter on this thread; then checks that
-//! every message was acked once and every word counted exactly.
-//!
-//! `--one-runtime` adds, for comparison, each worker count above 1 run as the pipeline
-//! ran before it had a runtime per worker: one multi-thread runtime (`runner::process`).
+//! pipeline on that many worker threads, each with its own share of the messages (as
+//! each worker has its own streams), sharing a fresh opener (cold key cache) and the
+//! windows, with the emitter on this thread; then checks that every message was acked
+//! once and every word counted exactly. The clock starts once every worker holds its
+//! share, when they all start delivering.
 //!
 //! The clock stops when the last message is acked. The opener, with every data key it
 //! cached, is dropped after that and timed on its own ("teardown"): a running pipeline
@@ -20,8 +18,8 @@
 //! workers alone.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
@@ -53,20 +51,6 @@ pub struct Options {
     /// Modes to measure.
     #[arg(long, value_delimiter = ',', default_value = "encrypt,sign,attest")]
     modes: Vec<BenchMode>,
-    /// Also run each worker count above 1 on one multi-thread runtime of that many
-    /// threads (`runner::process`), as `pipeline` ran before each worker had a runtime
-    /// of its own: for comparison.
-    #[arg(long)]
-    one_runtime: bool,
-}
-
-/// How a run spreads its workers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Layout {
-    /// A single-thread runtime per worker, as `pipeline`.
-    PerWorker,
-    /// One runtime of that many threads (`--one-runtime`).
-    OneRuntime,
 }
 
 /// The envelope modes, as flag values.
@@ -109,15 +93,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         "| mode | new key every | workers | msg/s | CPU us/msg | vs 1 worker | KMS calls (consumer) | data keys | teardown ms |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    // The one-runtime runs follow the pipeline's and take turns with them; each row's
-    // ratio is to the first row of its case, one worker.
-    let mut layouts: Vec<(usize, Layout)> =
-        options.workers.iter().map(|&workers| (workers, Layout::PerWorker)).collect();
-    if options.one_runtime {
-        layouts.extend(
-            options.workers.iter().filter(|&&workers| workers > 1).map(|&workers| (workers, Layout::OneRuntime)),
-        );
-    }
+    // Each row's ratio is to the first row of its case, one worker.
+    let layouts = &options.workers;
     for mode in &options.modes {
         let mode = match mode {
             BenchMode::Encrypt => Mode::Encrypt,
@@ -142,28 +119,20 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             // minute, and taking turns gives every count the same drift to live with.
             let mut runs: Vec<Vec<(Measured, u64)>> = layouts.iter().map(|_| Vec::new()).collect();
             for _ in 0..options.repeat.max(1) {
-                for (&(workers, layout), runs) in layouts.iter().zip(&mut runs) {
+                for (&workers, runs) in layouts.iter().zip(&mut runs) {
                     let kms = Arc::new(Counted::new(LocalKms::open(&keyring_path)?));
-                    let trusted = TrustedKeys::from_patterns([key.as_str()])?;
-                    let opener = Opener::builder("bench", trusted).kms(kms.clone()).build()?;
-                    let measured = match layout {
-                        Layout::PerWorker => measure(opener, &messages, workers, &expected),
-                        Layout::OneRuntime => measure_one_runtime(opener, &messages, workers, &expected),
-                    }
-                    .with_context(|| format!("{mode}, {workers} workers ({layout:?})"))?;
+                    let opener = Opener::builder("bench", TrustedKeys::only(key.clone())).kms(kms.clone()).build()?;
+                    let measured = measure(opener, &messages, workers, &expected)
+                        .with_context(|| format!("{mode}, {workers} workers"))?;
                     runs.push((measured, kms.calls()));
                 }
             }
             let mut one_worker = None;
-            for (&(workers, layout), mut runs) in layouts.iter().zip(runs) {
+            for (&workers, mut runs) in layouts.iter().zip(runs) {
                 runs.sort_by_key(|run| run.0.wall);
                 let (measured, calls) = runs.swap_remove(0);
                 let rate = measured.messages as f64 / measured.wall.as_secs_f64();
                 let base = *one_worker.get_or_insert(rate);
-                let workers = match layout {
-                    Layout::PerWorker => workers.to_string(),
-                    Layout::OneRuntime => format!("{workers} one runtime"),
-                };
                 println!(
                     "| {mode} | {rotation} | {workers} | {rate:.0} | {:.1} | {:.2}x | {} | {data_keys} | {:.1} |",
                     measured.cpu.as_secs_f64() * 1e6 / measured.messages as f64,
@@ -207,81 +176,8 @@ struct Measured {
     teardown: Duration,
 }
 
-/// Feeds `messages` through `runner::process` on one runtime of `workers` threads
-/// (`--one-runtime`).
-fn measure_one_runtime(
-    opener: Opener,
-    messages: &Arc<Vec<Message>>,
-    workers: usize,
-    expected: &HashMap<String, u64>,
-) -> anyhow::Result<Measured> {
-    let count = messages.len() as u64;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
-    // One tally per feeder: a message's ack handle holds its feeder's, and one shared by
-    // every feeder would be a reference count that each message moved between cores,
-    // which Pub/Sub's ack handles (one per message) never do.
-    let acks: Vec<Arc<Acks>> = (0..workers.max(1)).map(|_| Arc::new(Acks::default())).collect();
-    let output = Sink::default();
-    let dead_letter = Sink::default();
-    let settings = settings("bench".to_owned(), workers);
-    let metrics = Arc::new(cli::metrics::Metrics::new(None));
-    // Each feeder's share is made on the runtime's threads before the clock starts, as
-    // the streaming pull decodes messages on them: messages made by this thread, which
-    // then sleeps in `block_on`, cost every worker that frees one a trip through the
-    // allocator's reclaiming of an abandoned thread's pages, which the pipeline never pays.
-    let share = messages.len().div_ceil(workers.max(1)).max(1);
-    let shares = runtime.block_on(async {
-        let copies: Vec<_> = (0..messages.len())
-            .step_by(share)
-            .map(|start| {
-                let messages = messages.clone();
-                tokio::spawn(async move { messages[start..(start + share).min(messages.len())].to_vec() })
-            })
-            .collect();
-        let mut shares = Vec::with_capacity(copies.len());
-        for copy in copies {
-            shares.push(copy.await?);
-        }
-        anyhow::Ok(shares)
-    })?;
-    // Held here so that the opener outlives `process` and is dropped after the clock
-    // stops (see the module's comment).
-    let opener = Arc::new(opener);
-    let (cpu_before, started) = (process_cpu(), Instant::now());
-    let summary = runtime.block_on(async {
-        let (deliveries, received) = tokio::sync::mpsc::channel(1024);
-        // One feeder per worker, as the pipeline reads several streaming pulls at once.
-        let mut feeders = tokio::task::JoinSet::new();
-        for (mine, acks) in shares.into_iter().zip(&acks) {
-            feeders.spawn(feed(mine, acks.clone(), deliveries.clone()));
-        }
-        drop(deliveries);
-        // On the runtime's workers, as `runner::run` does.
-        let summary = tokio::spawn(runner::process(
-            received,
-            output.clone(),
-            dead_letter.clone(),
-            opener.clone(),
-            settings,
-            metrics,
-        ))
-        .await?;
-        while let Some(fed) = feeders.join_next().await {
-            fed?;
-        }
-        summary
-    })?;
-    let (wall, cpu) = (started.elapsed(), process_cpu() - cpu_before);
-    // Dropping the runtime drops every task, and with them every other hold on it.
-    drop(runtime);
-    let teardown = tear_down(opener)?;
-    check(count, summary.counted, &acks, &output, &dead_letter, expected)?;
-    Ok(Measured { messages: count, wall, cpu, teardown })
-}
-
-/// Feeds `messages` through the pipeline's core on `workers` threads, each with a
-/// single-thread runtime, its own share of the messages and its own intake, as
-/// `runner::run` lays it out; the emitter runs on this thread.
+/// Runs `runner::run` over `messages` on `workers` worker threads, each delivering its
+/// own share from memory, with the emitter on this thread, as `pipeline` lays it out.
 fn measure(
     opener: Opener,
     messages: &Arc<Vec<Message>>,
@@ -290,50 +186,87 @@ fn measure(
 ) -> anyhow::Result<Measured> {
     let count = messages.len() as u64;
     let workers = workers.max(1);
-    // Held here so that the opener outlives the core and is dropped after the clock
+    // Held here so that the opener outlives the run and is dropped after the clock
     // stops (see the module's comment).
     let opener = Arc::new(opener);
     let acks: Vec<Arc<Acks>> = (0..workers).map(|_| Arc::new(Acks::default())).collect();
     let (output, dead_letter) = (Sink::default(), Sink::default());
-    let metrics = Arc::new(cli::metrics::Metrics::new(None));
-    let (intake, emitter) = runner::core(opener.clone(), &settings("bench".to_owned(), workers), metrics);
+    let metrics = Arc::new(runner::metrics::Metrics::new(None));
     let share = messages.len().div_ceil(workers).max(1);
-    // Each thread copies its share (so the messages are its own, as a stream's are) and
-    // is ready before the clock starts; then all start at once.
-    let ready = Arc::new(std::sync::Barrier::new(workers + 1));
-    let threads: Vec<_> = (0..workers)
+    let start = Arc::new(Start { barrier: std::sync::Barrier::new(workers), at: OnceLock::new() });
+    let sources: Vec<Memory> = (0..workers)
         .map(|worker| {
-            let (messages, intake, acks, ready) =
-                (messages.clone(), intake.clone(), acks[worker].clone(), ready.clone());
-            std::thread::spawn(move || -> anyhow::Result<()> {
-                let start = (worker * share).min(messages.len());
-                let mine = messages[start..(start + share).min(messages.len())].to_vec();
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-                ready.wait();
-                runtime?.block_on(async move {
-                    let (deliveries, received) = tokio::sync::mpsc::channel(1024);
-                    let feeder = tokio::spawn(feed(mine, acks, deliveries));
-                    intake.run(received).await?;
-                    feeder.await?;
-                    anyhow::Ok(())
-                })
-            })
+            let first = (worker * share).min(messages.len());
+            Memory {
+                messages: messages.clone(),
+                range: first..(first + share).min(messages.len()),
+                acks: acks[worker].clone(),
+                start: start.clone(),
+            }
         })
         .collect();
-    drop(intake);
+    // One window spans the run, so every message is held until the end and acked then.
+    let config = runner::Config {
+        window: Duration::from_secs(3600),
+        replica: "bench".to_owned(),
+        max_in_flight: runner::MAX_IN_FLIGHT,
+        own_key: None,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    ready.wait();
-    let (cpu_before, started) = (process_cpu(), Instant::now());
-    let summary = runtime.block_on(emitter.run(output.clone(), dead_letter.clone()));
-    for thread in threads {
-        thread.join().map_err(|_| anyhow::anyhow!("a worker's thread panicked"))??;
-    }
+    let run = runner::run(
+        sources,
+        opener.clone(),
+        output.clone(),
+        dead_letter.clone(),
+        config,
+        metrics,
+        std::future::pending(),
+    );
+    let summary = runtime.block_on(run)?;
+    let (started, cpu_before) = *start.at.get().context("no worker started")?;
     let (wall, cpu) = (started.elapsed(), process_cpu() - cpu_before);
-    let summary = summary?;
     drop(runtime);
     let teardown = tear_down(opener)?;
     check(count, summary.counted, &acks, &output, &dead_letter, expected)?;
     Ok(Measured { messages: count, wall, cpu, teardown })
+}
+
+/// When every worker held its share and they started delivering: the clock's start,
+/// wall and CPU.
+struct Start {
+    barrier: std::sync::Barrier,
+    at: OnceLock<(Instant, Duration)>,
+}
+
+/// One worker's share of the messages, delivered from memory as a stream delivers
+/// them, each with an ack handle that tallies into `acks`.
+struct Memory {
+    messages: Arc<Vec<Message>>,
+    range: std::ops::Range<usize>,
+    acks: Arc<Acks>,
+    start: Arc<Start>,
+}
+
+impl runner::Source for Memory {
+    type Ack = Ack;
+
+    async fn deliver(self, mut feed: runner::Feed<Ack>) -> anyhow::Result<()> {
+        // Copied on the worker's thread, so that the messages are its own, as a
+        // stream's are: messages made by another thread cost whoever frees them a
+        // trip through the allocator's reclaiming of that thread's pages.
+        let mine = self.messages[self.range].to_vec();
+        feed.started();
+        // Blocks this worker's thread, which has nothing else to do until then.
+        if self.start.barrier.wait().is_leader() {
+            let _ = self.start.at.set((Instant::now(), process_cpu()));
+        }
+        for message in mine {
+            if !feed.send(Ok((message, Ack(self.acks.clone())))).await {
+                break;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Drops the opener, and with it every data key it cached, once nothing else holds it;
@@ -343,22 +276,6 @@ fn tear_down(opener: Arc<Opener>) -> anyhow::Result<Duration> {
     let dropped = Instant::now();
     drop(opener);
     Ok(dropped.elapsed())
-}
-
-/// The core's settings for a run: one window spans it, so every message is held until
-/// the run's end and acked then.
-fn settings(replica: String, workers: usize) -> runner::Settings {
-    runner::Settings { window: Duration::from_secs(3600), replica, workers, max_in_flight: runner::MAX_IN_FLIGHT }
-}
-
-/// Delivers `messages` to the core one by one, as a streaming pull does, each with an
-/// ack handle that tallies into `acks`.
-async fn feed(messages: Vec<Message>, acks: Arc<Acks>, deliveries: tokio::sync::mpsc::Sender<runner::Delivery<Ack>>) {
-    for message in messages {
-        if deliveries.send(Ok((message, Ack(acks.clone())))).await.is_err() {
-            break;
-        }
-    }
 }
 
 /// Every message counted and acked once, none dead-lettered or nacked, and the

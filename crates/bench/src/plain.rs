@@ -71,21 +71,26 @@ impl runner::Open for Plaintext {
 /// Runs `runner::run` with no envelope until SIGTERM.
 pub async fn pipeline(options: PipelineOptions) -> anyhow::Result<()> {
     let pubsub = bus::PubSub::from_env(|| anyhow::bail!("the benchmark runs on the emulator only"))?;
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
     let config = runner::Config {
-        input_subscription: options.input_subscription,
-        output_topic: options.output_topic,
-        dead_letter_topic: options.dead_letter_topic,
         window: Duration::from_secs(options.window_secs),
-        max_outstanding_messages: options.max_outstanding_messages,
-        streams: options.streams,
-        lease_extension: Duration::from_secs(60),
-        workers: std::thread::available_parallelism().map_or(1, usize::from),
         replica: std::process::id().to_string(),
+        max_in_flight: runner::MAX_IN_FLIGHT,
         own_key: None,
     };
-    pubsub.ensure_topic(&config.output_topic).await?;
-    pubsub.ensure_topic(&config.dead_letter_topic).await?;
-    let metrics = Arc::new(cli::metrics::Metrics::new(None));
-    runner::run(&pubsub, Arc::new(Plaintext), config, metrics, cli::shutdown_signal()).await?;
+    pubsub.ensure_topic(&options.output_topic).await?;
+    pubsub.ensure_topic(&options.dead_letter_topic).await?;
+    let (output, dead_letter) =
+        (pubsub.publisher(&options.output_topic).await?, pubsub.publisher(&options.dead_letter_topic).await?);
+    let sources = runner::PubSubSource::per_worker(
+        &pubsub,
+        &options.input_subscription,
+        workers,
+        options.streams,
+        options.max_outstanding_messages,
+        Duration::from_secs(60),
+    );
+    let metrics = Arc::new(runner::metrics::Metrics::new(None));
+    runner::run(sources, Arc::new(Plaintext), output, dead_letter, config, metrics, cli::shutdown_signal()).await?;
     Ok(())
 }

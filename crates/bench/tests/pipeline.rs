@@ -8,12 +8,11 @@ use std::process::Command;
 
 #[test]
 fn a_small_run_checks_out_in_every_mode_and_unwraps_each_data_key_once() {
-    // Property: at 1 and 2 workers, and 2 workers on one runtime (`--one-runtime`), in each
-    // mode and at both rotations, the run passes its own checks, and the consumer asks
+    // Property: at 1 and 2 workers of `runner::run` itself, in each mode and at both rotations, the run passes its own checks, and the consumer asks
     // the KMS once per data key (encrypt, sign) or once for the signing key's public key
     // (attest), however the workers split the keys.
     let output = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(["pipeline", "--messages", "300", "--repeat", "1", "--one-runtime"])
+        .args(["pipeline", "--messages", "300", "--repeat", "1"])
         .env("RUST_LOG", "warn")
         .output()
         .expect("bench runs");
@@ -25,14 +24,14 @@ fn a_small_run_checks_out_in_every_mode_and_unwraps_each_data_key_once() {
         .filter(|line| ["| encrypt ", "| sign ", "| attest "].iter().any(|mode| line.starts_with(mode)))
         .map(|line| line.trim_matches('|').split('|').map(str::trim).collect())
         .collect();
-    assert_eq!(rows.len(), 3 * 2 * 3, "a row per mode, rotation and layout:\n{stdout}");
+    assert_eq!(rows.len(), 3 * 2 * 2, "a row per mode, rotation and worker count:\n{stdout}");
     for row in &rows {
         let [mode, rotation, workers, rate, _cpu, _ratio, calls, data_keys, teardown] = row[..] else {
             panic!("nine columns: {row:?}");
         };
         let (rotation, calls, data_keys): (u64, u64, u64) =
             (rotation.parse().unwrap(), calls.parse().unwrap(), data_keys.parse().unwrap());
-        assert!(["1", "2", "2 one runtime"].contains(&workers), "{row:?}");
+        assert!(["1", "2"].contains(&workers), "{row:?}");
         assert!(rate.parse::<f64>().unwrap() > 0.0, "{row:?}");
         assert!(teardown.parse::<f64>().unwrap() >= 0.0, "{row:?}");
         assert_eq!(data_keys, 300u64.div_ceil(rotation), "{row:?}");

@@ -447,9 +447,9 @@ pub struct MetricsFlags {
 impl MetricsFlags {
     /// Starts serving `metrics` when an address was given; an address that cannot be
     /// bound is an error.
-    pub async fn serve(&self, metrics: &Arc<crate::metrics::Metrics>) -> anyhow::Result<()> {
+    pub async fn serve(&self, metrics: &Arc<runner::metrics::Metrics>) -> anyhow::Result<()> {
         if let Some(addr) = self.metrics_addr {
-            metrics.clone().serve(addr).await.with_context(|| {
+            crate::serve::serve(metrics.clone(), addr).await.with_context(|| {
                 format!("cannot serve metrics on {addr} (is another process using the port? choose another with --metrics_addr)")
             })?;
         }

@@ -4,7 +4,7 @@
 //! * [`flags`] holds the command-line flags several binaries take, in the article's
 //!   spelling and in kebab case, each also settable from the environment, and turns
 //!   them into ready objects: credentials, a KMS backend, an opener.
-//! * [`metrics::Metrics`] counts what a consumer does and serves it to Prometheus.
+//! * [`serve`] serves a consumer's metrics (`runner::metrics`) and health over HTTP.
 //! * A process's edges: [`logging`] (text or Cloud Logging JSON), [`signals`] (drain on
 //!   the first, stop at the second), [`report`] (an error as one headline with its
 //!   cause), [`generate`] (man pages and completions) and [`stdin_lines`].
@@ -16,8 +16,8 @@ pub mod escape;
 pub mod flags;
 pub mod generate;
 pub mod logging;
-pub mod metrics;
 pub mod report;
+pub mod serve;
 pub mod signals;
 
 /// Sets up text logging to stderr, filtered by `RUST_LOG` (default `info`), for tools

@@ -250,12 +250,26 @@ async fn a_subscription_deleted_under_the_pipeline_ends_it_with_that_error_after
 
 #[test]
 fn every_binary_writes_its_man_page_and_completions_and_names_itself() {
-    for tool in ["publisher", "pipeline", "subscriber", "debug-subscriber"] {
+    // `subscriber --help` opened with "How to reach the KMS, and for which tenant" and
+    // `debug-subscriber --help` with "Where a consumer serves its Prometheus metrics":
+    // a flattened struct's doc, where the binary's own was misplaced. Each now names
+    // its own purpose, in its help and its man page.
+    for (tool, purpose) in [
+        ("publisher", "Seal messages"),
+        ("pipeline", "Pull the shared topic, open each envelope"),
+        ("subscriber", "Tail the pipeline's output topic"),
+        ("debug-subscriber", "Read the shared topic and show each message opened"),
+    ] {
         let version = Command::new(binary(tool)).arg("--version").output().unwrap();
         assert!(String::from_utf8_lossy(&version.stdout).starts_with(&format!("{tool} ")), "{tool} --version");
+        let help = Command::new(binary(tool)).arg("--help").output().unwrap();
+        let help = String::from_utf8_lossy(&help.stdout);
+        assert!(help.lines().next().is_some_and(|first| first.starts_with(purpose)), "{tool} --help: {help}");
         let man = Command::new(binary(tool)).args(["--generate", "man"]).output().unwrap();
         let man = String::from_utf8_lossy(&man.stdout);
         assert!(man.contains(".TH") && man.contains("log_format"), "{tool} man page: {man}");
+        let name_line = man.lines().skip_while(|line| *line != ".SH NAME").nth(1).unwrap_or_default();
+        assert!(name_line.contains(purpose), "{tool} man page NAME: {name_line}");
         let bash = Command::new(binary(tool)).args(["--generate", "complete-bash"]).output().unwrap();
         let bash = String::from_utf8_lossy(&bash.stdout);
         assert!(bash.contains(&format!("complete -F _{}", tool.replace('-', "__"))), "{tool}: {bash}");

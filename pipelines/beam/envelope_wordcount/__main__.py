@@ -53,6 +53,10 @@ def parse(argv=None):
     parser.add_argument("--kms", default="gcp", help="gcp (Cloud KMS, default) or local:PATH (a keyring file)")
     parser.add_argument("--kms_endpoint", help="Another Cloud KMS endpoint, such as a local fake")
     parser.add_argument("--max_message_age_secs", type=float, help="Refuse messages sealed longer ago than this")
+    parser.add_argument(
+        "--max_certificate_lifetime_secs", type=float,
+        help="Attest: refuse session certificates valid for longer than this (default 3660)",
+    )
     parser.add_argument("--window_secs", type=int, default=15, help="Fixed window size (default 15)")
     parser.add_argument("--replica", default="beam", help="The `replica` attribute of the counts")
     parser.add_argument(
@@ -81,6 +85,7 @@ def run(argv=None):
         trusted_signers=args.trusted_signer,
         max_message_age_secs=args.max_message_age_secs,
         dangerous_trust_any_kms_key=args.dangerous_trust_any_kms_key,
+        max_certificate_lifetime_secs=args.max_certificate_lifetime_secs,
     )
     # Fail at launch, not on the workers: the same settings build the workers' openers.
     try:

@@ -40,6 +40,7 @@ class OpenSettings:
         trusted_signers=(),
         max_message_age_secs=None,
         dangerous_trust_any_kms_key=False,
+        max_certificate_lifetime_secs=None,
     ):
         self.tenant_id = tenant_id
         self.trusted_kms_keys = list(trusted_kms_keys)
@@ -49,6 +50,7 @@ class OpenSettings:
         self.trusted_signers = list(trusted_signers)
         self.max_message_age_secs = max_message_age_secs
         self.dangerous_trust_any_kms_key = dangerous_trust_any_kms_key
+        self.max_certificate_lifetime_secs = max_certificate_lifetime_secs
 
     def build(self):
         import pubsub_envelope as pe
@@ -59,8 +61,11 @@ class OpenSettings:
             kms = pe.CloudKms(endpoint=self.kms_endpoint)
         else:
             raise ValueError(f"--kms must be gcp or local:PATH, not {self.kms!r}")
+        # The package's default unless given (`LIMITS` names it).
+        lifetime = self.max_certificate_lifetime_secs or pe.LIMITS["default_max_certificate_lifetime_secs"]
         return pe.Opener(
             kms,
+            max_certificate_lifetime_secs=lifetime,
             tenant_id=self.tenant_id,
             trusted_kms_keys=self.trusted_kms_keys,
             trusted_signers=self.trusted_signers,

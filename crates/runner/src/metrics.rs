@@ -1,12 +1,15 @@
-//! Prometheus metrics of a consumer (pipeline, debug-subscriber), served as text on
-//! `--metrics_addr`.
+//! Prometheus metrics of a consumer (pipeline, debug-subscriber): what the runner
+//! records, rendered as text (the binaries serve it on `--metrics_addr`).
 //!
-//! Message outcomes, messages in flight and window emit latency are recorded as they
-//! happen; KMS calls and key-cache hits and misses are read from the opener and the
-//! KMS counter at each scrape, so the hot path pays nothing for them.
+//! Message outcomes and window emit latency are recorded as they happen; messages in
+//! flight are counted per worker ([`InFlight`]) and summed at each scrape, as are KMS
+//! calls and key-cache hits and misses, read from the opener and the KMS counter, so
+//! the hot path pays little for them.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_utils::CachePadded;
 
 use envelope::Opener;
 use envelope::kms::{Counted, Kms};
@@ -14,7 +17,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -36,7 +39,11 @@ pub struct Metrics {
     /// that every worker would otherwise contend on for each message. Made on first
     /// use, so that a consumer that counts nothing shows no such series.
     counted: std::sync::OnceLock<Counter>,
-    in_flight: Gauge,
+    /// Each worker's messages in flight (and one for callers without a worker), summed
+    /// at a scrape.
+    in_flight: Arc<Mutex<Vec<Arc<InFlight>>>>,
+    /// The stripe [`received`](Self::received) and [`settled`](Self::settled) count on.
+    shared_in_flight: Arc<InFlight>,
     emit_latency: Histogram,
     ready: std::sync::atomic::AtomicBool,
 }
@@ -47,8 +54,9 @@ impl Metrics {
         let mut registry = Registry::with_prefix("pubsub_envelope");
         let messages = Family::<MessageLabels, Counter>::default();
         registry.register("messages", "Messages handled, by outcome and reason", messages.clone());
-        let in_flight = Gauge::default();
-        registry.register("messages_in_flight", "Messages received and not yet acked or nacked", in_flight.clone());
+        let shared_in_flight = Arc::new(InFlight::default());
+        let in_flight = Arc::new(Mutex::new(vec![shared_in_flight.clone()]));
+        registry.register_collector(Box::new(InFlightCollector(in_flight.clone())));
         // From the window's end to its pane published: 0.25 s of grace, then Pub/Sub.
         let buckets = [0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0];
         let emit_latency = Histogram::new(buckets);
@@ -65,6 +73,7 @@ impl Metrics {
             messages,
             counted: std::sync::OnceLock::new(),
             in_flight,
+            shared_in_flight,
             emit_latency,
             ready: std::sync::atomic::AtomicBool::new(false),
         }
@@ -83,13 +92,28 @@ impl Metrics {
     }
 
     /// `messages` were received: they are in flight until [`settled`](Self::settled).
+    /// For a consumer without workers; a pipeline worker counts on its own
+    /// [`InFlight`].
     pub fn received(&self, messages: usize) {
-        self.in_flight.inc_by(messages as i64);
+        self.shared_in_flight.add(messages as i64);
     }
 
     /// `messages` were acked or nacked.
     pub fn settled(&self, messages: usize) {
-        self.in_flight.dec_by(messages as i64);
+        self.shared_in_flight.add(-(messages as i64));
+    }
+
+    /// A new counter of messages in flight, for one worker: on a cache line of its own,
+    /// so that workers counting messages in never share one.
+    pub fn in_flight(&self) -> Arc<InFlight> {
+        let counter = Arc::new(InFlight::default());
+        self.in_flight.lock().expect("not poisoned").push(counter.clone());
+        counter
+    }
+
+    /// Messages received and not yet settled, over every worker.
+    pub fn messages_in_flight(&self) -> i64 {
+        self.in_flight.lock().expect("not poisoned").iter().map(|counter| counter.get()).sum()
     }
 
     /// Records a pane published `seconds` after its window ended.
@@ -114,44 +138,35 @@ impl Metrics {
     pub fn is_ready(&self) -> bool {
         self.ready.load(std::sync::atomic::Ordering::Relaxed)
     }
+}
 
-    /// Binds `addr` (port 0 picks a free one) and serves, until the process ends:
-    /// `GET /metrics`; `GET /healthz`, 200 while the process serves at all (liveness);
-    /// `GET /readyz`, 200 once the consumer is pulling and 503 before that and while it
-    /// drains (readiness). A bind that fails is an error, returned at once: a consumer
-    /// whose metrics were asked for must not run without them unnoticed.
-    pub async fn serve(self: Arc<Self>, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
-        use axum::http::StatusCode;
-        use axum::routing::get;
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let bound = listener.local_addr()?;
-        tracing::info!(addr = %bound, "serving metrics on /metrics, health on /healthz and /readyz");
-        let metrics = self.clone();
-        let app = axum::Router::new()
-            .route(
-                "/metrics",
-                get(move || async move {
-                    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-                    ([(axum::http::header::CONTENT_TYPE, content_type)], metrics.render())
-                }),
-            )
-            .route("/healthz", get(|| async { "ok\n" }))
-            .route(
-                "/readyz",
-                get(move || async move {
-                    if self.is_ready() {
-                        (StatusCode::OK, "ready\n")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not pulling\n")
-                    }
-                }),
-            );
-        tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, app).await {
-                tracing::error!(%error, "the metrics server stopped");
-            }
-        });
-        Ok(bound)
+/// Messages received and not yet acked or nacked by one worker. Held deliveries
+/// ([`Held`](crate::Held)) count themselves in and out.
+#[derive(Debug, Default)]
+pub struct InFlight(CachePadded<AtomicI64>);
+
+impl InFlight {
+    /// Adds `messages` (negative: settled).
+    pub fn add(&self, messages: i64) {
+        self.0.fetch_add(messages, Ordering::Relaxed);
+    }
+
+    /// Messages in flight now.
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Sums the workers' [`InFlight`] counters at each scrape.
+#[derive(Debug)]
+struct InFlightCollector(Arc<Mutex<Vec<Arc<InFlight>>>>);
+
+impl Collector for InFlightCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let sum: i64 = self.0.lock().expect("not poisoned").iter().map(|counter| counter.get()).sum();
+        let gauge = ConstGauge::new(sum);
+        let help = "Messages received and not yet acked or nacked";
+        gauge.encode(encoder.encode_descriptor("messages_in_flight", help, None, gauge.metric_type())?)
     }
 }
 
