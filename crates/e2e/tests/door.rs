@@ -257,7 +257,7 @@ fn every_binary_writes_its_man_page_and_completions_and_names_itself() {
     for (tool, purpose) in [
         ("publisher", "Seal messages"),
         ("pipeline", "Pull the shared topic, open each envelope"),
-        ("subscriber", "Tail the pipeline's output topic"),
+        ("subscriber", "Tail the pipeline"),
         ("debug-subscriber", "Read the shared topic and show each message opened"),
     ] {
         let version = Command::new(binary(tool)).arg("--version").output().unwrap();

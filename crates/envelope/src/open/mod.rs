@@ -1,24 +1,26 @@
 //! The consumer side: authenticate and open messages, unwrapping each data key once.
 
-use std::any::Any;
-use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+mod envelope;
+mod keys;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use envelope::{AttestProof, Envelope, Proof};
+use keys::{KeyCache, Striped};
 use moka::future::Cache;
 
-use crate::attest::{self, Attestation, ServiceAccountSigned, TrustedPublicKey, TrustedSigners, Verifier};
+use crate::attest::{self, Attestation, TrustedPublicKey, TrustedSigners, Verifier};
 use crate::clock::{Clock, SystemClock};
 use crate::crypto::{EncryptionKey, OpenFailure, SigningKey};
 use crate::error::{Forged, Malformed, OpenError, Refused};
 use crate::fingerprint::{self, FINGERPRINT_LEN, FingerprintKey};
-use crate::format::{self, Attr, Attributes, Flavour, Mode};
+use crate::format::{self, Attributes, Mode};
 use crate::key_name::{KeyName, KeyVersionName};
 use crate::kms::{KeySign, KeyWrap, Kms};
 use crate::limits::{self, OutOfRange};
-use crate::secret::SecretKey;
 use crate::trust::TrustedKeys;
 
 /// How long unwrapped data keys are kept, and how many.
@@ -254,30 +256,6 @@ pub struct Opener {
     misses: AtomicU64,
 }
 
-/// A counter that threads add to without sharing a cache line: each adds to its own
-/// stripe (threads take stripes in turn), and reading sums them. One shared atomic that
-/// every open added to moved its cache line between cores with every message.
-#[derive(Default)]
-struct Striped([crossbeam_utils::CachePadded<AtomicU64>; STRIPES]);
-
-/// Stripes of a [`Striped`] counter: threads beyond this many share stripes, which
-/// stays correct and is merely slower.
-const STRIPES: usize = 16;
-
-impl Striped {
-    fn add(&self, n: u64) {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        thread_local! {
-            static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
-        }
-        STRIPE.with(|&stripe| self.0[stripe].fetch_add(n, Ordering::Relaxed));
-    }
-
-    fn sum(&self) -> u64 {
-        self.0.iter().map(|stripe| stripe.load(Ordering::Relaxed)).sum()
-    }
-}
-
 /// How often opens found their key in the cache: the data key in encrypt and sign
 /// mode, the verified session certificate in attest mode.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -287,72 +265,6 @@ pub struct CacheStats {
     /// Opens that had to unwrap or verify a certificate (or wait for another open's
     /// unwrap of the same key).
     pub misses: u64,
-}
-
-type KeyCache<T> = Cache<String, Arc<CachedKey<T>>>;
-
-/// A data key ready for use, with what was learnt while unwrapping it.
-struct CachedKey<T> {
-    key: T,
-    kms_key: KeyName,
-    /// The canonical header's prefix: encrypt mode's associated data starts with it
-    /// (sign mode's HMAC state has absorbed it too).
-    prefix: Vec<u8>,
-    /// The fingerprint's hash with the tenant id and the prefix absorbed.
-    fingerprint: FingerprintKey,
-    /// When the KMS unwrapped it: the cache's time to live counts from here.
-    unwrapped_at: Instant,
-}
-
-/// The data keys each thread last opened messages with, and under which wrapped-key
-/// texts: consecutive messages under one key (nearly all of them) find it here without
-/// the shared cache.
-///
-/// Every lookup in the cache moves shared state (the entry's reference count and
-/// access time, the cache's log of reads), so two threads opening messages under one
-/// key passed the same cache lines back and forth for each message. These entries are
-/// the thread's own. They hold keys weakly: when the cache lets a key go (evicted,
-/// expired, its opener dropped) it is zeroized as before, and its entry finds nothing.
-///
-/// A few keys, not one: messages from several streams arrive interleaved, and at the
-/// article's rotation (a new key every 5 messages) one entry went back and forth between
-/// their keys, sending nearly every message to the shared cache.
-struct Recent {
-    entries: [Option<RecentKey>; RECENT_KEYS],
-    /// Where the newest entry is; the next goes after it, over the oldest.
-    newest: usize,
-}
-
-/// Data keys each thread remembers.
-const RECENT_KEYS: usize = 8;
-
-/// One of a thread's [`Recent`] keys.
-struct RecentKey {
-    opener: u64,
-    marker: String,
-    expires: Instant,
-    key: Weak<dyn Any + Send + Sync>,
-    /// The key's name, in this thread's own allocation: every open clones it into
-    /// `Opened::kms_key`.
-    kms_key: KeyName,
-}
-
-impl Recent {
-    const fn new() -> Self {
-        Self { entries: [const { None }; RECENT_KEYS], newest: 0 }
-    }
-
-    /// The index of `opener`'s entry for `marker`, looking at the newest first: a run
-    /// of messages under one key finds it at the first look.
-    fn position(&self, opener: u64, marker: &str) -> Option<usize> {
-        (0..RECENT_KEYS)
-            .map(|back| (self.newest + RECENT_KEYS - back) % RECENT_KEYS)
-            .find(|&at| self.entries[at].as_ref().is_some_and(|entry| entry.opener == opener && entry.marker == marker))
-    }
-}
-
-thread_local! {
-    static RECENT: RefCell<Recent> = const { RefCell::new(Recent::new()) };
 }
 
 impl Opener {
@@ -524,117 +436,6 @@ impl Opener {
             }
         }
     }
-
-    /// The data key `envelope` names: from the cache, or checked and unwrapped once;
-    /// with its KMS key's name, this thread's own copy when it has one (see
-    /// [`KeyName::unshared`]).
-    async fn data_key<T>(
-        &self,
-        cache: &KeyCache<T>,
-        envelope: &Envelope<'_>,
-        prepare: impl FnOnce(&SecretKey, &[u8]) -> T,
-    ) -> Result<(Arc<CachedKey<T>>, KeyName), OpenError>
-    where
-        T: Send + Sync + 'static,
-    {
-        let hit = match self.recent(envelope.marker_text) {
-            Some(recent) => Some(recent),
-            None => cache.get(envelope.marker_text).await.map(|cached| {
-                let kms_key = self.remember(envelope.marker_text, &cached);
-                (cached, kms_key)
-            }),
-        };
-        if hit.is_some() {
-            self.hits.add(1);
-        } else {
-            self.misses.fetch_add(1, Ordering::Relaxed);
-        }
-        match hit {
-            Some((cached, kms_key)) if kms_key.as_str() == envelope.kms_key => Ok((cached, kms_key)),
-            // A wrapped key seen before under another key name: only a forger copies one,
-            // and the KMS will refuse it. Check it without touching the good entry.
-            // The misses are boxed: their futures (moka's insertion, the KMS call) are
-            // kilobytes, which would otherwise make every open's future as large, and
-            // be copied on every hit for nothing.
-            Some(_) => {
-                let cached = Box::pin(self.unwrap_checked(envelope, prepare)).await?;
-                let kms_key = cached.kms_key.clone();
-                Ok((cached, kms_key))
-            }
-            None => {
-                let cached = Box::pin(
-                    cache.try_get_with(envelope.marker_text.to_owned(), self.unwrap_checked(envelope, prepare)),
-                )
-                .await
-                .map_err(|error: Arc<OpenError>| (*error).clone())?;
-                let kms_key = self.remember(envelope.marker_text, &cached);
-                Ok((cached, kms_key))
-            }
-        }
-    }
-
-    /// This thread's recent data key of this opener and type under `marker`, if its
-    /// time to live has not run out.
-    fn recent<T: Send + Sync + 'static>(&self, marker: &str) -> Option<(Arc<CachedKey<T>>, KeyName)> {
-        RECENT.with_borrow(|recent| {
-            let entry = recent.entries[recent.position(self.id, marker)?].as_ref()?;
-            if Instant::now() >= entry.expires {
-                return None;
-            }
-            let key = entry.key.upgrade()?.downcast::<CachedKey<T>>().ok()?;
-            Some((key, entry.kms_key.clone()))
-        })
-    }
-
-    /// Makes `cached` one of this thread's recent data keys, and gives back the
-    /// thread's copy of its key name.
-    fn remember<T: Send + Sync + 'static>(&self, marker: &str, cached: &Arc<CachedKey<T>>) -> KeyName {
-        let key: Weak<dyn Any + Send + Sync> = Arc::downgrade(cached) as Weak<CachedKey<T>>;
-        let expires = cached.unwrapped_at + self.ttl;
-        RECENT.with_borrow_mut(|recent| {
-            if let Some(at) = recent.position(self.id, marker) {
-                let entry = recent.entries[at].as_mut().expect("found");
-                entry.expires = expires;
-                entry.key = key;
-                if entry.kms_key != cached.kms_key {
-                    entry.kms_key = cached.kms_key.unshared();
-                }
-                return entry.kms_key.clone();
-            }
-            let kms_key = cached.kms_key.unshared();
-            recent.newest = (recent.newest + 1) % RECENT_KEYS;
-            recent.entries[recent.newest] =
-                Some(RecentKey { opener: self.id, marker: marker.to_owned(), expires, key, kms_key: kms_key.clone() });
-            kms_key
-        })
-    }
-
-    /// Checks what the key name and wrapped key say, then unwraps through the KMS.
-    async fn unwrap_checked<T>(
-        &self,
-        envelope: &Envelope<'_>,
-        prepare: impl FnOnce(&SecretKey, &[u8]) -> T,
-    ) -> Result<Arc<CachedKey<T>>, OpenError> {
-        let kms_key: KeyName = envelope.kms_key.parse().map_err(|error: crate::KeyNameError| {
-            Malformed::GarbledAttribute { name: format::KMS_KEY_ATTR, why: error.to_string() }
-        })?;
-        let Some(tenant_id) = self.trusted.tenant_of(&kms_key, &self.tenant_id) else {
-            return Err(Refused::UntrustedKey(kms_key).into());
-        };
-        let wrapped_attr = envelope.flavour.marker().name();
-        let wrapped = format::decode_base64(envelope.marker_text).ok_or(Malformed::BadBase64(wrapped_attr))?;
-        if wrapped.is_empty() {
-            return Err(Malformed::GarbledAttribute { name: wrapped_attr, why: "empty".into() }.into());
-        }
-        // `build` refuses an opener that accepts these modes without an unwrapper.
-        let unwrapper = self.unwrapper.as_ref().expect("an opener of encrypt or sign messages has an unwrapper");
-        let secret = unwrapper.unwrap(&kms_key, &wrapped, tenant_id.as_bytes()).await?;
-        tracing::debug!(%kms_key, mode = %envelope.flavour.mode(), "unwrapped a data key");
-        let prefix = format::header_prefix(envelope.flavour, envelope.kms_key, envelope.marker_text);
-        let key = prepare(&secret, &prefix);
-        let fingerprint = FingerprintKey::new(tenant_id, &prefix);
-        Ok(Arc::new(CachedKey { key, kms_key, prefix, fingerprint, unwrapped_at: Instant::now() }))
-    }
 }
 
 /// The producer's attributes of a visible message, as a map of their own.
@@ -657,162 +458,4 @@ fn check_age(sealed_at: SystemTime, now: SystemTime, max_age: Duration) -> Resul
         }
         Err(_) => Ok(()),
     }
-}
-
-/// The envelope attributes of one message, checked for presence and shape.
-struct Envelope<'a> {
-    flavour: Flavour,
-    kms_key: &'a str,
-    /// The marker attribute's text where the header's key field carries it: the
-    /// wrapped key (encrypt, sign) or the certificate (attest session); empty otherwise.
-    marker_text: &'a str,
-    /// Microseconds since the Unix epoch.
-    sealed_at: u64,
-    proof: Proof<'a>,
-    /// The attributes that are not the envelope's, sorted by name: what the header
-    /// covers in sign and attest mode (none in encrypt mode).
-    producer: format::SortedPairs<'a>,
-}
-
-/// What authenticates the message, decoded.
-enum Proof<'a> {
-    /// Encrypt mode: the AEAD tag, inside the payload.
-    Aead,
-    /// Sign mode: the HMAC tag.
-    Hmac([u8; format::SIGNATURE_LEN]),
-    /// Attest mode.
-    Attest(AttestProof<'a>),
-}
-
-/// The signatures of attest mode's three flavours.
-enum AttestProof<'a> {
-    /// The certificate's signature (base64 text) and the session key's.
-    Session { certificate_signature: &'a str, signature: [u8; format::ED25519_SIGNATURE_LEN] },
-    /// The KMS key version's own signature of the message.
-    Kms(Vec<u8>),
-    /// A service account's: who signed, and the RSA signature.
-    ServiceAccount { named: ServiceAccountSigned<'a>, signature: Vec<u8> },
-}
-
-impl<'a> Envelope<'a> {
-    fn parse(attributes: &'a Attributes) -> Result<Self, OpenError> {
-        // One pass over the attributes instead of a hash lookup per envelope name: on
-        // the hot path this parse cost more than the lookups' worth of decryption.
-        let mut fields: [Option<&'a str>; Attr::COUNT] = [None; Attr::COUNT];
-        // Bit `attr as usize` set for each envelope attribute present.
-        let mut present_bits = 0u32;
-        let mut stray: Option<&'a String> = None;
-        let mut producer = format::SortedPairs::new();
-        for (name, value) in attributes {
-            match Attr::from_name(name) {
-                Some(attr) => {
-                    fields[attr as usize] = Some(value.as_str());
-                    present_bits |= 1 << attr as u32;
-                }
-                None if format::has_reserved_prefix(name) => _ = stray.get_or_insert(name),
-                None => producer.push((name.as_str(), value.as_str())),
-            }
-        }
-        format::sort_pairs(&mut producer);
-        let field = |attr: Attr| fields[attr as usize];
-        let required = |attr: Attr| field(attr).ok_or(Malformed::MissingAttribute(attr.name()));
-        let version = required(Attr::Version)?;
-        if version != format::VERSION {
-            return Err(Malformed::UnknownVersion(version.to_owned()).into());
-        }
-        // Each flavour is told by one marker attribute, and carries exactly its own
-        // envelope attributes.
-        let mut present = Flavour::ALL.into_iter().filter(|flavour| field(flavour.marker()).is_some());
-        let flavour = match (present.next(), present.next()) {
-            (Some(flavour), None) => flavour,
-            (Some(first), Some(second)) => {
-                return Err(Malformed::GarbledAttribute {
-                    name: first.marker().name(),
-                    why: format!("a message carries one of {}, not also {}", MARKERS, second.marker().name()),
-                }
-                .into());
-            }
-            (None, _) => return Err(Malformed::MissingAttribute(MARKERS).into()),
-        };
-        let own = flavour.attributes();
-        // A service account signs in its own name; every other kind names a KMS key.
-        let kms_key = if own.contains(&Attr::KmsKey) { required(Attr::KmsKey)? } else { "" };
-        let sealed_at =
-            format::parse_sealed_at(required(Attr::SealedAt)?).ok_or_else(|| Malformed::GarbledAttribute {
-                name: format::SEALED_AT_ATTR,
-                why: "not a decimal count of microseconds".into(),
-            })?;
-        // Encrypted messages carry nothing visible but the envelope; the others carry no
-        // reserved name that is not their own.
-        let own_bits = own.iter().fold(0u32, |bits, attr| bits | 1 << *attr as u32);
-        let misplaced = present_bits & !own_bits;
-        let misplaced = (misplaced != 0).then(|| Attr::ALL[misplaced.trailing_zeros() as usize]);
-        let extra = misplaced.map(|attr| attr.name().to_owned()).or(stray.cloned());
-        let extra = extra.or_else(|| match (flavour, producer.first()) {
-            (Flavour::Encrypt, Some((name, _))) => Some((*name).to_owned()),
-            _ => None,
-        });
-        if let Some(extra) = extra {
-            return Err(Malformed::UnexpectedAttribute(extra).into());
-        }
-        let (marker_text, proof) = match flavour {
-            Flavour::Encrypt => (required(Attr::DekWrapped)?, Proof::Aead),
-            Flavour::Sign => (
-                required(Attr::SignKeyWrapped)?,
-                Proof::Hmac(decode_exact(required(Attr::Signature)?, Attr::Signature)?),
-            ),
-            Flavour::AttestSession => {
-                let certificate_signature = required(Attr::AttestCertSignature)?;
-                decode_bounded(certificate_signature, Attr::AttestCertSignature, MAX_ECDSA_SIGNATURE_LEN)?;
-                let signature = decode_exact(required(Attr::Signature)?, Attr::Signature)?;
-                (required(Attr::AttestCert)?, Proof::Attest(AttestProof::Session { certificate_signature, signature }))
-            }
-            Flavour::AttestKms => {
-                let signature =
-                    decode_bounded(required(Attr::KmsSignature)?, Attr::KmsSignature, MAX_ECDSA_SIGNATURE_LEN)?;
-                ("", Proof::Attest(AttestProof::Kms(signature)))
-            }
-            Flavour::AttestServiceAccount => {
-                let named = ServiceAccountSigned {
-                    signer: required(Attr::AttestSigner)?,
-                    key_id: required(Attr::AttestKeyId)?,
-                    cert_url: required(Attr::AttestCertUrl)?,
-                };
-                let signature = decode_bounded(required(Attr::Signature)?, Attr::Signature, MAX_RSA_SIGNATURE_LEN)?;
-                ("", Proof::Attest(AttestProof::ServiceAccount { named, signature }))
-            }
-        };
-        Ok(Self { flavour, kms_key, marker_text, sealed_at, proof, producer })
-    }
-}
-
-// `Envelope::parse` keeps one bit per envelope attribute in a `u32`.
-const _: () = assert!(Attr::COUNT <= 32, "one bit per envelope attribute");
-
-/// The marker attributes, as error messages name them.
-const MARKERS: &str = "dek_wrapped, sign_key_wrapped, attest_cert, kms_signature or attest_signer";
-
-/// The longest ASN.1 DER ECDSA P-256 signature.
-const MAX_ECDSA_SIGNATURE_LEN: usize = 72;
-/// The longest RSA signature accepted (8192-bit keys).
-const MAX_RSA_SIGNATURE_LEN: usize = 1024;
-
-/// Decodes the base64 attribute `attr` into exactly `N` bytes.
-fn decode_exact<const N: usize>(text: &str, attr: Attr) -> Result<[u8; N], OpenError> {
-    let mut out = [0; N];
-    let len = format::decode_base64_into(text, &mut out).ok_or(Malformed::BadBase64(attr.name()))?;
-    if len != N {
-        return Err(Malformed::GarbledAttribute { name: attr.name(), why: format!("not {N} bytes") }.into());
-    }
-    Ok(out)
-}
-
-/// Decodes the base64 attribute `attr`, of 1 to `max` bytes.
-fn decode_bounded(text: &str, attr: Attr, max: usize) -> Result<Vec<u8>, OpenError> {
-    let bytes = format::decode_base64(text).ok_or(Malformed::BadBase64(attr.name()))?;
-    if bytes.is_empty() || bytes.len() > max {
-        let why = format!("a signature of {} bytes (must be 1 to {max})", bytes.len());
-        return Err(Malformed::GarbledAttribute { name: attr.name(), why }.into());
-    }
-    Ok(bytes)
 }

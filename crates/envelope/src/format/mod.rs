@@ -4,9 +4,16 @@
 
 use std::collections::HashMap;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
-use smallvec::SmallVec;
+mod attributes;
+mod encoding;
+mod payload;
+
+use attributes::attribute_list;
+pub use attributes::{
+    AttributeError, SortedPairs, check_producer_attributes, has_reserved_prefix, is_reserved, sort_pairs, sorted_pairs,
+};
+pub use encoding::{decode_base64, decode_base64_into, encode_base64};
+pub use payload::{PayloadError, decode_sealed_plaintext, put_sealed_plaintext, sealed_plaintext_len};
 
 /// A message's attributes, as Pub/Sub carries them.
 pub type Attributes = HashMap<String, String>;
@@ -207,96 +214,10 @@ impl std::fmt::Display for Mode {
     }
 }
 
-/// Whether a producer may use `name` for an attribute of its own.
-pub fn is_reserved(name: &str) -> bool {
-    is_envelope_attribute(name) || has_reserved_prefix(name)
-}
-
-/// Whether `name` starts with a prefix the envelope or Pub/Sub reserves; with
-/// [`is_envelope_attribute`], what [`is_reserved`] checks.
-pub fn has_reserved_prefix(name: &str) -> bool {
-    name.starts_with(RESERVED_PREFIX) || name.starts_with(PUBSUB_RESERVED_PREFIX)
-}
-
-/// Why a set of producer attributes cannot be sealed or was not sealed correctly.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AttributeError {
-    /// More than the mode allows ([`Mode::max_producer_attributes`]).
-    #[error("{count} attributes, more than the {max} a {mode} message can carry within Pub/Sub's {MAX_ATTRIBUTES}")]
-    TooMany {
-        /// Attributes given.
-        count: usize,
-        /// The most allowed.
-        max: usize,
-        /// The mode sealed in.
-        mode: Mode,
-    },
-    /// An empty key, or one longer than [`MAX_ATTRIBUTE_KEY_LEN`].
-    #[error("attribute key of {0} bytes (must be 1 to {MAX_ATTRIBUTE_KEY_LEN})")]
-    BadKeyLength(usize),
-    /// A value longer than [`MAX_ATTRIBUTE_VALUE_LEN`].
-    #[error("attribute `{0}` has a value longer than {MAX_ATTRIBUTE_VALUE_LEN} bytes")]
-    ValueTooLong(String),
-    /// A name the envelope itself uses.
-    #[error("attribute `{0}` is reserved by the envelope format")]
-    Reserved(String),
-}
-
-/// Checks producer attributes against the format's rules before they are sealed in `mode`.
-pub fn check_producer_attributes(attributes: &Attributes, mode: Mode) -> Result<(), AttributeError> {
-    let max = mode.max_producer_attributes();
-    if attributes.len() > max {
-        return Err(AttributeError::TooMany { count: attributes.len(), max, mode });
-    }
-    for (key, value) in attributes {
-        if key.is_empty() || key.len() > MAX_ATTRIBUTE_KEY_LEN {
-            return Err(AttributeError::BadKeyLength(key.len()));
-        }
-        if value.len() > MAX_ATTRIBUTE_VALUE_LEN {
-            return Err(AttributeError::ValueTooLong(key.clone()));
-        }
-        if is_reserved(key) {
-            return Err(AttributeError::Reserved(key.clone()));
-        }
-    }
-    Ok(())
-}
-
 fn put_len_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
     let len = u32::try_from(bytes.len()).expect("attribute longer than 4 GiB");
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(bytes);
-}
-
-/// Attribute pairs sorted by key bytes, as the canonical header and the sealed
-/// plaintext list them. On the stack for the few attributes a message usually carries:
-/// opening a message allocates no list.
-pub type SortedPairs<'a> = SmallVec<[(&'a str, &'a str); 4]>;
-
-/// `pairs`, sorted by key bytes.
-pub fn sorted_pairs<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> SortedPairs<'a> {
-    let mut pairs: SortedPairs<'a> = pairs.collect();
-    sort_pairs(&mut pairs);
-    pairs
-}
-
-/// Sorts attribute pairs by key bytes, the order the format lists them in.
-pub fn sort_pairs(pairs: &mut [(&str, &str)]) {
-    pairs.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-}
-
-/// Feeds `u32 count` then each `(key, value)` pair of `sorted`, as length-prefixed
-/// strings, to `sink`. The attribute list of both the header and the sealed plaintext.
-fn attribute_list(sorted: &[(&str, &str)], mut sink: impl FnMut(&[u8])) {
-    let count = u32::try_from(sorted.len()).expect("more than 4 billion attributes");
-    sink(&count.to_be_bytes());
-    for (key, value) in sorted {
-        for text in [key, value] {
-            let len = u32::try_from(text.len()).expect("attribute longer than 4 GiB");
-            sink(&len.to_be_bytes());
-            sink(text.as_bytes());
-        }
-    }
 }
 
 /// Whether `name` is one of the envelope's own attributes.
@@ -378,115 +299,6 @@ pub fn encrypt_header(prefix: &[u8], sealed_at: u64) -> Vec<u8> {
     header.extend_from_slice(prefix);
     header_rest(sealed_at, &Attributes::new(), |chunk| header.extend_from_slice(chunk));
     header
-}
-
-/// The length of the plaintext sealed in encrypt mode.
-pub fn sealed_plaintext_len(data: &[u8], attributes: &Attributes) -> usize {
-    let attr_bytes: usize = attributes.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
-    4 + attr_bytes + data.len()
-}
-
-/// Appends the plaintext sealed in encrypt mode: the producer's attribute list, then
-/// the data.
-pub fn put_sealed_plaintext(out: &mut Vec<u8>, data: &[u8], attributes: &Attributes) {
-    let sorted = sorted_pairs(attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    attribute_list(&sorted, |chunk| out.extend_from_slice(chunk));
-    out.extend_from_slice(data);
-}
-
-/// Why a sealed plaintext could not be parsed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PayloadError {
-    /// The attribute list ran past the end of the plaintext.
-    #[error("sealed attribute list is truncated")]
-    Truncated,
-    /// A sealed attribute key or value is not UTF-8.
-    #[error("sealed attribute is not UTF-8")]
-    NotUtf8,
-    /// The same key appears twice.
-    #[error("sealed attribute `{0}` appears twice")]
-    Duplicate(String),
-    /// A key that does not sort after the one before it (by bytes).
-    #[error("sealed attribute `{0}` is out of order")]
-    Unsorted(String),
-    /// The attributes break the format's rules.
-    #[error(transparent)]
-    Attribute(#[from] AttributeError),
-}
-
-/// Splits a sealed plaintext into its attributes and the offset where the data starts.
-pub fn decode_sealed_plaintext(plaintext: &[u8]) -> Result<(Attributes, usize), PayloadError> {
-    let mut reader = Reader { bytes: plaintext, pos: 0 };
-    let count = reader.u32()? as usize;
-    if count > MAX_ATTRIBUTES {
-        return Err(AttributeError::TooMany { count, max: MAX_ATTRIBUTES, mode: Mode::Encrypt }.into());
-    }
-    let mut attributes = Attributes::with_capacity(count);
-    let mut previous: Option<String> = None;
-    for _ in 0..count {
-        let key = reader.string()?;
-        let value = reader.string()?;
-        // The list is canonical: strictly ascending by key bytes, so each set of
-        // attributes has exactly one encoding (and no key appears twice).
-        if let Some(previous) = &previous {
-            match previous.as_bytes().cmp(key.as_bytes()) {
-                std::cmp::Ordering::Less => {}
-                std::cmp::Ordering::Equal => return Err(PayloadError::Duplicate(key)),
-                std::cmp::Ordering::Greater => return Err(PayloadError::Unsorted(key)),
-            }
-        }
-        previous = Some(key.clone());
-        attributes.insert(key, value);
-    }
-    check_producer_attributes(&attributes, Mode::Encrypt)?;
-    Ok((attributes, reader.pos))
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl Reader<'_> {
-    fn take(&mut self, len: usize) -> Result<&[u8], PayloadError> {
-        let end = self.pos.checked_add(len).ok_or(PayloadError::Truncated)?;
-        let slice = self.bytes.get(self.pos..end).ok_or(PayloadError::Truncated)?;
-        self.pos = end;
-        Ok(slice)
-    }
-
-    fn u32(&mut self) -> Result<u32, PayloadError> {
-        let bytes = self.take(4)?;
-        Ok(u32::from_be_bytes(bytes.try_into().expect("took 4 bytes")))
-    }
-
-    fn string(&mut self) -> Result<String, PayloadError> {
-        let len = self.u32()? as usize;
-        let bytes = self.take(len)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| PayloadError::NotUtf8)
-    }
-}
-
-/// Standard base64 with padding, as every binary attribute is written.
-pub fn encode_base64(bytes: &[u8]) -> String {
-    STANDARD.encode(bytes)
-}
-
-/// Strict standard base64: padding required, no whitespace, canonical trailing bits.
-pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    STANDARD.decode(text).ok()
-}
-
-/// [`decode_base64`] into `out`, without allocating; `None` also when `out` is too
-/// small. Returns how many bytes were written.
-pub fn decode_base64_into(text: &str, out: &mut [u8]) -> Option<usize> {
-    // The engine refuses a buffer smaller than its estimate (3 bytes per 4 characters),
-    // which for a padded encoding of `out.len()` bytes is at most 2 more. Signatures
-    // are at most 64 bytes.
-    let mut buffer = [0u8; 80];
-    let written = STANDARD.decode_slice(text, buffer.get_mut(..out.len() + 2)?).ok()?;
-    out.get_mut(..written)?.copy_from_slice(&buffer[..written]);
-    Some(written)
 }
 
 #[cfg(test)]
