@@ -166,19 +166,24 @@ impl CloudKms {
 /// left as they are.
 #[pyfunction]
 #[pyo3(signature = (path, key, purpose = "encrypt"))]
-fn create_local_key(path: PathBuf, key: &str, purpose: &str) -> PyResult<()> {
+fn create_local_key(py: Python<'_>, path: PathBuf, key: &str, purpose: &str) -> PyResult<()> {
     let purpose = match purpose {
         "encrypt" => Purpose::EncryptDecrypt,
         "sign" => Purpose::AsymmetricSign,
         other => return Err(config_error(format!("purpose must be `encrypt` or `sign`, not `{other}`"))),
     };
     let name = KeyName::from_uri_or_name(key).map_err(config_error)?;
-    let mut keyring = Keyring::load_or_new(&path).map_err(config_error)?;
-    if keyring.list().iter().any(|info| info.name == name) {
-        return Ok(());
-    }
-    keyring.create_for(&name, purpose).map_err(config_error)?;
-    keyring.save().map_err(config_error)
+    // Under the keyring's lock, as `publisher keyring` edits it: two writers at once
+    // never lose each other's key. Other Python threads run while this one waits for it.
+    py.detach(|| {
+        Keyring::edit(&path, |keyring| {
+            if !keyring.list().iter().any(|info| info.name == name) {
+                keyring.create_for(&name, purpose)?;
+            }
+            Ok(())
+        })
+    })
+    .map_err(config_error)
 }
 
 /// The public key (PEM) of a signing key version, fetched from `kms`: what an opener

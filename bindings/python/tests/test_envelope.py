@@ -373,3 +373,28 @@ def test_service_account_attest_round_trips_against_its_published_certificates(t
             other.open(data, attributes)
     finally:
         server.shutdown()
+
+
+def test_create_local_key_takes_the_keyrings_lock_and_loses_no_concurrent_key(tmp_path):
+    """`create_local_key` wrote the file without the lock `publisher keyring` takes, so
+    two writers at once could lose a key. Eight threads each add keys at once: every key
+    is there afterwards, and the lock file is its owner's alone (0600)."""
+    import os
+    import stat
+
+    path = tmp_path / "keyring.json"
+    keys = [f"projects/p/locations/l/keyRings/r/cryptoKeys/k{thread}-{i}" for thread in range(8) for i in range(5)]
+
+    def add(mine):
+        for key in mine:
+            pe.create_local_key(path, key)
+
+    threads = [threading.Thread(target=add, args=(keys[t * 5 : (t + 1) * 5],)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    kms = pe.LocalKms(path)
+    for key in keys:
+        pe.Sealer.encrypt(kms, key, TENANT).seal(b"x")  # raises if the key was lost
+    assert stat.S_IMODE(os.stat(f"{path}.lock").st_mode) == 0o600

@@ -17,6 +17,8 @@ use clap::Parser;
 
 /// How long acks may take to reach Pub/Sub after SIGINT or SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long a message that failed for a transient reason is held before it is nacked.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -80,10 +82,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 Err(error) => {
                     writeln!(out, "{}", show::refused(id, &error, cli.json))?;
-                    // A transient failure comes back for another try; a rejection would
-                    // only come back again.
+                    // A transient failure comes back for another try, after a pause: nacked
+                    // at once, a KMS or certificate server that is down would be asked again
+                    // as fast as the bus turns. A rejection would only come back again.
                     let status = if error.is_transient() {
-                        handler.nack();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(RETRY_AFTER).await;
+                            handler.nack();
+                        });
                         "retry"
                     } else {
                         handler.ack();

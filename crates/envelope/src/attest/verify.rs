@@ -53,6 +53,10 @@ pub(crate) struct Verifier {
     signers: TrustedSigners,
     /// Each trusted signer's published certificates, by URL.
     published: Cache<String, Arc<Published>>,
+    /// Fetches that failed, by URL: not tried again before their backoff has passed, so
+    /// that a certificate server that is down is not asked once per message. Bounded by
+    /// the trust list: only trusted signers' URLs are ever fetched.
+    failed: std::sync::Mutex<HashMap<String, Failed>>,
     http: reqwest::Client,
     /// Longest validity of a session certificate this opener takes.
     max_certificate_lifetime: Duration,
@@ -73,6 +77,19 @@ struct Published {
 /// (Google rotates account keys; a forger should not make us fetch per message).
 const REFETCH_AFTER: Duration = Duration::from_secs(60);
 
+/// A fetch that failed, and when to try again.
+struct Failed {
+    error: OpenError,
+    retry_at: Instant,
+    /// The wait after this failure; doubled after the next, up to [`MAX_BACKOFF`].
+    backoff: Duration,
+}
+
+/// The wait after a first failed fetch.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between fetches of a signer's certificates that keep failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
 impl Verifier {
     /// `pinned` public keys, when given, are the only ones trusted, each for its own
     /// key version, and no public key is fetched from `kms`.
@@ -92,6 +109,7 @@ impl Verifier {
             certificates: Cache::builder().max_capacity(capacity).time_to_live(hour).build(),
             signers,
             published: Cache::builder().max_capacity(capacity).time_to_live(hour).build(),
+            failed: std::sync::Mutex::new(HashMap::new()),
             http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("an HTTP client"),
             max_certificate_lifetime,
             clock,
@@ -138,8 +156,14 @@ impl Verifier {
         Ok(Attestation::ServiceAccount { signer: named.signer.to_owned(), key_id: named.key_id.to_owned() })
     }
 
-    /// The certificates published at `url`: cached, or fetched (again, if `refresh`).
+    /// The certificates published at `url`: cached, or fetched (again, if `refresh`). A
+    /// fetch that failed is not tried again before its backoff (1 s, doubling to 60 s)
+    /// has passed: until then its error is given back at once.
     async fn published(&self, url: &str, refresh: bool) -> Result<Arc<Published>, OpenError> {
+        let now = self.clock.now();
+        if let Some(failed) = self.lock_failed().get(url).filter(|failed| now < failed.retry_at) {
+            return Err(failed.error.clone());
+        }
         if refresh {
             self.published.invalidate(url).await;
         }
@@ -161,7 +185,28 @@ impl Verifier {
             tracing::info!(%url, keys = by_key_id.len(), "fetched a service account's certificates");
             Ok(Arc::new(Published { by_key_id, fetched: self.clock.now() }))
         };
-        self.published.try_get_with(url.to_owned(), fetch).await.map_err(|error: Arc<OpenError>| (*error).clone())
+        let fetched: Result<_, Arc<OpenError>> = self.published.try_get_with(url.to_owned(), fetch).await;
+        let mut failed = self.lock_failed();
+        match fetched {
+            Ok(published) => {
+                failed.remove(url);
+                Ok(published)
+            }
+            Err(error) => {
+                let backoff = failed.get(url).map_or(FIRST_BACKOFF, |last| (last.backoff * 2).min(MAX_BACKOFF));
+                let error = (*error).clone();
+                tracing::warn!(%url, %error, backoff_secs = backoff.as_secs(), "fetching certificates failed; not again before the backoff");
+                failed.insert(
+                    url.to_owned(),
+                    Failed { error: error.clone(), retry_at: self.clock.now() + backoff, backoff },
+                );
+                Err(error)
+            }
+        }
+    }
+
+    fn lock_failed(&self) -> std::sync::MutexGuard<'_, HashMap<String, Failed>> {
+        self.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Checks a delegated message: its certificate (once per session), its tenant, that
