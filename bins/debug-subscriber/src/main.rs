@@ -34,7 +34,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // Listening from the start: a signal during start-up is not lost.
     let signals = cli::signals::StopSignals::listen()?;
     let project = cli.account.pubsub_project_id.as_deref();
-    let default_subscription = if cli.dead_letters { "dead-letter-debug" } else { "message-bus-debug" };
+    let default_subscription =
+        if cli.dead_letters { cli::flags::DEAD_LETTER_SUBSCRIPTION } else { "message-bus-debug" };
     let subscription_id = cli.pubsub_subscription.as_deref().unwrap_or(default_subscription);
     let (subscription, project) = bus::names::subscription_and_project(project, subscription_id)?;
     let project = project.as_deref();

@@ -77,7 +77,11 @@ async fn run(cli: Cli, workers: usize) -> anyhow::Result<ExitCode> {
     let lease_extension = Duration::from_secs(cli.lease_extension_secs);
     pubsub.ensure_subscription(&input_subscription, &input_topic, lease_extension).await?;
     pubsub.ensure_topic(&output_topic).await?;
-    pubsub.ensure_topic(&dead_letter_topic).await?;
+    // On the emulator a topic without a subscription drops what is published to it: the
+    // one `debug-subscriber --dead_letters` reads is made with the topic, so that no dead
+    // letter is lost before the first read (on Google Cloud, scripts/gcp-setup.sh).
+    let dead_letter_reader = bus::names::subscription(project, cli::flags::DEAD_LETTER_SUBSCRIPTION)?;
+    pubsub.ensure_subscription(&dead_letter_reader, &dead_letter_topic, Duration::from_secs(60)).await?;
     let (output, dead_letter) = (pubsub.publisher(&output_topic).await?, pubsub.publisher(&dead_letter_topic).await?);
     let sources = runner::PubSubSource::per_worker(
         &pubsub,

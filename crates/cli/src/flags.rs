@@ -421,6 +421,10 @@ impl PipelineKeyFlags {
     }
 }
 
+/// The subscription on the dead-letter topic that `debug-subscriber --dead_letters`
+/// reads by default; on the emulator the pipeline makes it with the topic.
+pub const DEAD_LETTER_SUBSCRIPTION: &str = "dead-letter-debug";
+
 /// The dead-letter topic, which the pipeline writes and `debug-subscriber
 /// --dead_letters` reads.
 #[derive(Debug, Clone, clap::Args)]

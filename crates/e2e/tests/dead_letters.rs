@@ -67,3 +67,19 @@ async fn dead_letters_are_listed_and_redriven_once_their_cause_is_fixed() {
     assert!(harness.pull_attributes("dead-letter-debug", Duration::from_secs(12)).is_empty(), "acked once redriven");
     pipeline.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_emulator_no_dead_letter_is_lost_before_the_first_read() {
+    // The pipeline made the dead-letter topic but no subscription on it, so whatever it
+    // dead-lettered before the first `debug-subscriber --dead_letters` was dropped (the
+    // pipeline said "1 dead-lettered", the reader read 0). It now makes the reader's
+    // subscription with the topic: a dead letter published before anyone reads is there.
+    let harness = Harness::new();
+    let pipeline = harness.pipeline(&["--trusted_kms_key", "projects/tenant-1/*"]);
+    harness.publish(&["--kms_key", TENANT_2_KEY, "--message", "untrusted words"]);
+    pipeline.wait_for_log("rejected", Duration::from_secs(60));
+    let records = harness.dead_letter_records(&["--trusted_kms_key", "projects/tenant-1/*"]);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["reason"], "untrusted_key", "{records:?}");
+    pipeline.terminate();
+}

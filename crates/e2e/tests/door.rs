@@ -317,5 +317,5 @@ fn the_pipeline_counts_what_it_was_given_before_a_clean_stop() {
     let lines = subscriber.lines_until(Duration::from_secs(30), |lines| total(lines) >= 3);
     assert_eq!(summed_counts(&lines), expected);
     let summary = log.lines().find(|line| line.contains("pipeline stopped")).expect(&log);
-    assert!(summary.contains("counted 1 messages in 1 panes, 0 dead-lettered"), "{summary}");
+    assert!(summary.contains("counted 1 message in 1 pane, 0 dead-lettered"), "{summary}");
 }

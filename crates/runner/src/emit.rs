@@ -66,7 +66,15 @@ impl std::fmt::Display for Summary {
     /// (unwrap_rejected 1), 0 duplicates, 0 retried, 0 unpublished; 6.3 msg/s`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let dead: u64 = self.dead_lettered.values().sum();
-        write!(f, "counted {} messages in {} panes, {dead} dead-lettered", self.counted, self.panes)?;
+        let plural = |n: u64, one: &'static str, many: &'static str| if n == 1 { one } else { many };
+        write!(
+            f,
+            "counted {} {} in {} {}, {dead} dead-lettered",
+            self.counted,
+            plural(self.counted, "message", "messages"),
+            self.panes,
+            plural(self.panes, "pane", "panes")
+        )?;
         if dead > 0 {
             let reasons: Vec<String> = self.dead_lettered.iter().map(|(reason, n)| format!("{reason} {n}")).collect();
             write!(f, " ({})", reasons.join(", "))?;
