@@ -72,6 +72,14 @@ pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let pubsub = bus::PubSub::from_env(|| account.credentials())?;
     pubsub.probe_topic(&topic).await?;
     pubsub.ensure_topic(&topic).await?;
+    // A project typo on the emulator makes a topic of its own, which nobody reads.
+    if pubsub.topic_has_subscription(&topic).await == Some(false) {
+        tracing::warn!(
+            %topic,
+            "the topic has no subscription on the emulator, so what is published to it is dropped: is \
+             --pubsub_project_id right, and is the pipeline (which subscribes) started?"
+        );
+    }
 
     let total = texts.total(cli.count);
     let progress = match total {

@@ -179,6 +179,17 @@ impl PubSub {
         Ok(builder.build().await?)
     }
 
+    /// On the emulator, whether `topic` has a subscription: a topic without one drops
+    /// what is published to it. `None` on real Pub/Sub (a publisher's account may not
+    /// list subscriptions, and topics there are the platform team's) or when the
+    /// emulator does not say.
+    pub async fn topic_has_subscription(&self, topic: &str) -> Option<bool> {
+        self.emulator.as_ref()?;
+        let admin = self.topic_admin().await.ok()?;
+        let listed = admin.list_topic_subscriptions().set_topic(topic).set_page_size(1).send().await.ok()?;
+        Some(!listed.subscriptions.is_empty())
+    }
+
     /// On the emulator, creates `topic` unless it exists. Does nothing on real Pub/Sub,
     /// where topics are the platform team's to create.
     pub async fn ensure_topic(&self, topic: &str) -> anyhow::Result<()> {

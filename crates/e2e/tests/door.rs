@@ -319,3 +319,27 @@ fn the_pipeline_counts_what_it_was_given_before_a_clean_stop() {
     let summary = log.lines().find(|line| line.contains("pipeline stopped")).expect(&log);
     assert!(summary.contains("counted 1 message in 1 pane, 0 dead-lettered"), "{summary}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_to_a_topic_nobody_reads_on_the_emulator_says_so() {
+    // `--pubsub_project_id bsu` (a typo) made a topic of its own on the emulator and
+    // exited 0 with the message dropped, silently. It still sends (the topic is real),
+    // but warns, naming the topic; where the topic has a subscription, it does not.
+    let harness = Harness::new();
+    let typo = format!("{}-typo", harness.project);
+    let lost = harness
+        .command("publisher")
+        .args(["--pubsub_project_id", &typo, "--kms_key", TENANT_1_KEY, "--message", "x"])
+        .output()
+        .unwrap();
+    let stderr = stderr_of(&lost);
+    assert!(lost.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("has no subscription") && stderr.contains(&format!("projects/{typo}/topics/common-topic")),
+        "{stderr}"
+    );
+    harness.subscribe("door-reader", "common-topic").await;
+    let read = harness.publish(&["--kms_key", TENANT_1_KEY, "--message", "x"]);
+    let stderr = stderr_of(&read);
+    assert!(read.status.success() && !stderr.contains("has no subscription"), "{stderr}");
+}
