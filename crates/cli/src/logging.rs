@@ -42,9 +42,19 @@ impl LogFlags {
     }
 }
 
+/// The format logging was set up in, for the last words of a process
+/// ([`report::exit`](crate::report::exit)).
+static CHOSEN: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// The format logging was set up in, if it was.
+pub fn chosen() -> Option<LogFormat> {
+    CHOSEN.get().copied()
+}
+
 /// Sets up logging to stderr in `format`, filtered by `RUST_LOG` (default `info`). A
 /// `RUST_LOG` that does not parse is reported, not silently ignored.
 pub fn init(format: LogFormat) {
+    let _ = CHOSEN.set(format);
     let (filter, invalid) = match std::env::var("RUST_LOG") {
         Ok(text) if !text.trim().is_empty() => match EnvFilter::try_new(&text) {
             Ok(filter) => (filter, None),

@@ -4,12 +4,20 @@
 use std::process::ExitCode;
 
 /// Prints `result`'s error, if any, and gives the exit code: the body's own on success,
-/// 1 on error.
+/// 1 on error. With `--log_format json` the error is one Cloud Logging entry (severity
+/// `ERROR`, the whole text in `message`), not lines of text that Cloud Logging would
+/// take for four entries; it is written whatever `RUST_LOG` filters.
 pub fn exit(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("{}", render(&error));
+            let text = render(&error);
+            if crate::logging::chosen() == Some(crate::logging::LogFormat::Json) {
+                let time = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+                eprintln!("{}", serde_json::json!({ "severity": "ERROR", "message": text, "time": time }));
+            } else {
+                eprintln!("{text}");
+            }
             ExitCode::FAILURE
         }
     }

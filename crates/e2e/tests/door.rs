@@ -276,19 +276,26 @@ fn every_binary_writes_its_man_page_and_completions_and_names_itself() {
     }
 }
 
-#[test]
-fn json_logs_carry_cloud_logging_severity() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_cloud_logging_severity() {
     let output = Command::new(binary("publisher"))
         .args(["keyring", "--log_format", "json", "--keyring"])
         .arg(std::env::temp_dir().join(format!("door-{}.json", std::process::id())))
         .arg("list")
         .output()
         .unwrap();
-    // The error is for a person (stderr's last line); logs before it are JSON. A
-    // missing keyring is an error: `list` on a typo printed nothing and exited 0.
+    // A missing keyring is an error (`list` on a typo printed nothing and exited 0),
+    // and with JSON logs it is one JSON entry too, severity ERROR: it was plain lines,
+    // which Cloud Logging took for several unstructured entries.
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr_of(&output).contains("there is no keyring at"), "{}", stderr_of(&output));
+    let lines: Vec<serde_json::Value> =
+        stderr_of(&output).lines().map(|line| serde_json::from_str(line).expect(line)).collect();
+    let last = lines.last().expect("an error");
+    assert_eq!(last["severity"], "ERROR", "{lines:?}");
+    assert!(last["message"].as_str().unwrap().contains("there is no keyring at"), "{lines:?}");
     let harness = Harness::new();
+    // A reader, so that the run is an ordinary one: a topic nobody reads would warn.
+    harness.subscribe("door-json", "common-topic").await;
     let output = harness
         .command("publisher")
         .args(["--log_format", "json", "--pubsub_project_id", &harness.project, "--kms_key", TENANT_1_KEY])
