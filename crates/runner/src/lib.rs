@@ -18,11 +18,11 @@
 //! ```
 //!
 //! Who owns what: a worker's [`Source`] (Pub/Sub streaming pulls in the product, memory
-//! in the benchmark and tests) delivers into its [`Intake`](intake), which wraps each
+//! in the benchmark and tests) delivers into its `Intake` (`intake.rs`), which wraps each
 //! delivery in a [`Held`] (the ack handle, settled exactly once) and opens and counts
 //! a batch per task. A counted message's `Held` goes into its window's pane; a message
 //! that can never open goes to the emitter as a dead letter; a transient failure is
-//! nacked after a pause. The [`Emitter`](emit) is the only one that acks: a pane's
+//! nacked after a pause. The `Emitter` (`emit.rs`) is the only one that acks: a pane's
 //! deliveries once its counts are published, a dead letter's once it is. Dropping a
 //! `Held` unsettled nacks it, so nothing is acked before its result is safe, and
 //! nothing is lost on an error path.
@@ -30,7 +30,7 @@
 //! Every core works: each worker thread runs a single-thread runtime of its own, so a
 //! message is decoded, opened, counted and freed on one core (one runtime for all
 //! workers passed most messages between cores: docs/PERFORMANCE.md). The workers share
-//! the opener and the [`Windows`](wordcount::Windows), so copies of a message meet and
+//! the opener and the [`Windows`], so copies of a message meet and
 //! count once, and each window is one pane. On shutdown the sources stop, every open
 //! pane is flushed, published and acked, then [`run`] returns. docs/ARCHITECTURE.md
 //! follows one message through the crates.

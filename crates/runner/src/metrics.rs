@@ -111,11 +111,6 @@ impl Metrics {
         counter
     }
 
-    /// Messages received and not yet settled, over every worker.
-    pub fn messages_in_flight(&self) -> i64 {
-        self.in_flight.lock().expect("not poisoned").iter().map(|counter| counter.get()).sum()
-    }
-
     /// Records a pane published `seconds` after its window ended.
     pub fn window_emitted(&self, seconds: f64) {
         self.emit_latency.observe(seconds);

@@ -23,8 +23,8 @@ pub trait Source: Send + 'static {
     /// The acknowledgement each delivery carries.
     type Ack: Ack;
 
-    /// Delivers into `feed` until the source is exhausted or [`Feed::stopped`]
-    /// resolves, dropping every sender of the feed then (the worker's intake ends once
+    /// Delivers into `feed` until the source is exhausted or the stop signal
+    /// ([`Feed::into_stop`]) turns true, dropping every sender of the feed then (the worker's intake ends once
     /// they are gone); returns once each message it delivered is settled, if its acks
     /// need that wait.
     fn deliver(self, feed: Feed<Self::Ack>) -> impl Future<Output = anyhow::Result<()>> + Send + 'static;
@@ -64,13 +64,9 @@ impl<A> Feed<A> {
         self.deliveries.clone()
     }
 
-    /// Resolves once the pipeline stops: a shutdown, or another worker failed.
-    pub async fn stopped(&mut self) {
-        let _ = self.stop.wait_for(|stop| *stop).await;
-    }
-
     /// Splits the feed: the senders go (only the tasks' own clones remain), the stop
-    /// signal stays.
+    /// signal stays; it turns true once the pipeline stops (a shutdown, or another
+    /// worker failed).
     pub fn into_stop(self) -> watch::Receiver<bool> {
         self.stop
     }
