@@ -256,6 +256,30 @@ pub struct TrustFlags {
     )]
     pub max_certificate_lifetime_secs: u64,
 
+    /// KMS calls that each trust entry's messages may have refused (junk wrapped keys,
+    /// made-up key versions) before its data keys not yet cached are refused without a
+    /// call (`kms_budget_exhausted`, dead-lettered); one more each second. Genuine
+    /// unwraps cost nothing, however fast producers rotate.
+    #[arg(
+        long = "kms_failure_budget",
+        visible_alias = "kms-failure-budget",
+        env = "PUBSUB_ENVELOPE_KMS_FAILURE_BUDGET",
+        default_value_t = envelope::KmsBudget::default().failures,
+        value_parser = clap::value_parser!(u64).range(1..=envelope::limits::MAX_KMS_FAILURE_BUDGET)
+    )]
+    pub kms_failure_budget: u64,
+
+    /// KMS calls (unwraps, public-key fetches) in flight at most: a burst of new keys
+    /// waits here rather than spending the project's KMS quota at once.
+    #[arg(
+        long = "kms_max_in_flight",
+        visible_alias = "kms-max-in-flight",
+        env = "PUBSUB_ENVELOPE_KMS_MAX_IN_FLIGHT",
+        default_value_t = envelope::KmsBudget::default().max_in_flight,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=envelope::limits::MAX_KMS_IN_FLIGHT as u64)
+    )]
+    pub kms_max_in_flight: usize,
+
     /// Attest mode: `KEY_VERSION=FILE.pem`, the public key of that KMS key version (as
     /// `publisher keyring public-key` or Cloud KMS prints it; repeatable). Once any is
     /// given, only the pinned versions verify and no public key is fetched from the KMS.
@@ -351,6 +375,11 @@ impl TrustFlags {
             .kms(kms)
             .max_age(self.max_message_age)
             .max_certificate_lifetime(Duration::from_secs(self.max_certificate_lifetime_secs))
+            .kms_budget(envelope::KmsBudget {
+                failures: self.kms_failure_budget,
+                max_in_flight: self.kms_max_in_flight,
+                ..envelope::KmsBudget::default()
+            })
             .pinned_public_keys(self.pinned_public_keys()?)
             .trusted_signers(self.trusted_signers()?)
             .accept(modes))

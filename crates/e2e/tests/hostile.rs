@@ -149,3 +149,46 @@ async fn messages_at_pubsubs_size_limit_are_counted_or_dead_lettered_and_the_pip
     assert_eq!(summed_counts(&lines), want);
     pipeline.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_junk_flood_under_one_tenants_key_costs_the_kms_its_budget_and_no_one_else_notices() {
+    // Property: junk wrapped keys under tenant-1's key name make at most the failure
+    // budget (plus one per second) of KMS calls; every junk message is dead-lettered
+    // with a reason; tenant-2's message, under its own new data key, is counted.
+    const JUNK: usize = 40;
+    const BUDGET: usize = 5;
+    let harness = Harness::new();
+    let pubsub = harness.pubsub();
+    let dead_letters = harness.subscribe("dead-letter-reader", "dead-letter").await;
+    let pipeline = harness.pipeline(&["--kms_failure_budget", "5", "--metrics_addr", "127.0.0.1:0"]);
+    pipeline.wait_for_log("serving metrics", Duration::from_secs(10));
+    let subscriber = harness.subscriber();
+    let bus = pubsub.publisher(&harness.topic("common-topic")).await.unwrap();
+
+    let template = harness.seal(TENANT_1_KEY, "tenantKey", Mode::Sign, b"junk").await;
+    let started = std::time::Instant::now();
+    for n in 0..JUNK {
+        // Valid base64 that no KMS wrapped: different for each message.
+        let wrapped = format!("{n:04}").repeat(15);
+        let junk =
+            altered(template.clone(), |sealed| drop(sealed.attributes.insert("sign_key_wrapped".into(), wrapped)));
+        bus.publish(message(junk)).await.unwrap();
+    }
+    bus.publish(message(harness.seal(TENANT_2_KEY, "tenantKey", Mode::Encrypt, b"genuine words").await)).await.unwrap();
+
+    let dead = receive(&pubsub, &dead_letters, JUNK, Duration::from_secs(60)).await;
+    let elapsed = started.elapsed().as_secs() as usize;
+    let reasons: Vec<&str> = dead.iter().map(|dead| dead.attributes["reject_reason"].as_str()).collect();
+    let rejected = reasons.iter().filter(|reason| **reason == "unwrap_rejected").count();
+    let spared = reasons.iter().filter(|reason| **reason == "kms_budget_exhausted").count();
+    assert_eq!(rejected + spared, JUNK, "{reasons:?}");
+    assert!((BUDGET..=BUDGET + elapsed + 1).contains(&rejected), "{rejected} KMS refusals in {elapsed} s: {reasons:?}");
+    let lines = subscriber.lines_until(Duration::from_secs(30), |lines| total(lines) >= 2);
+    assert_eq!(summed_counts(&lines), expected_counts(["genuine words"]));
+
+    let (_, metrics) = pipeline.http_get("/metrics");
+    let over_budget = format!(r#"pubsub_envelope_kms_calls_spared_total{{why="over_budget"}} {spared}"#);
+    let refused = format!(r#"pubsub_envelope_kms_opener_calls_total{{outcome="refused"}} {rejected}"#);
+    assert!(metrics.contains(&over_budget) && metrics.contains(&refused), "{metrics}");
+    pipeline.terminate();
+}

@@ -61,6 +61,9 @@ async fn the_pipeline_counts_outcomes_kms_calls_cache_use_and_emit_latency() {
     // while the first is unwrapping count as misses (they wait for that one call):
     // every open is a hit or a miss, at least one miss per key.
     assert_eq!(sample(&after, "pubsub_envelope_kms_calls_total"), 2.0, "{after}");
+    assert_eq!(sample(&after, r#"pubsub_envelope_kms_opener_calls_total{outcome="ok"}"#), 2.0, "{after}");
+    assert_eq!(sample(&after, r#"pubsub_envelope_kms_opener_calls_total{outcome="refused"}"#), 0.0, "{after}");
+    assert_eq!(sample(&after, r#"pubsub_envelope_kms_calls_spared_total{why="over_budget"}"#), 0.0, "{after}");
     let misses = sample(&after, "pubsub_envelope_key_cache_misses_total");
     let hits = sample(&after, "pubsub_envelope_key_cache_hits_total");
     assert_eq!(hits + misses, 4.0, "{after}");

@@ -167,6 +167,12 @@ pub enum Refused {
         /// Whole seconds between this opener's clock and the seal time.
         ahead_secs: u64,
     },
+    /// The trust entry this message's key falls under has had so many KMS calls
+    /// refused lately that its data keys not yet cached are refused without asking
+    /// ([`KmsBudget`](crate::KmsBudget)): someone is publishing junk under its keys.
+    /// The message may be genuine: redrive it once the flood is over.
+    #[error("KMS failure budget of trust entry `{0}` is spent (junk under its keys?): redrive later")]
+    KmsBudgetExhausted(String),
 }
 
 impl Refused {
@@ -181,6 +187,7 @@ impl Refused {
             Refused::CertificateLifetimeTooLong { .. } => "certificate_lifetime_too_long",
             Refused::TooOld { .. } => "too_old",
             Refused::SealedInFuture { .. } => "sealed_in_future",
+            Refused::KmsBudgetExhausted(_) => "kms_budget_exhausted",
         }
     }
 }

@@ -57,6 +57,7 @@
 #![warn(missing_docs)]
 
 mod attest;
+mod budget;
 mod clock;
 mod crypto;
 mod error;
@@ -82,6 +83,7 @@ pub use attest::{
     Attestation, PublicKeyError, ServiceAccountError, ServiceAccountSigner, TrustedPublicKey, TrustedSigners,
     google_cert_url, public_key_pem,
 };
+pub use budget::{KmsBudget, KmsStats};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Forged, Infrastructure, Malformed, OpenError, Refused, SealError};
 pub use fingerprint::FINGERPRINT_LEN;

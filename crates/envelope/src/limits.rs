@@ -55,6 +55,16 @@ pub const MAX_KMS_TIMEOUT: Duration = Duration::from_secs(600);
 /// KMS in benchmarks): a minute.
 pub const MAX_LOCAL_KMS_LATENCY: Duration = Duration::from_secs(60);
 
+/// Largest KMS failure budget of one trust entry (`KmsBudget::failures`): a million.
+pub const MAX_KMS_FAILURE_BUDGET: u64 = 1_000_000;
+
+/// Longest time a drained trust entry waits for a KMS failure back
+/// (`KmsBudget::refill`): an hour.
+pub const MAX_KMS_FAILURE_REFILL: Duration = Duration::from_secs(3600);
+
+/// Most KMS calls an opener has in flight (`KmsBudget::max_in_flight`): ten thousand.
+pub const MAX_KMS_IN_FLIGHT: usize = 10_000;
+
 /// A setting outside its range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{setting} must be {range}, not {value}")]

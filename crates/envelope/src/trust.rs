@@ -196,13 +196,21 @@ impl TrustedKeys {
     /// The tenant id that producers under `key` bind, if `key` is trusted: its entry's,
     /// else `default` (the opener's).
     pub fn tenant_of<'a>(&'a self, key: &KeyName, default: &'a str) -> Option<&'a str> {
-        self.trust(key).map(|tenant| tenant.unwrap_or(default))
+        self.trust(key).map(|(_, tenant)| tenant.unwrap_or(default))
     }
 
-    /// The most specific entry trusting `key`, and its tenant id if it names one.
-    fn trust(&self, key: &KeyName) -> Option<Option<&str>> {
+    /// The entry trusting `key`, as written (`*` for [`dangerous_any_key`](Self::dangerous_any_key)),
+    /// and the tenant id producers under it bind: what a KMS budget is kept by, so that
+    /// key names made up under a trusted prefix share one.
+    pub(crate) fn entry_of<'a>(&'a self, key: &KeyName, default: &'a str) -> Option<(&'a str, &'a str)> {
+        self.trust(key).map(|(entry, tenant)| (entry, tenant.unwrap_or(default)))
+    }
+
+    /// The most specific entry trusting `key` (its text), and its tenant id if it names
+    /// one.
+    fn trust(&self, key: &KeyName) -> Option<(&str, Option<&str>)> {
         if let Some(entry) = self.exact.iter().find(|entry| entry.pattern == *key) {
-            return Some(entry.tenant.as_deref());
+            return Some((&entry.text, entry.tenant.as_deref()));
         }
         let prefix = self
             .prefixes
@@ -210,8 +218,8 @@ impl TrustedKeys {
             .filter(|entry| key.as_str().starts_with(entry.pattern.as_str()))
             .max_by_key(|entry| entry.pattern.len());
         match prefix {
-            Some(entry) => Some(entry.tenant.as_deref()),
-            None if self.any => Some(None),
+            Some(entry) => Some((&entry.text, entry.tenant.as_deref())),
+            None if self.any => Some(("*", None)),
             None => None,
         }
     }

@@ -4,11 +4,13 @@
 mod common;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Fixture, TENANT_1_KEY};
-use pubsub_envelope::{Attributes, CacheSettings, CacheStats, Mode};
+use common::{Fixture, TENANT_1_KEY, TENANT_2_KEY};
+use pubsub_envelope::kms::{KeyWrap, KmsError};
+use pubsub_envelope::{Attributes, CacheSettings, CacheStats, KeyName, KmsBudget, Mode, Opener, SecretKey};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hundred_concurrent_opens_of_a_new_key_make_one_kms_call() {
@@ -91,7 +93,9 @@ async fn interleaved_keys_each_expire_after_the_time_to_live() {
 }
 
 #[tokio::test]
-async fn failures_are_not_cached() {
+async fn a_refused_unwrap_is_remembered_not_asked_again() {
+    // Property: the KMS is asked once about a wrapped key it refuses, however often the
+    // message comes back; every copy gets the same reason.
     let fixture = Fixture::new();
     let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-2", Mode::Sign);
     let message = sealer.seal(Bytes::from_static(b"x"), Attributes::new()).await.unwrap();
@@ -100,7 +104,90 @@ async fn failures_are_not_cached() {
     for _ in 0..3 {
         assert_eq!(opener.open(&data, &message.attributes).await.unwrap_err().reason(), "unwrap_rejected");
     }
-    assert_eq!(fixture.kms.unwraps(), 3);
+    assert_eq!(fixture.kms.unwraps(), 1);
+    let stats = opener.kms_stats();
+    assert_eq!((stats.refused, stats.remembered), (1, 2));
+}
+
+/// A KMS that is down: every unwrap fails transiently.
+struct Down(AtomicU64);
+
+#[async_trait::async_trait]
+impl KeyWrap for Down {
+    async fn wrap(&self, _: &KeyName, _: &SecretKey, _: &[u8]) -> Result<Vec<u8>, KmsError> {
+        Err(KmsError::Unavailable("down".into()))
+    }
+
+    async fn unwrap(&self, _: &KeyName, _: &[u8], _: &[u8]) -> Result<SecretKey, KmsError> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Err(KmsError::Unavailable("down".into()))
+    }
+}
+
+#[tokio::test]
+async fn a_transient_failure_is_asked_again_and_costs_no_budget() {
+    // Property: an unwrap that failed transiently is retried on the next open, even
+    // beyond the failure budget, since a KMS outage is no tenant's junk.
+    let fixture = Fixture::new();
+    let mut sealer = fixture.sealer(TENANT_1_KEY, "tenant-1", Mode::Sign);
+    let message = sealer.seal(Bytes::from_static(b"x"), Attributes::new()).await.unwrap();
+    let down = Arc::new(Down(AtomicU64::new(0)));
+    let opener = Opener::builder("tenant-1", common::both_tenants())
+        .unwrap_with(down.clone())
+        .kms_budget(KmsBudget { failures: 2, ..KmsBudget::default() })
+        .build()
+        .unwrap();
+    for _ in 0..5 {
+        let error = opener.open(&message.data, &message.attributes).await.unwrap_err();
+        assert!(error.is_transient(), "{error}");
+        assert_eq!(error.reason(), "kms_unavailable");
+    }
+    assert_eq!(down.0.load(Ordering::Relaxed), 5);
+}
+
+/// `message` with its wrapped key replaced by `n`'s random-looking bytes: what someone
+/// with publish rights only can make under any trusted key name.
+fn junk(message: &pubsub_envelope::Sealed, n: u32) -> Attributes {
+    use base64::Engine as _;
+    let mut attributes = message.attributes.clone();
+    let bytes: Vec<u8> = (0..60u32).map(|i| (n.wrapping_mul(2_654_435_761).wrapping_add(i * 97) >> 3) as u8).collect();
+    let text = base64::engine::general_purpose::STANDARD.encode(bytes);
+    attributes.insert(pubsub_envelope::format::SIGN_KEY_WRAPPED_ATTR.into(), text);
+    attributes
+}
+
+#[tokio::test]
+async fn a_junk_flood_under_one_tenants_key_costs_its_budget_and_stops_no_one_else() {
+    // Property: junk under one trust entry makes at most `failures` KMS calls, the rest
+    // refused as `kms_budget_exhausted` without a call; that tenant's cached data keys
+    // and another tenant's new ones still open.
+    let fixture = Fixture::new();
+    let opener = fixture
+        .opener_builder("tenant-1")
+        .kms_budget(KmsBudget { failures: 10, ..KmsBudget::default() })
+        .build()
+        .unwrap();
+    let mut victim = fixture.sealer(TENANT_2_KEY, "tenant-1", Mode::Sign);
+    let cached = victim.seal(Bytes::from_static(b"before"), Attributes::new()).await.unwrap();
+    opener.open(&cached.data, &cached.attributes).await.unwrap();
+    let before = fixture.kms.unwraps();
+
+    let mut reasons = std::collections::BTreeMap::<&str, u32>::new();
+    for n in 0..500 {
+        let error = opener.open(&cached.data, &junk(&cached, n)).await.unwrap_err();
+        *reasons.entry(error.reason()).or_default() += 1;
+    }
+    assert_eq!(reasons, [("kms_budget_exhausted", 490), ("unwrap_rejected", 10)].into());
+    assert_eq!(fixture.kms.unwraps() - before, 10, "the flood cost the budget, no more");
+
+    opener.open(&cached.data, &cached.attributes).await.expect("a data key cached before the flood still opens");
+    for n in 0..20 {
+        let mut other = fixture.sealer(TENANT_1_KEY, "tenant-1", Mode::Sign);
+        let fresh = other.seal(Bytes::from(format!("m{n}")), Attributes::new()).await.unwrap();
+        opener.open(&fresh.data, &fresh.attributes).await.expect("another tenant's new data keys open");
+    }
+    let stats = opener.kms_stats();
+    assert_eq!((stats.ok, stats.refused, stats.over_budget), (21, 10, 490));
 }
 
 #[tokio::test]

@@ -189,6 +189,31 @@ impl Collector for EnvelopeCollector {
             let counter = ConstCounter::new(value);
             counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
         }
+        // What opening messages cost the KMS, and what the budget spared it
+        // (docs/THREATS.md, "Cost under hostile load").
+        let kms = self.opener.kms_stats();
+        let families: [(&str, &str, &str, &[(&str, u64)]); 2] = [
+            (
+                "kms_opener_calls",
+                "KMS calls made to open messages (unwraps, public-key fetches), by outcome",
+                "outcome",
+                &[("ok", kms.ok), ("refused", kms.refused), ("failed", kms.failed)],
+            ),
+            (
+                "kms_calls_spared",
+                "Opens that needed a KMS call and were answered without one: a remembered refusal, or the trust \
+                 entry's failure budget spent (kms_budget_exhausted)",
+                "why",
+                &[("remembered", kms.remembered), ("over_budget", kms.over_budget)],
+            ),
+        ];
+        for (name, help, label, values) in families {
+            let mut family =
+                encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Counter)?;
+            for &(value_label, value) in values {
+                ConstCounter::new(value).encode(family.encode_family(&[(label, value_label)])?)?;
+            }
+        }
         Ok(())
     }
 }

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, ParsedPublicKey};
 use moka::future::Cache;
 
+use crate::budget::Spender;
+
 use super::session::{Certificate, session_verifier};
 use super::{Attestation, TrustedPublicKey, TrustedSigners};
 use crate::clock::Clock;
@@ -62,6 +64,8 @@ pub(crate) struct Verifier {
     max_certificate_lifetime: Duration,
     /// Measures when certificates were fetched, for [`REFETCH_AFTER`].
     clock: Arc<dyn Clock>,
+    /// The opener's KMS budget, which public-key fetches spend too.
+    spender: Arc<Spender>,
     /// Session certificates found verified in the cache, and verified afresh.
     pub(crate) certificate_hits: AtomicU64,
     pub(crate) certificate_misses: AtomicU64,
@@ -100,6 +104,7 @@ impl Verifier {
         capacity: u64,
         max_certificate_lifetime: Duration,
         clock: Arc<dyn Clock>,
+        spender: Arc<Spender>,
     ) -> Self {
         let hour = Duration::from_secs(3600);
         Self {
@@ -113,6 +118,7 @@ impl Verifier {
             http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("an HTTP client"),
             max_certificate_lifetime,
             clock,
+            spender,
             certificate_hits: AtomicU64::new(0),
             certificate_misses: AtomicU64::new(0),
         }
@@ -220,7 +226,7 @@ impl Verifier {
         tenant_id: &str,
         trusted: &TrustedKeys,
     ) -> Result<Attestation, OpenError> {
-        let (kms_key, tenant_id) = trusted_version(message.kms_key, trusted, tenant_id)?;
+        let (kms_key, entry, tenant_id) = trusted_version(message.kms_key, trusted, tenant_id)?;
         // A certificate verified before vouches only for messages that name the same
         // key version and carry the same signature of it: a tenant's own certificate must
         // not vouch for a message that names another tenant's trusted key.
@@ -231,7 +237,7 @@ impl Verifier {
             }
             _ => {
                 self.certificate_misses.fetch_add(1, Ordering::Relaxed);
-                let fresh = Arc::new(self.certify(&kms_key, message.certificate, certificate_signature).await?);
+                let fresh = Arc::new(self.certify(&kms_key, entry, message.certificate, certificate_signature).await?);
                 self.certificates.insert(message.certificate.to_owned(), fresh.clone()).await;
                 fresh
             }
@@ -272,7 +278,7 @@ impl Verifier {
         tenant_id: &str,
         trusted: &TrustedKeys,
     ) -> Result<Attestation, OpenError> {
-        let (kms_key, tenant_id) = trusted_version(message.kms_key, trusted, tenant_id)?;
+        let (kms_key, entry, tenant_id) = trusted_version(message.kms_key, trusted, tenant_id)?;
         let signed = format::signed_bytes(
             Flavour::AttestKms,
             message.kms_key,
@@ -281,7 +287,7 @@ impl Verifier {
             message.attributes,
             message.data,
         );
-        if !self.verify_p256(&kms_key, &signed, signature).await? {
+        if !self.verify_p256(&kms_key, entry, &signed, signature).await? {
             return Err(Forged::Tampered.into());
         }
         Ok(Attestation::Kms(kms_key))
@@ -290,6 +296,7 @@ impl Verifier {
     async fn certify(
         &self,
         kms_key: &KeyVersionName,
+        entry: &str,
         text: &str,
         signature_text: &str,
     ) -> Result<Certified, OpenError> {
@@ -301,7 +308,7 @@ impl Verifier {
         }
         let signature =
             format::decode_base64(signature_text).ok_or(Malformed::BadBase64(format::ATTEST_CERT_SIGNATURE_ATTR))?;
-        if !self.verify_p256(kms_key, &bytes, &signature).await? {
+        if !self.verify_p256(kms_key, entry, &bytes, &signature).await? {
             return Err(Forged::ForgedCertificate(kms_key.to_string()).into());
         }
         tracing::info!(%kms_key, tenant = %certificate.tenant_id, "verified a producer's session certificate");
@@ -313,40 +320,49 @@ impl Verifier {
     /// public key: the one pinned for that version, or the KMS's, fetched once per key
     /// version. Where keys are pinned, a version without one is not trusted; so is every
     /// version when there is neither a pinned key nor a KMS to ask.
-    async fn verify_p256(&self, kms_key: &KeyVersionName, message: &[u8], signature: &[u8]) -> Result<bool, OpenError> {
+    /// Each fetch spends `entry`'s KMS budget (the trust entry `kms_key` falls under),
+    /// so that made-up versions under a trusted key cost at most its budget.
+    async fn verify_p256(
+        &self,
+        kms_key: &KeyVersionName,
+        entry: &str,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<bool, OpenError> {
         let untrusted = || Refused::UntrustedKey(kms_key.key().clone());
         if !self.pinned.is_empty() {
             let pinned = self.pinned.get(kms_key).ok_or_else(untrusted)?;
             return Ok(pinned.verify_sig(message, signature).is_ok());
         }
         let Some(kms) = &self.kms else { return Err(untrusted().into()) };
-        let fetch = async {
+        let fetch = self.spender.spend(entry, kms_key.to_string(), async {
             let der = kms.public_key(kms_key).await?;
             ParsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, der)
                 .map(Arc::new)
                 .map_err(|_| KmsError::Rejected(format!("the public key of {kms_key} is not an ECDSA P-256 key")))
-        };
+        });
         let key = self
             .public_keys
             .try_get_with(kms_key.to_string(), fetch)
             .await
-            .map_err(|error: Arc<KmsError>| OpenError::from((*error).clone()))?;
+            .map_err(|error: Arc<OpenError>| (*error).clone())?;
         Ok(key.verify_sig(message, signature).is_ok())
     }
 }
 
-/// The key version `text` names, if its key is trusted, and the tenant id its producers
-/// bind: the trust entry's, else `default` (the opener's).
+/// The key version `text` names, if its key is trusted, the trust entry that trusts it,
+/// and the tenant id its producers bind: the trust entry's, else `default` (the
+/// opener's).
 fn trusted_version<'a>(
     text: &str,
     trusted: &'a TrustedKeys,
     default: &'a str,
-) -> Result<(KeyVersionName, &'a str), OpenError> {
+) -> Result<(KeyVersionName, &'a str, &'a str), OpenError> {
     let kms_key: KeyVersionName = text.parse().map_err(|error: crate::KeyVersionNameError| {
         Malformed::GarbledAttribute { name: format::KMS_KEY_ATTR, why: error.to_string() }
     })?;
-    match trusted.tenant_of(kms_key.key(), default) {
-        Some(tenant_id) => Ok((kms_key, tenant_id)),
+    match trusted.entry_of(kms_key.key(), default) {
+        Some((entry, tenant_id)) => Ok((kms_key, entry, tenant_id)),
         None => Err(Refused::UntrustedKey(kms_key.key().clone()).into()),
     }
 }

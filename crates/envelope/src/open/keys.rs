@@ -201,7 +201,7 @@ impl Opener {
         let kms_key: KeyName = envelope.kms_key.parse().map_err(|error: crate::KeyNameError| {
             Malformed::GarbledAttribute { name: format::KMS_KEY_ATTR, why: error.to_string() }
         })?;
-        let Some(tenant_id) = self.trusted.tenant_of(&kms_key, &self.tenant_id) else {
+        let Some((entry, tenant_id)) = self.trusted.entry_of(&kms_key, &self.tenant_id) else {
             return Err(Refused::UntrustedKey(kms_key).into());
         };
         let wrapped_attr = envelope.flavour.marker().name();
@@ -211,7 +211,11 @@ impl Opener {
         }
         // `build` refuses an opener that accepts these modes without an unwrapper.
         let unwrapper = self.unwrapper.as_ref().expect("an opener of encrypt or sign messages has an unwrapper");
-        let secret = unwrapper.unwrap(&kms_key, &wrapped, tenant_id.as_bytes()).await?;
+        // Spent within the budget: what the KMS refused is remembered by key name and
+        // wrapped key, so a copy under another trusted name is asked about once too.
+        let question = format!("{kms_key} {}", envelope.marker_text);
+        let secret =
+            self.spender.spend(entry, question, unwrapper.unwrap(&kms_key, &wrapped, tenant_id.as_bytes())).await?;
         tracing::debug!(%kms_key, mode = %envelope.flavour.mode(), "unwrapped a data key");
         let prefix = format::header_prefix(envelope.flavour, envelope.kms_key, envelope.marker_text);
         let key = prepare(&secret, &prefix);

@@ -13,6 +13,7 @@ use keys::{KeyCache, Striped};
 use moka::future::Cache;
 
 use crate::attest::{self, Attestation, TrustedPublicKey, TrustedSigners, Verifier};
+use crate::budget::{KmsBudget, KmsStats, Spender};
 use crate::clock::{Clock, SystemClock};
 use crate::crypto::{EncryptionKey, OpenFailure, SigningKey};
 use crate::error::{Forged, Malformed, OpenError, Refused};
@@ -82,6 +83,7 @@ pub struct OpenerBuilder {
     public_keys: Option<Arc<dyn KeySign>>,
     modes: Vec<Mode>,
     cache: CacheSettings,
+    budget: KmsBudget,
     max_age: Option<Duration>,
     max_certificate_lifetime: Duration,
     clock: Arc<dyn Clock>,
@@ -140,6 +142,13 @@ impl OpenerBuilder {
         self
     }
 
+    /// Replaces the default [`KmsBudget`]: what data keys and key versions this opener
+    /// has not seen may cost its KMS.
+    pub fn kms_budget(mut self, budget: KmsBudget) -> Self {
+        self.budget = budget;
+        self
+    }
+
     /// Refuses messages sealed longer ago than `max_age` (`too_old`), or more than
     /// [`MAX_CLOCK_SKEW`] in the future. No limit by default; at most
     /// [`MAX_MESSAGE_AGE`](limits::MAX_MESSAGE_AGE).
@@ -182,6 +191,7 @@ impl OpenerBuilder {
     pub fn build(self) -> Result<Opener, BuildError> {
         limits::duration("cache ttl", self.cache.ttl, limits::MAX_CACHE_TTL)?;
         limits::count("cache capacity", self.cache.capacity, limits::MAX_CACHE_CAPACITY)?;
+        self.budget.check()?;
         if let Some(max_age) = self.max_age {
             limits::duration("maximum message age", max_age, limits::MAX_MESSAGE_AGE)?;
         }
@@ -199,6 +209,7 @@ impl OpenerBuilder {
             return Err(BuildError::NothingTrusted);
         }
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let spender = Arc::new(Spender::new(self.budget));
         Ok(Opener {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             ttl: self.cache.ttl,
@@ -215,11 +226,13 @@ impl OpenerBuilder {
                 self.cache.capacity,
                 self.max_certificate_lifetime,
                 self.clock,
+                spender.clone(),
             ),
             encryption_keys: new_cache(self.cache),
             signing_keys: new_cache(self.cache),
             hits: Striped::default(),
             misses: AtomicU64::new(0),
+            spender,
         })
     }
 }
@@ -254,6 +267,9 @@ pub struct Opener {
     /// Striped: every open that finds its key adds to it, on every thread at once.
     hits: Striped,
     misses: AtomicU64,
+    /// Shared with `attest`: one budget and one cap on calls in flight for unwraps and
+    /// public-key fetches alike.
+    spender: Arc<Spender>,
 }
 
 /// How often opens found their key in the cache: the data key in encrypt and sign
@@ -277,6 +293,12 @@ impl Opener {
         }
     }
 
+    /// What this opener's KMS calls came to: by outcome, and the misses answered
+    /// without one.
+    pub fn kms_stats(&self) -> KmsStats {
+        self.spender.stats()
+    }
+
     /// Starts configuring an opener for `tenant_id` (bound into every unwrap and named
     /// by every attest certificate; the original's was `tenantKey`) that opens messages
     /// under the `trusted` KMS keys only.
@@ -291,6 +313,7 @@ impl Opener {
             public_keys: None,
             modes: vec![Mode::Encrypt, Mode::Sign, Mode::Attest],
             cache: CacheSettings::default(),
+            budget: KmsBudget::default(),
             max_age: None,
             max_certificate_lifetime: limits::DEFAULT_MAX_CERTIFICATE_LIFETIME,
             clock: Arc::new(SystemClock),
