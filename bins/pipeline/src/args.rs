@@ -70,6 +70,12 @@ pub(crate) struct Cli {
     #[command(flatten)]
     pub(crate) pipeline_key: cli::flags::PipelineKeyFlags,
 
+    /// Distinct words the open panes may hold (up to 100,000,000) before they are all
+    /// published early, a pane more per window: bounds memory, about 100 bytes a word,
+    /// whatever the input.
+    #[arg(long = "max_pane_words", visible_alias = "max-pane-words", env = "PUBSUB_ENVELOPE_MAX_PANE_WORDS", default_value_t = runner::DEFAULT_MAX_PANE_WORDS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000_000))]
+    pub(crate) max_pane_words: usize,
+
     /// Seconds an unwrapped data key stays cached (at most 86,400).
     #[arg(long = "cache_ttl_secs", visible_alias = "cache-ttl-secs", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=envelope::limits::MAX_CACHE_TTL.as_secs()))]
     pub(crate) cache_ttl_secs: u64,

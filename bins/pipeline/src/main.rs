@@ -57,6 +57,7 @@ async fn run(cli: Cli, workers: usize) -> anyhow::Result<ExitCode> {
         ),
         max_in_flight: runner::MAX_IN_FLIGHT,
         own_key: cli.pipeline_key.key().map(|key| Arc::new(runner::own_key::OwnKey::new(kms.clone(), key))),
+        max_pane_words: cli.max_pane_words,
     };
     cli.pipeline_key.warn_if_absent(&output_topic);
 

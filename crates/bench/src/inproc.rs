@@ -211,6 +211,7 @@ fn measure(
         replica: "bench".to_owned(),
         max_in_flight: runner::MAX_IN_FLIGHT,
         own_key: None,
+        max_pane_words: runner::DEFAULT_MAX_PANE_WORDS,
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let run = runner::run(

@@ -77,6 +77,7 @@ pub async fn pipeline(options: PipelineOptions) -> anyhow::Result<()> {
         replica: std::process::id().to_string(),
         max_in_flight: runner::MAX_IN_FLIGHT,
         own_key: None,
+        max_pane_words: runner::DEFAULT_MAX_PANE_WORDS,
     };
     pubsub.ensure_topic(&options.output_topic).await?;
     pubsub.ensure_topic(&options.dead_letter_topic).await?;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::StreamExt as _;
 use google_cloud_pubsub::client::Publisher;
 use google_cloud_pubsub::model::Message;
 use tokio::sync::mpsc;
@@ -25,6 +26,9 @@ pub const WINDOW_END_ATTR: &str = "window_end";
 pub const PANE_ATTR: &str = "pane";
 /// Output attribute: the id of the pipeline process that counted the pane.
 pub const REPLICA_ATTR: &str = "replica";
+
+/// Counts of one pane being published at once, at most.
+const OUTPUT_IN_FLIGHT: usize = 1000;
 
 /// How often ready panes are looked for.
 const TICK: Duration = Duration::from_millis(100);
@@ -131,7 +135,20 @@ impl<P, A: Ack> Emitter<P, A> {
             tokio::select! {
                 Some(dead) = self.rejected.recv() => publish_dead(&mut publishing, &mut summary, dead),
                 _ = tick.tick() => {
-                    for pane in shared.windows.take_ready(SystemTime::now()) {
+                    let panes = if shared.windows.over_budget() {
+                        // Publishing early costs a pane more per window; waiting for the
+                        // windows to end would let one tenant's message of distinct words
+                        // grow the pipeline past its memory (docs/THREATS.md).
+                        tracing::warn!(
+                            words = shared.windows.open_words(),
+                            "the open panes hold more distinct words than --max_pane_words: publishing them early"
+                        );
+                        metrics.early_flush();
+                        shared.windows.take_all()
+                    } else {
+                        shared.windows.take_ready(SystemTime::now())
+                    };
+                    for pane in panes {
                         publish(&mut publishing, &mut summary, pane);
                     }
                 }
@@ -197,14 +214,21 @@ async fn publish_pane<A: Ack>(
         (PANE_ATTR.to_owned(), pane.number.to_string()),
         (REPLICA_ATTR.to_owned(), replica),
     ]);
-    let sends: Vec<_> = pane
-        .counts
-        .iter()
-        .map(|(word, count)| {
-            output.publish(Message::new().set_data(format!("{word}: {count}")).set_attributes(attributes.clone()))
-        })
-        .collect();
-    let failures = futures_util::future::join_all(sends).await.into_iter().filter(Result::is_err).count();
+    // At most OUTPUT_IN_FLIGHT counts at once: a pane of a million words made a
+    // million messages and futures at once, hundreds of MB; the client batches them on
+    // the wire all the same.
+    let mut sending = futures_util::stream::FuturesUnordered::new();
+    let mut failures = 0;
+    for (word, count) in &pane.counts {
+        if sending.len() == OUTPUT_IN_FLIGHT {
+            failures += usize::from(sending.next().await.is_some_and(|sent: Result<(), String>| sent.is_err()));
+        }
+        let message = Message::new().set_data(format!("{word}: {count}")).set_attributes(attributes.clone());
+        sending.push(output.publish(message));
+    }
+    while let Some(sent) = sending.next().await {
+        failures += usize::from(sent.is_err());
+    }
     let start = rfc3339(pane.window.start());
     if failures == 0 {
         tracing::info!(window_start = %start, pane = pane.number, words = pane.counts.len(), messages = pane.holds.len(), "published pane");

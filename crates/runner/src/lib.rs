@@ -71,7 +71,15 @@ pub struct Config {
     /// The pipeline's own key: when given, its output is sealed under it and its dead
     /// letters carry receipts made with it ([`own_key`]).
     pub own_key: Option<Arc<own_key::OwnKey>>,
+    /// Distinct words the open panes may hold before they are all published early, as a
+    /// pane more of their windows ([`DEFAULT_MAX_PANE_WORDS`] in the product): what
+    /// bounds the pipeline's memory whatever its input (docs/THREATS.md).
+    pub max_pane_words: usize,
 }
+
+/// Distinct words in the open panes, by default, before they are published early: a
+/// million, about 100 MB of counts.
+pub const DEFAULT_MAX_PANE_WORDS: usize = 1_000_000;
 
 /// Messages opened at once per worker by default: enough that a key whose KMS call
 /// takes seconds holds back only its own messages, few enough to bound the tasks.
@@ -103,7 +111,7 @@ pub async fn run<S: Source, P: Open, O: Output, D: Output>(
     let (alive, ended) = tokio::sync::mpsc::channel(1);
     let shared = Arc::new(intake::Shared {
         opener,
-        windows: Windows::new(config.window, GRACE, SETTLE, workers),
+        windows: Windows::new(config.window, GRACE, SETTLE, workers).with_word_budget(config.max_pane_words),
         metrics: metrics.clone(),
         tally: intake::Tally::default(),
         dead_letters,

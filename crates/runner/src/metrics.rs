@@ -45,6 +45,7 @@ pub struct Metrics {
     /// The stripe [`received`](Self::received) and [`settled`](Self::settled) count on.
     shared_in_flight: Arc<InFlight>,
     emit_latency: Histogram,
+    early_flushes: Counter,
     ready: std::sync::atomic::AtomicBool,
 }
 
@@ -65,6 +66,13 @@ impl Metrics {
             "Time from a window's end to its pane being published",
             emit_latency.clone(),
         );
+        let early_flushes = Counter::default();
+        registry.register(
+            "early_flushes",
+            "Times the open panes held more distinct words than --max_pane_words and were all published before \
+             their windows ended (a pane more per window)",
+            early_flushes.clone(),
+        );
         if let Some((opener, kms)) = envelope {
             registry.register_collector(Box::new(EnvelopeCollector { opener, kms }));
         }
@@ -75,6 +83,7 @@ impl Metrics {
             in_flight,
             shared_in_flight,
             emit_latency,
+            early_flushes,
             ready: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -114,6 +123,11 @@ impl Metrics {
     /// Records a pane published `seconds` after its window ended.
     pub fn window_emitted(&self, seconds: f64) {
         self.emit_latency.observe(seconds);
+    }
+
+    /// Records that the open panes went over their word budget and were published early.
+    pub fn early_flush(&self) {
+        self.early_flushes.inc();
     }
 
     /// The metrics in the OpenMetrics text format.

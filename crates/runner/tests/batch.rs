@@ -96,7 +96,13 @@ impl Source for Scripted {
 }
 
 fn config(window: Duration) -> Config {
-    Config { window, replica: "test".into(), max_in_flight: 64, own_key: None }
+    Config {
+        window,
+        replica: "test".into(),
+        max_in_flight: 64,
+        own_key: None,
+        max_pane_words: runner::DEFAULT_MAX_PANE_WORDS,
+    }
 }
 
 /// Runs the pipeline over `sources` to its end, on a runtime of this thread's own.
@@ -258,4 +264,39 @@ async fn a_panes_deliveries_are_acked_only_once_its_publish_returned() {
     assert!((0..3).all(|id| fates.of(&format!("m{id}")) == Some(true)));
     close.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(30), core).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_panes_over_their_word_budget_are_published_before_their_window_ends() {
+    // Property: with an hour's window and a budget of 5 distinct words, a message of 6
+    // distinct words is published, exactly, and acked while its window is still open;
+    // the early flush is counted in the metrics.
+    let fates = Fates::default();
+    let (close, hold_open) = tokio::sync::oneshot::channel();
+    let source = Scripted { deliveries: vec![delivery(0, "a b c d e f a", &fates)], hold_open: Some(hold_open) };
+    let output = Sink::default();
+    let metrics = Arc::new(Metrics::new(None));
+    let config = Config { max_pane_words: 5, ..config(Duration::from_secs(3600)) };
+    let core = tokio::spawn(runner::run(
+        vec![source],
+        Arc::new(ById),
+        output.clone(),
+        Sink::default(),
+        config,
+        metrics.clone(),
+        std::future::pending(),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while fates.of("m0").is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "the pane waited for its window: {:?}", output.0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(fates.of("m0"), Some(true));
+    let mut published = output.0.lock().unwrap().clone();
+    published.sort();
+    assert_eq!(published, ["a: 2", "b: 1", "c: 1", "d: 1", "e: 1", "f: 1"]);
+    assert!(metrics.render().contains("pubsub_envelope_early_flushes_total 1"), "{}", metrics.render());
+    close.send(()).unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(30), core).await.unwrap().unwrap().unwrap();
+    assert_eq!((summary.counted, summary.panes), (1, 1), "{summary:?}");
 }

@@ -177,6 +177,10 @@ pub struct Windows<H> {
     /// Next pane number of windows already emitted, so late data gets a further pane.
     /// Only emitting touches it.
     next_pane: Mutex<BTreeMap<Window, u32>>,
+    /// Distinct words in the open panes (each shard's own: a word two shards hold
+    /// counts twice, as it takes memory twice), against `word_budget`.
+    words: AtomicUsize,
+    word_budget: usize,
 }
 
 /// One fingerprint shard: the fingerprints counted per open window.
@@ -208,7 +212,40 @@ impl<H> Windows<H> {
         // A few fingerprint shards per worker, so that two rarely want one lock.
         let seen = (0..workers * 4).map(|_| CachePadded::new(Mutex::new(BTreeMap::new()))).collect();
         let counting = (0..workers).map(|_| CachePadded::new(Mutex::new(BTreeMap::new()))).collect();
-        Self { size, grace, settle, seen, counting, next_pane: Mutex::new(BTreeMap::new()) }
+        Self {
+            size,
+            grace,
+            settle,
+            seen,
+            counting,
+            next_pane: Mutex::new(BTreeMap::new()),
+            words: AtomicUsize::new(0),
+            word_budget: usize::MAX,
+        }
+    }
+
+    /// Bounds the memory of the open panes: once they hold more than `budget` distinct
+    /// words, [`over_budget`](Self::over_budget) says so, and the caller should take
+    /// them all ([`take_all`](Self::take_all)) rather than wait for their windows to
+    /// end. Unbounded by default.
+    ///
+    /// The words of one message are counted together (its hold must go with all of
+    /// them), so the panes reach at most `budget` plus what was added before the caller
+    /// looked again, the largest message's words at the least.
+    #[must_use]
+    pub fn with_word_budget(mut self, budget: usize) -> Self {
+        self.word_budget = budget;
+        self
+    }
+
+    /// Whether the open panes hold more distinct words than their budget.
+    pub fn over_budget(&self) -> bool {
+        self.open_words() > self.word_budget
+    }
+
+    /// Distinct words in the open panes (summed over the counting shards).
+    pub fn open_words(&self) -> usize {
+        self.words.load(Ordering::Relaxed)
     }
 
     /// Counts the words of `text`, published at `published`, into its window's open pane.
@@ -229,6 +266,7 @@ impl<H> Windows<H> {
             return Added::Duplicate;
         }
         drop(seen);
+        let before = pane.counts.len();
         for word in words(text) {
             match pane.counts.get_mut(word) {
                 Some(count) => *count += 1,
@@ -237,6 +275,7 @@ impl<H> Windows<H> {
                 }
             }
         }
+        self.words.fetch_add(pane.counts.len() - before, Ordering::Relaxed);
         Added::Counted
     }
 
@@ -283,6 +322,7 @@ impl<H> Windows<H> {
             let mut shard = lock(shard);
             for window in windows {
                 if let Some(part) = shard.remove(window) {
+                    self.words.fetch_sub(part.counts.len(), Ordering::Relaxed);
                     parts.entry(*window).or_default().push(part);
                 }
             }
@@ -385,6 +425,27 @@ mod tests {
         assert_eq!(sorted(panes[0].holds.clone()), [1, 2]);
         assert_eq!(panes[0].number, 0);
         assert_eq!(windows.held(), 1);
+    }
+
+    #[test]
+    fn open_words_follow_the_panes_and_the_budget_says_when_to_take_them() {
+        // Property: the open word count is the distinct words of the open panes (per
+        // shard), back to zero once they are taken; over the budget is reported only
+        // past it.
+        let windows = windows().with_word_budget(3);
+        windows.add(at(1_000_005), id(b'1'), "a b a", 1, at(1_000_005));
+        windows.add(at(1_000_006), id(b'2'), "b c", 2, at(1_000_006));
+        assert_eq!(windows.open_words(), 3);
+        assert!(!windows.over_budget());
+        windows.add(at(1_000_021), id(b'3'), "a", 3, at(1_000_021));
+        assert_eq!(windows.open_words(), 4, "another window's pane holds its own copy of `a`");
+        assert!(windows.over_budget());
+        let first = windows.take_ready(at(1_000_022));
+        assert_eq!(first.len(), 1);
+        assert_eq!(windows.open_words(), 1);
+        assert!(!windows.over_budget());
+        windows.take_all();
+        assert_eq!(windows.open_words(), 0);
     }
 
     #[test]
