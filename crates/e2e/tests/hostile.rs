@@ -192,3 +192,40 @@ async fn a_junk_flood_under_one_tenants_key_costs_the_kms_its_budget_and_no_one_
     assert!(metrics.contains(&over_budget) && metrics.contains(&refused), "{metrics}");
     pipeline.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destroyed_keyring_version_stops_the_running_pipeline_opening_its_cached_data_key() {
+    // Property: once `keyring destroy` has run, a running pipeline refuses a message
+    // under a data key it unwrapped and cached before (`kms_rejected`), within seconds
+    // rather than the cache's 200 s, and counts none of it.
+    let harness = Harness::new();
+    let pubsub = harness.pubsub();
+    let dead_letters = harness.subscribe("dead-letter-reader", "dead-letter").await;
+    let pipeline = harness.pipeline(&[]);
+    let subscriber = harness.subscriber();
+    let bus = pubsub.publisher(&harness.topic("common-topic")).await.unwrap();
+    let kms = std::sync::Arc::new(envelope::kms::local::LocalKms::open(harness.keyring()).unwrap());
+    let mut sealer = envelope::Sealer::encrypt(kms, TENANT_1_KEY.parse().unwrap(), "tenantKey");
+    let before = sealer.seal(Bytes::from_static(b"before destroy"), Default::default()).await.unwrap();
+    let after = sealer.seal(Bytes::from_static(b"after destroy"), Default::default()).await.unwrap();
+    assert_eq!(before.attributes["dek_wrapped"], after.attributes["dek_wrapped"], "one data key");
+    bus.publish(message(before)).await.unwrap();
+    let lines = subscriber.lines_until(Duration::from_secs(30), |lines| total(lines) >= 2);
+    assert_eq!(summed_counts(&lines), expected_counts(["before destroy"]));
+
+    let keyring = harness.keyring();
+    let keyring_command = |args: &[&str]| {
+        let output = harness.command("publisher").arg("keyring").arg("--keyring").arg(&keyring).args(args).output();
+        let output = output.unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    };
+    keyring_command(&["rotate", TENANT_1_KEY]);
+    keyring_command(&["destroy", TENANT_1_KEY, "--version", "1", "--yes"]);
+    // The keyring file is looked at once a second, and the opener asks once a second.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    bus.publish(message(after)).await.unwrap();
+    let dead = receive(&pubsub, &dead_letters, 1, Duration::from_secs(30)).await;
+    assert_eq!(dead[0].attributes["reject_reason"], "kms_rejected", "{:?}", dead[0].attributes);
+    let summary = pipeline.terminate();
+    assert!(summary.contains("counted 1 message"), "{summary}");
+}

@@ -230,3 +230,37 @@ async fn a_key_one_opener_unwrapped_is_never_used_by_another_on_the_same_thread(
         assert_eq!(right.cache_stats(), CacheStats { hits: 2, misses: 1 }, "{mode}");
     }
 }
+
+#[tokio::test]
+async fn a_version_disabled_in_the_keyring_stops_its_cached_data_keys_within_seconds() {
+    // Property: once the version a cached data key was wrapped under is disabled, the
+    // opener refuses messages under that key (`kms_rejected`: the key refused, not the
+    // message) within a few seconds, not at the cache's 200 s time to live; messages
+    // under the new primary version still open.
+    for mode in [Mode::Encrypt, Mode::Sign] {
+        let fixture = Fixture::new();
+        let mut old = fixture.sealer(TENANT_1_KEY, "tenant-1", mode);
+        let message = old.seal(Bytes::from_static(b"x"), Attributes::new()).await.unwrap();
+        let opener = fixture.opener("tenant-1");
+        opener.open(&message.data, &message.attributes).await.unwrap();
+        let name = common::key(TENANT_1_KEY);
+        pubsub_envelope::kms::local::Keyring::edit(fixture.keyring_path(), |keyring| {
+            keyring.rotate(&name)?;
+            keyring.disable(&name, 1)
+        })
+        .unwrap();
+        let disabled = std::time::Instant::now();
+        let error = loop {
+            match opener.open(&message.data, &message.attributes).await {
+                Ok(_) => assert!(disabled.elapsed() < Duration::from_secs(10), "{mode}: still opening"),
+                Err(error) => break error,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(error.reason(), "kms_rejected", "{mode}: {error}");
+        assert!(error.to_string().contains("version 1"), "{error}");
+        let mut new = fixture.sealer(TENANT_1_KEY, "tenant-1", mode);
+        let fresh = new.seal(Bytes::from_static(b"y"), Attributes::new()).await.unwrap();
+        opener.open(&fresh.data, &fresh.attributes).await.expect("the new primary version opens");
+    }
+}

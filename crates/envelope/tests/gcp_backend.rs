@@ -158,3 +158,35 @@ async fn signs_with_a_key_version_and_serves_its_public_key_with_checksums() {
     fake.set_behaviour(Behaviour::Fail(503));
     assert!(kms.public_key(&version).await.unwrap_err().is_transient());
 }
+
+#[tokio::test]
+async fn a_disabled_cloud_kms_key_stops_opening_once_its_cached_data_keys_expire_and_is_final() {
+    // Property: after the key is disabled, messages under a cached data key open until
+    // the cache's time to live, then are refused for good (`kms_rejected`, not
+    // transient: dead-lettered, not retried for ever).
+    let fake = FakeKms::start().await.unwrap();
+    let kms: Arc<dyn Kms> = Arc::new(backend(&fake, Duration::from_secs(5)).await);
+    let mut sealer = Sealer::encrypt(kms.clone(), key(), "tenant-1");
+    let sealed = sealer.seal(Bytes::from_static(b"x"), Attributes::new()).await.unwrap();
+    let ttl = Duration::from_millis(500);
+    let opener = Opener::builder("tenant-1", trusted())
+        .kms(kms)
+        .cache(pubsub_envelope::CacheSettings { ttl, capacity: 100 })
+        .build()
+        .unwrap();
+    opener.open(&sealed.data, &sealed.attributes).await.unwrap();
+    fake.disable(KEY);
+    let disabled = std::time::Instant::now();
+    opener.open(&sealed.data, &sealed.attributes).await.expect("still cached");
+    let error = loop {
+        match opener.open(&sealed.data, &sealed.attributes).await {
+            Ok(_) => assert!(disabled.elapsed() < ttl + Duration::from_secs(5), "opened long after the ttl"),
+            Err(error) => break error,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(disabled.elapsed() <= ttl + Duration::from_secs(3), "{:?}", disabled.elapsed());
+    assert_eq!(error.reason(), "kms_rejected", "{error}");
+    assert!(!error.is_transient());
+    assert!(error.to_string().contains("not enabled"), "{error}");
+}

@@ -65,6 +65,9 @@ struct Shared {
     /// Extra latency for calls on keys whose name starts with the prefix.
     key_latency: Mutex<Vec<(String, std::time::Duration)>>,
     keys: Mutex<Keys>,
+    /// Crypto keys whose versions were disabled (or destroyed): their encrypt and
+    /// decrypt fail as Cloud KMS's do, FAILED_PRECONDITION.
+    disabled: Mutex<std::collections::HashSet<String>>,
     calls: AtomicU64,
 }
 
@@ -83,6 +86,7 @@ impl FakeKms {
             latency: Mutex::new(std::time::Duration::ZERO),
             key_latency: Mutex::new(Vec::new()),
             keys: Mutex::new(Keys::default()),
+            disabled: Mutex::default(),
             calls: AtomicU64::new(0),
         });
         let app = axum::Router::new()
@@ -115,6 +119,13 @@ impl FakeKms {
     /// (one tenant's keys, say), on top of [`set_latency`](Self::set_latency).
     pub fn set_key_latency(&self, prefix: &str, latency: std::time::Duration) {
         self.shared.key_latency.lock().unwrap().push((prefix.to_owned(), latency));
+    }
+
+    /// Disables the crypto key `name` (every version): its encrypt and decrypt then fail
+    /// with 400 FAILED_PRECONDITION, as Cloud KMS answers for a disabled or destroyed
+    /// version.
+    pub fn disable(&self, name: &str) {
+        self.shared.disabled.lock().unwrap().insert(name.to_owned());
     }
 
     /// Calls received so far, whatever their answer.
@@ -204,6 +215,14 @@ async fn handle(State(shared): State<Arc<Shared>>, Path(call): Path<String>, Jso
         return error(StatusCode::NOT_FOUND, "no such method");
     };
     let corrupt = behaviour == Behaviour::Corrupt;
+    if shared.disabled.lock().unwrap().contains(name) {
+        let body = json!({"error": {
+            "code": 400,
+            "message": format!("{name}/cryptoKeyVersions/1 is not enabled, current state is: DISABLED."),
+            "status": "FAILED_PRECONDITION",
+        }});
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    }
     let result = match method {
         "encrypt" => encrypt(&shared, name, &body, corrupt),
         "decrypt" => decrypt(&shared, name, &body, corrupt),

@@ -136,6 +136,8 @@ fn classify(error: &GaxError, key: &dyn std::fmt::Display, unwrapping: bool, tim
     match (code, error.http_status_code()) {
         (Some(Code::PermissionDenied), _) | (_, Some(403)) => KmsError::PermissionDenied(key.to_string()),
         (Some(Code::NotFound), _) | (_, Some(404)) => KmsError::KeyNotFound(key.to_string()),
+        // A disabled or destroyed key version: the key refuses, whatever the wrapped key.
+        (Some(Code::FailedPrecondition), _) => KmsError::Rejected(detail),
         (Some(Code::InvalidArgument), _) | (_, Some(400)) if unwrapping => KmsError::UnwrapRejected(key.to_string()),
         (Some(Code::ResourceExhausted), _) | (_, Some(429)) => KmsError::RateLimited(detail),
         (Some(Code::Unavailable | Code::Internal | Code::DeadlineExceeded | Code::Unknown | Code::Aborted), _) => {

@@ -463,11 +463,14 @@ fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
 struct Loaded {
     keys: HashMap<KeyName, (u32, HashMap<u32, LessSafeKey>)>,
     signing_keys: HashMap<KeyName, HashMap<u32, EcdsaKeyPair>>,
+    /// Every encryption key version's state, to tell a wrapped key under a disabled or
+    /// destroyed version from junk.
+    states: HashMap<KeyName, HashMap<u32, VersionState>>,
 }
 
 impl Loaded {
     fn from_keyring(keyring: &Keyring) -> Self {
-        let mut loaded = Self { keys: HashMap::new(), signing_keys: HashMap::new() };
+        let mut loaded = Self { keys: HashMap::new(), signing_keys: HashMap::new(), states: HashMap::new() };
         for (name, key) in &keyring.keys {
             match key.purpose {
                 Purpose::EncryptDecrypt => {
@@ -482,6 +485,8 @@ impl Loaded {
                         })
                         .collect();
                     loaded.keys.insert(name.clone(), (key.primary, versions));
+                    let states = key.versions.iter().map(|(&number, version)| (number, version.state)).collect();
+                    loaded.states.insert(name.clone(), states);
                 }
                 Purpose::AsymmetricSign => {
                     let versions = key
@@ -701,14 +706,32 @@ impl KeyWrap for LocalKms {
         }
         self.reload_if_changed(true);
         self.try_unwrap(name, wrapped, aad).unwrap_or_else(|| {
-            let known = self.loaded.read().expect("keyring lock poisoned").keys.contains_key(name);
-            Err(if known {
-                KmsError::UnwrapRejected(name.to_string())
-            } else {
-                KmsError::KeyNotFound(name.to_string())
-            })
+            let loaded = self.loaded.read().expect("keyring lock poisoned");
+            if !loaded.keys.contains_key(name) {
+                return Err(KmsError::KeyNotFound(name.to_string()));
+            }
+            // As Cloud KMS answers FAILED_PRECONDITION: the key refuses, not the wrapped
+            // key, so the dead letter says which (`kms_rejected`, not `unwrap_rejected`).
+            match wrapped_version(wrapped).and_then(|version| Some((version, *loaded.states.get(name)?.get(&version)?)))
+            {
+                Some((version, state)) if !state.is_enabled() => {
+                    Err(KmsError::Rejected(format!("version {version} of {name} is {state}")))
+                }
+                _ => Err(KmsError::UnwrapRejected(name.to_string())),
+            }
         })
     }
+
+    fn generation(&self) -> u64 {
+        self.reload_if_changed(false);
+        self.loads()
+    }
+}
+
+/// The key version a wrapped key of the local format names, if it has the format's
+/// length.
+fn wrapped_version(wrapped: &[u8]) -> Option<u32> {
+    (wrapped.len() == WRAPPED_LEN).then(|| u32::from_be_bytes(wrapped[..VERSION_LEN].try_into().expect("4 bytes")))
 }
 
 #[async_trait]
@@ -786,7 +809,7 @@ mod tests {
         .unwrap();
         std::thread::sleep(RELOAD_CHECK_EVERY + Duration::from_millis(200));
         let refused = kms.unwrap(&name("a"), &old, b"t").await;
-        assert!(matches!(refused, Err(KmsError::UnwrapRejected(_))), "{refused:?}");
+        assert!(matches!(&refused, Err(KmsError::Rejected(why)) if why.contains("disabled")), "{refused:?}");
         let rewrapped = kms.wrap(&name("a"), &secret, b"t").await.unwrap();
         assert_eq!(u32::from_be_bytes(rewrapped[..VERSION_LEN].try_into().unwrap()), 2, "wraps under the new primary");
         assert_eq!(kms.loads(), 3, "read when opened and after each of the two changes");
@@ -863,7 +886,7 @@ mod tests {
         })
         .unwrap();
         let unwrap_old = || async { LocalKms::open(&path).unwrap().unwrap(&name("a"), &old, b"t").await };
-        assert_eq!(unwrap_old().await.unwrap_err().reason(), "unwrap_rejected", "disabled");
+        assert_eq!(unwrap_old().await.unwrap_err().reason(), "kms_rejected", "disabled");
         Keyring::edit(&path, |keyring| keyring.enable(&name("a"), 1)).unwrap();
         assert!(unwrap_old().await.is_ok(), "enabled again");
         let before = std::fs::read_to_string(&path).unwrap();
@@ -872,7 +895,7 @@ mod tests {
         assert!(
             after.contains("DESTROYED") && after.matches("material").count() + 1 == before.matches("material").count()
         );
-        assert_eq!(unwrap_old().await.unwrap_err().reason(), "unwrap_rejected", "destroyed");
+        assert_eq!(unwrap_old().await.unwrap_err().reason(), "kms_rejected", "destroyed");
         let back = Keyring::edit(&path, |keyring| keyring.enable(&name("a"), 1)).unwrap_err();
         assert!(back.to_string().contains("cannot come back"), "{back}");
         let info = &Keyring::load(&path).unwrap().list()[0];

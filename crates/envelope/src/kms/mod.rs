@@ -28,6 +28,18 @@ pub trait KeyWrap: Send + Sync {
 
     /// Decrypts a key produced by [`wrap`](Self::wrap) under the same `name` and `aad`.
     async fn unwrap(&self, name: &KeyName, wrapped: &[u8], aad: &[u8]) -> Result<SecretKey, KmsError>;
+
+    /// A number that changes when keys or versions this backend holds may have been
+    /// disabled or destroyed, for a backend that can tell (the local keyring: each time
+    /// it reads its file again). An [`Opener`](crate::Opener) looks at it about once a
+    /// second and, when it changed, unwraps every cached data key again, so that a
+    /// revoked version stops opening messages within seconds rather than at the cache's
+    /// time to live. Cheap: called on the opening path. `0`, never changing, by default
+    /// (Cloud KMS cannot be asked cheaply; its revocations take effect as cached keys
+    /// expire).
+    fn generation(&self) -> u64 {
+        0
+    }
 }
 
 /// Signs with an asymmetric key version and hands out its public key: what attest mode
@@ -57,6 +69,10 @@ impl<K: KeyWrap + ?Sized> KeyWrap for Arc<K> {
 
     async fn unwrap(&self, name: &KeyName, wrapped: &[u8], aad: &[u8]) -> Result<SecretKey, KmsError> {
         (**self).unwrap(name, wrapped, aad).await
+    }
+
+    fn generation(&self) -> u64 {
+        (**self).generation()
     }
 }
 
@@ -186,6 +202,10 @@ impl<K: KeyWrap> KeyWrap for Counted<K> {
     async fn unwrap(&self, name: &KeyName, wrapped: &[u8], aad: &[u8]) -> Result<SecretKey, KmsError> {
         self.unwraps.fetch_add(1, Ordering::Relaxed);
         self.inner.unwrap(name, wrapped, aad).await
+    }
+
+    fn generation(&self) -> u64 {
+        self.inner.generation()
     }
 }
 

@@ -5,7 +5,7 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 
@@ -15,6 +15,7 @@ use crate::error::{Malformed, OpenError, Refused};
 use crate::fingerprint::FingerprintKey;
 use crate::format;
 use crate::key_name::KeyName;
+use crate::kms::KeyWrap;
 use crate::secret::SecretKey;
 
 /// A counter that threads add to without sharing a cache line: each adds to its own
@@ -54,6 +55,55 @@ pub(super) struct CachedKey<T> {
     pub(super) fingerprint: FingerprintKey,
     /// When the KMS unwrapped it: the cache's time to live counts from here.
     pub(super) unwrapped_at: Instant,
+    /// The opener's [`Revocations::epoch`] when it was unwrapped: a key from an earlier
+    /// epoch is unwrapped again before use.
+    pub(super) epoch: u64,
+}
+
+/// What an opener knows of its KMS's revocations ([`KeyWrap::generation`]): the
+/// generation it last saw, and an epoch that moves each time it changed, retiring every
+/// data key unwrapped before.
+pub(super) struct Revocations {
+    started: Instant,
+    /// When to look at the generation next, in nanoseconds from `started`.
+    next_look: AtomicU64,
+    generation: AtomicU64,
+    epoch: AtomicU64,
+}
+
+/// How often an opener asks its KMS whether keys changed.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+impl Revocations {
+    pub(super) fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            next_look: AtomicU64::new(0),
+            generation: AtomicU64::new(u64::MAX),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    /// The current epoch, after looking at `unwrapper`'s generation if a look is due
+    /// (one thread looks; the others go on).
+    fn epoch(&self, unwrapper: &dyn KeyWrap, now: Instant) -> u64 {
+        let at = now.saturating_duration_since(self.started).as_nanos() as u64;
+        let next = self.next_look.load(Ordering::Relaxed);
+        if at >= next
+            && self
+                .next_look
+                .compare_exchange(next, at + LOOK_EVERY.as_nanos() as u64, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let generation = unwrapper.generation();
+            let before = self.generation.swap(generation, Ordering::AcqRel);
+            if before != u64::MAX && before != generation {
+                tracing::info!("the KMS's keys changed: data keys unwrapped before are unwrapped again before use");
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        self.epoch.load(Ordering::Acquire)
+    }
 }
 
 /// The data keys each thread last opened messages with, and under which wrapped-key
@@ -83,6 +133,8 @@ struct RecentKey {
     opener: u64,
     marker: String,
     expires: Instant,
+    /// The key's [`CachedKey::epoch`].
+    epoch: u64,
     key: Weak<dyn Any + Send + Sync>,
     /// The key's name, in this thread's own allocation: every open clones it into
     /// `Opened::kms_key`.
@@ -120,12 +172,25 @@ impl Opener {
     where
         T: Send + Sync + 'static,
     {
-        let hit = match self.recent(envelope.marker_text) {
+        let now = Instant::now();
+        let epoch = match &self.unwrapper {
+            Some(unwrapper) => self.revocations.epoch(unwrapper.as_ref(), now),
+            None => 0,
+        };
+        let hit = match self.recent(envelope.marker_text, now, epoch) {
             Some(recent) => Some(recent),
-            None => cache.get(envelope.marker_text).await.map(|cached| {
-                let kms_key = self.remember(envelope.marker_text, &cached);
-                (cached, kms_key)
-            }),
+            None => match cache.get(envelope.marker_text).await {
+                Some(cached) if cached.epoch == epoch => {
+                    let kms_key = self.remember(envelope.marker_text, &cached);
+                    Some((cached, kms_key))
+                }
+                Some(_) => {
+                    // Unwrapped before the KMS's keys changed: ask again.
+                    cache.invalidate(envelope.marker_text).await;
+                    None
+                }
+                None => None,
+            },
         };
         if hit.is_some() {
             self.hits.add(1);
@@ -140,13 +205,13 @@ impl Opener {
             // kilobytes, which would otherwise make every open's future as large, and
             // be copied on every hit for nothing.
             Some(_) => {
-                let cached = Box::pin(self.unwrap_checked(envelope, prepare)).await?;
+                let cached = Box::pin(self.unwrap_checked(envelope, epoch, prepare)).await?;
                 let kms_key = cached.kms_key.clone();
                 Ok((cached, kms_key))
             }
             None => {
                 let cached = Box::pin(
-                    cache.try_get_with(envelope.marker_text.to_owned(), self.unwrap_checked(envelope, prepare)),
+                    cache.try_get_with(envelope.marker_text.to_owned(), self.unwrap_checked(envelope, epoch, prepare)),
                 )
                 .await
                 .map_err(|error: Arc<OpenError>| (*error).clone())?;
@@ -158,10 +223,15 @@ impl Opener {
 
     /// This thread's recent data key of this opener and type under `marker`, if its
     /// time to live has not run out.
-    fn recent<T: Send + Sync + 'static>(&self, marker: &str) -> Option<(Arc<CachedKey<T>>, KeyName)> {
+    fn recent<T: Send + Sync + 'static>(
+        &self,
+        marker: &str,
+        now: Instant,
+        epoch: u64,
+    ) -> Option<(Arc<CachedKey<T>>, KeyName)> {
         RECENT.with_borrow(|recent| {
             let entry = recent.entries[recent.position(self.id, marker)?].as_ref()?;
-            if Instant::now() >= entry.expires {
+            if now >= entry.expires || entry.epoch != epoch {
                 return None;
             }
             let key = entry.key.upgrade()?.downcast::<CachedKey<T>>().ok()?;
@@ -178,6 +248,7 @@ impl Opener {
             if let Some(at) = recent.position(self.id, marker) {
                 let entry = recent.entries[at].as_mut().expect("found");
                 entry.expires = expires;
+                entry.epoch = cached.epoch;
                 entry.key = key;
                 if entry.kms_key != cached.kms_key {
                     entry.kms_key = cached.kms_key.unshared();
@@ -186,8 +257,14 @@ impl Opener {
             }
             let kms_key = cached.kms_key.unshared();
             recent.newest = (recent.newest + 1) % RECENT_KEYS;
-            recent.entries[recent.newest] =
-                Some(RecentKey { opener: self.id, marker: marker.to_owned(), expires, key, kms_key: kms_key.clone() });
+            recent.entries[recent.newest] = Some(RecentKey {
+                opener: self.id,
+                marker: marker.to_owned(),
+                expires,
+                epoch: cached.epoch,
+                key,
+                kms_key: kms_key.clone(),
+            });
             kms_key
         })
     }
@@ -196,6 +273,7 @@ impl Opener {
     async fn unwrap_checked<T>(
         &self,
         envelope: &Envelope<'_>,
+        epoch: u64,
         prepare: impl FnOnce(&SecretKey, &[u8]) -> T,
     ) -> Result<Arc<CachedKey<T>>, OpenError> {
         let kms_key: KeyName = envelope.kms_key.parse().map_err(|error: crate::KeyNameError| {
@@ -220,6 +298,6 @@ impl Opener {
         let prefix = format::header_prefix(envelope.flavour, envelope.kms_key, envelope.marker_text);
         let key = prepare(&secret, &prefix);
         let fingerprint = FingerprintKey::new(tenant_id, &prefix);
-        Ok(Arc::new(CachedKey { key, kms_key, prefix, fingerprint, unwrapped_at: Instant::now() }))
+        Ok(Arc::new(CachedKey { key, kms_key, prefix, fingerprint, unwrapped_at: Instant::now(), epoch }))
     }
 }

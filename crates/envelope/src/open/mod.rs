@@ -233,6 +233,7 @@ impl OpenerBuilder {
             hits: Striped::default(),
             misses: AtomicU64::new(0),
             spender,
+            revocations: keys::Revocations::new(),
         })
     }
 }
@@ -270,6 +271,8 @@ pub struct Opener {
     /// Shared with `attest`: one budget and one cap on calls in flight for unwraps and
     /// public-key fetches alike.
     spender: Arc<Spender>,
+    /// Revocations: see [`KeyWrap::generation`].
+    revocations: keys::Revocations,
 }
 
 /// How often opens found their key in the cache: the data key in encrypt and sign

@@ -33,6 +33,11 @@ impl Fixture {
         Arc::new(Counted::new(LocalKms::open(&path).unwrap().with_latency(latency)))
     }
 
+    /// Where the keyring file is.
+    pub fn keyring_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("keyring.json")
+    }
+
     /// Adds a key to the keyring; the backend reads it on first use.
     pub fn add_key(&self, name: &str, purpose: Purpose) {
         let path = self._dir.path().join("keyring.json");
