@@ -131,6 +131,8 @@ fn limits(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     table.set_item("keys_ahead", limits::MAX_KEYS_AHEAD)?;
     table.set_item("timeout_secs", limits::MAX_KMS_TIMEOUT.as_secs())?;
     table.set_item("latency_ms", limits::MAX_LOCAL_KMS_LATENCY.as_millis() as u64)?;
+    table.set_item("kms_failure_budget", limits::MAX_KMS_FAILURE_BUDGET)?;
+    table.set_item("kms_max_in_flight", limits::MAX_KMS_IN_FLIGHT as u64)?;
     Ok(table)
 }
 

@@ -35,6 +35,9 @@ use crate::kms::Kms;
 /// * `max_message_age_secs`: refuse messages sealed longer ago than this.
 /// * `max_certificate_lifetime_secs`: refuse attest session certificates valid for
 ///   longer (`certificate_lifetime_too_long`); 3660 by default.
+/// * `kms_failure_budget`, `kms_max_in_flight`: KMS calls each trust entry's messages may
+///   have refused (100; one more a second) before its data keys not yet cached are
+///   refused without a call (`kms_budget_exhausted`), and calls in flight at most (64).
 ///
 /// Every duration and size is checked against `pubsub_envelope.LIMITS` (the library's
 /// one table) and a value outside it raises `ValueError`, as does a trust list whose
@@ -64,6 +67,8 @@ struct Settings {
     cache_capacity: u64,
     max_message_age_secs: Option<f64>,
     max_certificate_lifetime_secs: f64,
+    kms_failure_budget: u64,
+    kms_max_in_flight: u64,
     dangerous_trust_any_kms_key: bool,
 }
 
@@ -119,6 +124,11 @@ impl Settings {
             .cache(cache)
             .max_age(max_age)
             .max_certificate_lifetime(lifetime)
+            .kms_budget(envelope::KmsBudget {
+                failures: self.kms_failure_budget,
+                max_in_flight: usize::try_from(self.kms_max_in_flight).unwrap_or(usize::MAX),
+                ..envelope::KmsBudget::default()
+            })
             .pinned_public_keys(pinned)
             .trusted_signers(signers);
         if let Some(kms) = &self.kms {
@@ -135,11 +145,12 @@ impl Opener {
         kms = None, *, tenant_id, trusted_kms_keys = Vec::new(), trusted_public_keys = None, trusted_signers = Vec::new(),
         mode = "auto".to_owned(), cache_ttl_secs = 200.0, cache_capacity = 100_000, max_message_age_secs = None,
         max_certificate_lifetime_secs = envelope::limits::DEFAULT_MAX_CERTIFICATE_LIFETIME.as_secs_f64(),
-        dangerous_trust_any_kms_key = false,
+        kms_failure_budget = 100, kms_max_in_flight = 64, dangerous_trust_any_kms_key = false,
     ))]
     #[pyo3(text_signature = "(kms=None, *, tenant_id, trusted_kms_keys=(), trusted_public_keys=None, \
         trusted_signers=(), mode='auto', cache_ttl_secs=200.0, cache_capacity=100000, max_message_age_secs=None, \
-        max_certificate_lifetime_secs=3660.0, dangerous_trust_any_kms_key=False)")]
+        max_certificate_lifetime_secs=3660.0, kms_failure_budget=100, kms_max_in_flight=64, \
+        dangerous_trust_any_kms_key=False)")]
     #[allow(clippy::too_many_arguments, reason = "Python keywords, each with a default")]
     fn new(
         py: Python<'_>,
@@ -153,6 +164,8 @@ impl Opener {
         cache_capacity: u64,
         max_message_age_secs: Option<f64>,
         max_certificate_lifetime_secs: f64,
+        kms_failure_budget: u64,
+        kms_max_in_flight: u64,
         dangerous_trust_any_kms_key: bool,
     ) -> PyResult<Self> {
         let settings = Settings {
@@ -166,6 +179,8 @@ impl Opener {
             cache_capacity,
             max_message_age_secs,
             max_certificate_lifetime_secs,
+            kms_failure_budget,
+            kms_max_in_flight,
             dangerous_trust_any_kms_key,
         };
         Ok(Self { inner: Arc::new(settings.build(py)?), settings })
@@ -192,6 +207,19 @@ impl Opener {
         (stats.hits, stats.misses)
     }
 
+    /// What opening cost the KMS: `{"ok", "refused", "failed"}` calls by outcome, and
+    /// `{"remembered", "over_budget"}` opens answered without the call they needed.
+    fn kms_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = self.inner.kms_stats();
+        let dict = PyDict::new(py);
+        dict.set_item("ok", stats.ok)?;
+        dict.set_item("refused", stats.refused)?;
+        dict.set_item("failed", stats.failed)?;
+        dict.set_item("remembered", stats.remembered)?;
+        dict.set_item("over_budget", stats.over_budget)?;
+        Ok(dict)
+    }
+
     /// The tenant this opener opens for.
     #[getter]
     fn tenant_id(&self) -> &str {
@@ -212,6 +240,8 @@ impl Opener {
         settings.set_item("cache_capacity", s.cache_capacity)?;
         settings.set_item("max_message_age_secs", s.max_message_age_secs)?;
         settings.set_item("max_certificate_lifetime_secs", s.max_certificate_lifetime_secs)?;
+        settings.set_item("kms_failure_budget", s.kms_failure_budget)?;
+        settings.set_item("kms_max_in_flight", s.kms_max_in_flight)?;
         settings.set_item("dangerous_trust_any_kms_key", s.dangerous_trust_any_kms_key)?;
         let kms = s.kms.as_ref().map(|kms| kms.clone_ref(py)).into_pyobject(py)?;
         crate::reduce_to_call(slf.as_any(), &[kms], &settings)

@@ -1,6 +1,7 @@
 """The package's own behaviour: round trips, errors with their reason codes, rotation,
 pickling, and what many threads sharing one opener see."""
 
+import base64
 import pickle
 import threading
 import warnings
@@ -183,6 +184,8 @@ def test_every_duration_and_size_keyword_is_bounded_and_nothing_panics(kms, keyr
         "cache_capacity": lambda v: opener(kms, cache_capacity=v),
         "max_message_age_secs": lambda v: opener(kms, max_message_age_secs=v),
         "max_certificate_lifetime_secs": lambda v: opener(kms, max_certificate_lifetime_secs=v),
+        "kms_failure_budget": lambda v: opener(kms, kms_failure_budget=v),
+        "kms_max_in_flight": lambda v: opener(kms, kms_max_in_flight=v),
         "max_age_secs": lambda v: pe.Sealer.encrypt(kms, KEY, TENANT, max_age_secs=v),
         "max_messages": lambda v: pe.Sealer.sign(kms, KEY, TENANT, max_messages=v),
         "keys_ahead": lambda v: pe.Sealer.attest(kms, SIGNER_VERSION, TENANT, keys_ahead=v),
@@ -398,3 +401,25 @@ def test_create_local_key_takes_the_keyrings_lock_and_loses_no_concurrent_key(tm
     for key in keys:
         pe.Sealer.encrypt(kms, key, TENANT).seal(b"x")  # raises if the key was lost
     assert stat.S_IMODE(os.stat(f"{path}.lock").st_mode) == 0o600
+
+
+def test_a_junk_flood_costs_the_kms_its_budget_then_is_refused_without_a_call(kms):
+    """Junk wrapped keys under a trusted key make at most `kms_failure_budget` KMS
+    calls; the rest raise `kms_budget_exhausted` (a RefusedError, final) without one,
+    and a genuine message under a data key cached before still opens."""
+    opener_ = opener(kms, kms_failure_budget=5)
+    data, good = pe.Sealer.sign(kms, KEY, TENANT).seal(b"words", {})
+    opener_.open(data, good)
+    reasons = []
+    for n in range(30):
+        junk = dict(good, sign_key_wrapped=base64.b64encode(n.to_bytes(2, "big") * 30).decode())
+        with pytest.raises(pe.OpenError) as raised:
+            opener_.open(data, junk)
+        reasons.append(raised.value.reason)
+        assert not raised.value.transient
+    assert reasons.count("unwrap_rejected") == 5, reasons
+    assert reasons.count("kms_budget_exhausted") == 25, reasons
+    assert isinstance(raised.value, pe.RefusedError)
+    assert opener_.open(data, good).data == b"words"
+    stats = opener_.kms_stats()
+    assert (stats["ok"], stats["refused"], stats["over_budget"]) == (1, 5, 25), stats

@@ -1,7 +1,7 @@
 """Type stubs of the native module; see the package docstring."""
 
 from os import PathLike
-from typing import Literal, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 __version__: str
 DEFAULT_TENANT_ID: str
@@ -131,10 +131,13 @@ class Opener:
         cache_capacity: int = 100_000,
         max_message_age_secs: Optional[float] = None,
         max_certificate_lifetime_secs: float = 3660.0,
+        kms_failure_budget: int = 100,
+        kms_max_in_flight: int = 64,
         dangerous_trust_any_kms_key: bool = False,
     ) -> None: ...
     def open(self, data: bytes, attributes: Mapping[str, str]) -> Opened: ...
     def cache_stats(self) -> Tuple[int, int]: ...
+    def kms_stats(self) -> Dict[str, int]: ...
     @property
     def tenant_id(self) -> str: ...
 
