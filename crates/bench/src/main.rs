@@ -8,6 +8,7 @@
 #![cfg_attr(test, allow(unused_crate_dependencies, reason = "unit tests build with the dev-dependencies too"))]
 #![forbid(unsafe_code)]
 
+mod hostile;
 mod inproc;
 mod measure;
 mod output;

@@ -35,8 +35,8 @@ pub struct Options {
     /// The pipeline's streaming-pull streams in the side-by-side cases.
     #[arg(long, default_value_t = 8)]
     streams: usize,
-    /// Modes side by side (`plaintext` is the floor).
-    #[arg(long, value_delimiter = ',', default_value = "plaintext,encrypt,sign")]
+    /// Modes side by side (`plaintext` is the floor); `--modes` alone: none.
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "plaintext,encrypt,sign")]
     modes: Vec<Case>,
     /// Milliseconds of latency for the slowed-KMS run of the protected modes (0: none).
     #[arg(long = "slow-kms-ms", default_value_t = 20)]
@@ -60,6 +60,15 @@ pub struct Options {
     /// KMS signing every message, through a fake Cloud KMS slowed by `--slow-kms-ms`.
     #[arg(long = "attest-messages", default_value_t = 2_000)]
     attest_messages: u64,
+    /// Junk messages in the hostile case (`0`: no such case): flooded at full speed under
+    /// a second tenant's key name (trusted by an entry of its own) while a genuine
+    /// encrypt publisher runs with the KMS at `--slow-kms-ms`; compared with the same
+    /// run without the flood.
+    #[arg(long = "hostile-junk", default_value_t = 0)]
+    hostile_junk: u64,
+    /// The genuine publisher's messages in the hostile case.
+    #[arg(long = "hostile-messages", default_value_t = 20_000)]
+    hostile_messages: u64,
     /// Publish at most this many messages per second (default: as fast as they go), so
     /// that latency is measured at a load the pipeline keeps up with.
     #[arg(long)]
@@ -132,6 +141,10 @@ struct Row {
     data_keys: u64,
     publisher_kms: u64,
     pipeline_kms: u64,
+    /// The hostile case's junk dead letters, by reason.
+    junk_reasons: std::collections::BTreeMap<String, u64>,
+    /// From the case's start to the last junk dead letter read.
+    case_secs: f64,
 }
 
 struct Bench {
@@ -144,6 +157,8 @@ struct Bench {
     cases_run: u32,
     /// The fake Cloud KMS of the attest cases, in this process, started on first use.
     cloud_kms: Option<fake_kms::FakeKms>,
+    /// Junk to flood during the next case (the hostile case).
+    junk: u64,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
@@ -152,6 +167,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let keyring = dir.join("keyring.json");
     let mut ring = Keyring::load_or_new(&keyring)?;
     ring.create(&KMS_KEY.parse::<KeyName>()?)?;
+    ring.create(&crate::hostile::VICTIM_KEY.parse::<KeyName>()?)?;
     ring.save()?;
     let mut bench = Bench {
         pubsub: bus::PubSub::from_env(|| anyhow::bail!("the benchmark runs on the emulator only"))?,
@@ -161,6 +177,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         corpus: Arc::new(Corpus::new()),
         cases_run: 0,
         cloud_kms: None,
+        junk: 0,
         options,
     };
     let result = bench.all().await;
@@ -176,7 +193,7 @@ impl Bench {
         // of messages: whichever case ran first on it ran slower, and that was the
         // plaintext floor, which flattered every ratio to it. A fifth of a case, not
         // recorded, warms it first.
-        if !self.options.modes.is_empty() {
+        if !self.options.modes.is_empty() || self.options.hostile_junk > 0 {
             eprintln!("bench: warming the emulator up (not recorded)");
             self.case(Case::Plaintext, 0, streams, (messages / 5).max(1_000), false).await?;
         }
@@ -188,10 +205,12 @@ impl Bench {
                 rows.push(self.case(case, self.options.slow_kms_ms, streams, messages, false).await?);
             }
         }
-        println!("\n### Side by side: {messages} messages of 1 KiB per case, published and counted at once\n");
-        print_table(&rows);
-        print_checks(&rows, self.options.window_secs);
-        print_memory(&rows);
+        if !rows.is_empty() {
+            println!("\n### Side by side: {messages} messages of 1 KiB per case, published and counted at once\n");
+            print_table(&rows);
+            print_checks(&rows, self.options.window_secs);
+            print_memory(&rows);
+        }
 
         let attest_messages = self.options.attest_messages;
         if attest_messages > 0 {
@@ -208,6 +227,10 @@ impl Bench {
                 "\nSession key vs KMS per message: {:.0}x the publish rate.",
                 attest[0].publish_per_sec / attest[1].publish_per_sec.max(1e-9)
             );
+        }
+
+        if self.options.hostile_junk > 0 {
+            self.hostile().await?;
         }
 
         let backlog = self.options.backlog_messages;
@@ -261,6 +284,58 @@ impl Bench {
         Ok(())
     }
 
+    /// A genuine encrypt tenant with the KMS at `--slow-kms-ms`, alone and then beside a
+    /// flood of junk under another tenant's key name.
+    async fn hostile(&mut self) -> anyhow::Result<()> {
+        let (kms_ms, streams, messages) =
+            (self.options.slow_kms_ms, self.options.streams, self.options.hostile_messages);
+        let junk = self.options.hostile_junk;
+        let calm = self.case(Case::Encrypt, kms_ms, streams, messages, false).await?;
+        self.junk = junk;
+        let flooded = self.case(Case::Encrypt, kms_ms, streams, messages, false);
+        let flooded = flooded.await;
+        self.junk = 0;
+        let flooded = flooded?;
+        let rate = |row: &Row| row.pipeline_per_sec.min(row.publish_per_sec);
+        let junk_calls = flooded.pipeline_kms.saturating_sub(flooded.data_keys);
+        let dead: u64 = flooded.junk_reasons.values().sum();
+        println!(
+            "\n### Hostile: {junk} junk messages under another tenant's key beside {messages} genuine ones (a new key every {}, KMS +{kms_ms} ms)\n",
+            self.options.key_max_messages
+        );
+        println!(
+            "| run | genuine msg/s | vs calm | pipeline RSS | KMS calls (pipeline) | of which junk | junk dead letters |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---|");
+        for (label, row) in [("calm", &calm), ("flooded", &flooded)] {
+            println!(
+                "| {label} | {:.0} | {:.2} | {:.0} MiB | {} | {} | {:?} |",
+                rate(row),
+                rate(row) / rate(&calm).max(1e-9),
+                row.pipeline_rss.peak,
+                row.pipeline_kms,
+                row.pipeline_kms.saturating_sub(row.data_keys),
+                row.junk_reasons
+            );
+        }
+        let budget = envelope::KmsBudget::default();
+        let allowed = budget.failures + flooded.case_secs.ceil() as u64 / budget.refill.as_secs().max(1);
+        println!();
+        verdict("hostile", "genuine rate ≥ 0.9 × without the flood", rate(&flooded) >= 0.9 * rate(&calm));
+        verdict(
+            "hostile",
+            &format!(
+                "junk KMS calls ≤ budget {} + 1 a second ({allowed} in {:.0} s): {junk_calls}",
+                budget.failures, flooded.case_secs
+            ),
+            junk_calls <= allowed,
+        );
+        let reasons_ok =
+            flooded.junk_reasons.keys().all(|reason| reason == "unwrap_rejected" || reason == "kms_budget_exhausted");
+        verdict("hostile", "every junk message dead-lettered with a reason", dead == junk && reasons_ok);
+        Ok(())
+    }
+
     /// Runs one case on a project of its own. With `backlog`, everything is published
     /// before the pipeline starts, so that its rate is its own, not the publisher's.
     async fn case(
@@ -279,6 +354,10 @@ impl Bench {
         let lease = Duration::from_secs(60);
         self.pubsub.ensure_subscription(&subscription, &input, lease).await?;
         self.pubsub.ensure_subscription(&output_subscription, &output, lease).await?;
+        let dead_letter_subscription = name("subscriptions", "dead-letter-bench");
+        if self.junk > 0 {
+            self.pubsub.ensure_subscription(&dead_letter_subscription, &name("topics", "dead-letter"), lease).await?;
+        }
         eprintln!(
             "bench: {case}, KMS +{kms_ms} ms, {streams} streams, {messages} messages{}",
             if backlog { ", backlog" } else { "" }
@@ -304,6 +383,9 @@ impl Bench {
             if case != Case::Plaintext {
                 args.push(format!("--input_topic={input}"));
                 args.push("--trusted_kms_key=projects/bench/*".to_owned());
+                // An entry of its own: the hostile case's junk spends this entry's KMS
+                // budget, not the genuine tenant's.
+                args.push(format!("--trusted_kms_key={}", crate::hostile::VICTIM_KEY));
                 args.extend(kms_args.clone());
             }
             args
@@ -328,6 +410,9 @@ impl Bench {
                 Share { messages: share, rate, index },
             )?);
         }
+        let flood = (self.junk > 0).then(|| {
+            tokio::spawn(crate::hostile::flood(self.pubsub.clone(), self.keyring.clone(), input.clone(), self.junk))
+        });
         let mut expected: HashMap<String, u64> = HashMap::new();
         let (mut publisher_cpu, mut publisher_mib, mut publisher_logs) = (Duration::ZERO, 0f64, String::new());
         for publisher in running {
@@ -361,6 +446,14 @@ impl Bench {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let mut junk_reasons = std::collections::BTreeMap::new();
+        if let Some(flood) = flood {
+            flood.await??;
+            let timeout = Duration::from_secs(300);
+            junk_reasons =
+                crate::hostile::dead_letters(&self.pubsub, &dead_letter_subscription, self.junk, timeout).await?;
+        }
+        let case_secs = started.elapsed().as_secs_f64();
         kill(Pid::from_raw(pipeline.child.id() as i32), Signal::SIGTERM)?;
         let (status, pipeline_cpu) = wait(pipeline.child).await?;
         let pipeline_rss = pipeline.rss.stop();
@@ -391,6 +484,8 @@ impl Bench {
             data_keys: logged(&publisher_logs, "data_keys"),
             publisher_kms: logged(&publisher_logs, "kms_calls"),
             pipeline_kms: logged(&pipeline_log, "kms_calls"),
+            junk_reasons,
+            case_secs,
         })
     }
 

@@ -6,11 +6,13 @@
 //! bytes, so whoever may publish could spend that quota with junk under a trusted key
 //! name until genuine unwraps get 429 and every tenant stalls. Three bounds:
 //!
-//! - **A failure budget per trust entry.** A KMS call takes a token from the bucket of
-//!   the trust entry that let it through (an exact key, a prefix, or "any key"); a call
-//!   that succeeds, or fails transiently, gives it back. So genuine traffic costs the
-//!   budget nothing however fast it rotates, and only final failures (the KMS refusing
-//!   the wrapped key, the key or the version) drain it. Drained, the entry's further
+//! - **A failure budget per trust entry.** A KMS call reserves one of the failures left
+//!   to the trust entry that let it through (an exact key, a prefix, or "any key"); a
+//!   call that succeeds, or fails transiently, gives it back, and while every failure
+//!   left is reserved by calls in flight, the next call waits for one to end rather than
+//!   being refused. So genuine traffic costs the budget nothing however fast it rotates,
+//!   and only final failures (the KMS refusing the wrapped key, the key or the version)
+//!   drain it; junk makes at most the budget's calls, never more. Drained, the entry's further
 //!   misses are refused without a call (`kms_budget_exhausted`) until a token comes
 //!   back (one per [`KmsBudget::refill`]). Keys already cached keep opening: a flood
 //!   under a tenant's key name stops only that name's *new* data keys, and only while it
@@ -23,8 +25,8 @@
 //!   keys: a burst of new keys queues here rather than at the KMS's quota.
 //!
 //! The bucket is written here rather than taken from `governor`: a call must hold its
-//! token while in flight and give it back when it succeeds, and governor's limiters
-//! only take cells, never return them.
+//! reservation while in flight and give it back when it succeeds, and governor's
+//! limiters only take cells, never return them.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::error::{OpenError, Refused};
 use crate::kms::KmsError;
@@ -105,6 +107,8 @@ pub(crate) struct Spender {
     buckets: Mutex<HashMap<String, Bucket>>,
     remembered: Cache<String, KmsError>,
     in_flight: Semaphore,
+    /// Told whenever a call ends, for those waiting on [`Spender::reserve`].
+    ended: Notify,
     ok: AtomicU64,
     refused: AtomicU64,
     failed: AtomicU64,
@@ -112,9 +116,11 @@ pub(crate) struct Spender {
     over_budget: AtomicU64,
 }
 
-/// One trust entry's failures left, as of `at`.
+/// One trust entry's failures left, as of `at`, and how many of them calls in flight
+/// have reserved.
 struct Bucket {
     tokens: u64,
+    pending: u64,
     at: Instant,
 }
 
@@ -128,6 +134,7 @@ impl Spender {
                 .time_to_live(settings.remember_failures)
                 .build(),
             in_flight: Semaphore::new(settings.max_in_flight),
+            ended: Notify::new(),
             ok: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -159,11 +166,14 @@ impl Spender {
             self.remembered_hits.fetch_add(1, Ordering::Relaxed);
             return Err(error.into());
         }
-        if !self.take(entry) {
-            self.over_budget.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(trust_entry = %entry, "KMS failure budget spent: refusing this key's unseen data keys for now");
-            return Err(Refused::KmsBudgetExhausted(entry.to_owned()).into());
-        }
+        let mut reservation = match self.reserve(entry).await {
+            Some(reservation) => reservation,
+            None => {
+                self.over_budget.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(trust_entry = %entry, "KMS failure budget spent: refusing this entry's unseen data keys for now");
+                return Err(Refused::KmsBudgetExhausted(entry.to_owned()).into());
+            }
+        };
         let outcome = {
             // Never closed, so acquiring only waits.
             let _permit = self.in_flight.acquire().await.expect("the semaphore is never closed");
@@ -172,27 +182,54 @@ impl Spender {
         match &outcome {
             Ok(_) => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
-                self.give_back(entry);
             }
             Err(error) if error.is_transient() => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                self.give_back(entry);
             }
             Err(error) => {
                 self.refused.fetch_add(1, Ordering::Relaxed);
                 self.remembered.insert(question, error.clone());
+                reservation.failed = true;
             }
         }
+        drop(reservation);
         outcome.map_err(OpenError::from)
     }
 
-    /// Takes a token from `entry`'s bucket, refilled for the time since it was last
-    /// looked at; false if it has none.
-    fn take(&self, entry: &str) -> bool {
+    /// Reserves one of `entry`'s failures for a call about to be made: `None` if it has
+    /// none left. While every failure left is reserved by calls in flight, waits for one
+    /// of them to end rather than refusing: a burst of genuine new keys (each call
+    /// gives its reservation back) is never refused, only an entry whose failures are
+    /// truly spent.
+    async fn reserve<'a>(&'a self, entry: &str) -> Option<Reservation<'a>> {
+        loop {
+            // Made before looking, so that a call ending in between still wakes this one.
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            {
+                let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let bucket = buckets.entry(entry.to_owned()).or_insert_with(|| Bucket {
+                    tokens: self.settings.failures,
+                    pending: 0,
+                    at: Instant::now(),
+                });
+                self.refill(bucket);
+                if bucket.tokens == 0 {
+                    return None;
+                }
+                if bucket.pending < bucket.tokens {
+                    bucket.pending += 1;
+                    return Some(Reservation { spender: self, entry: entry.to_owned(), failed: false });
+                }
+            }
+            ended.await;
+        }
+    }
+
+    /// Adds the failures `bucket` earned back since it was last looked at.
+    fn refill(&self, bucket: &mut Bucket) {
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let bucket =
-            buckets.entry(entry.to_owned()).or_insert_with(|| Bucket { tokens: self.settings.failures, at: now });
         let refill = self.settings.refill.as_nanos();
         let earned = now.saturating_duration_since(bucket.at).as_nanos() / refill;
         if earned > 0 {
@@ -202,18 +239,28 @@ impl Spender {
             let spent = Duration::from_nanos((earned * refill).min(u128::from(u64::MAX)) as u64);
             bucket.at = if bucket.tokens == self.settings.failures { now } else { bucket.at + spent };
         }
-        if bucket.tokens == 0 {
-            return false;
-        }
-        bucket.tokens -= 1;
-        true
     }
+}
 
-    fn give_back(&self, entry: &str) {
-        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(bucket) = buckets.get_mut(entry) {
-            bucket.tokens = (bucket.tokens + 1).min(self.settings.failures);
+/// A failure reserved for one KMS call: spent if the call was refused for good, given
+/// back otherwise, also when the call is dropped half way.
+struct Reservation<'a> {
+    spender: &'a Spender,
+    entry: String,
+    failed: bool,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut buckets = self.spender.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(bucket) = buckets.get_mut(&self.entry) {
+            bucket.pending -= 1;
+            if self.failed {
+                bucket.tokens = bucket.tokens.saturating_sub(1);
+            }
         }
+        drop(buckets);
+        self.spender.ended.notify_waiters();
     }
 }
 
@@ -299,6 +346,40 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert_eq!(junk(&spender, "a", "q2").await.unwrap_err().reason(), "unwrap_rejected");
         assert_eq!(junk(&spender, "a", "q3").await.unwrap_err().reason(), "kms_budget_exhausted");
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_genuine_calls_larger_than_the_budget_waits_and_is_never_refused() {
+        // Property: 50 succeeding calls at once under a budget of 3 all succeed (the
+        // later ones wait for reservations to come back).
+        let spender = spender(3, Duration::from_secs(3600));
+        let calls = (0..50).map(|n| {
+            spender.spend("a", format!("q{n}"), async {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Ok::<_, KmsError>(())
+            })
+        });
+        let results = futures::future::join_all(calls).await;
+        assert!(results.iter().all(Result::is_ok), "{:?}", results.iter().filter(|r| r.is_err()).count());
+    }
+
+    #[tokio::test]
+    async fn junk_at_once_makes_exactly_the_budgets_calls() {
+        // Property: 40 junk calls at once under a budget of 3 make 3 calls; the other
+        // 37 are refused without one.
+        let spender = spender(3, Duration::from_secs(3600));
+        let made = AtomicU64::new(0);
+        let calls = (0..40).map(|n| {
+            spender.spend("a", format!("q{n}"), async {
+                made.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Err::<(), _>(KmsError::UnwrapRejected("k".into()))
+            })
+        });
+        let results = futures::future::join_all(calls).await;
+        assert_eq!(made.load(Ordering::SeqCst), 3);
+        let spared = results.iter().filter(|r| r.as_ref().unwrap_err().reason() == "kms_budget_exhausted").count();
+        assert_eq!(spared, 37);
     }
 
     #[tokio::test]
