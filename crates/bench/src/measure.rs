@@ -111,6 +111,11 @@ impl PeakRss {
     }
 }
 
+/// The resident set of `pid` now, in MiB.
+pub fn resident_mib(pid: u32) -> Option<f64> {
+    memory_kib(pid).map(|(_, resident)| resident as f64 / 1024.0)
+}
+
 /// VmHWM and VmRSS of `pid`, in KiB.
 fn memory_kib(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -333,7 +333,75 @@ impl Bench {
         let reasons_ok =
             flooded.junk_reasons.keys().all(|reason| reason == "unwrap_rejected" || reason == "kms_budget_exhausted");
         verdict("hostile", "every junk message dead-lettered with a reason", dead == junk && reasons_ok);
+
+        let big = self.big_message().await?;
+        println!(
+            "\n### One message of {:.1} MB, {} distinct words, through the pipeline (--max_pane_words {})\n",
+            big.bytes as f64 / 1e6,
+            big.words,
+            runner::DEFAULT_MAX_PANE_WORDS
+        );
+        println!("| pipeline RSS before | peak | grew by | bytes per word | counted and published in |");
+        println!("|---:|---:|---:|---:|---:|");
+        println!(
+            "| {:.0} MiB | {:.0} MiB | {:.0} MiB | {:.0} | {:.1} s |",
+            big.before_mib,
+            big.peak_mib,
+            big.peak_mib - big.before_mib,
+            (big.peak_mib - big.before_mib) * 1_048_576.0 / big.words as f64,
+            big.secs
+        );
+        println!();
+        verdict("big message", "peak RSS ≤ 1 GiB (half the manifest's 2 Gi limit)", big.peak_mib <= 1024.0);
         Ok(())
+    }
+
+    /// One message just under Pub/Sub's 10 MB of words that are all different, sealed
+    /// genuinely, through a pipeline whose output topic nobody reads (the emulator drops
+    /// it): what one message can make the pipeline hold.
+    async fn big_message(&mut self) -> anyhow::Result<BigMessage> {
+        self.cases_run += 1;
+        let project = format!("bench-{}-{}", std::process::id(), self.cases_run);
+        let name = |kind: &str, id: &str| format!("projects/{project}/{kind}/{id}");
+        let (input, subscription) = (name("topics", "common-topic"), name("subscriptions", "message-bus"));
+        self.pubsub.ensure_subscription(&subscription, &input, Duration::from_secs(60)).await?;
+        let mut args = vec![
+            format!("--input_subscription={subscription}"),
+            format!("--input_topic={input}"),
+            format!("--output_topic={}", name("topics", "df_out")),
+            format!("--dead_letter_topic={}", name("topics", "dead-letter")),
+            "--window_secs=2".to_owned(),
+            "--trusted_kms_key=projects/bench/*".to_owned(),
+        ];
+        args.extend(self.kms_args(Case::Encrypt, 0).await?);
+        eprintln!("bench: one message of distinct words");
+        let Pipeline { child, rss, log } = self.spawn_pipeline(Case::Encrypt, &args)?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before_mib = crate::measure::resident_mib(child.id()).unwrap_or(0.0);
+        let (text, words) = distinct_words(9_500_000);
+        let kms = Arc::new(envelope::kms::local::LocalKms::open(&self.keyring)?);
+        let mut sealer = envelope::Sealer::encrypt(kms, KMS_KEY.parse()?, "tenantKey");
+        let bytes = text.len() as u64;
+        let sealed = sealer.seal(bytes::Bytes::from(text), envelope::Attributes::new()).await?;
+        let started = Instant::now();
+        let message =
+            google_cloud_pubsub::model::Message::new().set_data(sealed.data).set_attributes(sealed.attributes);
+        self.pubsub.publisher(&input).await?.publish(message).await?;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while !std::fs::read_to_string(&log)?.contains("published pane") {
+            anyhow::ensure!(Instant::now() < deadline, "the big message's pane never came: see {}", log.display());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM)?;
+        let (status, _) = wait(child).await?;
+        let peak_mib = rss.stop().peak;
+        let text = std::fs::read_to_string(&log)?;
+        anyhow::ensure!(status.success() && text.contains("counted 1 message"), "the pipeline failed:\n{text}");
+        let published: u64 =
+            text.lines().filter(|line| line.contains("published pane")).map(|line| logged(line, "words")).sum();
+        anyhow::ensure!(published == words, "published {published} words of {words}");
+        Ok(BigMessage { bytes, words, before_mib, peak_mib, secs })
     }
 
     /// Runs one case on a project of its own. With `backlog`, everything is published
@@ -578,6 +646,35 @@ impl Bench {
         }
         Ok(Pipeline { child, rss, log })
     }
+}
+
+/// What one message of distinct words did to the pipeline.
+struct BigMessage {
+    bytes: u64,
+    words: u64,
+    before_mib: f64,
+    peak_mib: f64,
+    secs: f64,
+}
+
+/// About `len` bytes of words that are all different (base-36 numbers of 4 and 5
+/// characters), and how many.
+fn distinct_words(len: usize) -> (String, u64) {
+    let mut text = String::with_capacity(len + 8);
+    let mut words = 0u64;
+    while text.len() < len {
+        let mut n = words + 36 * 36 * 36;
+        let mut word = Vec::new();
+        while n > 0 {
+            word.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize]);
+            n /= 36;
+        }
+        word.reverse();
+        text.push_str(std::str::from_utf8(&word).expect("ASCII"));
+        text.push(' ');
+        words += 1;
+    }
+    (text, words)
 }
 
 /// One publisher's part of a case.
