@@ -71,7 +71,7 @@ pub(crate) struct Cli {
     pub(crate) pipeline_key: cli::flags::PipelineKeyFlags,
 
     /// Distinct words the open panes may hold (up to 100,000,000) before they are all
-    /// published early, a pane more per window: bounds memory, about 100 bytes a word,
+    /// published early, a pane more per window: bounds memory, about 170 bytes a word,
     /// whatever the input.
     #[arg(long = "max_pane_words", visible_alias = "max-pane-words", env = "PUBSUB_ENVELOPE_MAX_PANE_WORDS", default_value_t = runner::DEFAULT_MAX_PANE_WORDS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000_000))]
     pub(crate) max_pane_words: usize,

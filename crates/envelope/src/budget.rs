@@ -122,6 +122,8 @@ struct Bucket {
     tokens: u64,
     pending: u64,
     at: Instant,
+    /// Whether the drain was logged.
+    warned: bool,
 }
 
 impl Spender {
@@ -170,7 +172,6 @@ impl Spender {
             Some(reservation) => reservation,
             None => {
                 self.over_budget.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(trust_entry = %entry, "KMS failure budget spent: refusing this entry's unseen data keys for now");
                 return Err(Refused::KmsBudgetExhausted(entry.to_owned()).into());
             }
         };
@@ -213,11 +214,24 @@ impl Spender {
                     tokens: self.settings.failures,
                     pending: 0,
                     at: Instant::now(),
+                    warned: false,
                 });
                 self.refill(bucket);
                 if bucket.tokens == 0 {
+                    // Once per drain, not once per message of a flood.
+                    if !bucket.warned {
+                        bucket.warned = true;
+                        tracing::warn!(
+                            trust_entry = %entry,
+                            refused_calls = self.settings.failures,
+                            "the KMS refused this many calls for this trust entry's messages: its data keys not yet \
+                             cached are dead-lettered without asking (kms_budget_exhausted) until the refusals stop; \
+                             someone may be publishing junk under its keys"
+                        );
+                    }
                     return None;
                 }
+                bucket.warned = false;
                 if bucket.pending < bucket.tokens {
                     bucket.pending += 1;
                     return Some(Reservation { spender: self, entry: entry.to_owned(), failed: false });

@@ -185,6 +185,11 @@ async fn a_disabled_cloud_kms_key_stops_opening_once_its_cached_data_keys_expire
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    eprintln!(
+        "Cloud KMS key disabled -> refused in {} ms (ttl {} ms)",
+        disabled.elapsed().as_millis(),
+        ttl.as_millis()
+    );
     assert!(disabled.elapsed() <= ttl + Duration::from_secs(3), "{:?}", disabled.elapsed());
     assert_eq!(error.reason(), "kms_rejected", "{error}");
     assert!(!error.is_transient());

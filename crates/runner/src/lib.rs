@@ -78,7 +78,8 @@ pub struct Config {
 }
 
 /// Distinct words in the open panes, by default, before they are published early: a
-/// million, about 100 MB of counts.
+/// million, about 170 MB (measured: 165-168 bytes a word, counting and publishing
+/// included; docs/PERFORMANCE.md).
 pub const DEFAULT_MAX_PANE_WORDS: usize = 1_000_000;
 
 /// Messages opened at once per worker by default: enough that a key whose KMS call

@@ -86,23 +86,31 @@ impl Revocations {
 
     /// The current epoch, after looking at `unwrapper`'s generation if a look is due
     /// (one thread looks; the others go on).
+    #[inline]
     fn epoch(&self, unwrapper: &dyn KeyWrap, now: Instant) -> u64 {
         let at = now.saturating_duration_since(self.started).as_nanos() as u64;
         let next = self.next_look.load(Ordering::Relaxed);
-        if at >= next
-            && self
-                .next_look
-                .compare_exchange(next, at + LOOK_EVERY.as_nanos() as u64, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            let generation = unwrapper.generation();
-            let before = self.generation.swap(generation, Ordering::AcqRel);
-            if before != u64::MAX && before != generation {
-                tracing::info!("the KMS's keys changed: data keys unwrapped before are unwrapped again before use");
-                self.epoch.fetch_add(1, Ordering::AcqRel);
-            }
+        if at >= next {
+            self.look(unwrapper, next, at);
         }
         self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Asks `unwrapper` for its generation, unless another thread just did; out of
+    /// line, so that the opening path stays small.
+    #[cold]
+    #[inline(never)]
+    fn look(&self, unwrapper: &dyn KeyWrap, next: u64, at: u64) {
+        let then = at + LOOK_EVERY.as_nanos() as u64;
+        if self.next_look.compare_exchange(next, then, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+            return;
+        }
+        let generation = unwrapper.generation();
+        let before = self.generation.swap(generation, Ordering::AcqRel);
+        if before != u64::MAX && before != generation {
+            tracing::info!("the KMS's keys changed: data keys unwrapped before are unwrapped again before use");
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -185,8 +193,9 @@ impl Opener {
                     Some((cached, kms_key))
                 }
                 Some(_) => {
-                    // Unwrapped before the KMS's keys changed: ask again.
-                    cache.invalidate(envelope.marker_text).await;
+                    // Unwrapped before the KMS's keys changed: ask again. Boxed, as the
+                    // misses below: moka's future is large, and would make every open's so.
+                    Box::pin(cache.invalidate(envelope.marker_text)).await;
                     None
                 }
                 None => None,
