@@ -95,6 +95,9 @@ struct DataKey {
     created: Instant,
     messages: u64,
     bytes: u64,
+    /// The wrapping KMS's [`KeyWrap::generation`] when it was made: a key made before
+    /// the KMS's keys changed (a version disabled or destroyed) is not used again.
+    generation: u64,
 }
 
 /// Who vouches for a sealer's messages, and so what it calls to rotate or to sign.
@@ -130,7 +133,13 @@ pub struct Sealer {
     keys_ahead: usize,
     /// Keys being made, or made, ahead of need, oldest first.
     ahead: VecDeque<tokio::task::JoinHandle<Result<DataKey, SealError>>>,
+    /// The wrapping KMS's generation as last looked at, and when to look again.
+    generation: u64,
+    next_look: Option<Instant>,
 }
+
+/// How often a sealer asks its wrapping KMS whether keys changed.
+const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Sealer {
     /// A sealer in [`Mode::Encrypt`]: AES-256-GCM data keys wrapped under `key`,
@@ -179,6 +188,8 @@ impl Sealer {
             last_sealed_at: 0,
             keys_ahead: 0,
             ahead: VecDeque::new(),
+            generation: 0,
+            next_look: None,
         }
     }
 
@@ -269,7 +280,12 @@ impl Sealer {
     async fn seal_under_data_key(&mut self, data: Bytes, attributes: Attributes) -> Result<Sealed, SealError> {
         let now = self.clock.now();
         let size = data.len() as u64;
-        if self.current.as_ref().is_none_or(|key| self.is_spent(key, now, size)) {
+        let generation = self.kms_generation(now);
+        let stale = self.current.as_ref().is_some_and(|key| key.generation != generation);
+        if stale {
+            tracing::info!("the KMS's keys changed: making a new data key before the next message");
+        }
+        if stale || self.current.as_ref().is_none_or(|key| self.is_spent(key, now, size)) {
             let used_up =
                 self.current.as_ref().is_some_and(|key| now.duration_since(key.created) < self.policy.max_age);
             self.current = Some(self.next_data_key(now, size).await?);
@@ -294,11 +310,23 @@ impl Sealer {
                 Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
                 Err(_) => continue,
             };
-            if !self.is_spent(&key, now, size) {
+            if !self.is_spent(&key, now, size) && key.generation == self.generation {
                 return Ok(key);
             }
         }
         self.maker().make(now).await
+    }
+
+    /// The wrapping KMS's [`KeyWrap::generation`], looked at once a [`LOOK_EVERY`] (it
+    /// may read a file's metadata); 0 for attest sealers, whose KMS cannot tell.
+    fn kms_generation(&mut self, now: Instant) -> u64 {
+        if let Authority::Wrapping(kms, _) = &self.authority
+            && self.next_look.is_none_or(|next| now >= next)
+        {
+            self.generation = kms.generation();
+            self.next_look = Some(now + LOOK_EVERY);
+        }
+        self.generation
     }
 
     /// Tops the keys being made ahead up to what [`Sealer::with_keys_ahead`] allows.
@@ -368,11 +396,13 @@ struct KeyMaker {
 impl KeyMaker {
     /// A new key, made at `now`.
     async fn make(&self, now: Instant) -> Result<DataKey, SealError> {
-        let (material, kms_key, attributes) = match &self.authority {
-            MakerAuthority::Wrapping(kms, key_name) => self.wrap_new_key(kms.as_ref(), key_name).await?,
-            MakerAuthority::Certifying(kms, signing_key) => self.certify_new_key(kms.as_ref(), signing_key).await?,
+        let (generation, (material, kms_key, attributes)) = match &self.authority {
+            MakerAuthority::Wrapping(kms, key_name) => {
+                (kms.generation(), self.wrap_new_key(kms.as_ref(), key_name).await?)
+            }
+            MakerAuthority::Certifying(kms, signing_key) => (0, self.certify_new_key(kms.as_ref(), signing_key).await?),
         };
-        Ok(DataKey { material, kms_key, attributes, created: now, messages: 0, bytes: 0 })
+        Ok(DataKey { material, kms_key, attributes, created: now, messages: 0, bytes: 0, generation })
     }
 
     async fn wrap_new_key(&self, kms: &dyn KeyWrap, key_name: &KeyName) -> Result<NewKey, SealError> {
@@ -548,6 +578,7 @@ pub(crate) mod fixed {
             created: Instant::now(),
             messages: 0,
             bytes: 0,
+            generation: 0,
         };
         seal_with(&key, sealed_at, data, attributes, nonce)
     }

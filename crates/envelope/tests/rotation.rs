@@ -268,3 +268,34 @@ async fn a_dropped_sealer_makes_no_more_keys() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(kms.wraps(), wraps, "a KMS call started after the sealer was dropped");
 }
+
+#[tokio::test]
+async fn a_running_sealer_stops_using_a_data_key_whose_version_was_disabled() {
+    // Property: within about two seconds of the keyring disabling the version its data
+    // key (and the keys it made ahead) were wrapped under, a sealer seals under a new
+    // data key that opens, where the old one is refused.
+    let fixture = Fixture::new();
+    let mut sealer = fixture
+        .sealer(TENANT_1_KEY, "tenant-1", Mode::Encrypt)
+        .with_keys_ahead(4)
+        .with_policy(RotationPolicy { max_messages: 2, ..RotationPolicy::default() });
+    let mut before = None;
+    for n in 0..20 {
+        before = Some(sealer.seal(Bytes::from(format!("m{n}")), Attributes::new()).await.unwrap());
+    }
+    let before = before.unwrap();
+    let name = common::key(TENANT_1_KEY);
+    pubsub_envelope::kms::local::Keyring::edit(fixture.keyring_path(), |keyring| {
+        keyring.rotate(&name)?;
+        keyring.disable(&name, 1)
+    })
+    .unwrap();
+    // The keyring file is looked at once a second, and the sealer asks once a second.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let after = sealer.seal(Bytes::from_static(b"after"), Attributes::new()).await.unwrap();
+    assert_ne!(after.attributes[DEK_WRAPPED_ATTR], before.attributes[DEK_WRAPPED_ATTR]);
+    let opener = fixture.opener("tenant-1");
+    assert_eq!(opener.open(&after.data, &after.attributes).await.unwrap().data, &b"after"[..]);
+    let refused = opener.open(&before.data, &before.attributes).await.unwrap_err();
+    assert_eq!(refused.reason(), "kms_rejected", "{refused}");
+}
