@@ -168,12 +168,9 @@ impl Spender {
             self.remembered_hits.fetch_add(1, Ordering::Relaxed);
             return Err(error.into());
         }
-        let mut reservation = match self.reserve(entry).await {
-            Some(reservation) => reservation,
-            None => {
-                self.over_budget.fetch_add(1, Ordering::Relaxed);
-                return Err(Refused::KmsBudgetExhausted(entry.to_owned()).into());
-            }
+        let Some(mut reservation) = self.reserve(entry).await else {
+            self.over_budget.fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::KmsBudgetExhausted(entry.to_owned()).into());
         };
         let outcome = {
             // Never closed, so acquiring only waits.

@@ -179,6 +179,10 @@ impl Collector for InFlightCollector {
     }
 }
 
+/// A labelled family of counters read at a scrape: name, help, label name, and each
+/// label value with its count.
+type CounterFamily<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, u64)]);
+
 /// Reads the opener's cache figures and the KMS call count at each scrape.
 struct EnvelopeCollector {
     opener: Arc<Opener>,
@@ -206,7 +210,7 @@ impl Collector for EnvelopeCollector {
         // What opening messages cost the KMS, and what the budget spared it
         // (docs/THREATS.md, "Cost under hostile load").
         let kms = self.opener.kms_stats();
-        let families: [(&str, &str, &str, &[(&str, u64)]); 2] = [
+        let families: [CounterFamily<'_>; 2] = [
             (
                 "kms_opener_calls",
                 "KMS calls made to open messages (unwraps, public-key fetches), by outcome",
