@@ -25,11 +25,11 @@ eval "$(scripts/emulator.sh start)"
 echo "== Pub/Sub emulator at $PUBSUB_EMULATOR_HOST"
 export PUBSUB_ENVELOPE_KMS=local:$work/keyring.json
 key=projects/tenant-1/locations/us-central1/keyRings/tenant1-keyring/cryptoKeys/key1
-$bin/publisher keyring --keyring "$work/keyring.json" create "$key"
+$bin/publisher keyring create "$key"
 # The pipeline's own key: its output is sealed under it, and only the subscriber given
 # it reads (and trusts) the counts.
 export PUBSUB_ENVELOPE_PIPELINE_KMS_KEY=projects/df-project/locations/us-central1/keyRings/pipeline-keyring/cryptoKeys/own
-$bin/publisher keyring --keyring "$work/keyring.json" create "$PUBSUB_ENVELOPE_PIPELINE_KMS_KEY"
+$bin/publisher keyring create "$PUBSUB_ENVELOPE_PIPELINE_KMS_KEY"
 
 echo "== pipeline (auto mode, ${window} s windows) and subscriber"
 $bin/pipeline --project df-project --input_subscription message-bus --input_topic common-topic \

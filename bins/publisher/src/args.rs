@@ -160,10 +160,30 @@ pub(crate) enum KeyringCommand {
     Keyring {
         #[command(subcommand)]
         action: KeyringAction,
-        /// The keyring file.
-        #[arg(long, env = "PUBSUB_ENVELOPE_KEYRING", default_value = "keyring.json", global = true)]
-        keyring: PathBuf,
+        /// The keyring file, as the other commands name it: `local:PATH`
+        /// (`keyring.json` by default).
+        #[arg(long = "kms", env = "PUBSUB_ENVELOPE_KMS", global = true)]
+        kms: Option<cli::flags::KmsChoice>,
+        /// The keyring file (the older spelling; wins over `--kms`).
+        #[arg(long, env = "PUBSUB_ENVELOPE_KEYRING", global = true)]
+        keyring: Option<PathBuf>,
     },
+}
+
+impl KeyringCommand {
+    /// The keyring file the flags name: `--keyring`, else `--kms local:PATH`, else
+    /// `keyring.json`; an error for `--kms gcp`, which is no file.
+    pub(crate) fn path(keyring: Option<PathBuf>, kms: Option<cli::flags::KmsChoice>) -> anyhow::Result<PathBuf> {
+        match (keyring, kms) {
+            (Some(path), _) => Ok(path),
+            (None, Some(cli::flags::KmsChoice::Local(path))) => Ok(path),
+            (None, None) => Ok(PathBuf::from("keyring.json")),
+            (None, Some(cli::flags::KmsChoice::Gcp)) => anyhow::bail!(
+                "`publisher keyring` manages a local keyring file, and --kms (or PUBSUB_ENVELOPE_KMS) names Cloud \
+                 KMS: manage Cloud KMS keys with `gcloud kms` (scripts/gcp-setup.sh), or give --kms local:PATH"
+            ),
+        }
+    }
 }
 
 #[derive(Subcommand)]

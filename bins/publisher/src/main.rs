@@ -27,7 +27,14 @@ async fn run(cli: &mut Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     match cli.keyring.take() {
-        Some(KeyringCommand::Keyring { action, keyring: path }) => {
+        Some(KeyringCommand::Keyring { action, kms, keyring }) => {
+            let path = match KeyringCommand::path(keyring, kms) {
+                Ok(path) => path,
+                Err(error) => {
+                    use clap::CommandFactory as _;
+                    Cli::command().error(clap::error::ErrorKind::ArgumentConflict, error).exit()
+                }
+            };
             keyring::run(action, path).await.map(|()| ExitCode::SUCCESS)
         }
         None => publish::run(cli).await,

@@ -350,3 +350,48 @@ async fn a_publish_to_a_topic_nobody_reads_on_the_emulator_says_so() {
     let stderr = stderr_of(&read);
     assert!(read.status.success() && !stderr.contains("has no subscription"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keyring_commands_take_the_same_kms_flag_as_publishing() {
+    // Property: `publisher keyring create` writes the keyring that `--kms local:PATH`
+    // (or PUBSUB_ENVELOPE_KMS) names, so the next publish with the same flag finds it;
+    // `--keyring` still works and wins; `--kms gcp` is a usage error naming the fix.
+    let dir = tempfile::tempdir().unwrap();
+    let by_env = dir.path().join("by-env.json");
+    let create = Command::new(binary("publisher"))
+        .env("PUBSUB_ENVELOPE_KMS", format!("local:{}", by_env.display()))
+        .current_dir(dir.path())
+        .args(["keyring", "create", TENANT_1_KEY])
+        .output()
+        .unwrap();
+    assert!(create.status.success(), "{}", stderr_of(&create));
+    assert!(by_env.exists() && !dir.path().join("keyring.json").exists());
+
+    let by_flag = dir.path().join("by-flag.json");
+    let kms = format!("local:{}", by_flag.display());
+    let create = Command::new(binary("publisher")).args(["keyring", "--kms", &kms, "create", TENANT_1_KEY]).output();
+    assert!(create.unwrap().status.success());
+    let harness = Harness::new();
+    harness.subscribe("door-keyring", "common-topic").await;
+    let publish = harness
+        .command("publisher")
+        .args(["--kms", &kms, "--pubsub_project_id", &harness.project, "--kms_key", TENANT_1_KEY])
+        .args(["--message", "sealed under the created key"])
+        .output()
+        .unwrap();
+    assert!(publish.status.success(), "{}", stderr_of(&publish));
+
+    let old = dir.path().join("old.json");
+    let create = Command::new(binary("publisher"))
+        .env("PUBSUB_ENVELOPE_KMS", format!("local:{}", by_env.display()))
+        .args(["keyring", "--keyring"])
+        .arg(&old)
+        .args(["create", TENANT_1_KEY])
+        .output()
+        .unwrap();
+    assert!(create.status.success() && old.exists(), "{}", stderr_of(&create));
+
+    let gcp = Command::new(binary("publisher")).args(["keyring", "--kms", "gcp", "list"]).output().unwrap();
+    assert_eq!(gcp.status.code(), Some(2), "{}", stderr_of(&gcp));
+    assert!(stderr_of(&gcp).contains("gcloud kms"), "{}", stderr_of(&gcp));
+}
