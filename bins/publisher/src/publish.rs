@@ -97,13 +97,27 @@ pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     // line cost more than the sealing.
     let interactive = std::io::stdout().is_terminal();
     let mut ids = std::io::BufWriter::new(std::io::stdout());
-    let mut sender = bus::send::Sender::new(pubsub.publisher(&topic).await?, cli.rate, |result| {
-        progress.inc(1);
-        match result {
-            Ok(id) if interactive => progress.suspend(|| println!("{id}")),
-            Ok(id) => writeln!(ids, "{id}").unwrap_or_else(|error| tracing::warn!(%error, "cannot print a message id")),
-            Err(error) => tracing::error!(%error, "publish failed"),
-        }
+    let bar = progress.clone();
+    // Called as each publish is acknowledged (the sender logs failures, once per run of
+    // one error): ids and progress move while input is still coming.
+    let mut sender = bus::send::Sender::new(pubsub.publisher(&topic).await?, cli.rate, move |reported| {
+        // Flushed when no more results wait: every id of a slow run at once, those of a
+        // fast one in batches (a write per line cost more than the sealing).
+        let written = match reported {
+            None => ids.flush(),
+            Some(result) => {
+                bar.inc(1);
+                match result {
+                    Ok(id) if interactive => {
+                        bar.suspend(|| println!("{id}"));
+                        Ok(())
+                    }
+                    Ok(id) => writeln!(ids, "{id}"),
+                    Err(_) => Ok(()),
+                }
+            }
+        };
+        written.unwrap_or_else(|error| tracing::warn!(%error, "cannot print a message id"));
     });
     tracing::info!(%topic, %signer, %mode, total, "publishing");
     let mut stopped_by = None;
@@ -159,7 +173,6 @@ pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     }
     let queued = sender.queued();
     let failed = sender.finish().await;
-    ids.flush()?;
     progress.finish_and_clear();
     let published = queued - failed;
     let keys = sealer.data_keys_made();

@@ -395,3 +395,100 @@ async fn the_keyring_commands_take_the_same_kms_flag_as_publishing() {
     assert_eq!(gcp.status.code(), Some(2), "{}", stderr_of(&gcp));
     assert!(stderr_of(&gcp).contains("gcloud kms"), "{}", stderr_of(&gcp));
 }
+
+/// Lines of a child's pipe as they come, on a thread of their own.
+fn lines_of(pipe: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    received
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publisher_prints_each_id_as_its_publish_is_acknowledged() {
+    // Property: with input still open, each line's message id appears on stdout once
+    // Pub/Sub acknowledged it, not at the end of input.
+    let harness = Harness::new();
+    harness.subscribe("door-ids", "common-topic").await;
+    let mut publisher = harness
+        .command("publisher")
+        .args(["--pubsub_project_id", &harness.project, "--kms_key", TENANT_1_KEY, "--input", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = publisher.stdin.take().unwrap();
+    let ids = lines_of(publisher.stdout.take().unwrap());
+    for line in ["first line", "second line"] {
+        use std::io::Write as _;
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+        let id = ids.recv_timeout(Duration::from_secs(20)).expect("an id while the input is still open");
+        assert!(!id.is_empty() && id.chars().all(|c| c.is_ascii_digit()), "{id:?}");
+    }
+    drop(stdin);
+    assert!(publisher.wait().unwrap().success());
+}
+
+#[test]
+fn a_pubsub_that_stops_answering_is_named_once_within_seconds() {
+    // Property: when the emulator dies mid-run, the publisher says so once, naming the
+    // emulator and how to start it, within QUIET_WARNING (10 s) of the first unanswered
+    // publish, however many messages wait.
+    let state = tempfile::tempdir().unwrap();
+    let emulator = |action: &str| {
+        Command::new(e2e::workspace().join("scripts/emulator.sh"))
+            .arg(action)
+            .env("EMULATOR_STATE_DIR", state.path())
+            .output()
+            .unwrap()
+    };
+    let started = emulator("start");
+    assert!(started.status.success(), "{}", stderr_of(&started));
+    let host = String::from_utf8(started.stdout).unwrap().trim().rsplit('=').next().unwrap().to_owned();
+    let harness = Harness::new();
+    let mut publisher = harness
+        .command("publisher")
+        .env("PUBSUB_EMULATOR_HOST", &host)
+        .args(["--pubsub_project_id", "door-lost", "--kms_key", TENANT_1_KEY, "--input", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = publisher.stdin.take().unwrap();
+    let ids = lines_of(publisher.stdout.take().unwrap());
+    let log = lines_of(publisher.stderr.take().unwrap());
+    use std::io::Write as _;
+    writeln!(stdin, "before the emulator stops").unwrap();
+    stdin.flush().unwrap();
+    ids.recv_timeout(Duration::from_secs(20)).expect("the first message is published");
+    let stopped = emulator("stop");
+    assert!(stopped.status.success(), "{}", stderr_of(&stopped));
+    let lost = Instant::now();
+    for n in 0..20 {
+        writeln!(stdin, "after the emulator stopped {n}").unwrap();
+    }
+    stdin.flush().unwrap();
+    let mut said = Vec::new();
+    while lost.elapsed() < Duration::from_secs(18) {
+        if let Ok(line) = log.recv_timeout(Duration::from_millis(200))
+            && line.contains("has not acknowledged a publish")
+        {
+            said.push((lost.elapsed(), line));
+        }
+    }
+    publisher.kill().unwrap();
+    publisher.wait().unwrap();
+    assert_eq!(said.len(), 1, "{said:#?}");
+    let (after, line) = &said[0];
+    assert!(*after < Duration::from_secs(16), "named after {after:?}");
+    assert!(line.contains(&host) && line.contains("scripts/emulator.sh start"), "{line}");
+}
