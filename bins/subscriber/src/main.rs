@@ -45,9 +45,14 @@ struct Cli {
     pubsub_topic: String,
 
     /// One JSON record per window update (`window_start`, `window_end`, `total`,
-    /// `replicas`, `panes`, `counts`) instead of text.
+    /// `replicas`, `panes`, `partial`, `counts`, every word) instead of text.
     #[arg(long)]
     json: bool,
+
+    /// Text output: the most frequent words shown per window, then how many more
+    /// (0: every word).
+    #[arg(long, default_value_t = 10)]
+    top: usize,
 
     /// Forget a window once no part of it has arrived for this many seconds (at most a
     /// week), so that memory stays flat however long the subscriber runs.
@@ -92,10 +97,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await?;
     tracing::info!("listening for messages on {subscription}");
 
-    let totals = Arc::new(Mutex::new(Totals::new(Duration::from_secs(cli.forget_after_secs))));
+    // A little before the subscription was made or found: a window that ended before
+    // may have had parts published before this subscriber could see them.
+    let listening_since = std::time::SystemTime::now();
+    let totals = Arc::new(Mutex::new(Totals::new(Duration::from_secs(cli.forget_after_secs), listening_since)));
     // Parts of a pane arrive one word at a time: a window is printed when its sum
     // changed and no part has come for PRINT_EVERY, rather than once per word.
-    let printer = tokio::spawn(print_changes(totals.clone(), cli.json));
+    let format = Format { json: cli.json, top: cli.top };
+    let printer = tokio::spawn(print_changes(totals.clone(), format));
     let mut skipped = 0u64;
     let tailed = pubsub
         .tail(&subscription, signals.drain(SHUTDOWN_GRACE), async |message, handler| {
@@ -141,7 +150,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         })
         .await;
     printer.abort();
-    print(&mut lock(&totals), cli.json, Duration::ZERO)?;
+    print(&mut lock(&totals), format, Duration::ZERO)?;
     let forgotten = lock(&totals).forgotten;
     tracing::info!(skipped, forgotten_windows = forgotten, "stopped");
     tailed
@@ -151,12 +160,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// be printed.
 const PRINT_EVERY: Duration = Duration::from_millis(500);
 
-async fn print_changes(totals: Arc<Mutex<Totals>>, json: bool) -> anyhow::Result<()> {
+/// How windows are printed.
+#[derive(Clone, Copy)]
+struct Format {
+    json: bool,
+    top: usize,
+}
+
+async fn print_changes(totals: Arc<Mutex<Totals>>, format: Format) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(PRINT_EVERY);
     loop {
         tick.tick().await;
         let mut totals = lock(&totals);
-        print(&mut totals, json, PRINT_EVERY)?;
+        print(&mut totals, format, PRINT_EVERY)?;
         let forgotten = totals.forget_quiet(Instant::now());
         if forgotten > 0 {
             tracing::info!(forgotten, held = totals.len(), "forgot windows no part reached for --forget_after_secs");
@@ -165,13 +181,13 @@ async fn print_changes(totals: Arc<Mutex<Totals>>, json: bool) -> anyhow::Result
 }
 
 /// Prints the windows that changed and have been quiet for `quiet`.
-fn print(totals: &mut Totals, json: bool, quiet: Duration) -> anyhow::Result<()> {
+fn print(totals: &mut Totals, format: Format, quiet: Duration) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     for snapshot in totals.take_changed(Instant::now(), quiet) {
-        if json {
+        if format.json {
             writeln!(out, "{}", snapshot.json())?;
         } else {
-            write!(out, "{}", snapshot.text())?;
+            write!(out, "{}", snapshot.text(format.top))?;
         }
     }
     out.flush()?;

@@ -26,6 +26,9 @@ pub const WINDOW_END_ATTR: &str = "window_end";
 pub const PANE_ATTR: &str = "pane";
 /// Output attribute: the id of the pipeline process that counted the pane.
 pub const REPLICA_ATTR: &str = "replica";
+/// Output attribute: how many words (so how many messages) the pane has, so that a
+/// reader can tell a pane it saw whole from one it saw part of.
+pub const PANE_WORDS_ATTR: &str = "pane_words";
 
 /// Counts of one pane being published at once, at most.
 const OUTPUT_IN_FLIGHT: usize = 1000;
@@ -213,6 +216,7 @@ async fn publish_pane<A: Ack>(
         (WINDOW_END_ATTR.to_owned(), rfc3339(pane.window.end())),
         (PANE_ATTR.to_owned(), pane.number.to_string()),
         (REPLICA_ATTR.to_owned(), replica),
+        (PANE_WORDS_ATTR.to_owned(), pane.counts.len().to_string()),
     ]);
     // At most OUTPUT_IN_FLIGHT counts at once: a pane of a million words made a
     // million messages and futures at once, hundreds of MB; the client batches them on

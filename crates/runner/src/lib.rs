@@ -49,7 +49,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-pub use emit::{Output, PANE_ATTR, REPLICA_ATTR, Summary, WINDOW_END_ATTR, WINDOW_START_ATTR};
+pub use emit::{Output, PANE_ATTR, PANE_WORDS_ATTR, REPLICA_ATTR, Summary, WINDOW_END_ATTR, WINDOW_START_ATTR};
 pub use held::{Ack, Held};
 pub use intake::{Open, Text};
 use metrics::Metrics;
