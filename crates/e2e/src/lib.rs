@@ -265,6 +265,30 @@ pub fn message(sealed: envelope::Sealed) -> google_cloud_pubsub::model::Message 
     google_cloud_pubsub::model::Message::new().set_data(sealed.data).set_attributes(sealed.attributes)
 }
 
+/// A pipeline at work on a harness's bus: a reader of its dead letters made first, a
+/// subscriber on its output, and a publisher to the bus.
+pub struct AtWork {
+    pub pubsub: bus::PubSub,
+    /// The subscription that reads the dead-letter topic.
+    pub dead_letters: String,
+    pub pipeline: Running,
+    pub subscriber: Running,
+    /// Publishes to the bus (`common-topic`).
+    pub bus: google_cloud_pubsub::client::Publisher,
+}
+
+impl Harness {
+    /// A pipeline run with `args`, and what a test reads and writes around it.
+    pub async fn at_work(&self, args: &[&str]) -> AtWork {
+        let pubsub = self.pubsub();
+        let dead_letters = self.subscribe("dead-letter-reader", "dead-letter").await;
+        let pipeline = self.pipeline(args);
+        let subscriber = self.subscriber();
+        let bus = pubsub.publisher(&self.topic("common-topic")).await.unwrap();
+        AtWork { pubsub, dead_letters, pipeline, subscriber, bus }
+    }
+}
+
 impl Default for Harness {
     fn default() -> Self {
         Self::new()

@@ -99,11 +99,7 @@ async fn attributes_and_seal_times_come_back_through_the_debug_subscriber() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_messages_go_to_the_dead_letter_topic_and_the_pipeline_goes_on() {
     let harness = Harness::new();
-    let pubsub = harness.pubsub();
-    let dead_letters = harness.subscribe("dead-letter-reader", "dead-letter").await;
-    let pipeline = harness.pipeline(&[]);
-    let subscriber = harness.subscriber();
-    let bus = pubsub.publisher(&harness.topic("common-topic")).await.unwrap();
+    let e2e::AtWork { pubsub, dead_letters, pipeline, subscriber, bus } = harness.at_work(&[]).await;
 
     // One data byte flipped in an encrypted message.
     let mut flipped = harness.seal(TENANT_1_KEY, "tenantKey", Mode::Encrypt, b"flipped words").await;

@@ -115,11 +115,7 @@ async fn every_catalogued_bad_message_is_dead_lettered_with_its_reason_and_none_
 async fn messages_at_pubsubs_size_limit_are_counted_or_dead_lettered_and_the_pipeline_goes_on() {
     const LIMIT: usize = bus::MAX_MESSAGE_BYTES;
     let harness = Harness::new();
-    let pubsub = harness.pubsub();
-    let dead_letters = harness.subscribe("dead-letter-reader", "dead-letter").await;
-    let pipeline = harness.pipeline(&[]);
-    let subscriber = harness.subscriber();
-    let bus = pubsub.publisher(&harness.topic("common-topic")).await.unwrap();
+    let e2e::AtWork { pubsub, dead_letters, pipeline, subscriber, bus } = harness.at_work(&[]).await;
 
     // Just under the limit once sealed: 1.98 million words, counted.
     let big_text = "word ".repeat((LIMIT - 1000) / 5);
@@ -158,12 +154,9 @@ async fn a_junk_flood_under_one_tenants_key_costs_the_kms_its_budget_and_no_one_
     const JUNK: usize = 40;
     const BUDGET: usize = 5;
     let harness = Harness::new();
-    let pubsub = harness.pubsub();
-    let dead_letters = harness.subscribe("dead-letter-reader", "dead-letter").await;
-    let pipeline = harness.pipeline(&["--kms_failure_budget", "5", "--metrics_addr", "127.0.0.1:0"]);
+    let e2e::AtWork { pubsub, dead_letters, pipeline, subscriber, bus } =
+        harness.at_work(&["--kms_failure_budget", "5", "--metrics_addr", "127.0.0.1:0"]).await;
     pipeline.wait_for_log("serving metrics", Duration::from_secs(10));
-    let subscriber = harness.subscriber();
-    let bus = pubsub.publisher(&harness.topic("common-topic")).await.unwrap();
 
     let template = harness.seal(TENANT_1_KEY, "tenantKey", Mode::Sign, b"junk").await;
     let started = std::time::Instant::now();
@@ -199,11 +192,7 @@ async fn a_destroyed_keyring_version_stops_the_running_pipeline_opening_its_cach
     // under a data key it unwrapped and cached before (`kms_rejected`), within seconds
     // rather than the cache's 200 s, and counts none of it.
     let harness = Harness::new();
-    let pubsub = harness.pubsub();
-    let dead_letters = harness.subscribe("dead-letter-reader", "dead-letter").await;
-    let pipeline = harness.pipeline(&[]);
-    let subscriber = harness.subscriber();
-    let bus = pubsub.publisher(&harness.topic("common-topic")).await.unwrap();
+    let e2e::AtWork { pubsub, dead_letters, pipeline, subscriber, bus } = harness.at_work(&[]).await;
     let kms = std::sync::Arc::new(envelope::kms::local::LocalKms::open(harness.keyring()).unwrap());
     let mut sealer = envelope::Sealer::encrypt(kms, TENANT_1_KEY.parse().unwrap(), "tenantKey");
     let before = sealer.seal(Bytes::from_static(b"before destroy"), Default::default()).await.unwrap();
