@@ -32,7 +32,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     cli.trust.require::<Cli>();
     // Listening from the start: a signal during start-up is not lost.
-    let signals = cli::signals::StopSignals::listen()?;
+    let mut signals = cli::signals::StopSignals::listen()?;
     let project = cli.account.pubsub_project_id.as_deref();
     let default_subscription =
         if cli.dead_letters { cli::flags::DEAD_LETTER_SUBSCRIPTION } else { "message-bus-debug" };
@@ -45,13 +45,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let metrics = Arc::new(runner::metrics::Metrics::new(Some((opener.clone(), kms.clone()))));
     cli.metrics.serve(&metrics).await?;
     let pubsub = bus::PubSub::from_env(|| account.credentials())?;
-    pubsub.probe_subscription(&subscription).await?;
+    signals.or_exit(pubsub.probe_subscription(&subscription)).await?;
     let bus_topic = bus::names::topic(project, &cli.pubsub_topic)?;
     if cli.dead_letters {
         let dead_letter_topic = bus::names::topic(project, &cli.dead_letter.dead_letter_topic)?;
         pubsub.ensure_subscription(&subscription, &dead_letter_topic, Duration::from_secs(60)).await?;
         if cli.redrive {
-            pubsub.probe_topic(&bus_topic).await?;
+            signals.or_exit(pubsub.probe_topic(&bus_topic)).await?;
         }
         tracing::info!("reading dead letters from {subscription}");
         let receipts = match cli.pipeline_key.key() {

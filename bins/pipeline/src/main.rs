@@ -39,7 +39,7 @@ fn start(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn run(cli: Cli, workers: usize) -> anyhow::Result<ExitCode> {
     // Listening from the start: a signal during start-up is not lost.
-    let signals = cli::signals::StopSignals::listen()?;
+    let mut signals = cli::signals::StopSignals::listen()?;
     cli.dataflow.warn_if_given();
     let project = cli.project.as_deref();
     let (input_subscription, project) = bus::names::subscription_and_project(project, &cli.input_subscription)?;
@@ -71,9 +71,13 @@ async fn run(cli: Cli, workers: usize) -> anyhow::Result<ExitCode> {
     cli.metrics.serve(&metrics).await?;
 
     let pubsub = bus::PubSub::from_env(|| account.credentials())?;
-    pubsub.probe_subscription(&input_subscription).await?;
-    pubsub.probe_topic(&output_topic).await?;
-    pubsub.probe_topic(&dead_letter_topic).await?;
+    signals
+        .or_exit(async {
+            pubsub.probe_subscription(&input_subscription).await?;
+            pubsub.probe_topic(&output_topic).await?;
+            pubsub.probe_topic(&dead_letter_topic).await
+        })
+        .await?;
     let input_topic = bus::names::topic(project, &cli.input_topic)?;
     let lease_extension = Duration::from_secs(cli.lease_extension_secs);
     pubsub.ensure_subscription(&input_subscription, &input_topic, lease_extension).await?;

@@ -70,7 +70,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let mode = sealer.mode();
     let mut sealer = sealer.with_policy(policy).with_keys_ahead(cli.keys_ahead.into());
     let pubsub = bus::PubSub::from_env(|| account.credentials())?;
-    pubsub.probe_topic(&topic).await?;
+    signals.or_exit(pubsub.probe_topic(&topic)).await?;
     pubsub.ensure_topic(&topic).await?;
     // A project typo on the emulator makes a topic of its own, which nobody reads.
     if pubsub.topic_has_subscription(&topic).await == Some(false) {

@@ -78,7 +78,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     // Listening from the start: a signal during start-up is not lost.
-    let signals = cli::signals::StopSignals::listen()?;
+    let mut signals = cli::signals::StopSignals::listen()?;
     let project = cli.account.pubsub_project_id.as_deref();
     let (subscription, project) = bus::names::subscription_and_project(project, &cli.pubsub_subscription)?;
     let project = project.as_deref();
@@ -91,7 +91,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         None => None,
     };
     let pubsub = bus::PubSub::from_env(|| account.credentials())?;
-    pubsub.probe_subscription(&subscription).await?;
+    signals.or_exit(pubsub.probe_subscription(&subscription)).await?;
     pubsub
         .ensure_subscription(&subscription, &bus::names::topic(project, &cli.pubsub_topic)?, Duration::from_secs(10))
         .await?;

@@ -69,6 +69,21 @@ impl StopSignals {
         }
     }
 
+    /// Runs `start` (start-up: probing Pub/Sub, which may wait 10 s for an emulator
+    /// that is not there) unless a signal comes first: then the process ends at once
+    /// with the signal's status, since nothing was received yet that a drain would
+    /// settle. Ctrl-C during start-up used to wait the probe out.
+    pub async fn or_exit<T>(&mut self, start: impl std::future::Future<Output = T>) -> T {
+        tokio::select! {
+            biased;
+            signal = self.next() => {
+                tracing::warn!("{signal} during start-up: stopping");
+                std::process::exit(signal.exit_code().into());
+            }
+            result = start => result,
+        }
+    }
+
     /// Resolves on the first signal, which asks the caller to drain. From then on a
     /// second signal ends the process at once (exit 130 or 143), and so does a drain
     /// still running after `grace` (exit 1): what was not acked is redelivered by

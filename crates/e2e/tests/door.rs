@@ -121,18 +121,21 @@ async fn a_line_over_pub_subs_limit_is_refused_before_anything_is_sent() {
     assert_nothing_arrives(&harness.pubsub(), &probe, Duration::from_secs(3)).await;
 }
 
+/// Each binary, with flags that take it as far as its start-up probe of Pub/Sub.
+const PROBING: [(&str, &[&str]); 4] = [
+    ("publisher", &["--pubsub_project_id", "door", "--kms_key", TENANT_1_KEY, "--message", "x"]),
+    ("pipeline", &["--project", "door"]),
+    ("subscriber", &["--pubsub_project_id", "door"]),
+    ("debug-subscriber", &["--pubsub_project_id", "door"]),
+];
+
 #[test]
 fn an_emulator_that_is_not_running_is_named_within_seconds() {
     // With PUBSUB_EMULATOR_HOST pointing at nothing, the publisher was silent for close
     // to a minute; every binary now gives up within ~10 s and says how to start it.
     let harness = Harness::new();
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    for (tool, args) in [
-        ("publisher", vec!["--pubsub_project_id", "door", "--kms_key", TENANT_1_KEY, "--message", "x"]),
-        ("pipeline", vec!["--project", "door"]),
-        ("subscriber", vec!["--pubsub_project_id", "door"]),
-        ("debug-subscriber", vec!["--pubsub_project_id", "door"]),
-    ] {
+    for (tool, args) in PROBING {
         let started = Instant::now();
         let output = harness
             .command(tool)
@@ -491,4 +494,30 @@ fn a_pubsub_that_stops_answering_is_named_once_within_seconds() {
     let (after, line) = &said[0];
     assert!(*after < Duration::from_secs(16), "named after {after:?}");
     assert!(line.contains(&host) && line.contains("scripts/emulator.sh start"), "{line}");
+}
+
+#[test]
+fn ctrl_c_during_the_start_up_probe_stops_every_binary_at_once() {
+    // Property: SIGINT while a binary waits for a Pub/Sub that is not there ends it
+    // within seconds with status 130, instead of after the 10 s probe with status 1.
+    let harness = Harness::new();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    for (tool, args) in PROBING {
+        let child = harness
+            .command(tool)
+            .env("PUBSUB_EMULATOR_HOST", closed.to_string())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Well after start-up (signals are listened for from the first lines of `main`),
+        // well before the 10 s probe gives up.
+        std::thread::sleep(Duration::from_secs(3));
+        let interrupted = Instant::now();
+        Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(output.status.code(), Some(130), "{tool}: {}", stderr_of(&output));
+        assert!(interrupted.elapsed() < Duration::from_secs(5), "{tool} took {:?}", interrupted.elapsed());
+    }
 }
