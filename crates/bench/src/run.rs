@@ -292,8 +292,7 @@ impl Bench {
         let junk = self.options.hostile_junk;
         let calm = self.case(Case::Encrypt, kms_ms, streams, messages, false).await?;
         self.junk = junk;
-        let flooded = self.case(Case::Encrypt, kms_ms, streams, messages, false);
-        let flooded = flooded.await;
+        let flooded = self.case(Case::Encrypt, kms_ms, streams, messages, false).await;
         self.junk = 0;
         let flooded = flooded?;
         let rate = |row: &Row| row.pipeline_per_sec.min(row.publish_per_sec);
