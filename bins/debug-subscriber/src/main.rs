@@ -44,7 +44,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let opener = Arc::new(cli.trust.opener(kms.clone(), &cli.kms.tenant_id, cli.mode.accepts())?.build()?);
     let metrics = Arc::new(runner::metrics::Metrics::new(Some((opener.clone(), kms.clone()))));
     cli.metrics.serve(&metrics).await?;
-    let pubsub = bus::PubSub::from_env(|| account.credentials())?;
+    let pubsub = bus::PubSub::from_env(account.origin(), || account.credentials())?;
     signals.or_exit(pubsub.probe_subscription(&subscription)).await?;
     let bus_topic = bus::names::topic(project, &cli.pubsub_topic)?;
     if cli.dead_letters {

@@ -90,7 +90,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(key) => Some(runner::own_key::output_opener(cli.kms.backend(&account).await?, &key)?),
         None => None,
     };
-    let pubsub = bus::PubSub::from_env(|| account.credentials())?;
+    let pubsub = bus::PubSub::from_env(account.origin(), || account.credentials())?;
     signals.or_exit(pubsub.probe_subscription(&subscription)).await?;
     pubsub
         .ensure_subscription(&subscription, &bus::names::topic(project, &cli.pubsub_topic)?, Duration::from_secs(10))

@@ -11,8 +11,10 @@
 #![cfg_attr(test, allow(unused_crate_dependencies, reason = "unit tests build with the dev-dependencies too"))]
 #![forbid(unsafe_code)]
 
+pub mod credentials;
 pub mod names;
 mod pubsub;
 pub mod send;
 
-pub use pubsub::{MAX_ATTRIBUTES, MAX_MESSAGE_BYTES, NO_CREDENTIALS, PROBE_DEADLINE, PubSub};
+pub use credentials::NO_CREDENTIALS;
+pub use pubsub::{MAX_ATTRIBUTES, MAX_MESSAGE_BYTES, PROBE_DEADLINE, PubSub};

@@ -11,27 +11,36 @@ use google_cloud_pubsub::client::{Publisher, Subscriber, SubscriptionAdmin, Topi
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::handler::Handler;
 
+use crate::credentials::{self, OFFLINE_PUBSUB, Origin};
+
 /// Where clients connect, and with which credentials.
 #[derive(Clone)]
 pub struct PubSub {
     /// `http://host:port` when talking to the emulator.
     emulator: Option<String>,
     credentials: Credentials,
+    /// Where `credentials` came from, to say why they failed.
+    origin: Origin,
 }
 
 impl PubSub {
     /// The emulator when `PUBSUB_EMULATOR_HOST` is set (anonymous, as Google's clients
-    /// do); otherwise Google Cloud with the credentials `load` gives, asked for only then.
-    pub fn from_env(load: impl FnOnce() -> anyhow::Result<Credentials>) -> anyhow::Result<Self> {
+    /// do); otherwise Google Cloud with the credentials `load` gives (from `origin`),
+    /// asked for only then.
+    pub fn from_env(origin: Origin, load: impl FnOnce() -> anyhow::Result<Credentials>) -> anyhow::Result<Self> {
         match std::env::var("PUBSUB_EMULATOR_HOST").ok().filter(|host| !host.is_empty()) {
             Some(host) => Ok(Self::emulator(&host)),
-            None => Ok(Self { emulator: None, credentials: load()? }),
+            None => Ok(Self { emulator: None, credentials: load()?, origin }),
         }
     }
 
     /// Clients for the emulator at `host:port`.
     pub fn emulator(host: &str) -> Self {
-        Self { emulator: Some(format!("http://{host}")), credentials: anonymous::Builder::new().build() }
+        Self {
+            emulator: Some(format!("http://{host}")),
+            credentials: anonymous::Builder::new().build(),
+            origin: Origin::ApplicationDefault,
+        }
     }
 
     /// A batching publisher for `topic`.
@@ -120,8 +129,10 @@ impl PubSub {
                     "{kind} {name} does not exist: create it (scripts/gcp-setup.sh makes every topic and \
                      subscription), or name another with the flag"
                 ),
-                Some(Code::Unauthenticated) => return Err(anyhow::Error::new(error).context(NO_CREDENTIALS)),
-                _ if error.is_authentication() => return Err(anyhow::Error::new(error).context(NO_CREDENTIALS)),
+                Some(Code::Unauthenticated) => return Err(credentials::refused(&self.origin, OFFLINE_PUBSUB, &error)),
+                _ if error.is_authentication() => {
+                    return Err(credentials::refused(&self.origin, OFFLINE_PUBSUB, &error));
+                }
                 _ => {}
             }
             if tokio::time::Instant::now() + PROBE_RETRY >= deadline {
@@ -248,10 +259,6 @@ fn already_exists(error: &google_cloud_gax::error::Error) -> bool {
 pub const PROBE_DEADLINE: Duration = Duration::from_secs(10);
 /// Pause between start-up probes while Pub/Sub does not answer (an emulator starting).
 const PROBE_RETRY: Duration = Duration::from_millis(500);
-/// The remedy for missing or refused credentials.
-pub const NO_CREDENTIALS: &str = "Google Cloud refused or found no credentials: run `gcloud auth application-default login`, \
-     or pass --service_account KEY.json (or set PUBSUB_EMULATOR_HOST to use the emulator)";
-
 /// Pub/Sub's limit on one message, data and attributes together.
 pub const MAX_MESSAGE_BYTES: usize = 10_000_000;
 /// Pub/Sub's limit on attributes per message.

@@ -9,6 +9,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::http::Extensions;
+use bus::credentials::Origin;
 use envelope::kms::gcp::{CredentialSource, GcpKms};
 use envelope::kms::local::LocalKms;
 use envelope::kms::{Counted, Kms};
@@ -68,6 +70,14 @@ impl Account {
     /// The account of `service_account` (a key file), or Application Default Credentials.
     pub fn new(service_account: Option<PathBuf>) -> Self {
         Self { path: service_account, key_file: OnceLock::new(), credentials: OnceLock::new() }
+    }
+
+    /// Where the credentials come from.
+    pub fn origin(&self) -> Origin {
+        match &self.path {
+            Some(path) => Origin::KeyFile(path.clone()),
+            None => Origin::ApplicationDefault,
+        }
     }
 
     /// The key file's path, if one was given.
@@ -195,11 +205,60 @@ impl KmsFlags {
                 let mut builder = GcpKms::builder().timeout(Duration::from_secs(self.kms_timeout_secs));
                 builder = match &self.kms_endpoint {
                     Some(endpoint) => builder.endpoint(endpoint).credentials(CredentialSource::Anonymous),
-                    None => builder.credentials(CredentialSource::Credentials(account.credentials()?)),
+                    None => {
+                        let credentials = account.credentials()?;
+                        first_token(&credentials, &account.origin()).await?;
+                        builder.credentials(CredentialSource::Credentials(credentials))
+                    }
                 };
                 Ok(Arc::new(builder.build().await?))
             }
         }
+    }
+}
+
+/// Asks `credentials` for a token once, at start-up, within [`bus::PROBE_DEADLINE`].
+/// Without it, missing credentials first show at the first KMS call, as a transient
+/// failure retried for seconds (or, in the pipeline, for ever) that names no login.
+async fn first_token(credentials: &Credentials, origin: &Origin) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + bus::PROBE_DEADLINE;
+    loop {
+        let error = match tokio::time::timeout_at(deadline, credentials.headers(Extensions::new())).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(error)) => error,
+            Err(_) => anyhow::bail!(
+                "Cloud KMS: no credentials within {} s: check the network (and HTTPS_PROXY), and the credentials \
+                 (`gcloud auth application-default login`, or --service_account KEY.json)",
+                bus::PROBE_DEADLINE.as_secs()
+            ),
+        };
+        // A metadata server that is starting (GKE's, as a pod starts) may answer if asked
+        // again; off Google Cloud with nothing set up, nothing will.
+        let hopeless = !error.is_transient()
+            || (*origin == Origin::ApplicationDefault
+                && bus::credentials::only_metadata_server()
+                && !on_google_cloud().await);
+        if hopeless || tokio::time::Instant::now() + PROBE_RETRY >= deadline {
+            return Err(bus::credentials::refused(origin, bus::credentials::OFFLINE_KMS, &error));
+        }
+        tracing::debug!(%error, "no token yet; asking again");
+        tokio::time::sleep(PROBE_RETRY).await;
+    }
+}
+
+/// Pause between asks for a first token.
+const PROBE_RETRY: Duration = Duration::from_millis(500);
+
+/// Whether this machine has a Google Cloud metadata server: `GCE_METADATA_HOST` names
+/// one, or `metadata.google.internal` resolves (within a second).
+async fn on_google_cloud() -> bool {
+    if std::env::var_os("GCE_METADATA_HOST").is_some() {
+        return true;
+    }
+    let lookup = tokio::net::lookup_host("metadata.google.internal:80");
+    match tokio::time::timeout(Duration::from_secs(1), lookup).await {
+        Ok(Ok(mut addresses)) => addresses.next().is_some(),
+        _ => false,
     }
 }
 

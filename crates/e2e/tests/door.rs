@@ -155,6 +155,52 @@ fn an_emulator_that_is_not_running_is_named_within_seconds() {
 }
 
 #[test]
+fn missing_credentials_are_named_once_with_the_login_for_pub_sub_and_for_cloud_kms() {
+    // Without credentials the error repeated "but future attempts may succeed" three
+    // times, and `--kms gcp` on the emulator retried the KMS for 6.5 s and then named no
+    // login. Now every binary stops on one line naming the login and where it looked,
+    // and `--kms gcp` asks for a token at start-up instead of retrying a KMS call.
+    let harness = Harness::new();
+    let home = tempfile::tempdir().unwrap();
+    let without_credentials = |tool: &str| {
+        let mut command = harness.command(tool);
+        command
+            .env("HOME", home.path())
+            .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+            .env_remove("GCE_METADATA_HOST")
+            .stdout(Stdio::null());
+        command
+    };
+    // Pub/Sub on Google Cloud, for every binary; Cloud KMS with the emulator's Pub/Sub,
+    // for those that use a KMS.
+    let mut cases: Vec<(Command, &str)> = Vec::new();
+    for (tool, args) in PROBING {
+        let mut command = without_credentials(tool);
+        command.env_remove("PUBSUB_EMULATOR_HOST").args(args);
+        cases.push((command, "PUBSUB_EMULATOR_HOST"));
+    }
+    for (tool, args) in PROBING.iter().filter(|(tool, _)| *tool != "subscriber") {
+        let mut command = without_credentials(tool);
+        command.args(["--kms", "gcp"]).args(*args);
+        cases.push((command, "--kms local:PATH"));
+    }
+    for (mut command, offline) in cases {
+        let output = command.output().unwrap();
+        let stderr = stderr_of(&output);
+        let tool = command.get_program().to_string_lossy().into_owned();
+        assert_eq!(output.status.code(), Some(1), "{tool}: {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|line| line.starts_with("error: ")).collect();
+        assert_eq!(errors.len(), 1, "{tool}: {stderr}");
+        let headline = errors[0];
+        assert!(headline.contains("gcloud auth application-default login"), "{tool}: {stderr}");
+        assert!(headline.contains(offline), "{tool}: {stderr}");
+        assert!(headline.contains(&home.path().display().to_string()), "{tool} names where it looked: {stderr}");
+        assert!(!stderr.contains("because:") && !stderr.contains("future attempts"), "{tool}: {stderr}");
+        assert!(!stderr.contains("retrying"), "{tool} retried instead of naming the login: {stderr}");
+    }
+}
+
+#[test]
 fn ctrl_c_stops_the_publisher_with_every_id_printed_and_a_summary() {
     // Ctrl-C during a long publish with stdout redirected wrote no ids and no summary;
     // now the publisher stops reading, waits for what is in flight, prints an id for
