@@ -3,6 +3,11 @@
 #
 #   scripts/emulator.sh start   # starts it (if not running), waits until it answers,
 #                               # prints `export PUBSUB_EMULATOR_HOST=127.0.0.1:PORT`
+#   scripts/emulator.sh start --project P
+#                               # the same, then makes in project P the topics and
+#                               # subscriptions scripts/gcp-setup.sh makes on Google
+#                               # Cloud (so nothing published before a reader starts is
+#                               # dropped), and prints `export GOOGLE_CLOUD_PROJECT=P` too
 #   scripts/emulator.sh env     # prints that line for the running emulator
 #   scripts/emulator.sh stop    # stops it
 #
@@ -40,11 +45,49 @@ free_port() {
 
 print_env() {
   echo "export PUBSUB_EMULATOR_HOST=127.0.0.1:$(cat "$state/port")"
+  if [ -n "$project" ]; then echo "export GOOGLE_CLOUD_PROJECT=$project"; fi
 }
 
-case "${1:-}" in
+# PUT on the emulator's REST API; an existing resource (409) is left as it is.
+put() {
+  local code
+  code=$(curl -s -o "$state/put.out" -w '%{http_code}' -X PUT -H 'content-type: application/json' \
+    --data "$2" "http://127.0.0.1:$(cat "$state/port")/v1/projects/$project/$1")
+  case $code in
+    200|409) ;;
+    *) echo "the emulator refused PUT $1 ($code): $(cat "$state/put.out")" >&2; exit 1 ;;
+  esac
+}
+
+# The Pub/Sub layout of scripts/gcp-setup.sh (a test checks that the two agree).
+make_layout() {
+  for topic in common-topic df_out dead-letter; do put "topics/$topic" '{}'; done
+  for spec in message-bus:common-topic:60 message-bus-debug:common-topic:60 \
+              df_subscribe:df_out:10 dead-letter-debug:dead-letter:60; do
+    IFS=: read -r subscription topic deadline <<<"$spec"
+    put "subscriptions/$subscription" \
+      "{\"topic\": \"projects/$project/topics/$topic\", \"ackDeadlineSeconds\": $deadline}"
+  done
+}
+
+ready() {
+  if [ -n "$project" ]; then make_layout; fi
+  print_env
+}
+
+command=${1:-}
+shift || true
+project=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --project) project=${2:?--project needs a project id}; shift 2 ;;
+    *) echo "usage: $0 start [--project P]|env|stop" >&2; exit 2 ;;
+  esac
+done
+
+case "$command" in
   start)
-    if running; then print_env; exit 0; fi
+    if running; then ready; exit 0; fi
     path=$(launcher)
     mkdir -p "$state"
     port=$(free_port)
@@ -53,7 +96,7 @@ case "${1:-}" in
     echo $! >"$state/pid"
     echo "$port" >"$state/port"
     for _ in $(seq 1 120); do
-      if curl -sf "http://127.0.0.1:$port/" >/dev/null 2>&1; then print_env; exit 0; fi
+      if curl -sf "http://127.0.0.1:$port/" >/dev/null 2>&1; then ready; exit 0; fi
       if ! running; then echo "the emulator exited; its log:" >&2; cat "$state/log" >&2; exit 1; fi
       sleep 0.5
     done
@@ -74,7 +117,7 @@ case "${1:-}" in
     rm -f "$state/pid" "$state/port"
     ;;
   *)
-    echo "usage: $0 start|env|stop" >&2
+    echo "usage: $0 start [--project P]|env|stop" >&2
     exit 2
     ;;
 esac

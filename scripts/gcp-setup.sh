@@ -35,7 +35,7 @@
 #   publisher@T   per tenant, in its project: publishes to common-topic; encrypts with
 #                 key1 (cryptoKeyEncrypter) and signs with signer (signer)
 # Run the binaries as these accounts through Workload Identity or Application Default
-# Credentials (README, "Running against real Google Cloud"); key files are a last resort.
+# Credentials (docs/GCP.md, "Credentials"); key files are a last resort.
 set -euo pipefail
 
 bus=""

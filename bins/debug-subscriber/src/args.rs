@@ -48,9 +48,11 @@ pub(crate) struct Cli {
     #[command(flatten)]
     pub(crate) dead_letter: cli::flags::DeadLetterFlags,
 
-    /// With `--dead_letters`: stop once no dead letter has arrived for this many seconds.
-    #[arg(long = "idle_exit_secs", visible_alias = "idle-exit-secs", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub(crate) idle_exit_secs: u64,
+    /// Stop once nothing has arrived for this many seconds: read what is there, then
+    /// exit. With `--dead_letters` 5 by default; on the shared topic it reads until
+    /// stopped unless given.
+    #[arg(long = "idle_exit_secs", visible_alias = "idle-exit-secs", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub(crate) idle_exit_secs: Option<u64>,
 
     /// The shared topic; only used to create the subscription on the emulator.
     #[arg(

@@ -17,6 +17,8 @@ use clap::Parser;
 
 /// How long acks may take to reach Pub/Sub after SIGINT or SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// `--idle_exit_secs` with `--dead_letters` when not given.
+const DEAD_LETTERS_IDLE_EXIT_SECS: u64 = 5;
 /// How long a message that failed for a transient reason is held before it is nacked.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -62,7 +64,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             receipts: receipts.as_ref(),
             subscription: &subscription,
             redrive_to: cli.redrive.then_some(bus_topic.as_str()),
-            idle_exit: Duration::from_secs(cli.idle_exit_secs),
+            idle_exit: Duration::from_secs(cli.idle_exit_secs.unwrap_or(DEAD_LETTERS_IDLE_EXIT_SECS)),
             json: cli.json,
         };
         return dead_letters::run(&pubsub, &opener, settings, signals.drain(SHUTDOWN_GRACE)).await;
@@ -70,9 +72,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     pubsub.ensure_subscription(&subscription, &bus_topic, Duration::from_secs(10)).await?;
     tracing::info!("reading {subscription}");
 
+    // `--idle_exit_secs`: when the last message (or the start) was, and a stop once it
+    // is that long ago.
+    let last = std::sync::Mutex::new(tokio::time::Instant::now());
+    let idle = async {
+        let Some(seconds) = cli.idle_exit_secs else { return std::future::pending().await };
+        loop {
+            let due = *last.lock().expect("never poisoned") + Duration::from_secs(seconds);
+            if tokio::time::Instant::now() >= due {
+                tracing::info!("nothing arrived for {seconds} s: stopping");
+                return;
+            }
+            tokio::time::sleep_until(due).await;
+        }
+    };
+    let stop = async {
+        tokio::select! {
+            () = signals.drain(SHUTDOWN_GRACE) => {}
+            () = idle => {}
+        }
+    };
     let mut out = std::io::stdout().lock();
     pubsub
-        .tail(&subscription, signals.drain(SHUTDOWN_GRACE), async |message, handler| {
+        .tail(&subscription, stop, async |message, handler| {
+            *last.lock().expect("never poisoned") = tokio::time::Instant::now();
             let id = &message.message_id;
             metrics.received(1);
             match opener.open(&message.data, &message.attributes).await {

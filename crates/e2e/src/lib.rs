@@ -54,6 +54,15 @@ impl Emulator {
         let host = line.trim().rsplit('=').next().unwrap().to_owned();
         Self { host, state: Some(state) }
     }
+
+    /// The directory of `scripts/emulator.sh`'s state for this emulator: its own, or the
+    /// shared one's (`EMULATOR_STATE_DIR`, as `scripts/test.sh` exports it).
+    pub fn state_dir(&self) -> Option<PathBuf> {
+        match &self.state {
+            Some(state) => Some(state.path().to_owned()),
+            None => std::env::var_os("EMULATOR_STATE_DIR").map(PathBuf::from),
+        }
+    }
 }
 
 impl Drop for Emulator {

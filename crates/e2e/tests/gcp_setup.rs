@@ -24,8 +24,13 @@ fn setup(harness: &Harness, args: &[&str]) -> Output {
 }
 
 fn gcloud_list(harness: &Harness, kind: &str) -> Vec<String> {
+    gcloud_list_of(harness, &harness.project, kind, "value(name,topic)")
+}
+
+/// `gcloud pubsub KIND list` in `project`, each line's resource names cut to their ids.
+fn gcloud_list_of(harness: &Harness, project: &str, kind: &str, format: &str) -> Vec<String> {
     let output = Command::new("gcloud")
-        .args(["pubsub", kind, "list", "--project", &harness.project, "--format=value(name,topic)"])
+        .args(["pubsub", kind, "list", "--project", project, &format!("--format={format}")])
         .env("CLOUDSDK_API_ENDPOINT_OVERRIDES_PUBSUB", format!("http://{}/", harness.emulator.host))
         .env("CLOUDSDK_AUTH_DISABLE_CREDENTIALS", "true")
         .env("CLOUDSDK_CORE_DISABLE_PROMPTS", "1")
@@ -73,6 +78,52 @@ async fn the_pub_sub_half_makes_what_the_binaries_use_and_they_run_on_it() {
         e2e::receive(&harness.pubsub(), &harness.subscription("dead-letter-debug"), 1, Duration::from_secs(30)).await;
     assert_eq!(dead[0].attributes["reject_reason"], "untrusted_key");
     pipeline.terminate();
+}
+
+#[test]
+fn the_emulator_is_laid_out_as_the_script_lays_out_google_cloud() {
+    // `scripts/emulator.sh start --project P` makes the topics and subscriptions (with
+    // their ack deadlines) that the script's plan makes, so that the by-hand path on the
+    // emulator loses nothing published before a reader starts, as on Google Cloud.
+    let harness = Harness::new();
+    let project = format!("{}-layout", harness.project);
+    let state = harness.emulator.state_dir().expect("the emulator's state directory (scripts/test.sh exports it)");
+    for _ in 0..2 {
+        // Twice: a second start on a running emulator leaves what exists as it is.
+        let output = Command::new(workspace().join("scripts/emulator.sh"))
+            .args(["start", "--project", &project])
+            .env("EMULATOR_STATE_DIR", &state)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(stdout.contains(&format!("export GOOGLE_CLOUD_PROJECT={project}")), "{stdout}");
+    }
+    let plan = setup(&harness, &["--only", "pubsub", "--bus-project", &project, "--dry-run"]);
+    let plan = String::from_utf8_lossy(&plan.stdout);
+    let mut topics: Vec<String> = plan
+        .lines()
+        .filter_map(|line| line.strip_prefix("gcloud pubsub topics create "))
+        .map(|rest| rest.split_whitespace().next().unwrap().to_owned())
+        .collect();
+    let mut subscriptions: Vec<String> = plan
+        .lines()
+        .filter_map(|line| line.strip_prefix("gcloud pubsub subscriptions create "))
+        .map(|rest| {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            let after = |flag: &str| words[words.iter().position(|word| *word == flag).unwrap() + 1];
+            format!("{} {} {}", words[0], after("--topic"), after("--ack-deadline"))
+        })
+        .collect();
+    topics.sort();
+    subscriptions.sort();
+    assert_eq!(topics.len(), 3, "{plan}");
+    assert_eq!(subscriptions.len(), 4, "{plan}");
+    assert_eq!(gcloud_list_of(&harness, &project, "topics", "value(name)"), topics);
+    assert_eq!(
+        gcloud_list_of(&harness, &project, "subscriptions", "value(name,topic,ackDeadlineSeconds)"),
+        subscriptions
+    );
 }
 
 #[test]

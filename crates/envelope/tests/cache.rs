@@ -263,5 +263,16 @@ async fn a_version_disabled_in_the_keyring_stops_its_cached_data_keys_within_sec
         let mut new = fixture.sealer(TENANT_1_KEY, "tenant-1", mode);
         let fresh = new.seal(Bytes::from_static(b"y"), Attributes::new()).await.unwrap();
         opener.open(&fresh.data, &fresh.attributes).await.expect("the new primary version opens");
+
+        // Enabled again (a mistake undone), the same message opens within seconds: the
+        // refusal is not held against it for the 10 minutes refusals are remembered,
+        // so its dead letter can be redriven at once.
+        pubsub_envelope::kms::local::Keyring::edit(fixture.keyring_path(), |keyring| keyring.enable(&name, 1)).unwrap();
+        let enabled = std::time::Instant::now();
+        while let Err(error) = opener.open(&message.data, &message.attributes).await {
+            assert_eq!(error.reason(), "kms_rejected", "{mode}: {error}");
+            assert!(enabled.elapsed() < Duration::from_secs(10), "{mode}: still refused after it was enabled");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

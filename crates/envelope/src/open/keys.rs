@@ -299,8 +299,10 @@ impl Opener {
         // `build` refuses an opener that accepts these modes without an unwrapper.
         let unwrapper = self.unwrapper.as_ref().expect("an opener of encrypt or sign messages has an unwrapper");
         // Spent within the budget: what the KMS refused is remembered by key name and
-        // wrapped key, so a copy under another trusted name is asked about once too.
-        let question = format!("{kms_key} {}", envelope.marker_text);
+        // wrapped key, so a copy under another trusted name is asked about once too;
+        // and by epoch, so a version enabled again is asked again at once, not when the
+        // refusal is forgotten (redriven dead letters then open).
+        let question = format!("{epoch} {kms_key} {}", envelope.marker_text);
         let secret =
             self.spender.spend(entry, question, unwrapper.unwrap(&kms_key, &wrapped, tenant_id.as_bytes())).await?;
         tracing::debug!(%kms_key, mode = %envelope.flavour.mode(), "unwrapped a data key");
