@@ -20,7 +20,9 @@
 //! - **Final failures remembered** by what was asked (key name and wrapped key, or key
 //!   version), for [`KmsBudget::remember_failures`]: a replayed junk message, or a
 //!   genuine wrapped key copied under another trusted name, costs one call, not one per
-//!   copy.
+//!   copy. The opener puts its revocation epoch in each unwrap's question, so once the
+//!   KMS's keys change (a version enabled again) nothing refused before is held against
+//!   a message.
 //! - **At most [`KmsBudget::max_in_flight`] calls at once**, whatever the number of
 //!   keys: a burst of new keys queues here rather than at the KMS's quota.
 //!
