@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the workspace, starts a Pub/Sub emulator on a free port, runs every test
-# against it (Rust, then the Python package and the Beam pipeline in a virtualenv
-# scripts/python-env.sh makes), and stops it. Extra arguments go to `cargo test`;
+# against it (Rust, then the Python package, the Beam pipeline and the deploy files in
+# a virtualenv scripts/python-env.sh makes), and stops it. Extra arguments go to `cargo test`;
 # PYTHON_TESTS=0 skips the Python half.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,13 @@ export EMULATOR_STATE_DIR
 trap 'scripts/emulator.sh stop; rm -rf "$EMULATOR_STATE_DIR"' EXIT
 
 cargo build --workspace --locked
+# deploy/tests check the alert rules with promtool (Debian's prometheus package); where
+# it is missing and apt can install it, install it, else those tests say so and skip.
+if ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "== installing promtool (apt-get install prometheus)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+    || echo "could not install prometheus: the alert rule tests will skip" >&2
+fi
 # The library's public docs, as docs.rs builds them: no broken links, none to private items.
 RUSTDOCFLAGS="-D warnings" cargo doc -p pubsub-envelope --no-deps --locked
 eval "$(scripts/emulator.sh start)"
@@ -23,8 +30,8 @@ if [ "${PYTHON_TESTS:-1}" != 0 ]; then
   # removed with the emulator's state.
   export TMPDIR=$EMULATOR_STATE_DIR/tmp
   mkdir -p "$TMPDIR"
-  # Two runs: each folder's conftest.py sets up its own imports.
-  for suite in bindings/python/tests pipelines/beam/tests; do
+  # A run each: each folder's conftest.py sets up its own imports.
+  for suite in bindings/python/tests pipelines/beam/tests deploy/tests; do
     (cd "$(dirname "$suite")" && "$venv/bin/python" -m pytest -q -p no:cacheprovider tests) 2>&1 | tee -a "$log"
   done
 fi

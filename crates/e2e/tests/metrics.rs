@@ -30,6 +30,7 @@ async fn the_pipeline_counts_outcomes_kms_calls_cache_use_and_emit_latency() {
     assert!(pipeline.http_get("/healthz").0.ends_with("200 OK"));
     assert!(pipeline.http_get("/readyz").0.ends_with("200 OK"));
     let before = scrape(&pipeline);
+    assert_eq!(sample(&before, "pubsub_envelope_ready"), 1.0, "{before}");
     assert_eq!(sample(&before, "pubsub_envelope_kms_calls_total"), 0.0);
     let subscriber = harness.subscriber();
 
@@ -71,6 +72,71 @@ async fn the_pipeline_counts_outcomes_kms_calls_cache_use_and_emit_latency() {
     assert!(sample(&after, "pubsub_envelope_window_emit_latency_seconds_count") >= 1.0, "{after}");
     assert_eq!(sample(&after, "pubsub_envelope_messages_in_flight"), 0.0, "{after}");
     pipeline.terminate();
+}
+
+/// The metric names a scrape serves: each family's, and its samples' (`_total`,
+/// `_bucket`, ...), whether or not a sample exists yet.
+fn served_names(metrics: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in metrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            names.insert(name.to_owned());
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                _ => &[],
+            };
+            names.extend(suffixes.iter().map(|suffix| format!("{name}{suffix}")));
+        } else if !line.starts_with('#') && !line.is_empty() {
+            names.insert(line.split(['{', ' ']).next().unwrap().to_owned());
+        }
+    }
+    names
+}
+
+/// The words of `text` that start with `prefix`, as metric names are written.
+fn names_in(text: &str, prefix: &str) -> std::collections::BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_dashboard_and_the_alert_rules_use_only_metrics_the_pipeline_serves() {
+    // Every pubsub_envelope_* name in the Grafana dashboard and the alert rules is one a
+    // running pipeline serves (a renamed metric would leave an empty panel, or an
+    // alert that never fires); the only other names are Prometheus's `up` and the one
+    // Cloud Monitoring series both files say they read through the Stackdriver exporter.
+    let harness = Harness::new();
+    let pipeline = harness.pipeline(&["--metrics_addr", "127.0.0.1:0"]);
+    pipeline.wait_for_log("serving metrics", Duration::from_secs(10));
+    // A family shows once it has a series: one message counted makes `messages`'s.
+    harness.publish(&["--kms_key", TENANT_1_KEY, "--message", "watched"]);
+    pipeline.wait_for_metric(
+        r#"pubsub_envelope_messages_total{outcome="counted",reason=""}"#,
+        1.0,
+        Duration::from_secs(30),
+    );
+    let served = served_names(&scrape(&pipeline));
+    pipeline.terminate();
+    let root = e2e::workspace().join("deploy");
+    let files = [root.join("grafana/pubsub-envelope.json"), root.join("prometheus/alerts.yaml")];
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let used = names_in(&text, "pubsub_envelope_");
+        assert!(used.len() >= 5, "{}: {used:?}", file.display());
+        let missing: Vec<&String> = used.iter().filter(|name| !served.contains(*name)).collect();
+        assert!(
+            missing.is_empty(),
+            "{} uses {missing:?}, which the pipeline does not serve: {served:?}",
+            file.display()
+        );
+        let external = names_in(&text, "stackdriver_pubsub_");
+        let backlog = "stackdriver_pubsub_subscription_pubsub_googleapis_com_subscription_oldest_unacked_message_age";
+        assert_eq!(external.into_iter().collect::<Vec<_>>(), [backlog], "{}", file.display());
+    }
 }
 
 #[test]

@@ -46,7 +46,7 @@ pub struct Metrics {
     shared_in_flight: Arc<InFlight>,
     emit_latency: Histogram,
     early_flushes: Counter,
-    ready: std::sync::atomic::AtomicBool,
+    ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Metrics {
@@ -73,6 +73,8 @@ impl Metrics {
              their windows ended (a pane more per window)",
             early_flushes.clone(),
         );
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        registry.register_collector(Box::new(ReadyCollector(ready.clone())));
         if let Some((opener, kms)) = envelope {
             registry.register_collector(Box::new(EnvelopeCollector { opener, kms }));
         }
@@ -84,7 +86,7 @@ impl Metrics {
             shared_in_flight,
             emit_latency,
             early_flushes,
-            ready: std::sync::atomic::AtomicBool::new(false),
+            ready,
         }
     }
 
@@ -176,6 +178,19 @@ impl Collector for InFlightCollector {
         let gauge = ConstGauge::new(sum);
         let help = "Messages received and not yet acked or nacked";
         gauge.encode(encoder.encode_descriptor("messages_in_flight", help, None, gauge.metric_type())?)
+    }
+}
+
+/// Whether the consumer is pulling, as `/readyz` says it: a gauge an alert can watch
+/// across replicas (`/readyz` is seen only by the one prober that asks).
+#[derive(Debug)]
+struct ReadyCollector(Arc<std::sync::atomic::AtomicBool>);
+
+impl Collector for ReadyCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let gauge = ConstGauge::new(i64::from(self.0.load(Ordering::Relaxed)));
+        let help = "1 while the consumer is pulling (GET /readyz answers 200), else 0";
+        gauge.encode(encoder.encode_descriptor("ready", help, None, gauge.metric_type())?)
     }
 }
 
