@@ -11,12 +11,16 @@ export EMULATOR_STATE_DIR
 trap 'scripts/emulator.sh stop; rm -rf "$EMULATOR_STATE_DIR"' EXIT
 
 cargo build --workspace --locked
-# deploy/tests check the alert rules with promtool (Debian's prometheus package); where
-# it is missing and apt can install it, install it, else those tests say so and skip.
-if ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  echo "== installing promtool (apt-get install prometheus)" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
-    || echo "could not install prometheus: the alert rule tests will skip" >&2
+# deploy/tests check the alert rules with promtool (Debian's prometheus package) and
+# build the container image with podman: where either is missing and apt can install
+# it, install it; else those tests say so and skip.
+missing=()
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v podman >/dev/null 2>&1 || missing+=(podman)
+if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "== installing ${missing[*]} (apt-get)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
+    || echo "could not install ${missing[*]}: the tests that need them will skip" >&2
 fi
 # The library's public docs, as docs.rs builds them: no broken links, none to private items.
 RUSTDOCFLAGS="-D warnings" cargo doc -p pubsub-envelope --no-deps --locked
