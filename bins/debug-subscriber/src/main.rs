@@ -56,6 +56,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             signals.or_exit(pubsub.probe_topic(&bus_topic)).await?;
         }
         tracing::info!("reading dead letters from {subscription}");
+        metrics.set_ready(true);
         let receipts = match cli.pipeline_key.key() {
             Some(key) => Some(runner::own_key::receipt_opener(kms.clone(), &key)?),
             None => None,
@@ -71,6 +72,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     pubsub.ensure_subscription(&subscription, &bus_topic, Duration::from_secs(10)).await?;
     tracing::info!("reading {subscription}");
+    metrics.set_ready(true);
 
     // `--idle_exit_secs`: when the last message (or the start) was, and a stop once it
     // is that long ago.

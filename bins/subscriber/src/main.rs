@@ -65,6 +65,9 @@ struct Cli {
     /// How to reach the KMS that holds --pipeline_kms_key (unused without it).
     #[command(flatten)]
     kms: cli::flags::KmsFlags,
+
+    #[command(flatten)]
+    metrics: cli::flags::MetricsFlags,
 }
 
 #[tokio::main]
@@ -90,12 +93,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(key) => Some(runner::own_key::output_opener(cli.kms.backend(&account).await?, &key)?),
         None => None,
     };
+    // Parts by outcome (`counted`, `duplicate`, `skipped` with why, `retry`), and health:
+    // ready while it listens.
+    let metrics = Arc::new(runner::metrics::Metrics::new(None));
+    cli.metrics.serve(&metrics).await?;
     let pubsub = bus::PubSub::from_env(account.origin(), || account.credentials())?;
     signals.or_exit(pubsub.probe_subscription(&subscription)).await?;
     pubsub
         .ensure_subscription(&subscription, &bus::names::topic(project, &cli.pubsub_topic)?, Duration::from_secs(10))
         .await?;
     tracing::info!("listening for messages on {subscription}");
+    metrics.set_ready(true);
+    let stop = async {
+        signals.drain(SHUTDOWN_GRACE).await;
+        metrics.set_ready(false);
+    };
 
     // A little before the subscription was made or found: a window that ended before
     // may have had parts published before this subscriber could see them.
@@ -107,7 +119,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let printer = tokio::spawn(print_changes(totals.clone(), format));
     let mut skipped = 0u64;
     let tailed = pubsub
-        .tail(&subscription, signals.drain(SHUTDOWN_GRACE), async |message, handler| {
+        .tail(&subscription, stop, async |message, handler| {
+            let mut refused = "";
             let added = match &opener {
                 Some(opener) => match opener.open(&message.data, &message.attributes).await {
                     Ok(opened) => lock(&totals).add(&opened.attributes, &opened.data, Instant::now()),
@@ -116,6 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     Err(error) if error.is_transient() => {
                         tracing::warn!(message_id = %message.message_id, reason = error.reason(), %error, "could not open a part now; it will be redelivered");
                         handler.nack();
+                        metrics.message("retry", error.reason());
                         return Ok(());
                     }
                     Err(error) => {
@@ -123,11 +137,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             message_id = %message.message_id, reason = error.reason(), %error,
                             "skipping a message not sealed under --pipeline_kms_key: not the pipeline's output"
                         );
+                        refused = error.reason();
                         Added::Unauthenticated
                     }
                 },
                 None => lock(&totals).add(&message.attributes, &message.data, Instant::now()),
             };
+            match added {
+                Added::Counted => metrics.message("counted", ""),
+                Added::Repeat => metrics.message("duplicate", ""),
+                Added::NotPipelineOutput => metrics.message("skipped", "not_pipeline_output"),
+                Added::Unauthenticated => metrics.message("skipped", refused),
+            }
             if added == Added::NotPipelineOutput {
                 if skipped == 0 {
                     let sealed = message.attributes.contains_key("envelope_version");

@@ -140,6 +140,40 @@ fn the_dashboard_and_the_alert_rules_use_only_metrics_the_pipeline_serves() {
 }
 
 #[test]
+fn the_subscriber_and_debug_subscriber_serve_health_and_metrics_too() {
+    // Only the pipeline served /metrics; a subscriber tailing the counts, or a
+    // debug-subscriber left running, could not be watched or probed. Both now serve
+    // /healthz, /readyz (ready while they read) and their outcomes.
+    let harness = Harness::new();
+    let subscriber = harness.subscriber_with(&["--metrics_addr", "127.0.0.1:0"]);
+    let mut debug = harness.command("debug-subscriber");
+    debug.args(["--pubsub_project_id", &harness.project, "--metrics_addr", "127.0.0.1:0"]);
+    let debug = e2e::Running::spawn(debug, "reading");
+    let pipeline = harness.pipeline(&[]);
+    for running in [&subscriber, &debug] {
+        assert!(running.http_get("/healthz").0.ends_with("200 OK"));
+        assert!(running.http_get("/readyz").0.ends_with("200 OK"));
+        assert_eq!(running.metric("pubsub_envelope_ready"), 1.0);
+    }
+    harness.publish(&["--kms_key", TENANT_1_KEY, "--message", "watched words"]);
+    // Two words, so two parts of one pane reach the subscriber; the debug view opens
+    // the one message.
+    subscriber.wait_for_metric(
+        r#"pubsub_envelope_messages_total{outcome="counted",reason=""}"#,
+        2.0,
+        Duration::from_secs(30),
+    );
+    debug.wait_for_metric(
+        r#"pubsub_envelope_messages_total{outcome="opened",reason=""}"#,
+        1.0,
+        Duration::from_secs(30),
+    );
+    pipeline.terminate();
+    subscriber.terminate();
+    debug.terminate();
+}
+
+#[test]
 fn a_metrics_address_already_in_use_stops_the_pipeline_at_start() {
     // Asked-for metrics that cannot be served are fatal, with the fix in the headline,
     // not a log line while the pipeline runs on unobserved.

@@ -1,4 +1,4 @@
-//! Prometheus metrics of a consumer (pipeline, debug-subscriber): what the runner
+//! Prometheus metrics of a consumer (pipeline, subscriber, debug-subscriber): what the runner
 //! records, rendered as text (the binaries serve it on `--metrics_addr`).
 //!
 //! Message outcomes and window emit latency are recorded as they happen; messages in
