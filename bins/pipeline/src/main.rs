@@ -13,6 +13,10 @@ use args::Cli;
 use clap::Parser;
 use envelope::CacheSettings;
 
+/// How often the pipeline asks whether Pub/Sub answers (one admin call each): an
+/// outage shows as not ready within this plus the probe's 10 s.
+const WATCH_EVERY: Duration = Duration::from_secs(10);
+
 // The pipeline allocates per message (the Google client decodes each into owned
 // buffers); mimalloc costs less per allocation than glibc's allocator.
 #[global_allocator]
@@ -97,8 +101,17 @@ async fn run(cli: Cli, workers: usize) -> anyhow::Result<ExitCode> {
         lease_extension,
     );
     tracing::info!(subscription = %input_subscription, output = %output_topic, streams = cli.streams, "pulling");
+    // Not ready while Pub/Sub does not answer (`/readyz` 503, the `ready` gauge 0).
+    let watcher = {
+        let (pubsub, subscription, metrics) = (pubsub.clone(), input_subscription.clone(), metrics.clone());
+        tokio::spawn(async move {
+            pubsub.watch_subscription(&subscription, WATCH_EVERY, |answering| metrics.set_answering(answering)).await;
+        })
+    };
     let drain = signals.drain(Duration::from_secs(cli.shutdown_grace_secs));
-    let summary = runner::run(sources, opener, output, dead_letter, config, metrics, drain).await?;
+    let summary = runner::run(sources, opener, output, dead_letter, config, metrics, drain).await;
+    watcher.abort();
+    let summary = summary?;
     tracing::info!(kms_calls = kms.calls(), "KMS calls made");
     anyhow::ensure!(
         summary.unpublished == 0,

@@ -108,6 +108,38 @@ impl PubSub {
         self.probe(subscription, "subscription", ask).await
     }
 
+    /// Asks for `subscription` every `every`, one attempt each within
+    /// [`PROBE_DEADLINE`], for as long as it is polled, and calls `report` with whether
+    /// Pub/Sub answers each time that changes (`false` first at the first failure). A
+    /// refusal to describe the subscription (the subscriber role may not) is an answer.
+    /// The Google client retries a lost streaming pull for ever without a word, so
+    /// this is how a consumer learns that Pub/Sub is gone, and back.
+    pub async fn watch_subscription(&self, subscription: &str, every: Duration, mut report: impl FnMut(bool)) {
+        let Ok(admin) = self.subscription_admin().await else { return };
+        let mut answering = true;
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let ask = once(admin.get_subscription().set_subscription(subscription)).send();
+            let now = match tokio::time::timeout(PROBE_DEADLINE, ask).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(error)) if error.status().is_some_and(|status| status.code == Code::PermissionDenied) => Ok(()),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err(format!("no answer within {} s", PROBE_DEADLINE.as_secs())),
+            };
+            match (&now, answering) {
+                (Err(error), true) => {
+                    tracing::warn!(%subscription, %error, "Pub/Sub does not answer: not ready until it does")
+                }
+                (Ok(()), false) => tracing::info!(%subscription, "Pub/Sub answers again: ready"),
+                _ => continue,
+            }
+            answering = now.is_ok();
+            report(answering);
+        }
+    }
+
     async fn probe(
         &self,
         name: &str,

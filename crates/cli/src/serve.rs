@@ -7,8 +7,8 @@ use runner::metrics::Metrics;
 
 /// Binds `addr` (port 0 picks a free one) and serves, until the process ends:
 /// `GET /metrics`; `GET /healthz`, 200 while the process serves at all (liveness);
-/// `GET /readyz`, 200 once the consumer is pulling and 503 before that and while it
-/// drains (readiness). A bind that fails is an error, returned at once: a consumer whose
+/// `GET /readyz`, 200 once the consumer is pulling and 503 before that, while it
+/// drains, and while Pub/Sub does not answer (readiness; see `Metrics::is_ready`). A bind that fails is an error, returned at once: a consumer whose
 /// metrics were asked for must not run without them unnoticed.
 pub async fn serve(metrics: Arc<Metrics>, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
     use axum::http::StatusCode;
@@ -32,7 +32,7 @@ pub async fn serve(metrics: Arc<Metrics>, addr: SocketAddr) -> anyhow::Result<So
                 if metrics.is_ready() {
                     (StatusCode::OK, "ready\n")
                 } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not pulling\n")
+                    (StatusCode::SERVICE_UNAVAILABLE, "not pulling, or Pub/Sub does not answer\n")
                 }
             }),
         );

@@ -43,6 +43,11 @@ impl Emulator {
         if let Ok(host) = std::env::var("PUBSUB_EMULATOR_HOST") {
             return Self { host, state: None };
         }
+        Self::private()
+    }
+
+    /// A new emulator of this test's own, whatever is shared: one it may stop or freeze.
+    pub fn private() -> Self {
         let state = tempfile::tempdir().unwrap();
         let output = Command::new(workspace().join("scripts/emulator.sh"))
             .arg("start")
@@ -53,6 +58,17 @@ impl Emulator {
         let line = String::from_utf8(output.stdout).unwrap();
         let host = line.trim().rsplit('=').next().unwrap().to_owned();
         Self { host, state: Some(state) }
+    }
+
+    /// Freezes (`true`: SIGSTOP) or thaws (SIGCONT) a [`private`](Self::private)
+    /// emulator: it holds its connections and answers nothing, as a Pub/Sub that is
+    /// unreachable.
+    pub fn freeze(&self, frozen: bool) {
+        let state = self.state.as_ref().expect("only a private emulator is frozen");
+        let pid = std::fs::read_to_string(state.path().join("pid")).unwrap();
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill").args([signal, "--", &format!("-{}", pid.trim())]).status().unwrap();
+        assert!(status.success(), "kill {signal} the emulator's process group");
     }
 
     /// The directory of `scripts/emulator.sh`'s state for this emulator: its own, or the
@@ -99,6 +115,11 @@ pub struct Harness {
 
 impl Harness {
     pub fn new() -> Self {
+        Self::on(Emulator::start())
+    }
+
+    /// A harness on `emulator` (a [`private`](Emulator::private) one, to stop or freeze).
+    pub fn on(emulator: Emulator) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let project = format!("e2e-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
         let dir = tempfile::tempdir().unwrap();
@@ -109,7 +130,7 @@ impl Harness {
         keyring.create_for(&TENANT_1_SIGNER.parse().unwrap(), Purpose::AsymmetricSign).unwrap();
         keyring.create_for(&TENANT_2_SIGNER.parse().unwrap(), Purpose::AsymmetricSign).unwrap();
         keyring.save().unwrap();
-        Self { emulator: Emulator::start(), project, dir }
+        Self { emulator, project, dir }
     }
 
     pub fn keyring(&self) -> PathBuf {

@@ -174,6 +174,37 @@ fn the_subscriber_and_debug_subscriber_serve_health_and_metrics_too() {
 }
 
 #[test]
+fn a_pipeline_is_not_ready_while_pub_sub_does_not_answer_and_ready_again_once_it_does() {
+    // The Google client retries a lost streaming pull for ever without a word: with
+    // Pub/Sub gone for 30 s, /readyz still said 200. A watcher now asks every 10 s, so
+    // /readyz goes 503 (and the `ready` gauge 0) while Pub/Sub does not answer, and 200
+    // once it does again. Pub/Sub "goes" by freezing an emulator of the test's own.
+    let harness = Harness::on(e2e::Emulator::private());
+    let pipeline = harness.pipeline(&["--metrics_addr", "127.0.0.1:0"]);
+    pipeline.wait_for_log("serving metrics", Duration::from_secs(10));
+    assert!(pipeline.http_get("/readyz").0.ends_with("200 OK"));
+    harness.emulator.freeze(true);
+    let readyz = |want: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, _) = pipeline.http_get("/readyz");
+            if status.ends_with(want) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "/readyz is still {status}, not {want}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    readyz("503 Service Unavailable");
+    assert_eq!(pipeline.metric("pubsub_envelope_ready"), 0.0);
+    assert!(pipeline.log().contains("Pub/Sub does not answer"), "{}", pipeline.log());
+    harness.emulator.freeze(false);
+    readyz("200 OK");
+    assert_eq!(pipeline.metric("pubsub_envelope_ready"), 1.0);
+    pipeline.terminate();
+}
+
+#[test]
 fn a_metrics_address_already_in_use_stops_the_pipeline_at_start() {
     // Asked-for metrics that cannot be served are fatal, with the fix in the headline,
     // not a log line while the pipeline runs on unobserved.

@@ -46,7 +46,22 @@ pub struct Metrics {
     shared_in_flight: Arc<InFlight>,
     emit_latency: Histogram,
     early_flushes: Counter,
-    ready: Arc<std::sync::atomic::AtomicBool>,
+    ready: Arc<Readiness>,
+}
+
+/// Ready is pulling (the runner's say) and Pub/Sub answering (a watcher's say): the
+/// Google client retries a lost streaming pull for ever, silently, so pulling alone
+/// would stay ready through an outage.
+#[derive(Debug)]
+struct Readiness {
+    pulling: std::sync::atomic::AtomicBool,
+    answering: std::sync::atomic::AtomicBool,
+}
+
+impl Readiness {
+    fn get(&self) -> bool {
+        self.pulling.load(Ordering::Relaxed) && self.answering.load(Ordering::Relaxed)
+    }
 }
 
 impl Metrics {
@@ -73,7 +88,10 @@ impl Metrics {
              their windows ended (a pane more per window)",
             early_flushes.clone(),
         );
-        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ready = Arc::new(Readiness {
+            pulling: std::sync::atomic::AtomicBool::new(false),
+            answering: std::sync::atomic::AtomicBool::new(true),
+        });
         registry.register_collector(Box::new(ReadyCollector(ready.clone())));
         if let Some((opener, kms)) = envelope {
             registry.register_collector(Box::new(EnvelopeCollector { opener, kms }));
@@ -139,15 +157,21 @@ impl Metrics {
         text
     }
 
-    /// Says whether the consumer is pulling (`true`) or not yet, or no longer, as
-    /// `GET /readyz` reports.
+    /// Says whether the consumer is pulling (`true`) or not yet, or no longer (a
+    /// drain).
     pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, std::sync::atomic::Ordering::Relaxed);
+        self.ready.pulling.store(ready, Ordering::Relaxed);
     }
 
-    /// Whether the consumer is pulling.
+    /// Says whether Pub/Sub answers (`true` until told otherwise).
+    pub fn set_answering(&self, answering: bool) {
+        self.ready.answering.store(answering, Ordering::Relaxed);
+    }
+
+    /// Whether the consumer is pulling and Pub/Sub answers, as `GET /readyz` and the
+    /// `ready` gauge report.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+        self.ready.get()
     }
 }
 
@@ -181,15 +205,15 @@ impl Collector for InFlightCollector {
     }
 }
 
-/// Whether the consumer is pulling, as `/readyz` says it: a gauge an alert can watch
+/// Whether the consumer is ready, as `/readyz` says it: a gauge an alert can watch
 /// across replicas (`/readyz` is seen only by the one prober that asks).
 #[derive(Debug)]
-struct ReadyCollector(Arc<std::sync::atomic::AtomicBool>);
+struct ReadyCollector(Arc<Readiness>);
 
 impl Collector for ReadyCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let gauge = ConstGauge::new(i64::from(self.0.load(Ordering::Relaxed)));
-        let help = "1 while the consumer is pulling (GET /readyz answers 200), else 0";
+        let gauge = ConstGauge::new(i64::from(self.0.get()));
+        let help = "1 while the consumer is pulling and Pub/Sub answers (GET /readyz answers 200), else 0";
         gauge.encode(encoder.encode_descriptor("ready", help, None, gauge.metric_type())?)
     }
 }
