@@ -130,7 +130,7 @@ impl PubSub {
             };
             match (&now, answering) {
                 (Err(error), true) => {
-                    tracing::warn!(%subscription, %error, "Pub/Sub does not answer: not ready until it does")
+                    tracing::warn!(%subscription, %error, "Pub/Sub does not answer: not ready until it does");
                 }
                 (Ok(()), false) => tracing::info!(%subscription, "Pub/Sub answers again: ready"),
                 _ => continue,
