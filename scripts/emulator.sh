@@ -61,9 +61,9 @@ put() {
 
 # The Pub/Sub layout of scripts/gcp-setup.sh (a test checks that the two agree).
 make_layout() {
-  for topic in common-topic df_out dead-letter; do put "topics/$topic" '{}'; done
+  for topic in common-topic df_out dead-letter undeliverable; do put "topics/$topic" '{}'; done
   for spec in message-bus:common-topic:60 message-bus-debug:common-topic:60 \
-              df_subscribe:df_out:10 dead-letter-debug:dead-letter:60; do
+              df_subscribe:df_out:10 dead-letter-debug:dead-letter:60 undeliverable-debug:undeliverable:60; do
     IFS=: read -r subscription topic deadline <<<"$spec"
     put "subscriptions/$subscription" \
       "{\"topic\": \"projects/$project/topics/$topic\", \"ackDeadlineSeconds\": $deadline}"

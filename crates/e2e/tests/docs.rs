@@ -154,6 +154,7 @@ fn the_google_cloud_set_up_shown_is_what_the_script_does() {
     let plan = Command::new("bash")
         .arg(workspace().join("scripts/gcp-setup.sh"))
         .args(["--bus-project", "my-bus", "--tenant", "my-tenant", "--dry-run"])
+        .env("GCP_SETUP_NEXT_ROTATION", "2027-03-01T00:00:00Z")
         .output()
         .unwrap();
     assert!(plan.status.success(), "{}", String::from_utf8_lossy(&plan.stderr));

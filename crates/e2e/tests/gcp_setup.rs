@@ -51,20 +51,21 @@ async fn the_pub_sub_half_makes_what_the_binaries_use_and_they_run_on_it() {
     let harness = Harness::new();
     let made = setup(&harness, &["--only", "pubsub", "--bus-project", &harness.project]);
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    assert_eq!(gcloud_list(&harness, "topics"), ["common-topic", "dead-letter", "df_out"]);
+    assert_eq!(gcloud_list(&harness, "topics"), ["common-topic", "dead-letter", "df_out", "undeliverable"]);
     assert_eq!(
         gcloud_list(&harness, "subscriptions"),
         [
             "dead-letter-debug dead-letter",
             "df_subscribe df_out",
             "message-bus common-topic",
-            "message-bus-debug common-topic"
+            "message-bus-debug common-topic",
+            "undeliverable-debug undeliverable"
         ]
     );
     let again = setup(&harness, &["--only", "pubsub", "--bus-project", &harness.project]);
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "{stderr}");
-    assert_eq!(stderr.matches("exists: ").count(), 7, "a second run changes nothing: {stderr}");
+    assert_eq!(stderr.matches("exists: ").count(), 9, "a second run changes nothing: {stderr}");
 
     // The binaries on what it made: counts reach the subscriber, and a message from an
     // untrusted tenant is kept on dead-letter-debug (published before anyone read it).
@@ -117,8 +118,8 @@ fn the_emulator_is_laid_out_as_the_script_lays_out_google_cloud() {
         .collect();
     topics.sort();
     subscriptions.sort();
-    assert_eq!(topics.len(), 3, "{plan}");
-    assert_eq!(subscriptions.len(), 4, "{plan}");
+    assert_eq!(topics.len(), 4, "{plan}");
+    assert_eq!(subscriptions.len(), 5, "{plan}");
     assert_eq!(gcloud_list_of(&harness, &project, "topics", "value(name)"), topics);
     assert_eq!(
         gcloud_list_of(&harness, &project, "subscriptions", "value(name,topic,ackDeadlineSeconds)"),
@@ -141,7 +142,9 @@ fn the_plan_grants_each_account_only_what_it_uses() {
                 "roles/cloudkms.cryptoKeyEncrypter",
                 "roles/cloudkms.cryptoKeyDecrypter",
                 "roles/cloudkms.signer",
-                "roles/cloudkms.publicKeyViewer"
+                "roles/cloudkms.publicKeyViewer",
+                "roles/iam.workloadIdentityUser",
+                "roles/cloudkms.cryptoKeyEncrypterDecrypter"
             ]
             .contains(role),
             "a role beyond what the binaries use: {role}"
@@ -171,6 +174,36 @@ fn the_plan_grants_each_account_only_what_it_uses() {
     assert!(grant("keys add-iam-policy-binding own ", "pipeline@bus", "roles/cloudkms.cryptoKeyEncrypter"));
     assert!(!grant("keys add-iam-policy-binding own ", "pipeline@bus", "roles/cloudkms.cryptoKeyDecrypter"));
     assert!(grant("keys add-iam-policy-binding own ", "subscriber@bus", "roles/cloudkms.cryptoKeyDecrypter"));
-    assert_eq!(plan.matches("subscriptions create").count(), 4);
+    assert_eq!(plan.matches("subscriptions create").count(), 5);
     assert!(plan.contains("dead-letter-debug --topic dead-letter"));
+
+    // Pub/Sub's own dead-lettering on the bus subscription, its service agent allowed to
+    // move messages there and nothing more; every encryption key rotates; neither a
+    // Workload Identity binding nor CMEK unless asked for.
+    let agent = "service-BUS_PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com";
+    assert!(plan.contains(
+        "subscriptions update message-bus --project bus --dead-letter-topic projects/bus/topics/undeliverable \
+         --max-delivery-attempts 100"
+    ));
+    assert!(grant("topics add-iam-policy-binding undeliverable ", agent, "roles/pubsub.publisher"));
+    assert!(grant("subscriptions add-iam-policy-binding message-bus ", agent, "roles/pubsub.subscriber"));
+    assert_eq!(plan.lines().filter(|line| line.contains(agent)).count(), 2, "{plan}");
+    let encryption_keys: Vec<&str> = plan.lines().filter(|line| line.contains("--purpose encryption")).collect();
+    assert_eq!(encryption_keys.len(), 3, "own, and key1 of each tenant: {encryption_keys:?}");
+    assert!(encryption_keys.iter().all(|line| line.contains("--rotation-period 90d --next-rotation-time ")));
+    assert!(!plan.contains("workloadIdentityUser") && !plan.contains("--topic-encryption-key"));
+
+    let asked = setup(
+        &harness,
+        &["--dry-run", "--bus-project", "bus", "--tenant", "t-1", "--gke-namespace", "pubsub-envelope", "--cmek"],
+    );
+    let asked = String::from_utf8_lossy(&asked.stdout);
+    let binding = asked.lines().find(|line| line.contains("roles/iam.workloadIdentityUser")).expect("a binding");
+    assert!(binding.contains("add-iam-policy-binding pipeline@bus.iam.gserviceaccount.com"), "{binding}");
+    assert!(binding.contains("bus.svc.id.goog\\[pubsub-envelope/pipeline\\]"), "{binding}");
+    let key = "projects/bus/locations/us-central1/keyRings/pubsub-keyring/cryptoKeys/topics";
+    assert_eq!(asked.matches(&format!("--topic-encryption-key {key}")).count(), 4, "{asked}");
+    let cmek_grants: Vec<&str> = asked.lines().filter(|line| line.contains("roles/cloudkms.cryptoKeyEncrypterDecrypter")).collect();
+    assert_eq!(cmek_grants.len(), 1, "{cmek_grants:?}");
+    assert!(cmek_grants[0].contains(agent) && cmek_grants[0].contains("keys add-iam-policy-binding topics "));
 }
