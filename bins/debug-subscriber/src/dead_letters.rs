@@ -65,15 +65,22 @@ pub async fn run(
             delivery.with_context(|| format!("streaming pull from {} failed", settings.subscription))?;
         tally.read += 1;
         tracing::debug!(message_id = %message.message_id, "dead letter received");
-        let line = match runner::dead_letter::restore(&message) {
+        let dead =
+            runner::dead_letter::restore(&message).or_else(|| runner::dead_letter::restore_undeliverable(&message));
+        let line = match dead {
             None => {
                 held.push(handler);
                 record(&message, None, "not a dead letter (no reject_reason)", None, None, settings.json)
             }
             Some(dead) => {
+                // Pub/Sub's own dead letters carry no receipt: only its service agent may
+                // publish to their topic (scripts/gcp-setup.sh grants nobody else), and
+                // what they hold is a message of the bus as it was published.
                 let receipt = match settings.receipts {
-                    Some(opener) => Some(runner::own_key::verify_receipt(opener, &message).await),
-                    None => None,
+                    Some(opener) if !dead.undeliverable => {
+                        Some(runner::own_key::verify_receipt(opener, &message).await)
+                    }
+                    _ => None,
                 };
                 let now = match &dead.original {
                     None => Err("cut to fit Pub/Sub's limits: cannot be redriven".to_owned()),
@@ -87,7 +94,7 @@ pub async fn run(
                 let redriven = match (&publisher, &now, dead.original) {
                     // The pipeline's receipt is what makes a dead letter its own: a
                     // message someone else published here is never sent to the bus.
-                    (Some(_), Ok(_), Some(_)) if !matches!(receipt, Some(Ok(()))) => {
+                    (Some(_), Ok(_), Some(_)) if !dead.undeliverable && !matches!(receipt, Some(Ok(()))) => {
                         held.push(handler);
                         None
                     }

@@ -83,3 +83,46 @@ async fn on_the_emulator_no_dead_letter_is_lost_before_the_first_read() {
     assert_eq!(records[0]["reason"], "untrusted_key", "{records:?}");
     pipeline.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_pub_sub_itself_dead_lettered_is_listed_and_redriven_and_counted() {
+    // Pub/Sub's own dead-letter policy (scripts/gcp-setup.sh sets it on the bus
+    // subscription) forwards a message no pipeline acked in 100 deliveries to
+    // `undeliverable`, with its `CloudPubSubDeadLetter*` attributes and no receipt.
+    // debug-subscriber lists it (reason `undeliverable`) and redrives it as it was
+    // published, and the pipeline counts it. The emulator has no dead-letter policies:
+    // the test forwards the message as Pub/Sub does.
+    let harness = Harness::new();
+    harness.subscribe("undeliverable-debug", "undeliverable").await;
+    let subscriber = harness.subscriber_with(&["--pipeline_kms_key", PIPELINE_KEY]);
+    let pipeline = harness.pipeline(&["--trusted_kms_key", "projects/tenant-1/*", "--pipeline_kms_key", PIPELINE_KEY]);
+    let sealed = harness.seal(TENANT_1_KEY, "tenantKey", envelope::Mode::Encrypt, b"parked words").await;
+    let mut forwarded = e2e::message(sealed);
+    for (key, value) in [
+        ("CloudPubSubDeadLetterSourceSubscription", "message-bus"),
+        ("CloudPubSubDeadLetterSourceDeliveryCount", "100"),
+        ("CloudPubSubDeadLetterSourceSubscriptionProject", harness.project.as_str()),
+    ] {
+        forwarded.attributes.insert(key.to_owned(), value.to_owned());
+    }
+    harness.pubsub().publisher(&harness.topic("undeliverable")).await.unwrap().publish(forwarded).await.unwrap();
+
+    let records = harness.dead_letter_records(&[
+        "--pubsub_subscription",
+        "undeliverable-debug",
+        "--dead_letter_topic",
+        "undeliverable",
+        "--trusted_kms_key",
+        "projects/tenant-1/*",
+        "--pipeline_kms_key",
+        PIPELINE_KEY,
+        "--redrive",
+    ]);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["reason"], "undeliverable", "{records:?}");
+    assert!(records[0]["detail"].as_str().unwrap().contains("100 deliveries"), "{records:?}");
+    assert_eq!(records[0]["status"], "redriven (opens now as encrypt)", "{records:?}");
+    let lines = subscriber.lines_until(Duration::from_secs(60), |lines| total(lines) >= 2);
+    assert_eq!(summed_counts(&lines), expected_counts(["parked words"]));
+    pipeline.terminate();
+}

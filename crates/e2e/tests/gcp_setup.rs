@@ -203,7 +203,8 @@ fn the_plan_grants_each_account_only_what_it_uses() {
     assert!(binding.contains("bus.svc.id.goog\\[pubsub-envelope/pipeline\\]"), "{binding}");
     let key = "projects/bus/locations/us-central1/keyRings/pubsub-keyring/cryptoKeys/topics";
     assert_eq!(asked.matches(&format!("--topic-encryption-key {key}")).count(), 4, "{asked}");
-    let cmek_grants: Vec<&str> = asked.lines().filter(|line| line.contains("roles/cloudkms.cryptoKeyEncrypterDecrypter")).collect();
+    let cmek_grants: Vec<&str> =
+        asked.lines().filter(|line| line.contains("roles/cloudkms.cryptoKeyEncrypterDecrypter")).collect();
     assert_eq!(cmek_grants.len(), 1, "{cmek_grants:?}");
     assert!(cmek_grants[0].contains(agent) && cmek_grants[0].contains("keys add-iam-policy-binding topics "));
 }

@@ -76,6 +76,35 @@ pub struct DeadLetter {
     /// The original message (data and attributes), to publish again once its cause is
     /// fixed; `None` when the copy was cut to fit Pub/Sub's limits.
     pub original: Option<Message>,
+    /// Put there by Pub/Sub's own dead-letter policy (see [`restore_undeliverable`]),
+    /// not by a pipeline: it carries no receipt.
+    pub undeliverable: bool,
+}
+
+/// The reason code of a message Pub/Sub's dead-letter policy moved off the bus
+/// subscription ([`restore_undeliverable`]).
+pub const UNDELIVERABLE: &str = "undeliverable";
+
+/// What Pub/Sub adds to a message its dead-letter policy forwards.
+const PUBSUB_DEAD_LETTER_PREFIX: &str = "CloudPubSubDeadLetter";
+
+/// Reads a message that Pub/Sub's own dead-letter policy forwarded (to `undeliverable`,
+/// as `scripts/gcp-setup.sh` sets it on the bus subscription): one no pipeline
+/// acknowledged in the deliveries allowed (it crashed, stalled, or the KMS was out that
+/// long). `None` if it lacks Pub/Sub's `CloudPubSubDeadLetter*` attributes. The
+/// original is the message without them.
+pub fn restore_undeliverable(forwarded: &Message) -> Option<DeadLetter> {
+    let source = forwarded.attributes.get("CloudPubSubDeadLetterSourceSubscription")?;
+    let deliveries = forwarded.attributes.get("CloudPubSubDeadLetterSourceDeliveryCount").map_or("?", String::as_str);
+    let rejection = Rejection {
+        reason: UNDELIVERABLE.to_owned(),
+        detail: format!("not acknowledged on {source} in {deliveries} deliveries (Pub/Sub's dead-letter policy)"),
+        original_message_id: String::new(),
+    };
+    let mut attributes = forwarded.attributes.clone();
+    attributes.retain(|key, _| !key.starts_with(PUBSUB_DEAD_LETTER_PREFIX));
+    let original = Message::new().set_data(forwarded.data.clone()).set_attributes(attributes);
+    Some(DeadLetter { rejection, original: Some(original), undeliverable: true })
 }
 
 /// Reads a message of the dead-letter topic, as [`copy`] wrote it; `None` if it lacks
@@ -95,7 +124,7 @@ pub fn restore(dead: &Message) -> Option<DeadLetter> {
         }
         Message::new().set_data(dead.data.clone()).set_attributes(attributes)
     });
-    Some(DeadLetter { rejection, original })
+    Some(DeadLetter { rejection, original, undeliverable: false })
 }
 
 fn attribute_bytes<'a>(pairs: impl IntoIterator<Item = (&'a String, &'a String)>) -> usize {
@@ -105,6 +134,29 @@ fn attribute_bytes<'a>(pairs: impl IntoIterator<Item = (&'a String, &'a String)>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_pub_sub_dead_lettered_itself_gives_back_its_original_without_pub_subs_attributes() {
+        // What Pub/Sub's dead-letter policy forwards is the original plus its own
+        // `CloudPubSubDeadLetter*` attributes: redriven, it is the original again.
+        let original = message(b"sealed bytes".to_vec(), 3);
+        let mut forwarded = original.clone();
+        for (key, value) in [
+            ("CloudPubSubDeadLetterSourceSubscription", "message-bus"),
+            ("CloudPubSubDeadLetterSourceDeliveryCount", "100"),
+            ("CloudPubSubDeadLetterSourceSubscriptionProject", "bus"),
+        ] {
+            forwarded.attributes.insert(key.to_owned(), value.to_owned());
+        }
+        let dead = restore_undeliverable(&forwarded).unwrap();
+        assert!(dead.undeliverable);
+        assert_eq!(dead.rejection.reason, UNDELIVERABLE);
+        assert!(dead.rejection.detail.contains("message-bus in 100 deliveries"), "{}", dead.rejection.detail);
+        let restored = dead.original.unwrap();
+        assert_eq!((restored.data, restored.attributes), (original.data.clone(), original.attributes.clone()));
+        assert!(restore_undeliverable(&original).is_none(), "not forwarded by Pub/Sub");
+        assert!(restore(&forwarded).is_none(), "not one of the pipeline's dead letters");
+    }
 
     #[test]
     fn a_dead_letter_gives_back_its_original_whole_unless_it_was_cut() {
