@@ -7,8 +7,10 @@ JSON inside the ciphertext, and on the consumer an `ExpiringDict(max_len=100,
 max_age_seconds=200)` of unwrapped keys. Its KMS here is a local Tink AEAD, as ours is
 the local keyring: both sides pay a local wrap and unwrap per data key, no network.
 
-Prints one row per (stack, mode, rotation) with microseconds per message (best of
---repeat runs, wall clock, one thread), then the package's open on 1 and 8 threads.
+Prints one row per (mode, rotation) with microseconds per message (best of --repeat
+runs, wall clock, one thread): the original, the package one message at a time, and
+the package in batches of 100 (`seal_many`, `open_many`); then the package's open on 1
+and 8 threads, and `open_many` on 1 and 2 threads.
 
     python bench_python.py [--messages 20000] [--repeat 3] [--rotations 5,1000]
 """
@@ -110,6 +112,43 @@ class Package:
         return opened.data, opened.attributes
 
 
+def measure_batches(keyring, mode, rotation, messages, repeat, batch=100):
+    """Best microseconds per message to seal, then to open, in batches of `batch`
+    (each result's data and attributes read, as a consumer would)."""
+    seals, opens = [], []
+    for _ in range(repeat):
+        stack = Package(mode, rotation, keyring)
+        inputs = [(DATA, ATTRIBUTES)] * batch
+        start = time.perf_counter()
+        sealed = []
+        for _ in range(messages // batch):
+            sealed.extend(stack.sealer.seal_many(inputs))
+        seals.append((time.perf_counter() - start) / len(sealed) * 1e6)
+        chunks = [sealed[i:i + batch] for i in range(0, len(sealed), batch)]
+        start = time.perf_counter()
+        for chunk in chunks:
+            for opened in stack.opener.open_many(chunk):
+                restored = opened.data, opened.attributes
+        opens.append((time.perf_counter() - start) / len(sealed) * 1e6)
+        assert restored == (DATA, ATTRIBUTES), "round trip"
+    return best(seals), best(opens)
+
+
+def threaded_open_many(keyring, rotation, messages, threads, repeat, batch=100):
+    """Messages opened per second by `threads` threads, each opening its share with
+    `open_many` in batches of `batch`, sharing one opener."""
+    kms = pe.LocalKms(keyring)
+    sealer = pe.Sealer.encrypt(kms, KEY, TENANT, max_messages=rotation)
+    sealed = sealer.seal_many([(DATA, ATTRIBUTES)] * messages)
+
+    def work(opener, part):
+        for i in range(0, len(part), batch):
+            for opened in opener.open_many(part[i:i + batch]):
+                opened.data
+
+    return on_threads(kms, sealed, threads, repeat, work)
+
+
 def best(runs):
     return min(runs)
 
@@ -136,25 +175,34 @@ def threaded_open(keyring, rotation, messages, threads, repeat, size):
     sealer = pe.Sealer.encrypt(kms, KEY, TENANT, max_messages=rotation)
     data = os.urandom(size)
     sealed = [sealer.seal(data, ATTRIBUTES) for _ in range(messages)]
+    def work(opener, part):
+        for data, attributes in part:
+            opener.open(data, attributes)
+
+    return on_threads(kms, sealed, threads, repeat, work)
+
+
+def on_threads(kms, sealed, threads, repeat, work):
+    """Best messages per second of `work(opener, part)` on `threads` threads, each given
+    its share of `sealed`, all sharing one new opener a run."""
     rates = []
     for _ in range(repeat):
         opener = pe.Opener(kms, tenant_id=TENANT, trusted_kms_keys=[KEY])
         share = [sealed[i::threads] for i in range(threads)]
         barrier = threading.Barrier(threads + 1)
 
-        def work(part):
+        def run(part):
             barrier.wait()
-            for data, attributes in part:
-                opener.open(data, attributes)
+            work(opener, part)
 
-        workers = [threading.Thread(target=work, args=(part,)) for part in share]
+        workers = [threading.Thread(target=run, args=(part,)) for part in share]
         for worker in workers:
             worker.start()
         barrier.wait()
         start = time.perf_counter()
         for worker in workers:
             worker.join()
-        rates.append(messages / (time.perf_counter() - start))
+        rates.append(len(sealed) / (time.perf_counter() - start))
     return max(rates)
 
 
@@ -170,15 +218,17 @@ def main():
         keyring = os.path.join(folder, "keyring.json")
         pe.create_local_key(keyring, KEY)
         print(f"1 KiB messages, {args.messages} per run, best of {args.repeat}; us per message, one thread")
-        print("| mode | new key every | original seal | original open | package seal | package open | seal speed-up | open speed-up |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        print("| mode | new key every | original seal / open | package seal / open | speed-up | batches of 100 seal / open | speed-up |")
+        print("|---|---:|---|---|---|---|---|")
         for mode in args.modes.split(","):
             for rotation in rotations:
                 o_seal, o_open = measure(lambda: Original(mode, rotation), args.messages, args.repeat)
                 p_seal, p_open = measure(lambda: Package(mode, rotation, keyring), args.messages, args.repeat)
+                b_seal, b_open = measure_batches(keyring, mode, rotation, args.messages, args.repeat)
                 print(
-                    f"| {mode} | {rotation} | {o_seal:.1f} | {o_open:.1f} | {p_seal:.1f} | {p_open:.1f} "
-                    f"| {o_seal / p_seal:.1f}x | {o_open / p_open:.1f}x |",
+                    f"| {mode} | {rotation} | {o_seal:.1f} / {o_open:.1f} | {p_seal:.1f} / {p_open:.1f} "
+                    f"| {o_seal / p_seal:.1f}x / {o_open / p_open:.1f}x | {b_seal:.2f} / {b_open:.2f} "
+                    f"| {o_seal / b_seal:.1f}x / {o_open / b_open:.1f}x |",
                     flush=True,
                 )
         print()
@@ -190,6 +240,14 @@ def main():
                 one = threaded_open(keyring, rotation, count, 1, args.repeat, size)
                 eight = threaded_open(keyring, rotation, count, 8, args.repeat, size)
                 print(f"| {size // 1024} KiB | {rotation} | {one:,.0f} | {eight:,.0f} | {eight / one:.2f}x |", flush=True)
+        print()
+        print("package open_many (encrypt, batches of 100, 1 KiB), msg/s by threads sharing one Opener")
+        print("| new key every | 1 thread | 2 threads | speed-up |")
+        print("|---:|---:|---:|---:|")
+        for rotation in rotations:
+            one = threaded_open_many(keyring, rotation, args.messages, 1, args.repeat)
+            two = threaded_open_many(keyring, rotation, args.messages, 2, args.repeat)
+            print(f"| {rotation} | {one:,.0f} | {two:,.0f} | {two / one:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ use std::task::{Context, Poll, Waker};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
+// Rust's allocations only; Python's objects keep CPython's allocator. See Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod errors;
 mod kms;
 mod open;
@@ -26,7 +30,7 @@ mod seal;
 /// Started on first use, not at import, so that a process may import the package and
 /// then fork (multiprocessing) as long as it seals or opens only after the fork: a
 /// child does not inherit a running runtime's threads.
-fn runtime() -> &'static tokio::runtime::Runtime {
+pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()

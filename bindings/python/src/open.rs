@@ -9,7 +9,8 @@ use envelope::{CacheSettings, KeyVersionName, Mode, TrustedKeys, TrustedPublicKe
 use pyo3::exceptions::PyRuntimeWarning;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::errors::{config_error, open_error};
 use crate::kms::Kms;
@@ -201,6 +202,38 @@ impl Opener {
         Opened::new(py, opened)
     }
 
+    /// Opens a batch: `messages` is an iterable of `(data, attributes)` pairs. Returns a
+    /// list in the same order, one item per message: its `Opened`, or the `OpenError`
+    /// it would have raised (returned, not raised; `reason` and `transient` as ever),
+    /// so one bad message loses or reorders nothing. The batch crosses into Rust once
+    /// and is opened with the GIL released, so other threads run meanwhile (each
+    /// thread's batches open in parallel with the others').
+    fn open_many<'py>(&self, py: Python<'py>, messages: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+        let mut batch = Vec::with_capacity(messages.len().unwrap_or(0));
+        for message in messages.try_iter()? {
+            let (data, attributes): (PyBackedBytes, Bound<'py, PyAny>) = message?.extract()?;
+            batch.push((Bytes::from_owner(data), crate::attributes_of(&attributes)?));
+        }
+        let opener = &self.inner;
+        let opened = py.detach(|| {
+            crate::runtime().block_on(async {
+                let mut opened = Vec::with_capacity(batch.len());
+                for (data, attributes) in &batch {
+                    opened.push(opener.open(data, attributes).await);
+                }
+                opened
+            })
+        });
+        let results = PyList::empty(py);
+        for result in opened {
+            match result {
+                Ok(opened) => results.append(Opened::new(py, opened)?)?,
+                Err(error) => results.append(open_error(py, &error).into_value(py))?,
+            }
+        }
+        Ok(results)
+    }
+
     /// `(hits, misses)` of the data-key cache so far (attest certificates included).
     fn cache_stats(&self) -> (u64, u64) {
         let stats = self.inner.cache_stats();
@@ -261,9 +294,10 @@ pub(crate) struct Opened {
     /// The producer's data (bytes).
     #[pyo3(get)]
     data: Py<PyBytes>,
-    /// The producer's own attributes, restored (dict); no envelope attribute is left.
-    #[pyo3(get)]
-    attributes: Py<PyDict>,
+    /// The producer's own attributes, made a dict on first read: a consumer that never
+    /// reads them (the Beam pipeline) does not pay for one per message.
+    restored: HashMap<String, String>,
+    attributes: PyOnceLock<Py<PyDict>>,
     /// How it was protected: `"encrypt"`, `"sign"` or `"attest"`.
     #[pyo3(get)]
     mode: &'static str,
@@ -285,13 +319,10 @@ pub(crate) struct Opened {
 
 impl Opened {
     fn new(py: Python<'_>, opened: envelope::Opened) -> PyResult<Self> {
-        let attributes = PyDict::new(py);
-        for (name, value) in &opened.attributes {
-            attributes.set_item(name, value)?;
-        }
         Ok(Self {
             data: PyBytes::new(py, &opened.data).unbind(),
-            attributes: attributes.unbind(),
+            restored: opened.attributes,
+            attributes: PyOnceLock::new(),
             mode: opened.mode.as_str(),
             kms_key: opened.kms_key.map(|key| key.to_string()),
             sealed_at: opened.sealed_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
@@ -303,13 +334,26 @@ impl Opened {
 
 #[pymethods]
 impl Opened {
+    /// The producer's own attributes, restored (dict); no envelope attribute is left.
+    #[getter]
+    fn attributes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = self.attributes.get_or_try_init(py, || {
+            let dict = PyDict::new(py);
+            for (name, value) in &self.restored {
+                dict.set_item(name, value)?;
+            }
+            PyResult::Ok(dict.unbind())
+        })?;
+        Ok(dict.bind(py).clone())
+    }
+
     fn __repr__(&self, py: Python<'_>) -> String {
         format!(
             "<Opened mode={} kms_key={} data={} bytes attributes={}>",
             self.mode,
             crate::repr_optional(self.kms_key.as_deref()),
             self.data.bind(py).as_bytes().len(),
-            self.attributes.bind(py).len()
+            self.restored.len()
         )
     }
 }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use envelope::{AttestBy, KeyName, KeyVersionName, RotationPolicy, ServiceAccountSigner};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyList};
 
 use crate::errors::{config_error, seal_error};
 use crate::kms::Kms;
@@ -182,6 +182,41 @@ impl Sealer {
         })
         .map_err(|error| seal_error(py, &error))?;
         Ok((PyBytes::new(py, &sealed.data), sealed.attributes))
+    }
+
+    /// Seals a batch: `messages` is an iterable of `data` or `(data, attributes)`.
+    /// Returns a list in the same order: each message's `(data, attributes)` to publish,
+    /// or the `SealError` it would have raised (returned, not raised), so one bad
+    /// message loses or reorders nothing. The batch crosses into Rust once, is sealed in
+    /// order with the GIL released, and holds the sealer for its length.
+    fn seal_many<'py>(&self, py: Python<'py>, messages: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+        let mut batch = Vec::with_capacity(messages.len().unwrap_or(0));
+        for message in messages.try_iter()? {
+            let message = message?;
+            let (data, attributes) = match message.extract::<(PyBackedBytes, Option<Bound<'py, PyAny>>)>() {
+                Ok((data, attributes)) => (data, attributes.map(|a| crate::attributes_of(&a)).transpose()?),
+                Err(_) => (message.extract::<PyBackedBytes>()?, None),
+            };
+            batch.push((Bytes::from_owner(data), attributes.unwrap_or_default()));
+        }
+        let sealed = py.detach(|| {
+            crate::runtime().block_on(async {
+                let mut sealer = self.inner.lock().await;
+                let mut sealed = Vec::with_capacity(batch.len());
+                for (data, attributes) in batch {
+                    sealed.push(sealer.seal(data, attributes).await);
+                }
+                sealed
+            })
+        });
+        let results = PyList::empty(py);
+        for result in sealed {
+            match result {
+                Ok(sealed) => results.append((PyBytes::new(py, &sealed.data), sealed.attributes))?,
+                Err(error) => results.append(seal_error(py, &error).into_value(py))?,
+            }
+        }
+        Ok(results)
     }
 
     /// The mode this sealer seals in: `"encrypt"`, `"sign"` or `"attest"`.

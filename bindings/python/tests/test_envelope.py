@@ -274,22 +274,28 @@ def test_an_open_waiting_on_the_kms_lets_other_threads_run(keyring):
     """The GIL is released while an open waits on the KMS: another thread runs Python meanwhile."""
     data, attributes = pe.Sealer.encrypt(pe.LocalKms(keyring), KEY, TENANT).seal(b"words", {})
     slow = opener(pe.LocalKms(keyring, latency_ms=3000))
+    assert runs_python_meanwhile(lambda: [slow.open(data, attributes).data]) == [b"words"]
+
+
+def runs_python_meanwhile(call):
+    """Runs `call` (one that waits 3 s on the KMS) on a thread and plain Python on this
+    one meanwhile, which can only run while the call has the GIL released: asserts the
+    call was still waiting once the Python work was done, and returns what it returned."""
     started = threading.Event()
-    opened = []
+    returned = []
 
-    def open_slowly():
+    def run():
         started.set()
-        opened.append(slow.open(data, attributes).data)
+        returned.append(call())
 
-    worker = threading.Thread(target=open_slowly)
+    worker = threading.Thread(target=run)
     worker.start()
     started.wait()
-    # Plain Python work: it can only run while the worker has the GIL released. Had the
-    # open held the GIL for its 3 s KMS call, the worker would be done by now.
     total = sum(range(100_000))
     still_waiting = worker.is_alive()
     worker.join()
-    assert total == 4_999_950_000 and still_waiting and opened == [b"words"]
+    assert total == 4_999_950_000 and still_waiting, "the call held the GIL while it waited"
+    return returned[0]
 
 
 def test_help_is_useful():
@@ -423,3 +429,65 @@ def test_a_junk_flood_costs_the_kms_its_budget_then_is_refused_without_a_call(km
     assert opener_.open(data, good).data == b"words"
     stats = opener_.kms_stats()
     assert (stats["ok"], stats["refused"], stats["over_budget"]) == (1, 5, 25), stats
+
+
+@pytest.mark.parametrize("flavour", ["encrypt", "sign", "attest"])
+def test_a_batch_seals_and_opens_in_order_with_each_failure_in_its_place(kms, flavour):
+    """seal_many and open_many keep the order, and a bad message is an error in its own place, not a raise."""
+    sealer = sealers(kms)[flavour]
+    texts = [f"message {n}".encode() for n in range(50)]
+    # The 10th asks for a reserved attribute: its place holds the SealError.
+    batch = [(text, {"n": str(n)} if n != 10 else {"envelope_version": "1"}) for n, text in enumerate(texts)]
+    sealed = sealer.seal_many(batch)
+    assert len(sealed) == 50
+    assert isinstance(sealed[10], pe.SealError) and sealed[10].reason == "invalid_attributes"
+    assert not sealed[10].transient
+    good = [item for n, item in enumerate(sealed) if n != 10]
+    assert all(isinstance(item, tuple) for item in good)
+    # Plain bytes seal with no attributes.
+    (plain,) = sealer.seal_many([b"no attributes"])
+
+    # Opened in order; a tampered message and one from an untrusted key fail in place.
+    messages = list(good)
+    data, attributes = messages[3]
+    messages[3] = (data + b"!" if flavour != "encrypt" else data[:-1] + bytes([data[-1] ^ 1]), attributes)
+    stranger = pe.Sealer.encrypt(kms, OTHER_KEY, TENANT).seal(b"stranger", {})
+    messages.insert(7, stranger)
+    messages.append(plain)
+    opened = opener(kms).open_many(messages)
+    assert len(opened) == len(messages) == 51
+    assert isinstance(opened[3], pe.ForgedError) and not opened[3].transient
+    assert isinstance(opened[7], pe.RefusedError) and opened[7].reason == "untrusted_key"
+    rest = [item for n, item in enumerate(opened[:-1]) if n not in (3, 7)]
+    expected = [(text, {"n": str(n)}) for n, text in enumerate(texts) if n not in (3, 10)]
+    assert [(item.data, item.attributes) for item in rest] == expected
+    assert (opened[-1].data, opened[-1].attributes) == (b"no attributes", {})
+    # The same messages one by one give the same answers.
+    single = opener(kms)
+    for message, batched in zip(messages, opened):
+        if isinstance(batched, pe.OpenError):
+            with pytest.raises(type(batched)):
+                single.open(*message)
+        else:
+            assert single.open(*message).fingerprint == batched.fingerprint
+
+
+def test_a_transient_failure_in_a_batch_is_returned_transient_and_the_rest_open(keyring):
+    """A message whose data key cannot be unwrapped now (KMS down) comes back transient; the others still open."""
+    kms = pe.LocalKms(keyring)
+    under_key = pe.Sealer.encrypt(kms, KEY, TENANT).seal(b"needs the kms", {})
+    # An attest message with a pinned public key needs no KMS: it opens while the KMS is down.
+    attested = pe.Sealer.attest(kms, SIGNER_VERSION, TENANT).seal(b"needs no kms", {})
+    pem = pe.public_key_pem(kms, SIGNER_VERSION)
+    down = pe.CloudKms(endpoint="http://127.0.0.1:9", timeout_secs=1)
+    results = opener(down, trusted_public_keys={SIGNER_VERSION: pem}).open_many([under_key, attested, under_key])
+    assert results[1].data == b"needs no kms"
+    assert all(isinstance(item, pe.InfrastructureError) and item.transient for item in (results[0], results[2])), results
+
+
+def test_a_batch_is_opened_with_the_gil_released(keyring):
+    """While open_many waits on the KMS, another thread runs Python."""
+    messages = [pe.Sealer.encrypt(pe.LocalKms(keyring), KEY, TENANT).seal(b"words", {}) for _ in range(3)]
+    slow = opener(pe.LocalKms(keyring, latency_ms=3000))
+    opened = runs_python_meanwhile(lambda: [item.data for item in slow.open_many(messages)])
+    assert opened == [b"words"] * 3

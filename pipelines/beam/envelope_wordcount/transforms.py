@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.transforms import window
+from apache_beam.utils.windowed_value import WindowedValue
 
 # The article's tokenizer, which the Rust pipeline's word splitting is tested against.
 WORDS = re.compile(r"[\w']+")
@@ -91,33 +92,60 @@ def dead_letter(message, reason, detail):
 
 
 class OpenMessages(beam.DoFn):
-    """Opens each message: its text goes to the main output, keyed by its fingerprint; what
-    will never open goes to the `dead_letter` output; a transient failure (KMS unreachable)
-    raises, so the runner retries the bundle and nothing is lost or acknowledged early."""
+    """Opens messages a batch at a time: their texts go to the main output, keyed by
+    fingerprint; what will never open goes to the `dead_letter` output; a transient
+    failure (KMS unreachable) raises, so the runner retries the bundle and nothing is
+    lost or acknowledged early.
 
-    def __init__(self, settings):
+    Messages are buffered, each with its timestamp and window, and opened `BATCH` at a
+    time with `Opener.open_many` (one crossing into Rust, the GIL released), at the
+    latest when the bundle finishes; each result goes out with its own message's
+    timestamp and window, so windows and counts are as if opened one by one."""
+
+    BATCH = 100
+
+    def __init__(self, settings, batch=BATCH):
         self.settings = settings
+        self.batch = batch
         self.opener = None
+        self.pending = []
 
     def setup(self):
         self.opener = self.settings.build()
 
-    def process(self, message):
+    def start_bundle(self):
+        self.pending = []
+
+    def process(self, message, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        self.pending.append((message, timestamp, window))
+        if len(self.pending) >= self.batch:
+            yield from self._open_pending()
+
+    def finish_bundle(self):
+        yield from self._open_pending()
+
+    def _open_pending(self):
         import pubsub_envelope as pe
 
-        try:
-            opened = self.opener.open(message.data, dict(message.attributes or {}))
-        except pe.OpenError as error:
-            if error.transient:
-                raise
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(message, error.reason, str(error)))
+        pending, self.pending = self.pending, []
+        if not pending:
             return
-        try:
-            text = opened.data.decode("utf-8")
-        except UnicodeDecodeError as error:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(message, "not_utf8", str(error)))
-            return
-        yield opened.fingerprint, text
+        results = self.opener.open_many([(message.data, message.attributes or {}) for message, _, _ in pending])
+        for result in results:
+            if isinstance(result, pe.OpenError) and result.transient:
+                raise result
+        for (message, timestamp, window), result in zip(pending, results):
+            if isinstance(result, pe.OpenError):
+                dead = dead_letter(message, result.reason, str(result))
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER, WindowedValue(dead, timestamp, [window]))
+                continue
+            try:
+                text = result.data.decode("utf-8")
+            except UnicodeDecodeError as error:
+                dead = dead_letter(message, "not_utf8", str(error))
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER, WindowedValue(dead, timestamp, [window]))
+                continue
+            yield WindowedValue((result.fingerprint, text), timestamp, [window])
 
 
 class AnyOne(beam.CombineFn):
@@ -160,16 +188,18 @@ class FormatCounts(beam.DoFn):
 
 
 class CountSealedWords(beam.PTransform):
-    """PubsubMessages in; `{"counts": PubsubMessages, "dead_letter": PubsubMessages}` out."""
+    """PubsubMessages in; `{"counts": PubsubMessages, "dead_letter": PubsubMessages}` out.
+    `batch`: messages opened at once (`OpenMessages`)."""
 
-    def __init__(self, settings, window_secs=15, replica="beam"):
+    def __init__(self, settings, window_secs=15, replica="beam", batch=OpenMessages.BATCH):
         super().__init__()
         self.settings = settings
         self.window_secs = window_secs
         self.replica = replica
+        self.batch = batch
 
     def expand(self, messages):
-        opened = messages | "Open" >> beam.ParDo(OpenMessages(self.settings)).with_outputs(DEAD_LETTER, main="texts")
+        opened = messages | "Open" >> beam.ParDo(OpenMessages(self.settings, self.batch)).with_outputs(DEAD_LETTER, main="texts")
         counts = (
             opened.texts
             | "Window" >> beam.WindowInto(window.FixedWindows(self.window_secs))

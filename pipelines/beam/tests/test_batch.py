@@ -13,6 +13,17 @@ from envelope_wordcount import CountSealedWords, OpenSettings
 START = 1_699_999_995  # a multiple of 15: windows start here and 15 s later
 
 
+def count(pipeline, messages, settings):
+    """`CountSealedWords` over `((data, attributes), publish time)` pairs, message ids their indexes."""
+    return (
+        pipeline
+        | beam.Create(
+            [beam.window.TimestampedValue(PubsubMessage(d, a, message_id=str(i)), t) for i, ((d, a), t) in enumerate(messages)]
+        )
+        | CountSealedWords(settings, window_secs=15, replica="test")
+    )
+
+
 def test_counts_per_window_and_dead_letters(keyring):
     """Each window's words counted exactly, a copy counted once, and bad messages dead-lettered with their reason."""
     kms = pe.LocalKms(keyring)
@@ -33,13 +44,7 @@ def test_counts_per_window_and_dead_letters(keyring):
     settings = OpenSettings(tenant_id=TENANT, trusted_kms_keys=["projects/tenant-1/*"], kms=f"local:{keyring}")
 
     with test_pipeline.TestPipeline() as pipeline:
-        results = (
-            pipeline
-            | beam.Create(
-                [beam.window.TimestampedValue(PubsubMessage(d, a, message_id=str(i)), t) for i, ((d, a), t) in enumerate(messages)]
-            )
-            | CountSealedWords(settings, window_secs=15, replica="test")
-        )
+        results = count(pipeline, messages, settings)
         counts = results["counts"] | "Counts" >> beam.Map(
             lambda m: (m.attributes["window_start"], m.attributes["window_end"], m.attributes["replica"], m.data.decode())
         )
@@ -107,3 +112,34 @@ def test_a_tenant_that_steers_its_tag_onto_another_tenants_message_suppresses_no
             counts | "Words" >> beam.Filter(lambda line: line.split(":")[0] in ("the", "fox", "another", "tag")),
             equal_to(["the: 2", "fox: 1", "another: 1", "tag: 1"]),
         )
+
+
+def test_batches_of_messages_keep_each_messages_window_and_each_failure_in_place(keyring):
+    """Opened 100 at a time, 250 messages over three windows count exactly, and the bad ones among them are dead-lettered."""
+    kms = pe.LocalKms(keyring)
+    sealer = pe.Sealer.encrypt(kms, KEY, TENANT, max_messages=7)
+    messages, expected, dead = [], {}, []
+    for n in range(250):
+        second = START + (n * 45) // 250  # spread over three 15 s windows
+        if n % 37 == 5:
+            data, attributes = sealer.seal(b"forged", {})
+            messages.append(((data[:-1] + bytes([data[-1] ^ 1]), attributes), second))
+            dead.append(("tampered", str(n)))
+            continue
+        word = f"w{n % 11}"
+        messages.append((sealer.seal(word.encode(), {}), second))
+        window = (second - START) // 15
+        expected[(window, word)] = expected.get((window, word), 0) + 1
+    settings = OpenSettings(tenant_id=TENANT, trusted_kms_keys=["projects/tenant-1/*"], kms=f"local:{keyring}")
+
+    with test_pipeline.TestPipeline() as pipeline:
+        results = count(pipeline, messages, settings)
+        windows = {"2023-11-14T22:13:15Z": 0, "2023-11-14T22:13:30Z": 1, "2023-11-14T22:13:45Z": 2}
+        counts = results["counts"] | "Counts" >> beam.Map(
+            lambda m: (windows[m.attributes["window_start"]],) + tuple(m.data.decode().split(": "))
+        )
+        assert_that(counts, equal_to([(w, word, str(c)) for (w, word), c in expected.items()]), label="counts")
+        reasons = results["dead_letter"] | "Dead" >> beam.Map(
+            lambda m: (m.attributes["reject_reason"], m.attributes["original_message_id"])
+        )
+        assert_that(reasons, equal_to(dead), label="dead")

@@ -1,7 +1,7 @@
 """Type stubs of the native module; see the package docstring."""
 
 from os import PathLike
-from typing import Dict, Literal, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 __version__: str
 DEFAULT_TENANT_ID: str
@@ -90,6 +90,9 @@ class Sealer:
     def seal(
         self, data: bytes, attributes: Optional[Mapping[str, str]] = None
     ) -> Tuple[bytes, dict[str, str]]: ...
+    def seal_many(
+        self, messages: Iterable[Union[bytes, Tuple[bytes, Optional[Mapping[str, str]]]]]
+    ) -> List[Union[Tuple[bytes, dict[str, str]], SealError]]: ...
     @property
     def mode(self) -> Literal["encrypt", "sign", "attest"]: ...
     @property
@@ -136,6 +139,7 @@ class Opener:
         dangerous_trust_any_kms_key: bool = False,
     ) -> None: ...
     def open(self, data: bytes, attributes: Mapping[str, str]) -> Opened: ...
+    def open_many(self, messages: Iterable[Tuple[bytes, Mapping[str, str]]]) -> List[Union[Opened, OpenError]]: ...
     def cache_stats(self) -> Tuple[int, int]: ...
     def kms_stats(self) -> Dict[str, int]: ...
     @property
