@@ -138,7 +138,8 @@ fn the_guide_runs_as_written_dead_letters_redriven_and_attest_proven() {
     assert!(ran.success, "{all}");
     assert!(ran.stdout.contains(r#"pubsub_envelope_messages_total{outcome="counted",reason=""} 21"#), "{all}");
     assert!(ran.stdout.contains(r#"{outcome="dead_lettered",reason="kms_rejected"} 1"#), "{all}");
-    assert!(ran.stdout.contains("reason=kms_rejected") && ran.stdout.contains("receipt: verified"), "{all}");
+    assert!(ran.stdout.contains("DEAD ") && ran.stdout.contains("reason=kms_rejected"), "{all}");
+    assert!(ran.stdout.contains("receipt: verified"), "{all}");
     assert!(ran.stdout.contains("redriven (opens now as encrypt)"), "{all}");
     assert!(ran.stdout.contains("tenant: 1") && ran.stdout.contains("two: 1"), "tenant 2 counted: {all}");
     assert!(ran.stdout.contains("attested_by=(tenant tenant-1 by "), "{all}");
