@@ -289,8 +289,9 @@ fn already_exists(error: &google_cloud_gax::error::Error) -> bool {
 /// How long a binary waits at start-up for Pub/Sub to answer before it gives up with a
 /// remedy (instead of the client's own minutes of retries).
 pub const PROBE_DEADLINE: Duration = Duration::from_secs(10);
-/// Pause between start-up probes while Pub/Sub does not answer (an emulator starting).
-const PROBE_RETRY: Duration = Duration::from_millis(500);
+/// Pause between start-up probes while Pub/Sub (or, in `cli`, the credentials) does
+/// not answer yet (an emulator, or a metadata server, starting).
+pub const PROBE_RETRY: Duration = Duration::from_millis(500);
 /// Pub/Sub's limit on one message, data and attributes together.
 pub const MAX_MESSAGE_BYTES: usize = 10_000_000;
 /// Pub/Sub's limit on attributes per message.

@@ -238,16 +238,13 @@ async fn first_token(credentials: &Credentials, origin: &Origin) -> anyhow::Resu
             || (*origin == Origin::ApplicationDefault
                 && bus::credentials::only_metadata_server()
                 && !on_google_cloud().await);
-        if hopeless || tokio::time::Instant::now() + PROBE_RETRY >= deadline {
+        if hopeless || tokio::time::Instant::now() + bus::PROBE_RETRY >= deadline {
             return Err(bus::credentials::refused(origin, bus::credentials::OFFLINE_KMS, &error));
         }
         tracing::debug!(%error, "no token yet; asking again");
-        tokio::time::sleep(PROBE_RETRY).await;
+        tokio::time::sleep(bus::PROBE_RETRY).await;
     }
 }
-
-/// Pause between asks for a first token.
-const PROBE_RETRY: Duration = Duration::from_millis(500);
 
 /// Whether this machine has a Google Cloud metadata server: `GCE_METADATA_HOST` names
 /// one, or `metadata.google.internal` resolves (within a second).
