@@ -10,7 +10,10 @@ EMULATOR_STATE_DIR=$(mktemp -d)
 export EMULATOR_STATE_DIR
 trap 'scripts/emulator.sh stop; rm -rf "$EMULATOR_STATE_DIR"' EXIT
 
+# The free disk, before and after the build: a red CI of a full disk then says so.
+df -h . >&2
 cargo build --workspace --locked
+df -h . >&2
 # deploy/tests check the alert rules with promtool (Debian's prometheus package) and
 # build the container image with podman: where either is missing and apt can install
 # it, install it; else those tests say so and skip.
