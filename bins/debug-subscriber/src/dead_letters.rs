@@ -58,9 +58,9 @@ pub async fn run(
     loop {
         let next = tokio::select! {
             () = &mut shutdown => break,
-            next = tokio::time::timeout(settings.idle_exit, stream.next()) => next,
+            next = bus::unless_idle(Some(settings.idle_exit), stream.next()) => next,
         };
-        let Ok(Some(delivery)) = next else { break }; // idle, or the stream ended
+        let Some(Some(delivery)) = next else { break }; // idle, or the stream ended
         let (message, handler) =
             delivery.with_context(|| format!("streaming pull from {} failed", settings.subscription))?;
         tally.read += 1;

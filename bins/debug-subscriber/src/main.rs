@@ -46,9 +46,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let opener = Arc::new(cli.trust.opener(kms.clone(), &cli.kms.tenant_id, cli.mode.accepts())?.build()?);
     let metrics = Arc::new(runner::metrics::Metrics::new(Some((opener.clone(), kms.clone()))));
     cli.metrics.serve(&metrics).await?;
-    let pubsub = bus::PubSub::from_env(account.origin(), || account.credentials())?;
+    let pubsub = bus::PubSub::from_env(&account)?;
     signals.or_exit(pubsub.probe_subscription(&subscription)).await?;
     let bus_topic = bus::names::topic(project, &cli.pubsub_topic)?;
+    let idle_exit = cli.idle_exit_secs.map(Duration::from_secs);
     if cli.dead_letters {
         let dead_letter_topic = bus::names::topic(project, &cli.dead_letter.dead_letter_topic)?;
         pubsub.ensure_subscription(&subscription, &dead_letter_topic, Duration::from_secs(60)).await?;
@@ -65,7 +66,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             receipts: receipts.as_ref(),
             subscription: &subscription,
             redrive_to: cli.redrive.then_some(bus_topic.as_str()),
-            idle_exit: Duration::from_secs(cli.idle_exit_secs.unwrap_or(DEAD_LETTERS_IDLE_EXIT_SECS)),
+            idle_exit: idle_exit.unwrap_or(Duration::from_secs(DEAD_LETTERS_IDLE_EXIT_SECS)),
             json: cli.json,
         };
         return dead_letters::run(&pubsub, &opener, settings, signals.drain(SHUTDOWN_GRACE)).await;
@@ -74,30 +75,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     tracing::info!("reading {subscription}");
     metrics.set_ready(true);
 
-    // `--idle_exit_secs`: when the last message (or the start) was, and a stop once it
-    // is that long ago.
-    let last = std::sync::Mutex::new(tokio::time::Instant::now());
-    let idle = async {
-        let Some(seconds) = cli.idle_exit_secs else { return std::future::pending().await };
-        loop {
-            let due = *last.lock().expect("never poisoned") + Duration::from_secs(seconds);
-            if tokio::time::Instant::now() >= due {
-                tracing::info!("nothing arrived for {seconds} s: stopping");
-                return;
-            }
-            tokio::time::sleep_until(due).await;
-        }
-    };
-    let stop = async {
-        tokio::select! {
-            () = signals.drain(SHUTDOWN_GRACE) => {}
-            () = idle => {}
-        }
-    };
     let mut out = std::io::stdout().lock();
     pubsub
-        .tail(&subscription, stop, async |message, handler| {
-            *last.lock().expect("never poisoned") = tokio::time::Instant::now();
+        .tail(&subscription, signals.drain(SHUTDOWN_GRACE), idle_exit, async |message, handler| {
             let id = &message.message_id;
             metrics.received(1);
             match opener.open(&message.data, &message.attributes).await {

@@ -74,7 +74,7 @@ async fn run(cli: Cli, workers: usize) -> anyhow::Result<ExitCode> {
     let metrics = Arc::new(runner::metrics::Metrics::new(Some((opener.clone(), kms.clone()))));
     cli.metrics.serve(&metrics).await?;
 
-    let pubsub = bus::PubSub::from_env(account.origin(), || account.credentials())?;
+    let pubsub = bus::PubSub::from_env(&account)?;
     signals
         .or_exit(async {
             pubsub.probe_subscription(&input_subscription).await?;

@@ -69,7 +69,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     };
     let mode = sealer.mode();
     let mut sealer = sealer.with_policy(policy).with_keys_ahead(cli.keys_ahead.into());
-    let pubsub = bus::PubSub::from_env(account.origin(), || account.credentials())?;
+    let pubsub = bus::PubSub::from_env(&account)?;
     signals.or_exit(pubsub.probe_topic(&topic)).await?;
     pubsub.ensure_topic(&topic).await?;
     // A project typo on the emulator makes a topic of its own, which nobody reads.

@@ -97,7 +97,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // ready while it listens.
     let metrics = Arc::new(runner::metrics::Metrics::new(None));
     cli.metrics.serve(&metrics).await?;
-    let pubsub = bus::PubSub::from_env(account.origin(), || account.credentials())?;
+    let pubsub = bus::PubSub::from_env(&account)?;
     signals.or_exit(pubsub.probe_subscription(&subscription)).await?;
     pubsub
         .ensure_subscription(&subscription, &bus::names::topic(project, &cli.pubsub_topic)?, Duration::from_secs(10))
@@ -119,7 +119,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let printer = tokio::spawn(print_changes(totals.clone(), format));
     let mut skipped = 0u64;
     let tailed = pubsub
-        .tail(&subscription, stop, async |message, handler| {
+        .tail(&subscription, stop, None, async |message, handler| {
             let mut refused = "";
             let added = match &opener {
                 Some(opener) => match opener.open(&message.data, &message.attributes).await {

@@ -22,9 +22,7 @@ pub struct PublishOptions {
 
 /// Publishes each stdin line unprotected, through the publisher's own [`bus::send::Sender`].
 pub async fn publish(options: PublishOptions) -> anyhow::Result<()> {
-    let pubsub = bus::PubSub::from_env(bus::credentials::Origin::ApplicationDefault, || {
-        anyhow::bail!("the benchmark runs on the emulator only")
-    })?;
+    let pubsub = bus::PubSub::from_env(&bus::credentials::EmulatorOnly)?;
     pubsub.ensure_topic(&options.topic).await?;
     let mut sender = bus::send::Sender::new(pubsub.publisher(&options.topic).await?, options.rate, |_| {});
     let mut received = cli::stdin_lines();
@@ -72,9 +70,7 @@ impl runner::Open for Plaintext {
 
 /// Runs `runner::run` with no envelope until SIGTERM.
 pub async fn pipeline(options: PipelineOptions) -> anyhow::Result<()> {
-    let pubsub = bus::PubSub::from_env(bus::credentials::Origin::ApplicationDefault, || {
-        anyhow::bail!("the benchmark runs on the emulator only")
-    })?;
+    let pubsub = bus::PubSub::from_env(&bus::credentials::EmulatorOnly)?;
     let workers = std::thread::available_parallelism().map_or(1, usize::from);
     let config = runner::Config {
         window: Duration::from_secs(options.window_secs),

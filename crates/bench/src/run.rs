@@ -170,9 +170,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     ring.create(&crate::hostile::VICTIM_KEY.parse::<KeyName>()?)?;
     ring.save()?;
     let mut bench = Bench {
-        pubsub: bus::PubSub::from_env(bus::credentials::Origin::ApplicationDefault, || {
-            anyhow::bail!("the benchmark runs on the emulator only")
-        })?,
+        pubsub: bus::PubSub::from_env(&bus::credentials::EmulatorOnly)?,
         bins: std::env::current_exe()?.parent().context("no binary directory")?.to_owned(),
         dir,
         keyring,

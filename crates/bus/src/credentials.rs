@@ -18,6 +18,28 @@ pub enum Origin {
     ApplicationDefault,
 }
 
+/// Who a process is to Google: where its credentials come from (to say so when they
+/// fail) and the credentials themselves, asked for only when Google Cloud is used.
+pub trait Source {
+    /// Where the credentials come from.
+    fn origin(&self) -> Origin;
+    /// The credentials.
+    fn credentials(&self) -> anyhow::Result<google_cloud_auth::credentials::Credentials>;
+}
+
+/// No credentials: for what runs on the emulator only (the benchmarks).
+pub struct EmulatorOnly;
+
+impl Source for EmulatorOnly {
+    fn origin(&self) -> Origin {
+        Origin::ApplicationDefault
+    }
+
+    fn credentials(&self) -> anyhow::Result<google_cloud_auth::credentials::Credentials> {
+        anyhow::bail!("this runs on the Pub/Sub emulator only: set PUBSUB_EMULATOR_HOST")
+    }
+}
+
 /// The remedy every credentials error starts with.
 pub const NO_CREDENTIALS: &str = "Google Cloud refused or found no credentials: run `gcloud auth application-default login`, \
      or pass --service_account KEY.json";

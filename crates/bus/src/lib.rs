@@ -17,4 +17,4 @@ mod pubsub;
 pub mod send;
 
 pub use credentials::NO_CREDENTIALS;
-pub use pubsub::{MAX_ATTRIBUTES, MAX_MESSAGE_BYTES, PROBE_DEADLINE, PROBE_RETRY, PubSub};
+pub use pubsub::{MAX_ATTRIBUTES, MAX_MESSAGE_BYTES, PROBE_DEADLINE, PROBE_RETRY, PubSub, unless_idle};

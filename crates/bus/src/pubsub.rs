@@ -13,6 +13,45 @@ use google_cloud_pubsub::subscriber::handler::Handler;
 
 use crate::credentials::{self, OFFLINE_PUBSUB, Origin};
 
+/// `next`'s output, or `None` if `idle` passes first (saying so): how a reader told to
+/// stop once nothing arrives (`debug-subscriber --idle_exit_secs`) waits for each
+/// message. Without `idle`, `next`'s output.
+pub async fn unless_idle<T>(idle: Option<Duration>, next: impl Future<Output = T>) -> Option<T> {
+    let Some(idle) = idle else { return Some(next.await) };
+    let next = tokio::time::timeout(idle, next).await.ok();
+    if next.is_none() {
+        tracing::info!("nothing arrived for {} s: stopping", idle.as_secs());
+    }
+    next
+}
+
+/// What one answer to a start-up probe or a readiness check says about Pub/Sub: both
+/// read it here, so that they agree.
+enum Reply {
+    /// Pub/Sub answered: with the resource, or with a refusal to describe it (the
+    /// publisher and subscriber roles may not), which only a Pub/Sub that answers gives.
+    Answers,
+    /// The topic or subscription does not exist.
+    Missing,
+    /// The credentials were refused.
+    Unauthenticated(google_cloud_gax::error::Error),
+    /// No answer: unreachable, unavailable, or any other failure, which may pass.
+    Silent(google_cloud_gax::error::Error),
+}
+
+impl Reply {
+    fn of(reply: Result<(), google_cloud_gax::error::Error>) -> Self {
+        let Err(error) = reply else { return Reply::Answers };
+        match error.status().map(|status| status.code) {
+            Some(Code::PermissionDenied) => Reply::Answers,
+            Some(Code::NotFound) => Reply::Missing,
+            Some(Code::Unauthenticated) => Reply::Unauthenticated(error),
+            _ if error.is_authentication() => Reply::Unauthenticated(error),
+            _ => Reply::Silent(error),
+        }
+    }
+}
+
 /// Where clients connect, and with which credentials.
 #[derive(Clone)]
 pub struct PubSub {
@@ -25,12 +64,11 @@ pub struct PubSub {
 
 impl PubSub {
     /// The emulator when `PUBSUB_EMULATOR_HOST` is set (anonymous, as Google's clients
-    /// do); otherwise Google Cloud with the credentials `load` gives (from `origin`),
-    /// asked for only then.
-    pub fn from_env(origin: Origin, load: impl FnOnce() -> anyhow::Result<Credentials>) -> anyhow::Result<Self> {
+    /// do); otherwise Google Cloud with the credentials of `source`, asked for only then.
+    pub fn from_env(source: &impl credentials::Source) -> anyhow::Result<Self> {
         match std::env::var("PUBSUB_EMULATOR_HOST").ok().filter(|host| !host.is_empty()) {
             Some(host) => Ok(Self::emulator(&host)),
-            None => Ok(Self { emulator: None, credentials: load()?, origin }),
+            None => Ok(Self { emulator: None, credentials: source.credentials()?, origin: source.origin() }),
         }
     }
 
@@ -63,12 +101,14 @@ impl PubSub {
     }
 
     /// Receives from `subscription`, handing each message to `handle`, until `shutdown`
-    /// resolves (the binaries pass SIGINT or SIGTERM) or the stream ends; then shuts the
-    /// stream down so that pending acks reach Pub/Sub before the process exits.
+    /// resolves (the binaries pass SIGINT or SIGTERM), nothing arrives for `idle_exit`
+    /// (see [`unless_idle`]), or the stream ends; then shuts the stream down so that
+    /// pending acks reach Pub/Sub before the process exits.
     pub async fn tail(
         &self,
         subscription: &str,
         shutdown: impl Future<Output = ()>,
+        idle_exit: Option<Duration>,
         mut handle: impl AsyncFnMut(Message, Handler) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         let client = self.subscriber(1).await?;
@@ -81,9 +121,9 @@ impl PubSub {
             // acked: Pub/Sub redelivers it.
             let delivery = tokio::select! {
                 () = &mut signal => break,
-                next = stream.next() => next,
+                next = unless_idle(idle_exit, stream.next()) => next,
             };
-            let Some(delivery) = delivery else { break };
+            let Some(Some(delivery)) = delivery else { break }; // idle, or the stream ended
             let (message, handler) = delivery.with_context(|| format!("streaming pull from {subscription} failed"))?;
             handle(message, handler).await?;
         }
@@ -123,9 +163,12 @@ impl PubSub {
             tick.tick().await;
             let ask = once(admin.get_subscription().set_subscription(subscription)).send();
             let now = match tokio::time::timeout(PROBE_DEADLINE, ask).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(error)) if error.status().is_some_and(|status| status.code == Code::PermissionDenied) => Ok(()),
-                Ok(Err(error)) => Err(error.to_string()),
+                Ok(reply) => match Reply::of(reply.map(drop)) {
+                    Reply::Answers => Ok(()),
+                    // The emulator's subscriptions exist by now: the consumer made its own.
+                    Reply::Missing => Err(format!("subscription {subscription} does not exist")),
+                    Reply::Unauthenticated(error) | Reply::Silent(error) => Err(error.to_string()),
+                },
                 Err(_) => Err(format!("no answer within {} s", PROBE_DEADLINE.as_secs())),
             };
             match (&now, answering) {
@@ -148,25 +191,21 @@ impl PubSub {
     ) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + PROBE_DEADLINE;
         loop {
-            let error = match tokio::time::timeout_at(deadline, ask()).await {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(error)) => error,
-                Err(_) => return Err(self.unreachable(None)),
+            let Ok(reply) = tokio::time::timeout_at(deadline, ask()).await else {
+                return Err(self.unreachable(None));
             };
-            let code = error.status().map(|status| status.code);
-            match code {
-                Some(Code::PermissionDenied) => return Ok(()),
-                Some(Code::NotFound) if self.emulator.is_some() => return Ok(()),
-                Some(Code::NotFound) => anyhow::bail!(
+            let error = match Reply::of(reply) {
+                Reply::Answers => return Ok(()),
+                Reply::Missing if self.emulator.is_some() => return Ok(()),
+                Reply::Missing => anyhow::bail!(
                     "{kind} {name} does not exist: create it (scripts/gcp-setup.sh makes every topic and \
                      subscription), or name another with the flag"
                 ),
-                Some(Code::Unauthenticated) => return Err(credentials::refused(&self.origin, OFFLINE_PUBSUB, &error)),
-                _ if error.is_authentication() => {
+                Reply::Unauthenticated(error) => {
                     return Err(credentials::refused(&self.origin, OFFLINE_PUBSUB, &error));
                 }
-                _ => {}
-            }
+                Reply::Silent(error) => error,
+            };
             if tokio::time::Instant::now() + PROBE_RETRY >= deadline {
                 return Err(self.unreachable(Some(error)));
             }

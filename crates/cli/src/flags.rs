@@ -116,6 +116,16 @@ impl Account {
     }
 }
 
+impl bus::credentials::Source for Account {
+    fn origin(&self) -> Origin {
+        Account::origin(self)
+    }
+
+    fn credentials(&self) -> anyhow::Result<Credentials> {
+        Account::credentials(self)
+    }
+}
+
 /// Which KMS backend wraps and unwraps data keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KmsChoice {
