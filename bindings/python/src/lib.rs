@@ -20,6 +20,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod errors;
 mod kms;
 mod open;
+mod reuse;
 mod seal;
 
 /// The runtime every call runs on: KMS calls (HTTP, timers) need one, and the Rust

@@ -192,14 +192,14 @@ impl Opener {
     /// `OpenError` subclass (`MalformedError`, `RefusedError`, `ForgedError`,
     /// `InfrastructureError`) whose `reason` is the stable code and whose `transient`
     /// says whether to retry rather than dead-letter.
-    fn open(&self, py: Python<'_>, data: PyBackedBytes, attributes: &Bound<'_, PyAny>) -> PyResult<Opened> {
+    fn open(&self, py: Python<'_>, data: &Bound<'_, PyAny>, attributes: &Bound<'_, PyAny>) -> PyResult<Opened> {
         let attributes = crate::attributes_of(attributes)?;
         // The Python bytes object itself, shared, not copied.
-        let data = Bytes::from_owner(data);
-        let release_now = data.len() >= crate::RELEASE_GIL_FROM;
-        let opened =
-            crate::run(py, release_now, self.inner.open(&data, &attributes)).map_err(|error| open_error(py, &error))?;
-        Opened::new(py, opened)
+        let shared = Bytes::from_owner(data.extract::<PyBackedBytes>()?);
+        let release_now = shared.len() >= crate::RELEASE_GIL_FROM;
+        let opened = crate::run(py, release_now, self.inner.open(&shared, &attributes))
+            .map_err(|error| open_error(py, &error))?;
+        Opened::new(data, opened)
     }
 
     /// Opens a batch: `messages` is an iterable of `(data, attributes)` pairs. Returns a
@@ -209,10 +209,12 @@ impl Opener {
     /// and is opened with the GIL released, so other threads run meanwhile (each
     /// thread's batches open in parallel with the others').
     fn open_many<'py>(&self, py: Python<'py>, messages: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
-        let mut batch = Vec::with_capacity(messages.len().unwrap_or(0));
+        let mut given = Vec::with_capacity(messages.len().unwrap_or(0));
+        let mut batch = Vec::with_capacity(given.capacity());
         for message in messages.try_iter()? {
-            let (data, attributes): (PyBackedBytes, Bound<'py, PyAny>) = message?.extract()?;
-            batch.push((Bytes::from_owner(data), crate::attributes_of(&attributes)?));
+            let (data, attributes): (Bound<'py, PyAny>, Bound<'py, PyAny>) = message?.extract()?;
+            batch.push((Bytes::from_owner(data.extract::<PyBackedBytes>()?), crate::attributes_of(&attributes)?));
+            given.push(data);
         }
         let opener = &self.inner;
         let opened = py.detach(|| {
@@ -225,9 +227,9 @@ impl Opener {
             })
         });
         let results = PyList::empty(py);
-        for result in opened {
+        for (result, data) in opened.into_iter().zip(&given) {
             match result {
-                Ok(opened) => results.append(Opened::new(py, opened)?)?,
+                Ok(opened) => results.append(Opened::new(data, opened)?)?,
                 Err(error) => results.append(open_error(py, &error).into_value(py))?,
             }
         }
@@ -318,9 +320,11 @@ pub(crate) struct Opened {
 }
 
 impl Opened {
-    fn new(py: Python<'_>, opened: envelope::Opened) -> PyResult<Self> {
+    /// `given` is the data as it was handed in: in sign mode it is handed back.
+    fn new(given: &Bound<'_, PyAny>, opened: envelope::Opened) -> PyResult<Self> {
+        let py = given.py();
         Ok(Self {
-            data: PyBytes::new(py, &opened.data).unbind(),
+            data: crate::reuse::bytes(given, &opened.data).unbind(),
             restored: opened.attributes,
             attributes: PyOnceLock::new(),
             mode: opened.mode.as_str(),

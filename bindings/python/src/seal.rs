@@ -1,17 +1,16 @@
 //! The producer side: a sealer per mode, with the rotation settings of `publisher`.
 
-use std::collections::HashMap;
-
 use std::time::Duration;
 
 use bytes::Bytes;
 use envelope::{AttestBy, KeyName, KeyVersionName, RotationPolicy, ServiceAccountSigner};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::{PyBytes, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::errors::{config_error, seal_error};
 use crate::kms::Kms;
+use crate::reuse::EnvelopeValues;
 
 /// Seals messages for one tenant under one KMS key, in one mode: build one with
 /// `Sealer.encrypt`, `Sealer.sign`, `Sealer.attest` or `Sealer.service_account`.
@@ -31,6 +30,8 @@ use crate::kms::Kms;
 #[pyclass(module = "pubsub_envelope", frozen)]
 pub(crate) struct Sealer {
     inner: tokio::sync::Mutex<envelope::Sealer>,
+    /// The envelope attributes' values as Python strings, reused while they repeat.
+    values: EnvelopeValues,
 }
 
 /// Keys made ahead by default for a remote KMS: `publisher --keys_ahead`'s default.
@@ -70,7 +71,7 @@ impl Rotation {
     }
 
     fn apply(self, sealer: envelope::Sealer) -> Sealer {
-        Sealer { inner: tokio::sync::Mutex::new(sealer.with_policy(self.policy).with_keys_ahead(self.keys_ahead)) }
+        Sealer::new(sealer.with_policy(self.policy).with_keys_ahead(self.keys_ahead))
     }
 }
 
@@ -155,7 +156,7 @@ impl Sealer {
         if let Some(url) = cert_url {
             signer = signer.with_cert_url(url);
         }
-        Ok(Sealer { inner: tokio::sync::Mutex::new(envelope::Sealer::service_account(signer)) })
+        Ok(Sealer::new(envelope::Sealer::service_account(signer)))
     }
 
     /// Seals `data` with the producer's own `attributes`; returns the `(data,
@@ -166,22 +167,21 @@ impl Sealer {
     fn seal<'py>(
         &self,
         py: Python<'py>,
-        data: PyBackedBytes,
+        data: &Bound<'py, PyAny>,
         attributes: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<(Bound<'py, PyBytes>, HashMap<String, String>)> {
-        let attributes = attributes.map(crate::attributes_of).transpose()?;
+    ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyDict>)> {
+        let given = attributes.map(crate::attributes_of).transpose()?;
         // The Python bytes object itself, shared, not copied.
-        let data = Bytes::from_owner(data);
-        let attributes = attributes.unwrap_or_default();
-        let release_now = data.len() >= crate::RELEASE_GIL_FROM;
+        let shared = Bytes::from_owner(data.extract::<PyBackedBytes>()?);
+        let release_now = shared.len() >= crate::RELEASE_GIL_FROM;
         let sealed = crate::run(py, release_now, async {
             // Seals take turns, which one sealer's increasing seal times need anyway. An
             // async lock: a caller that finds it taken waits with the GIL released.
             let mut sealer = self.inner.lock().await;
-            sealer.seal(data, attributes).await
+            sealer.seal(shared, given.unwrap_or_default()).await
         })
         .map_err(|error| seal_error(py, &error))?;
-        Ok((PyBytes::new(py, &sealed.data), sealed.attributes))
+        self.result(data, attributes, sealed)
     }
 
     /// Seals a batch: `messages` is an iterable of `data` or `(data, attributes)`.
@@ -190,14 +190,18 @@ impl Sealer {
     /// message loses or reorders nothing. The batch crosses into Rust once, is sealed in
     /// order with the GIL released, and holds the sealer for its length.
     fn seal_many<'py>(&self, py: Python<'py>, messages: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
-        let mut batch = Vec::with_capacity(messages.len().unwrap_or(0));
+        let mut given = Vec::with_capacity(messages.len().unwrap_or(0));
+        let mut batch = Vec::with_capacity(given.capacity());
         for message in messages.try_iter()? {
             let message = message?;
-            let (data, attributes) = match message.extract::<(PyBackedBytes, Option<Bound<'py, PyAny>>)>() {
-                Ok((data, attributes)) => (data, attributes.map(|a| crate::attributes_of(&a)).transpose()?),
-                Err(_) => (message.extract::<PyBackedBytes>()?, None),
+            let (data, attributes) = match message.extract::<(Bound<'py, PyAny>, Option<Bound<'py, PyAny>>)>() {
+                Ok(pair) => pair,
+                Err(_) => (message, None),
             };
-            batch.push((Bytes::from_owner(data), attributes.unwrap_or_default()));
+            let shared = Bytes::from_owner(data.extract::<PyBackedBytes>()?);
+            let map = attributes.as_ref().map(crate::attributes_of).transpose()?;
+            batch.push((shared, map.unwrap_or_default()));
+            given.push((data, attributes));
         }
         let sealed = py.detach(|| {
             crate::runtime().block_on(async {
@@ -210,9 +214,9 @@ impl Sealer {
             })
         });
         let results = PyList::empty(py);
-        for result in sealed {
+        for (result, (data, attributes)) in sealed.into_iter().zip(&given) {
             match result {
-                Ok(sealed) => results.append((PyBytes::new(py, &sealed.data), sealed.attributes))?,
+                Ok(sealed) => results.append(self.result(data, attributes.as_ref(), sealed)?)?,
                 Err(error) => results.append(seal_error(py, &error).into_value(py))?,
             }
         }
@@ -237,6 +241,23 @@ impl Sealer {
 }
 
 impl Sealer {
+    fn new(sealer: envelope::Sealer) -> Self {
+        Sealer { inner: tokio::sync::Mutex::new(sealer), values: EnvelopeValues::default() }
+    }
+
+    /// A seal's `(data, attributes)` for Python: in sign mode the producer's own
+    /// `data` object and attribute strings, handed back rather than copied.
+    fn result<'py>(
+        &self,
+        data: &Bound<'py, PyAny>,
+        attributes: Option<&Bound<'py, PyAny>>,
+        sealed: envelope::Sealed,
+    ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyDict>)> {
+        let py = data.py();
+        let given = attributes.and_then(|attributes| attributes.cast_exact::<PyDict>().ok());
+        Ok((crate::reuse::bytes(data, &sealed.data), self.values.dict(py, given, sealed.attributes)?))
+    }
+
     /// The sealer, waited for with the GIL released: a seal in progress may be waiting
     /// on the KMS.
     fn with<R: Send>(&self, py: Python<'_>, read: impl FnOnce(&envelope::Sealer) -> R + Send) -> R {

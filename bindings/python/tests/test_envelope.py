@@ -72,6 +72,38 @@ def test_rotation_wraps_one_key_per_rotation_and_the_opener_unwraps_each_once(km
     assert o.cache_stats() == (16, 4)
 
 
+@pytest.mark.parametrize("mode", ["encrypt", "sign"])
+def test_strings_reused_across_messages_follow_each_new_key(kms, mode):
+    """A sealer reuses its envelope attributes' strings while they repeat; after each rotation
+    they are the new key's, every message opens, and a per-message value is never reused."""
+    sealer = getattr(pe.Sealer, mode)(kms, KEY, TENANT, max_messages=2, keys_ahead=0)
+    wrapped_name = "dek_wrapped" if mode == "encrypt" else "sign_key_wrapped"
+    sealed = [sealer.seal(b"m%d" % i, dict(ATTRIBUTES)) for i in range(6)]
+    wrapped = [attributes[wrapped_name] for _, attributes in sealed]
+    assert wrapped[0] is wrapped[1] and wrapped[2] is wrapped[3] and wrapped[4] is wrapped[5]
+    assert len({wrapped[0], wrapped[2], wrapped[4]}) == 3, "each rotation's message carries its own key"
+    assert len({attributes["envelope_sealed_at"] for _, attributes in sealed}) == 6
+    o = opener(kms)
+    assert [o.open(*message).data for message in sealed] == [b"m%d" % i for i in range(6)]
+    batch = sealer.seal_many([(b"b%d" % i, dict(ATTRIBUTES)) for i in range(3)])
+    assert [o.open(*message).data for message in batch] == [b"b0", b"b1", b"b2"]
+    assert batch[0][1][wrapped_name] != batch[2][1][wrapped_name]
+
+
+def test_sign_mode_hands_back_the_producers_own_objects(kms):
+    """Sign mode leaves data and attributes as they were: the seal returns the producer's
+    bytes and attribute strings themselves, and the open the bytes it was given, not copies."""
+    data, given = b"x" * 1024, {"epoch_time": "1541340000", "lang": "en"}
+    sealed_data, attributes = pe.Sealer.sign(kms, KEY, TENANT).seal(data, given)
+    assert sealed_data is data
+    assert all(attributes[name] is value for name, value in given.items())
+    assert given == {"epoch_time": "1541340000", "lang": "en"}, "the producer's dict is not changed"
+    assert opener(kms).open(sealed_data, attributes).data is sealed_data
+    # A bytearray is copied going in, so what comes back is bytes, equal, not the same object.
+    sealed_data, _ = pe.Sealer.sign(kms, KEY, TENANT).seal(bytearray(data), given)
+    assert type(sealed_data) is bytes and sealed_data == data
+
+
 @pytest.mark.parametrize(
     "change, error, reason",
     [

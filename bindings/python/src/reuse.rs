@@ -1,0 +1,105 @@
+//! Python objects handed back rather than made again: what a seal or open returns is
+//! mostly what went in, or what the previous message returned.
+//!
+//! Under one data key a sealed message's attributes repeat but for two (the seal time
+//! and the tag): the format version, the KMS key, the wrapped data key. Making each of
+//! them a new `str` per message, and hashing it again in the result's dict, was most of
+//! what a sign-mode seal cost beyond the MAC (issue 27's profile: CPython making
+//! objects, 39 % of a 1 KiB seal). So a sealer keeps the envelope attributes' names and
+//! last values as Python strings, and the producer's own attributes, which
+//! sign mode passes through unchanged, are the very objects the producer handed in.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString};
+
+/// `original` itself when it is a `bytes` whose buffer `shared` is (sign mode hands the
+/// data back untouched, and `Bytes::from_owner` shared it rather than copying), else a
+/// new `bytes` of `shared`.
+pub(crate) fn bytes<'py>(original: &Bound<'py, PyAny>, shared: &Bytes) -> Bound<'py, PyBytes> {
+    if let Ok(original) = original.cast_exact::<PyBytes>() {
+        let buffer = original.as_bytes();
+        if buffer.as_ptr() == shared.as_ptr() && buffer.len() == shared.len() {
+            return original.clone();
+        }
+    }
+    PyBytes::new(original.py(), shared)
+}
+
+/// At most this many envelope attributes are kept: the format has twelve, and a sealer
+/// writes five or six of them.
+const KEPT: usize = 16;
+
+/// One sealer's envelope attributes as Python strings: each name, made once (its hash
+/// computed once with it), and its last value, reused while the next message's is
+/// equal (the version, the KMS key and the wrapped data key repeat under one key; the
+/// seal time and the tag are replaced each message).
+#[derive(Default)]
+pub(crate) struct EnvelopeValues {
+    kept: Mutex<Vec<(Py<PyString>, Py<PyString>)>>,
+}
+
+impl EnvelopeValues {
+    /// The Python strings for the envelope attribute `name` and its `value`.
+    fn pair<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+        value: &str,
+    ) -> PyResult<(Bound<'py, PyString>, Bound<'py, PyString>)> {
+        // Held with the GIL, never across a call that could release it.
+        let mut kept = self.kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (kept_name, kept_value) in kept.iter_mut() {
+            if kept_name.bind(py).to_str()? != name {
+                continue;
+            }
+            if kept_value.bind(py).to_str()? != value {
+                *kept_value = PyString::new(py, value).unbind();
+            }
+            return Ok((kept_name.bind(py).clone(), kept_value.bind(py).clone()));
+        }
+        let pair = (PyString::intern(py, name), PyString::new(py, value));
+        if kept.len() < KEPT {
+            kept.push((pair.0.clone().unbind(), pair.1.clone().unbind()));
+        }
+        Ok(pair)
+    }
+
+    /// The dict of a sealed message's `attributes`. Those equal to one of the
+    /// producer's (`given`, when it was a dict) are the producer's own key and value
+    /// objects; the envelope's come from the strings kept.
+    pub(crate) fn dict<'py>(
+        &self,
+        py: Python<'py>,
+        given: Option<&Bound<'py, PyDict>>,
+        mut attributes: HashMap<String, String>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        if let Some(given) = given {
+            for (name, value) in given.iter() {
+                let (Ok(name_str), Ok(value_str)) = (name.cast_exact::<PyString>(), value.cast_exact::<PyString>())
+                else {
+                    continue;
+                };
+                let name_str = name_str.to_str()?;
+                if attributes.get(name_str).is_some_and(|sealed| value_str.to_str().is_ok_and(|given| given == sealed))
+                {
+                    attributes.remove(name_str);
+                    dict.set_item(name, value)?;
+                }
+            }
+        }
+        for (name, value) in attributes {
+            if envelope::is_reserved(&name) {
+                let (name, value) = self.pair(py, &name, &value)?;
+                dict.set_item(name, value)?;
+            } else {
+                dict.set_item(name, value)?;
+            }
+        }
+        Ok(dict)
+    }
+}
