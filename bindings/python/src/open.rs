@@ -14,6 +14,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::errors::{config_error, open_error};
 use crate::kms::Kms;
+use crate::reuse::EnvelopeValues;
 
 /// Opens messages for one tenant, from the KMS keys, public keys and service accounts
 /// it trusts.
@@ -193,13 +194,14 @@ impl Opener {
     /// `InfrastructureError`) whose `reason` is the stable code and whose `transient`
     /// says whether to retry rather than dead-letter.
     fn open(&self, py: Python<'_>, data: &Bound<'_, PyAny>, attributes: &Bound<'_, PyAny>) -> PyResult<Opened> {
+        let attributes_given = attributes;
         let attributes = crate::attributes_of(attributes)?;
         // The Python bytes object itself, shared, not copied.
         let shared = Bytes::from_owner(data.extract::<PyBackedBytes>()?);
         let release_now = shared.len() >= crate::RELEASE_GIL_FROM;
         let opened = crate::run(py, release_now, self.inner.open(&shared, &attributes))
             .map_err(|error| open_error(py, &error))?;
-        Opened::new(data, opened)
+        Opened::new(data, attributes_given, opened)
     }
 
     /// Opens a batch: `messages` is an iterable of `(data, attributes)` pairs. Returns a
@@ -214,7 +216,7 @@ impl Opener {
         for message in messages.try_iter()? {
             let (data, attributes): (Bound<'py, PyAny>, Bound<'py, PyAny>) = message?.extract()?;
             batch.push((Bytes::from_owner(data.extract::<PyBackedBytes>()?), crate::attributes_of(&attributes)?));
-            given.push(data);
+            given.push((data, attributes));
         }
         let opener = &self.inner;
         let opened = py.detach(|| {
@@ -227,9 +229,9 @@ impl Opener {
             })
         });
         let results = PyList::empty(py);
-        for (result, data) in opened.into_iter().zip(&given) {
+        for (result, (data, attributes)) in opened.into_iter().zip(&given) {
             match result {
-                Ok(opened) => results.append(Opened::new(data, opened)?)?,
+                Ok(opened) => results.append(Opened::new(data, attributes, opened)?)?,
                 Err(error) => results.append(open_error(py, &error).into_value(py))?,
             }
         }
@@ -300,6 +302,9 @@ pub(crate) struct Opened {
     /// reads them (the Beam pipeline) does not pay for one per message.
     restored: HashMap<String, String>,
     attributes: PyOnceLock<Py<PyDict>>,
+    /// The attributes as they were handed in, when a dict: in sign mode the restored
+    /// ones are among them, and their objects are handed back.
+    given: Option<Py<PyDict>>,
     /// How it was protected: `"encrypt"`, `"sign"` or `"attest"`.
     #[pyo3(get)]
     mode: &'static str,
@@ -320,13 +325,18 @@ pub(crate) struct Opened {
 }
 
 impl Opened {
-    /// `given` is the data as it was handed in: in sign mode it is handed back.
-    fn new(given: &Bound<'_, PyAny>, opened: envelope::Opened) -> PyResult<Self> {
-        let py = given.py();
+    /// `data` and `attributes` as they were handed in: in sign mode they are handed back.
+    fn new(data: &Bound<'_, PyAny>, attributes: &Bound<'_, PyAny>, opened: envelope::Opened) -> PyResult<Self> {
+        let py = data.py();
+        let given = match opened.mode {
+            Mode::Encrypt => None,
+            _ => attributes.cast_exact::<PyDict>().ok().map(|dict| dict.clone().unbind()),
+        };
         Ok(Self {
-            data: crate::reuse::bytes(given, &opened.data).unbind(),
+            data: crate::reuse::bytes(data, &opened.data).unbind(),
             restored: opened.attributes,
             attributes: PyOnceLock::new(),
+            given,
             mode: opened.mode.as_str(),
             kms_key: opened.kms_key.map(|key| key.to_string()),
             sealed_at: opened.sealed_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
@@ -342,11 +352,8 @@ impl Opened {
     #[getter]
     fn attributes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let dict = self.attributes.get_or_try_init(py, || {
-            let dict = PyDict::new(py);
-            for (name, value) in &self.restored {
-                dict.set_item(name, value)?;
-            }
-            PyResult::Ok(dict.unbind())
+            let given = self.given.as_ref().map(|given| given.bind(py));
+            PyResult::Ok(crate::reuse::dict(py, given, &self.restored, &EnvelopeValues::default())?.unbind())
         })?;
         Ok(dict.bind(py).clone())
     }

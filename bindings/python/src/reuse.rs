@@ -67,39 +67,42 @@ impl EnvelopeValues {
         }
         Ok(pair)
     }
+}
 
-    /// The dict of a sealed message's `attributes`. Those equal to one of the
-    /// producer's (`given`, when it was a dict) are the producer's own key and value
-    /// objects; the envelope's come from the strings kept.
-    pub(crate) fn dict<'py>(
-        &self,
-        py: Python<'py>,
-        given: Option<&Bound<'py, PyDict>>,
-        mut attributes: HashMap<String, String>,
-    ) -> PyResult<Bound<'py, PyDict>> {
-        let dict = PyDict::new(py);
-        if let Some(given) = given {
-            for (name, value) in given.iter() {
-                let (Ok(name_str), Ok(value_str)) = (name.cast_exact::<PyString>(), value.cast_exact::<PyString>())
-                else {
-                    continue;
-                };
-                let name_str = name_str.to_str()?;
-                if attributes.get(name_str).is_some_and(|sealed| value_str.to_str().is_ok_and(|given| given == sealed))
-                {
-                    attributes.remove(name_str);
-                    dict.set_item(name, value)?;
-                }
+/// The dict of `attributes`, a seal's or an open's result. Those equal to one of the
+/// producer's (`given`, when it was a dict: sign mode passes them through) are the
+/// producer's own key and value objects; an envelope attribute's strings come from
+/// `envelope`, which keeps them.
+pub(crate) fn dict<'py>(
+    py: Python<'py>,
+    given: Option<&Bound<'py, PyDict>>,
+    attributes: &HashMap<String, String>,
+    envelope: &EnvelopeValues,
+) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    let mut reused = 0;
+    if let Some(given) = given {
+        for (name, value) in given.iter() {
+            let (Ok(name_str), Ok(value_str)) = (name.cast_exact::<PyString>(), value.cast_exact::<PyString>()) else {
+                continue;
+            };
+            let name_str = name_str.to_str()?;
+            if attributes.get(name_str).is_some_and(|sealed| value_str.to_str().is_ok_and(|given| given == sealed)) {
+                dict.set_item(name, value)?;
+                reused += 1;
             }
         }
-        for (name, value) in attributes {
-            if envelope::is_reserved(&name) {
-                let (name, value) = self.pair(py, &name, &value)?;
-                dict.set_item(name, value)?;
-            } else {
-                dict.set_item(name, value)?;
-            }
-        }
-        Ok(dict)
     }
+    // The producer's attributes are never reserved names, so when as many were reused
+    // as there are producer attributes, every one of them is in already.
+    let all_reused = reused == attributes.keys().filter(|name| !envelope::is_reserved(name)).count();
+    for (name, value) in attributes {
+        if envelope::is_reserved(name) {
+            let (name, value) = envelope.pair(py, name, value)?;
+            dict.set_item(name, value)?;
+        } else if !all_reused && !dict.contains(name)? {
+            dict.set_item(name, value)?;
+        }
+    }
+    Ok(dict)
 }

@@ -255,7 +255,7 @@ impl Sealer {
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyDict>)> {
         let py = data.py();
         let given = attributes.and_then(|attributes| attributes.cast_exact::<PyDict>().ok());
-        Ok((crate::reuse::bytes(data, &sealed.data), self.values.dict(py, given, sealed.attributes)?))
+        Ok((crate::reuse::bytes(data, &sealed.data), crate::reuse::dict(py, given, &sealed.attributes, &self.values)?))
     }
 
     /// The sealer, waited for with the GIL released: a seal in progress may be waiting

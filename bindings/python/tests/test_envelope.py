@@ -98,7 +98,16 @@ def test_sign_mode_hands_back_the_producers_own_objects(kms):
     assert sealed_data is data
     assert all(attributes[name] is value for name, value in given.items())
     assert given == {"epoch_time": "1541340000", "lang": "en"}, "the producer's dict is not changed"
-    assert opener(kms).open(sealed_data, attributes).data is sealed_data
+    opened = opener(kms).open(sealed_data, attributes)
+    assert opened.data is sealed_data
+    assert opened.attributes == given and all(opened.attributes[name] is value for name, value in given.items())
+    # A str subclass is not handed back: what comes out is plain str, equal.
+    class Text(str):
+        pass
+
+    _, attributes = pe.Sealer.sign(kms, KEY, TENANT).seal(data, {"lang": Text("en"), "epoch_time": "1"})
+    assert type(attributes["lang"]) is str and attributes["lang"] == "en" and attributes["epoch_time"] == "1"
+    assert opener(kms).open(data, {**attributes, "lang": Text("en")}).attributes == {"lang": "en", "epoch_time": "1"}
     # A bytearray is copied going in, so what comes back is bytes, equal, not the same object.
     sealed_data, _ = pe.Sealer.sign(kms, KEY, TENANT).seal(bytearray(data), given)
     assert type(sealed_data) is bytes and sealed_data == data
