@@ -107,14 +107,24 @@ fn reduce_to_call<'py>(
 }
 
 /// A message's attributes from a `dict` or any other mapping of `str` to `str` (Google's
-/// Pub/Sub client hands them over as a protobuf map, not a `dict`).
+/// Pub/Sub client hands them over as a protobuf map, not a `dict`), with room for the
+/// envelope's own: a seal adds at most [`ENVELOPE_ROOM`], and a map that must grow to
+/// take them is hashed again, all of it.
 fn attributes_of(attributes: &Bound<'_, PyAny>) -> PyResult<HashMap<String, String>> {
-    match attributes.extract() {
-        Ok(attributes) => Ok(attributes),
-        Err(not_a_dict) if attributes.is_instance_of::<PyDict>() => Err(not_a_dict),
-        Err(_) => attributes.py().get_type::<PyDict>().call1((attributes,))?.extract(),
+    let dict = match attributes.cast::<PyDict>() {
+        Ok(dict) => dict.clone(),
+        Err(_) => attributes.py().get_type::<PyDict>().call1((attributes,))?.cast_into::<PyDict>()?,
+    };
+    let mut map = HashMap::with_capacity(dict.len() + ENVELOPE_ROOM);
+    for (name, value) in dict.iter() {
+        map.insert(name.extract()?, value.extract()?);
     }
+    Ok(map)
 }
+
+/// The most attributes a seal adds (attest mode's session flavour: version, KMS key,
+/// seal time, certificate, its signature, the message's signature).
+const ENVELOPE_ROOM: usize = 6;
 
 /// `None` or `'text'`, as Python's `repr` shows an optional string.
 fn repr_optional(text: Option<&str>) -> String {

@@ -87,21 +87,32 @@ pub(crate) fn dict<'py>(
                 continue;
             };
             let name_str = name_str.to_str()?;
+            // An open's `given` holds the envelope's attributes too, never among the result's.
+            if envelope::is_reserved(name_str) {
+                continue;
+            }
             if attributes.get(name_str).is_some_and(|sealed| value_str.to_str().is_ok_and(|given| given == sealed)) {
                 dict.set_item(name, value)?;
                 reused += 1;
             }
         }
     }
-    // The producer's attributes are never reserved names, so when as many were reused
-    // as there are producer attributes, every one of them is in already.
-    let all_reused = reused == attributes.keys().filter(|name| !envelope::is_reserved(name)).count();
+    let mut producer = 0;
     for (name, value) in attributes {
         if envelope::is_reserved(name) {
             let (name, value) = envelope.pair(py, name, value)?;
             dict.set_item(name, value)?;
-        } else if !all_reused && !dict.contains(name)? {
-            dict.set_item(name, value)?;
+        } else {
+            producer += 1;
+        }
+    }
+    // The producer's attributes are never reserved names, so when as many were reused
+    // as there are producer attributes, every one of them is in already.
+    if reused != producer {
+        for (name, value) in attributes {
+            if !envelope::is_reserved(name) && !dict.contains(name)? {
+                dict.set_item(name, value)?;
+            }
         }
     }
     Ok(dict)
