@@ -39,7 +39,17 @@ const KEPT: usize = 16;
 /// seal time and the tag are replaced each message).
 #[derive(Default)]
 pub(crate) struct EnvelopeValues {
-    kept: Mutex<Vec<(Py<PyString>, Py<PyString>)>>,
+    kept: Mutex<Vec<Kept>>,
+}
+
+/// An envelope attribute as Python strings, with their text on the Rust side too:
+/// comparing there is a `memcmp`, where reading a Python string's text is a call into
+/// the interpreter (the stable ABI inlines nothing).
+struct Kept {
+    name: String,
+    name_object: Py<PyString>,
+    value: String,
+    value_object: Py<PyString>,
 }
 
 impl EnvelopeValues {
@@ -52,18 +62,21 @@ impl EnvelopeValues {
     ) -> PyResult<(Bound<'py, PyString>, Bound<'py, PyString>)> {
         // Held with the GIL, never across a call that could release it.
         let mut kept = self.kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (kept_name, kept_value) in kept.iter_mut() {
-            if kept_name.bind(py).to_str()? != name {
-                continue;
+        if let Some(kept) = kept.iter_mut().find(|kept| kept.name == name) {
+            if kept.value != value {
+                value.clone_into(&mut kept.value);
+                kept.value_object = PyString::new(py, value).unbind();
             }
-            if kept_value.bind(py).to_str()? != value {
-                *kept_value = PyString::new(py, value).unbind();
-            }
-            return Ok((kept_name.bind(py).clone(), kept_value.bind(py).clone()));
+            return Ok((kept.name_object.bind(py).clone(), kept.value_object.bind(py).clone()));
         }
         let pair = (PyString::intern(py, name), PyString::new(py, value));
         if kept.len() < KEPT {
-            kept.push((pair.0.clone().unbind(), pair.1.clone().unbind()));
+            kept.push(Kept {
+                name: name.to_owned(),
+                name_object: pair.0.clone().unbind(),
+                value: value.to_owned(),
+                value_object: pair.1.clone().unbind(),
+            });
         }
         Ok(pair)
     }
