@@ -113,6 +113,18 @@ def test_sign_mode_hands_back_the_producers_own_objects(kms):
     assert type(sealed_data) is bytes and sealed_data == data
 
 
+def test_a_dict_changed_after_open_cannot_change_the_opened_attributes(kms):
+    """Opened.attributes reuses the strings of the dict handed to open only where they equal
+    what was authenticated: a value changed or a key added after the open does not get in."""
+    data, attributes = pe.Sealer.sign(kms, KEY, TENANT).seal(b"words", {"lang": "en", "epoch_time": "1"})
+    given = dict(attributes)
+    opened = opener(kms).open(data, given)
+    given["lang"] = "forged"
+    given["extra"] = "added"
+    del given["epoch_time"]
+    assert opened.attributes == {"lang": "en", "epoch_time": "1"}
+
+
 @pytest.mark.parametrize(
     "change, error, reason",
     [
