@@ -14,7 +14,6 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::errors::{config_error, open_error};
 use crate::kms::Kms;
-use crate::reuse::EnvelopeValues;
 
 /// Opens messages for one tenant, from the KMS keys, public keys and service accounts
 /// it trusts.
@@ -353,7 +352,7 @@ impl Opened {
     fn attributes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let dict = self.attributes.get_or_try_init(py, || {
             let given = self.given.as_ref().map(|given| given.bind(py));
-            PyResult::Ok(crate::reuse::dict(py, given, &self.restored, &EnvelopeValues::default())?.unbind())
+            PyResult::Ok(crate::reuse::dict(py, given, &self.restored, None)?.unbind())
         })?;
         Ok(dict.bind(py).clone())
     }

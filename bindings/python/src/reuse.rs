@@ -85,12 +85,12 @@ impl EnvelopeValues {
 /// The dict of `attributes`, a seal's or an open's result. Those equal to one of the
 /// producer's (`given`, when it was a dict: sign mode passes them through) are the
 /// producer's own key and value objects; an envelope attribute's strings come from
-/// `envelope`, which keeps them.
+/// `envelope`, which keeps them (a seal's; an open restores none).
 pub(crate) fn dict<'py>(
     py: Python<'py>,
     given: Option<&Bound<'py, PyDict>>,
     attributes: &HashMap<String, String>,
-    envelope: &EnvelopeValues,
+    envelope: Option<&EnvelopeValues>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
     let mut reused = 0;
@@ -112,11 +112,13 @@ pub(crate) fn dict<'py>(
     }
     let mut producer = 0;
     for (name, value) in attributes {
-        if envelope::is_reserved(name) {
-            let (name, value) = envelope.pair(py, name, value)?;
-            dict.set_item(name, value)?;
-        } else {
-            producer += 1;
+        match envelope {
+            Some(envelope) if envelope::is_reserved(name) => {
+                let (name, value) = envelope.pair(py, name, value)?;
+                dict.set_item(name, value)?;
+            }
+            None if envelope::is_reserved(name) => dict.set_item(name, value)?,
+            _ => producer += 1,
         }
     }
     // The producer's attributes are never reserved names, so when as many were reused

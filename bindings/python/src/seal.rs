@@ -255,7 +255,10 @@ impl Sealer {
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyDict>)> {
         let py = data.py();
         let given = attributes.and_then(|attributes| attributes.cast_exact::<PyDict>().ok());
-        Ok((crate::reuse::bytes(data, &sealed.data), crate::reuse::dict(py, given, &sealed.attributes, &self.values)?))
+        Ok((
+            crate::reuse::bytes(data, &sealed.data),
+            crate::reuse::dict(py, given, &sealed.attributes, Some(&self.values))?,
+        ))
     }
 
     /// The sealer, waited for with the GIL released: a seal in progress may be waiting
